@@ -1,0 +1,34 @@
+# autoglm-export: make install | make test | make android
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The CPU torch wheel lives on disk on these machines; elsewhere pip uses PyPI's CPU index pin.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+STAMP := $(VENV)/.installed
+
+.PHONY: install test android clean-dist help
+
+help:
+	@echo "make install  - create .venv with pinned dependencies (torch==2.13.0 CPU)"
+	@echo "make test     - install if needed, run the test suite"
+	@echo "make android  - install if needed, export the embedded tiny model to dist/android"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 required)" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first, exactly pinned, so no other requirement can pull a CUDA build.
+	$(PIP) install --quiet $(FIND_LINKS) torch==2.13.0
+	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,targets]"
+	$(PY) -c "import torch, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('installed torch', torch.__version__, 'numpy', numpy.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q tests
+
+android: $(STAMP)
+	$(VENV)/bin/autoglm-export android --force

@@ -1,0 +1,81 @@
+"""checkpoint directory -> ready-to-run ``AutoGLM`` (weights assigned, constants materialised)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from .checkpoint import GLM4V_KEY_TABLE, GLMASR_IGNORED, GLMASR_KEY_TABLE, SafetensorsCheckpoint, load_weights
+from .config import ModelConfig, load_audio_config, load_model_config
+from .errors import CheckpointError
+from .model.autoglm import AutoGLM, ExportShape
+
+log = logging.getLogger(__name__)
+
+
+def load_config(checkpoint: Path, audio_checkpoint: Path | None = None) -> ModelConfig:
+    cfg = load_model_config(checkpoint)
+    if audio_checkpoint is not None:
+        audio = load_audio_config(audio_checkpoint)
+        if audio.projector_out != cfg.text.hidden_size:
+            raise CheckpointError(
+                f"{Path(audio_checkpoint) / 'config.json'}: audio projector outputs {audio.projector_out} "
+                f"features but the text decoder's hidden size is {cfg.text.hidden_size}"
+            )
+        cfg = cfg.with_audio(audio)
+    return cfg
+
+
+def load_model(
+    checkpoint: str | Path,
+    shape: ExportShape,
+    audio_checkpoint: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> AutoGLM:
+    checkpoint = Path(checkpoint)
+    audio_checkpoint = Path(audio_checkpoint) if audio_checkpoint is not None else None
+    cfg = load_config(checkpoint, audio_checkpoint)
+    with torch.device("meta"):  # no allocation: weights are assigned tensor by tensor below
+        model = AutoGLM(cfg, shape)
+    skipped = load_weights(
+        model,
+        SafetensorsCheckpoint.open(checkpoint),
+        GLM4V_KEY_TABLE,
+        scope=("text.", "vision."),
+        num_text_layers=cfg.text.num_hidden_layers,
+        dtype=dtype,
+    )
+    if skipped:
+        log.info("skipped %d checkpoint tensors not used at inference (e.g. %s)", len(skipped), skipped[0])
+    if audio_checkpoint is not None:
+        load_weights(
+            model,
+            SafetensorsCheckpoint.open(audio_checkpoint),
+            GLMASR_KEY_TABLE,
+            scope="audio.",
+            ignored_prefixes=GLMASR_IGNORED,
+            dtype=dtype,
+        )
+    model.prepare()
+    leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if leftovers:  # a bug, not a user error: prepare() forgot a constant
+        raise RuntimeError(f"tensors left on the meta device after loading: {leftovers[:5]}")
+    return model.eval()
+
+
+def random_model(cfg: ModelConfig, shape: ExportShape, seed: int = 0) -> AutoGLM:
+    """A seeded random model (benchmark presets that have no weights)."""
+    torch.manual_seed(seed)
+    model = AutoGLM(cfg, shape)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name or "norm1" in name or "norm2" in name:
+                p.fill_(1.0)
+            elif p.dim() >= 2:
+                p.normal_(0.0, 0.02)
+            else:
+                p.zero_()
+    model.prepare()
+    return model.eval()
