@@ -8,6 +8,7 @@ there is no pickle path at all.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,16 @@ GLM4V_KEY_TABLE: tuple[tuple[str, str], ...] = (
     # Legacy GLM-4.1V layout (transformers < 4.52): text weights directly under "model.".
     ("model.", "text."),
 )
+# GlmAsr files on disk use the legacy layout (audio_tower.*, language_model.model.*); transformers
+# renames to model.* only in memory. Accept both.
 GLMASR_KEY_TABLE: tuple[tuple[str, str], ...] = (
     ("model.audio_tower.", "audio.encoder."),
     ("model.multi_modal_projector.", "audio.projector."),
+    ("audio_tower.", "audio.encoder."),
+    ("multi_modal_projector.", "audio.projector."),
 )
-# GlmAsr's own language model is not ours to load; GLM-4.5V's MTP layers are unused at inference.
-GLMASR_IGNORED = ("model.language_model.", "lm_head.")
+# GlmAsr's own language model is not ours to load.
+GLMASR_IGNORED = ("model.language_model.", "language_model.", "lm_head.")
 
 
 def _list_names(names: list[str], limit: int = 8) -> str:
@@ -117,6 +122,13 @@ def map_key(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
     return None
 
 
+def _shape_matches(stored: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
+    """Equal, or a conv kernel [out, C, *k] stored for our stride==kernel ConvAsLinear [out, C*prod(k)]."""
+    if stored == wanted:
+        return True
+    return len(stored) > 2 and len(wanted) == 2 and stored[0] == wanted[0] and math.prod(stored[1:]) == wanted[1]
+
+
 _LAYER_RE = re.compile(r"^text\.layers\.(\d+)\.")
 
 
@@ -162,7 +174,7 @@ def load_weights(
     mis_shaped = [
         f"{ckpt_key} {list(ckpt.shape(ckpt_key))} != {list(expected[name].shape)}"
         for name, ckpt_key in mapped.items()
-        if tuple(ckpt.shape(ckpt_key)) != tuple(expected[name].shape)
+        if not _shape_matches(ckpt.shape(ckpt_key), tuple(expected[name].shape))
     ]
     if mis_shaped:
         problems.append(f"mis-shaped tensors: {_list_names(mis_shaped)}")

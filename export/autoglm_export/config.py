@@ -88,6 +88,7 @@ class VisionConfig:
     rms_norm_eps: float = 1e-5
     hidden_act: str = "silu"
     attention_bias: bool = False
+    rope_theta: float = 10000.0
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,9 @@ def parse_vision_config(vision: dict[str, Any], where: str) -> VisionConfig:
             vision[key] = vision[key][0]
     if "image_size" in vision:
         vision["image_size"] = _image_size(vision["image_size"])
+    theta = (vision.get("rope_parameters") or {}).get("rope_theta")
+    if theta is not None:
+        vision["rope_theta"] = float(theta)
     return _take(VisionConfig, vision, where)
 
 

@@ -1,0 +1,165 @@
+"""The ``autoglm-export`` command line. Commands only parse options and call library functions."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from autoglm_runtime.errors import AutoglmError
+
+app = typer.Typer(
+    help="Export AutoGLM-Phone-9B-family models to phones (ExecuTorch, Core ML, ONNX), with parity checks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+CheckpointOpt = typer.Option(None, "--checkpoint", help="Hugging Face checkpoint directory (glm4v / glm4v_moe, safetensors).")
+AudioCheckpointOpt = typer.Option(None, "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower.")
+PresetOpt = typer.Option("tiny", "--preset", help="Model preset used when no --checkpoint is given: tiny, small, autoglm-phone-9b.")
+
+
+def guarded(fn):
+    """User errors become one line on stderr and exit code 1; nothing else is swallowed."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AutoglmError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def parse_hw(value: Optional[str]) -> Optional[tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected HxW such as 336x168, got '{value}'") from None
+    return h, w
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+@app.command()
+@guarded
+def info(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+):
+    """Print the model configuration, component shapes and parameter counts."""
+    from .source import open_source
+
+    src = open_source(checkpoint, audio_checkpoint, preset)
+    cfg, model = src.config, src.model
+    console.print(f"[bold]{src.label}[/] ({cfg.model_type})")
+    for name, module in (("text", model.text), ("vision", model.vision), ("audio", model.audio)):
+        if module is not None:
+            console.print(f"  {name:7s} {sum(p.numel() for p in module.parameters()) / 1e6:9.2f} M params")
+    t = cfg.text
+    console.print(
+        f"  decoder: hidden {t.hidden_size}, layers {t.num_hidden_layers}, heads {t.num_attention_heads}/"
+        f"{t.num_key_value_heads} kv, head_dim {t.head_dim}, rotary {t.rotary_dim} mrope {list(t.mrope_section)}"
+        + (f", MoE {t.n_routed_experts} experts top-{t.num_experts_per_tok}" if t.is_moe else "")
+    )
+    s = src.spec
+    console.print(f"  context {s.max_context}, image {s.image.height}x{s.image.width} -> {s.image_tokens} tokens"
+                  + (f", audio {s.audio.num_frames} frames -> {s.audio_tokens} tokens" if s.audio else ""))
+
+
+@app.command()
+@guarded
+def run(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image file (PNG/JPEG/...)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    seed: int = typer.Option(0, "--seed"),
+    thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="KV-cache length (default: preset's)."),
+):
+    """Generate with the eager PyTorch model (the torch backend of the reference runtime), streaming tokens."""
+    from autoglm_runtime.backends.torch_backend import TorchBackend
+    from autoglm_runtime.sampling import SamplingConfig
+    from autoglm_runtime.session import Session
+
+    from .source import open_source
+
+    src = open_source(checkpoint, audio_checkpoint, preset, max_context=max_context)
+    session = Session(TorchBackend(src.model), src.tokenizer_path, src.spec)
+    result = session.generate(
+        prompt,
+        image=image,
+        audio=audio,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed),
+        enable_thinking=thinking,
+        on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+    )
+    sys.stdout.write("\n")
+    console.print(
+        f"[dim]{result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated, "
+        f"stop: {result.stop_reason}, prefill {result.prefill_s * 1e3:.0f} ms, "
+        f"decode {result.decode_ms_per_token:.1f} ms/token[/]",
+        highlight=False,
+    )
+
+
+@app.command()
+@guarded
+def android(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+    out: Path = typer.Option(Path("dist/android"), "--out", help="Bundle directory."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
+):
+    """Export for Android (ExecuTorch). For now: build the eager model and validate it against transformers.
+
+    The ExecuTorch .pte export is the next issue; this command says so and stops after validation.
+    """
+    from .source import open_source
+    from .verify import verify_against_transformers
+
+    src = open_source(checkpoint, audio_checkpoint, preset)
+    console.print(f"built eager model from {src.label}")
+    report = verify_against_transformers(src)
+    for line in report.lines():
+        console.print("  " + line, highlight=False)
+    if not report.passed:
+        console.print("[bold red]error:[/] the eager model does not match transformers; nothing exported")
+        raise typer.Exit(1)
+    console.print(
+        f"[yellow]stopped after validating the eager model: the ExecuTorch .pte export (into {out}) is not "
+        "implemented yet[/]"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

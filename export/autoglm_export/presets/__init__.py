@@ -1,0 +1,96 @@
+"""Named model presets. Presets are data: a Hugging Face-format config and default export shapes.
+
+- ``tiny``: the embedded default, a committed few-MB checkpoint (image + audio + text) with the
+  project's own tokenizer. Needs no download.
+- ``small``: benchmark size (text decoder ~242M params, same dims as the optimum-executorch Llama
+  peer), random weights.
+- ``autoglm-phone-9b``: the real AutoGLM-Phone-9B / GLM-4.1V-9B dimensions, for ``--checkpoint``
+  users and for size planning; weights must come from a local checkpoint directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..model.autoglm import ExportShape
+
+PRESET_DIR = Path(__file__).parent
+TINY_DIR = PRESET_DIR / "tiny"
+TINY_AUDIO_DIR = TINY_DIR / "audio"
+
+
+def _rope(partial: float, section: list[int]) -> dict:
+    return {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": partial, "mrope_section": section}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    shape: ExportShape
+    config: dict | None = None  # HF config.json dict, for presets without a committed checkpoint
+    checkpoint: Path | None = None
+    audio_checkpoint: Path | None = None
+    audio_config: dict | None = None
+
+
+SMALL_CONFIG = {
+    "model_type": "glm4v",
+    "text_config": {
+        "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16,
+        "num_attention_heads": 16, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "rope_parameters": _rope(0.5, [8, 12, 12]),
+    },
+    "vision_config": {
+        "depth": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024, "out_hidden_size": 1024,
+        "patch_size": 14, "image_size": 336, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    },
+    "image_token_id": 31999, "image_start_token_id": 31997, "image_end_token_id": 31998,
+    "eos_token_id": [2],
+}
+SMALL_AUDIO_CONFIG = {
+    "model_type": "glmasr",
+    "audio_config": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4, "num_mel_bins": 128},
+    "text_config": {"hidden_size": 1024},
+}
+AUTOGLM_PHONE_9B_CONFIG = {
+    "model_type": "glm4v",
+    "text_config": {
+        "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 40,
+        "num_attention_heads": 32, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "rope_parameters": _rope(0.5, [8, 12, 12]),
+    },
+    "vision_config": {
+        "depth": 24, "hidden_size": 1536, "num_heads": 12, "intermediate_size": 13696, "out_hidden_size": 4096,
+        "patch_size": 14, "image_size": 336, "spatial_merge_size": 2, "temporal_patch_size": 2,
+    },
+    "image_token_id": 151343, "image_start_token_id": 151339, "image_end_token_id": 151340,
+    "eos_token_id": [151329, 151336, 151338],
+}
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        "tiny",
+        ExportShape(max_context=512, image_hw=(168, 84), audio_frames=400),
+        checkpoint=TINY_DIR,
+        audio_checkpoint=TINY_AUDIO_DIR,
+    ),
+    "small": Preset(
+        "small",
+        ExportShape(max_context=1024, image_hw=(224, 112), audio_frames=400),
+        config=SMALL_CONFIG,
+        audio_config=SMALL_AUDIO_CONFIG,
+    ),
+    # A phone screenshot at 1080x2400 is ~3.3k tokens at full size; 672x308 keeps ~264 image tokens.
+    "autoglm-phone-9b": Preset(
+        "autoglm-phone-9b", ExportShape(max_context=2048, image_hw=(672, 308), audio_frames=3000), config=AUTOGLM_PHONE_9B_CONFIG
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    from ..errors import CheckpointError
+
+    if name not in PRESETS:
+        raise CheckpointError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]

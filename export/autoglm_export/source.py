@@ -1,0 +1,105 @@
+"""Resolve what the user asked for (a preset or a checkpoint directory) into a model + runtime spec."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from autoglm_runtime.preprocess import AudioSpec, ImageSpec
+from autoglm_runtime.spec import ModelSpec
+
+from .config import ModelConfig, parse_audio_config, parse_model_config
+from .errors import CheckpointError
+from .loader import load_model, random_model
+from .model.autoglm import AutoGLM, ExportShape
+from .presets import get_preset
+
+AUDIO_TOKEN = "<|audio|>"
+
+
+@dataclass
+class ModelSource:
+    model: AutoGLM
+    spec: ModelSpec
+    label: str  # preset name or checkpoint path, for logs and manifests
+    checkpoint: Path | None = None
+    audio_checkpoint: Path | None = None
+    tokenizer_path: Path | None = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def _read_optional_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON ({exc.msg})") from None
+
+
+def _audio_token_id(tokenizer_path: Path | None) -> int | None:
+    if tokenizer_path is None:
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_path)).token_to_id(AUDIO_TOKEN)
+
+
+def build_spec(model: AutoGLM, checkpoint: Path | None, tokenizer_path: Path | None) -> ModelSpec:
+    cfg, shape = model.cfg, model.shape
+    pre = _read_optional_json(checkpoint / "preprocessor_config.json") if checkpoint else {}
+    pre = {**pre, "patch_size": cfg.vision.patch_size, "temporal_patch_size": cfg.vision.temporal_patch_size,
+           "merge_size": cfg.vision.spatial_merge_size}
+    image = ImageSpec.from_preprocessor_config(pre, *shape.image_hw)
+    audio = None
+    if cfg.audio is not None:
+        audio = AudioSpec(num_mel_bins=cfg.audio.num_mel_bins, num_frames=shape.audio_frames)
+    return ModelSpec(
+        max_context=shape.max_context,
+        vocab_size=cfg.text.vocab_size,
+        hidden_size=cfg.text.hidden_size,
+        eos_token_ids=cfg.eos_token_ids,
+        image_token_id=cfg.image_token_id,
+        image=image,
+        audio_token_id=_audio_token_id(tokenizer_path) if audio else None,
+        audio=audio,
+        audio_tokens=model.audio.num_tokens if model.audio is not None else 0,
+    )
+
+
+def open_source(
+    checkpoint: Path | None = None,
+    audio_checkpoint: Path | None = None,
+    preset: str = "tiny",
+    max_context: int | None = None,
+    image_hw: tuple[int, int] | None = None,
+    audio_frames: int | None = None,
+    with_audio: bool = True,
+) -> ModelSource:
+    """A checkpoint directory wins over the preset; the preset still supplies default shapes."""
+    p = get_preset(preset)
+    shape = ExportShape(
+        max_context=max_context or p.shape.max_context,
+        image_hw=image_hw or p.shape.image_hw,
+        audio_frames=audio_frames or p.shape.audio_frames,
+    )
+    if checkpoint is None and p.checkpoint is not None:
+        checkpoint = p.checkpoint
+        if audio_checkpoint is None and with_audio:
+            audio_checkpoint = p.audio_checkpoint
+    if checkpoint is not None:
+        model = load_model(checkpoint, shape, audio_checkpoint)
+        tok = Path(checkpoint) / "tokenizer.json"
+        tokenizer_path = tok if tok.exists() else None
+        label = preset if checkpoint == p.checkpoint else str(checkpoint)
+        return ModelSource(model, build_spec(model, Path(checkpoint), tokenizer_path), label,
+                           Path(checkpoint), audio_checkpoint, tokenizer_path)
+    cfg = parse_model_config(p.config, f"preset {preset}")
+    if with_audio and p.audio_config is not None:
+        cfg = replace(cfg, audio=parse_audio_config(p.audio_config, f"preset {preset} audio"))
+    model = random_model(cfg, shape)
+    return ModelSource(model, build_spec(model, None, None), preset)
