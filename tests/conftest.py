@@ -78,3 +78,39 @@ def assert_close_to_scale(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e
     err = ((ours - ref).abs().max() / scale).item()
     assert err <= rel, f"{what}: max abs diff {err:.3e} x scale exceeds {rel:.0e}"
     return err
+
+
+TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "export/autoglm_export/presets/tiny/tokenizer.json"
+# Ids of the committed tiny tokenizer's GLM tokens (vocab 4096): checkpoints that use it must agree.
+TOKENIZER_IDS = dict(image_token_id=4087, image_start_token_id=4083, image_end_token_id=4084, video_token_id=4088,
+                     video_start_token_id=4085, video_end_token_id=4086)
+
+
+@pytest.fixture
+def chat_checkpoint(tmp_path: Path):
+    """Factory: a tiny HF Glm4v(Moe) checkpoint that uses the project tokenizer (vocab 4096)."""
+    import shutil
+
+    def make(name: str = "chat", text: dict | None = None, **kwargs):
+        model = build_hf_glm4v(text={"vocab_size": 4096, **(text or {})}, **TOKENIZER_IDS, **kwargs)
+        path = tmp_path / name
+        model.save_pretrained(path)
+        shutil.copy(TINY_TOKENIZER, path / "tokenizer.json")
+        return model, path
+
+    return make
+
+
+def build_hf_glmasr(text_hidden: int = 64, seed: int = 0, **audio):
+    from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration
+
+    cfg = GlmAsrConfig(
+        audio_config=dict(dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_mel_bins=128), **audio),
+        text_config=dict(vocab_size=64, hidden_size=text_hidden, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
+    )
+    torch.manual_seed(seed)
+    model = GlmAsrForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model

@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 CheckpointOpt = typer.Option(None, "--checkpoint", help="Hugging Face checkpoint directory (glm4v / glm4v_moe, safetensors).")
 AudioCheckpointOpt = typer.Option(None, "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower.")
@@ -53,6 +53,9 @@ def parse_hw(value: Optional[str]) -> Optional[tuple[int, int]]:
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not verbose:  # third-party import chatter (torchao's optional CUDA kernels, pytree notices)
+        for name in ("torchao", "torch.utils._pytree", "transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @app.command()
