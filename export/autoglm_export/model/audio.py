@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..config import AudioConfig
 from ..errors import CheckpointError, ExportError
+from .rope import rotate_half  # GlmAsr: Llama rotate_half layout, not interleaved pairs
 
 # Checkpoint prefix -> our module prefix (as produced by transformers' save_pretrained).
 AUDIO_KEY_PREFIXES = {"model.audio_tower.": "encoder.", "model.multi_modal_projector.": "projector."}
@@ -76,12 +77,6 @@ def _activation(name: str, where: str):
     return table[name]
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    # GlmAsr uses the Llama "rotate_half" layout (first half / second half), not interleaved pairs.
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class AudioAttention(nn.Module):
     def __init__(self, cfg: AudioConfig):
         super().__init__()
@@ -103,8 +98,8 @@ class AudioAttention(nn.Module):
 
         # Partial rotary: only the first rotary_dim channels of each head rotate.
         rot = cos.shape[-1]
-        q = torch.cat((q[..., :rot] * cos + _rotate_half(q[..., :rot]) * sin, q[..., rot:]), dim=-1)
-        k = torch.cat((k[..., :rot] * cos + _rotate_half(k[..., :rot]) * sin, k[..., rot:]), dim=-1)
+        q = torch.cat((q[..., :rot] * cos + rotate_half(q[..., :rot]) * sin, q[..., rot:]), dim=-1)
+        k = torch.cat((k[..., :rot] * cos + rotate_half(k[..., :rot]) * sin, k[..., rot:]), dim=-1)
 
         groups = self.num_heads // self.num_kv_heads
         if groups > 1:

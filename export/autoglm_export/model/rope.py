@@ -34,12 +34,17 @@ def mrope_cos_sin(
     return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
 
 
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Llama layout: (first half, second half) -> (-second, first). Used by vision and audio towers too."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 def _rotate(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
     if interleaved:
         x1, x2 = x[..., 0::2], x[..., 1::2]
         return torch.stack((-x2, x1), dim=-1).flatten(-2)
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return rotate_half(x)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..config import VisionConfig
 from ..errors import CheckpointError, ExportError
+from .rope import rotate_half
 
 # transformers' Glm4vVisionConfig.rope_parameters default; GLM-4.1V checkpoints do not override it.
 DEFAULT_VISION_ROPE_THETA = 10000.0
@@ -59,11 +60,6 @@ class RMSNorm(nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 class Attention(nn.Module):
