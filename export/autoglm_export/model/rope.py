@@ -16,7 +16,7 @@ def inverse_frequencies(rotary_dim: int, theta: float) -> torch.Tensor:
 def plane_selector(mrope_section: tuple[int, ...]) -> torch.Tensor:
     """[3, rotary_dim/2] one-hot: which position plane drives each frequency (section i -> plane i % 3)."""
     planes = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(mrope_section)])
-    return torch.nn.functional.one_hot(planes, 3).T.to(torch.float32)
+    return torch.nn.functional.one_hot(planes, 3).T.to(torch.float32).contiguous()  # ExecuTorch needs contiguous constants
 
 
 def mrope_cos_sin(
@@ -50,6 +50,7 @@ def _rotate(x: torch.Tensor, interleaved: bool) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
     """x [B, H, S, D]; rotates the first cos.shape[-1] channels, passes the rest through."""
     rotary_dim = cos.shape[-1]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # as transformers: angles in fp32, applied in x's dtype
     x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
     x_rot = x_rot * cos + _rotate(x_rot, interleaved) * sin
     return torch.cat([x_rot, x_pass], dim=-1)

@@ -39,7 +39,7 @@ SMALL_CONFIG = {
     "text_config": {
         "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16,
         "num_attention_heads": 16, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-        "rope_parameters": _rope(0.5, [8, 12, 12]),
+        "rope_parameters": _rope(0.5, [4, 6, 6]),
     },
     "vision_config": {
         "depth": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024, "out_hidden_size": 1024,

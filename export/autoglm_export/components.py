@@ -1,0 +1,80 @@
+"""The four component entry points as standalone modules, with example inputs and dynamic shapes.
+
+Every target recipe exports these; nothing target-specific lives here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .model.autoglm import AutoGLM
+
+
+class Entry(nn.Module):
+    """Binds one method of the shared model as ``forward`` (weights are not copied)."""
+
+    def __init__(self, model: AutoGLM, method: str):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, *args):
+        return getattr(self.model, self.method)(*args)
+
+
+@dataclass
+class Component:
+    name: str
+    module: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_shapes: tuple | None = None  # torch.export dynamic_shapes, matching example_inputs
+
+
+def components(model: AutoGLM, max_seq_len: int) -> list[Component]:
+    """vision_encoder, audio_encoder (if any), token_embedding, text_decoder.
+
+    ``max_seq_len`` is the longest chunk one ``text_decoder`` call takes (prefill in chunks of it);
+    the KV cache holds ``model.shape.max_context`` tokens.
+    """
+    from torch.export import Dim
+
+    if not 2 <= max_seq_len <= model.shape.max_context:
+        raise ValueError(f"max_seq_len {max_seq_len} must be in [2, max_context {model.shape.max_context}]")
+    hidden = model.cfg.text.hidden_size
+    out = [
+        Component(
+            "vision_encoder",
+            Entry(model, "vision_encoder"),
+            (torch.zeros(model.vision.num_patches, model.vision.patch_dim),),
+            ("pixel_values",),
+            ("image_embeds",),
+        )
+    ]
+    if model.audio is not None:
+        mel = model.cfg.audio.num_mel_bins
+        out.append(
+            Component("audio_encoder", Entry(model, "audio_encoder"), (torch.zeros(1, mel, model.shape.audio_frames),),
+                      ("input_features",), ("audio_embeds",))
+        )
+    # Example length >= 2 so torch.export doesn't specialise the dynamic dim to 0/1.
+    seq = Dim("seq", min=1, max=max_seq_len)
+    n = min(4, max_seq_len)
+    out.append(
+        Component("token_embedding", Entry(model, "token_embedding"), (torch.zeros(1, n, dtype=torch.long),),
+                  ("token_ids",), ("embeds",), ({1: seq},))
+    )
+    out.append(
+        Component(
+            "text_decoder",
+            Entry(model, "text_decoder"),
+            (torch.zeros(1, n, hidden), torch.arange(n), torch.arange(n).expand(3, n).contiguous()),
+            ("inputs_embeds", "cache_position", "position_ids"),
+            ("logits",),
+            ({1: seq}, {0: seq}, {1: seq}),
+        )
+    )
+    return out

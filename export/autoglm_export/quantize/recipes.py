@@ -1,0 +1,144 @@
+"""Post-training quantization recipes, applied in place with torchao's ``quantize_``.
+
+Schemes for linear layers:
+- ``8da4w``: int8 dynamic per-token activations, int4 weights in groups of ``group_size``
+  (XNNPACK's fast path). A layer whose input width is not a multiple of the group size falls back
+  to ``8da8w`` and the fallback is logged by name: nothing is silently left in fp32.
+- ``8da8w``: int8 dynamic activations, int8 per-channel weights.
+- ``fp32``: unquantized.
+Embeddings: ``4`` (int4 groups, falls back to 8 when the width doesn't divide), ``8`` (int8
+per-row), or ``none``. Weight-only linear schemes (``4w``/``8w``) are refused for ExecuTorch:
+with executorch 1.5.1 + torchao 0.18 their XNNPACK lowering produced wrong outputs here
+(cosine 0.32 against the eager reference), so the validation gate would always reject them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import ExportError
+
+log = logging.getLogger(__name__)
+
+LINEAR_SCHEMES = ("8da4w", "8da8w", "fp32")
+EMBEDDING_SCHEMES = ("4", "8", "none")
+# What a scheme does to activations decides how faithful an export can be (see autoglm_runtime.parity).
+QUANT_KINDS = {"8da4w": "int8_dynamic", "8da8w": "int8_dynamic", "fp32": "fp32"}
+REFUSED = {
+    "4w": "weight-only int4 linears lower to wrong XNNPACK outputs with executorch 1.5.1; use 8da4w",
+    "8w": "weight-only int8 linears lower to wrong XNNPACK outputs with executorch 1.5.1; use 8da8w",
+}
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    linear: str = "8da4w"  # text decoder linears, lm_head included
+    group_size: int = 32
+    encoder: str = "8da8w"  # vision and audio tower linears
+    embedding: str = "8"
+
+    def __post_init__(self):
+        for name, value, allowed in (("--quant", self.linear, LINEAR_SCHEMES), ("--quant-encoder", self.encoder, LINEAR_SCHEMES),
+                                     ("--quant-embedding", self.embedding, EMBEDDING_SCHEMES)):
+            if value in REFUSED:
+                raise ExportError(f"{name} {value}: {REFUSED[value]}")
+            if value not in allowed:
+                raise ExportError(f"{name} {value}: expected one of {', '.join(allowed)}")
+        if self.group_size not in (32, 64, 128, 256):
+            raise ExportError(f"--group-size {self.group_size}: expected 32, 64, 128 or 256")
+
+    def kind(self, component: str) -> str:
+        scheme = self.encoder if component in ("vision_encoder", "audio_encoder") else self.linear
+        return QUANT_KINDS[scheme]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class QuantReport:
+    """Per-layer decisions, for the manifest and the log."""
+
+    layers: dict[str, str] = field(default_factory=dict)  # fqn -> scheme actually applied
+    fallbacks: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for fqn, scheme in self.layers.items():
+            comp = fqn.split(".", 1)[0]
+            out.setdefault(comp, {}).setdefault(scheme, 0)
+            out[comp][scheme] += 1
+        return out
+
+
+def _linear_config(scheme: str, group_size: int):
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if scheme == "8da4w":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+
+
+def _embedding_config(bits: str, group_size: int):
+    from torchao.quantization import IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if bits == "4":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+    return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
+
+
+def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int, report: QuantReport) -> None:
+    from torchao.quantization import quantize_
+
+    if scheme == "fp32":
+        for fqn, mod in root.named_modules():
+            if isinstance(mod, nn.Linear):
+                report.layers[f"{prefix}.{fqn}"] = "fp32"
+        return
+    chosen: dict[str, str] = {}
+    for fqn, mod in root.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        if scheme == "8da4w" and mod.in_features % group_size:
+            chosen[fqn] = "8da8w"
+            report.fallbacks.append(f"{prefix}.{fqn}")
+            log.warning("%s.%s: in_features %d is not a multiple of group size %d; using 8da8w (int8 per-channel)",
+                        prefix, fqn, mod.in_features, group_size)
+        else:
+            chosen[fqn] = scheme
+    for target in sorted(set(chosen.values())):
+        quantize_(root, _linear_config(target, group_size), lambda m, fqn, t=target: isinstance(m, nn.Linear) and chosen.get(fqn) == t)
+    for fqn, target in chosen.items():
+        report.layers[f"{prefix}.{fqn}"] = target
+
+
+@torch.no_grad()
+def apply_recipe(model: nn.Module, recipe: QuantRecipe) -> QuantReport:
+    """Quantize an ``AutoGLM`` in place. Embeddings first: quantize_'s linear filter must not see them."""
+    from torchao.quantization import quantize_
+
+    report = QuantReport()
+    model.requires_grad_(False)
+    embed = model.text.embed_tokens
+    if recipe.embedding != "none":
+        bits = recipe.embedding
+        if bits == "4" and embed.embedding_dim % recipe.group_size:
+            log.warning("text.embed_tokens: width %d is not a multiple of group size %d; using 8-bit",
+                        embed.embedding_dim, recipe.group_size)
+            report.fallbacks.append("text.embed_tokens")
+            bits = "8"
+        quantize_(model.text, _embedding_config(bits, recipe.group_size), lambda m, fqn: isinstance(m, nn.Embedding))
+        report.layers["text.embed_tokens"] = f"int{bits} embedding"
+    else:
+        report.layers["text.embed_tokens"] = "fp32"
+    _quantize_linears(model.text, "text", recipe.linear, recipe.group_size, report)
+    _quantize_linears(model.vision, "vision", recipe.encoder, recipe.group_size, report)
+    if model.audio is not None:
+        _quantize_linears(model.audio, "audio", recipe.encoder, recipe.group_size, report)
+    return report
