@@ -85,9 +85,27 @@ def info(
                   + (f", audio {s.audio.num_frames} frames -> {s.audio_tokens} tokens" if s.audio else ""))
 
 
+def _open_backend(bundle: Optional[Path], checkpoint, audio_checkpoint, preset, max_context):
+    """A bundle directory (its target's backend) or the eager model (torch backend)."""
+    if bundle is not None:
+        from autoglm_runtime.bundle import open_bundle
+
+        from autoglm_runtime.backends import backend_for_bundle
+
+        b = open_bundle(bundle)
+        return backend_for_bundle(b), b.tokenizer_path, b.spec, b.manifest.get("max_seq_len")
+    from autoglm_runtime.backends.torch_backend import TorchBackend
+
+    from .source import open_source
+
+    src = open_source(checkpoint, audio_checkpoint, preset, max_context=max_context)
+    return TorchBackend(src.model), src.tokenizer_path, src.spec, None
+
+
 @app.command()
 @guarded
 def run(
+    bundle: Optional[Path] = typer.Argument(None, help="Bundle directory (dist/android, ...). Without it: the eager PyTorch model."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
     image: Optional[Path] = typer.Option(None, "--image", help="Image file (PNG/JPEG/...)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
@@ -100,17 +118,14 @@ def run(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     seed: int = typer.Option(0, "--seed"),
     thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."),
-    max_context: Optional[int] = typer.Option(None, "--max-context", help="KV-cache length (default: preset's)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="KV-cache length for the eager model (default: preset's)."),
 ):
-    """Generate with the eager PyTorch model (the torch backend of the reference runtime), streaming tokens."""
-    from autoglm_runtime.backends.torch_backend import TorchBackend
+    """Generate with the reference runtime, streaming tokens: through a bundle, or the eager model."""
     from autoglm_runtime.sampling import SamplingConfig
     from autoglm_runtime.session import Session
 
-    from .source import open_source
-
-    src = open_source(checkpoint, audio_checkpoint, preset, max_context=max_context)
-    session = Session(TorchBackend(src.model), src.tokenizer_path, src.spec)
+    backend, tokenizer, spec, chunk = _open_backend(bundle, checkpoint, audio_checkpoint, preset, max_context)
+    session = Session(backend, tokenizer, spec, prefill_chunk=chunk)
     result = session.generate(
         prompt,
         image=image,
@@ -123,7 +138,7 @@ def run(
     )
     sys.stdout.write("\n")
     console.print(
-        f"[dim]{result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated, "
+        f"[dim]{backend.name}: {result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated, "
         f"stop: {result.stop_reason}, prefill {result.prefill_s * 1e3:.0f} ms, "
         f"decode {result.decode_ms_per_token:.1f} ms/token[/]",
         highlight=False,
@@ -136,28 +151,71 @@ def android(
     checkpoint: Optional[Path] = CheckpointOpt,
     audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
     preset: str = PresetOpt,
-    out: Path = typer.Option(Path("dist/android"), "--out", help="Bundle directory."),
+    out: Path = typer.Option(Path("dist/android"), "--out", help="Bundle directory (written atomically)."),
+    quant: str = typer.Option("8da4w", "--quant", help="Text decoder linears: 8da4w (int8 dynamic act, int4 weights), 8da8w, fp32."),
+    group_size: int = typer.Option(32, "--group-size", help="int4 weight group size: 32, 64, 128 (256)."),
+    quant_encoder: str = typer.Option("8da8w", "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32."),
+    quant_embedding: str = typer.Option("8", "--quant-embedding", help="Token embedding: 4, 8 or none."),
+    max_seq_len: int = typer.Option(128, "--max-seq-len", help="Longest text_decoder call (prefill chunk)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
+    audio_frames: Optional[int] = typer.Option(None, "--audio-frames", help="Mel frames per audio clip (100 per second)."),
+    backend: str = typer.Option("xnnpack", "--backend", help="xnnpack or qnn (needs QNN_SDK_ROOT)."),
+    soc: Optional[str] = typer.Option(None, "--soc", help="Snapdragon SoC for qnn, e.g. SM8650."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the bundle with ExecuTorch and gate on parity."),
+    custom_ops: bool = typer.Option(True, "--custom-ops/--no-custom-ops", help="Use ExecuTorch's update_cache/custom_sdpa kernels in the decoder."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
 ):
-    """Export for Android (ExecuTorch). For now: build the eager model and validate it against transformers.
+    """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
+    from .android import AndroidOptions, export_android
+    from .pipeline import ModelRequest
+    from .quantize import QuantRecipe
 
-    The ExecuTorch .pte export is the next issue; this command says so and stops after validation.
-    """
+    recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder, embedding=quant_embedding)
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames)
+    opts = AndroidOptions(out=out, recipe=recipe, max_seq_len=max_seq_len, backend=backend, soc=soc,
+                          validate=validate, force=force, custom_ops=custom_ops)
+    path, report = export_android(request, opts)
+    if report is not None:
+        console.print("\n".join(report.lines()), highlight=False)
+    console.print(f"[green]bundle written to {path}[/]")
+
+
+@app.command()
+@guarded
+def validate(
+    bundle: Path = typer.Argument(..., help="Bundle directory to check."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Compare against this checkpoint instead of the one in the manifest."),
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+):
+    """Re-run the parity checks of an existing bundle against freshly built references."""
+    from .revalidate import validate_bundle
+
+    report = validate_bundle(bundle, checkpoint, audio_checkpoint)
+    console.print("\n".join(report.lines()), highlight=False)
+    if not report.passed:
+        console.print(f"[bold red]error:[/] {bundle} fails parity")
+        raise typer.Exit(1)
+    console.print(f"[green]{bundle}: parity passed[/]")
+
+
+@app.command()
+@guarded
+def verify(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+):
+    """Check our re-implementation against transformers on an image+text prompt (needs transformers)."""
     from .source import open_source
     from .verify import verify_against_transformers
 
-    src = open_source(checkpoint, audio_checkpoint, preset)
-    console.print(f"built eager model from {src.label}")
-    report = verify_against_transformers(src)
+    report = verify_against_transformers(open_source(checkpoint, audio_checkpoint, preset))
     for line in report.lines():
         console.print("  " + line, highlight=False)
     if not report.passed:
-        console.print("[bold red]error:[/] the eager model does not match transformers; nothing exported")
+        console.print("[bold red]error:[/] the eager model does not match transformers")
         raise typer.Exit(1)
-    console.print(
-        f"[yellow]stopped after validating the eager model: the ExecuTorch .pte export (into {out}) is not "
-        "implemented yet[/]"
-    )
 
 
 def main() -> None:

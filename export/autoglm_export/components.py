@@ -13,15 +13,44 @@ from torch import nn
 from .model.autoglm import AutoGLM
 
 
-class Entry(nn.Module):
-    """Binds one method of the shared model as ``forward`` (weights are not copied)."""
+class _Entry(nn.Module):
+    """Binds one method of the shared model as ``forward`` (weights are not copied).
 
-    def __init__(self, model: AutoGLM, method: str):
+    Explicit signatures (not *args) so torch.export sees named, individually dynamic inputs.
+    """
+
+    def __init__(self, model: AutoGLM):
         super().__init__()
-        self.model, self.method = model, method
+        self.model = model
 
-    def forward(self, *args):
-        return getattr(self.model, self.method)(*args)
+
+class VisionEntry(_Entry):
+    def forward(self, pixel_values):
+        return self.model.vision_encoder(pixel_values)
+
+
+class AudioEntry(_Entry):
+    def forward(self, input_features):
+        return self.model.audio_encoder(input_features)
+
+
+class EmbeddingEntry(_Entry):
+    def forward(self, token_ids):
+        return self.model.token_embedding(token_ids)
+
+
+class DecoderEntry(_Entry):
+    def forward(self, inputs_embeds, cache_position, position_ids):
+        return self.model.text_decoder(inputs_embeds, cache_position, position_ids)
+
+
+class ResetCacheEntry(_Entry):
+    """Zeroes the KV cache. Same attribute path as DecoderEntry, so runtimes that share mutable
+    buffers by name (ExecuTorch with share_mutable_buffers) clear the decoder's cache."""
+
+    def forward(self):
+        self.model.reset_cache()
+        return torch.zeros(1)
 
 
 @dataclass
@@ -48,7 +77,7 @@ def components(model: AutoGLM, max_seq_len: int) -> list[Component]:
     out = [
         Component(
             "vision_encoder",
-            Entry(model, "vision_encoder"),
+            VisionEntry(model),
             (torch.zeros(model.vision.num_patches, model.vision.patch_dim),),
             ("pixel_values",),
             ("image_embeds",),
@@ -57,24 +86,25 @@ def components(model: AutoGLM, max_seq_len: int) -> list[Component]:
     if model.audio is not None:
         mel = model.cfg.audio.num_mel_bins
         out.append(
-            Component("audio_encoder", Entry(model, "audio_encoder"), (torch.zeros(1, mel, model.shape.audio_frames),),
+            Component("audio_encoder", AudioEntry(model), (torch.zeros(1, mel, model.shape.audio_frames),),
                       ("input_features",), ("audio_embeds",))
         )
     # Example length >= 2 so torch.export doesn't specialise the dynamic dim to 0/1.
     seq = Dim("seq", min=1, max=max_seq_len)
     n = min(4, max_seq_len)
     out.append(
-        Component("token_embedding", Entry(model, "token_embedding"), (torch.zeros(1, n, dtype=torch.long),),
+        Component("token_embedding", EmbeddingEntry(model), (torch.zeros(1, n, dtype=torch.long),),
                   ("token_ids",), ("embeds",), ({1: seq},))
     )
     out.append(
         Component(
             "text_decoder",
-            Entry(model, "text_decoder"),
+            DecoderEntry(model),
             (torch.zeros(1, n, hidden), torch.arange(n), torch.arange(n).expand(3, n).contiguous()),
             ("inputs_embeds", "cache_position", "position_ids"),
             ("logits",),
             ({1: seq}, {0: seq}, {1: seq}),
         )
     )
+    out.append(Component("reset_cache", ResetCacheEntry(model), (), (), ("done",)))
     return out

@@ -52,6 +52,9 @@ class QuantRecipe:
             raise ExportError(f"--group-size {self.group_size}: expected 32, 64, 128 or 256")
 
     def kind(self, component: str) -> str:
+        """How the component is quantized, which decides its parity thresholds."""
+        if component == "token_embedding":
+            return "fp32" if self.embedding == "none" else "weight_only"
         scheme = self.encoder if component in ("vision_encoder", "audio_encoder") else self.linear
         return QUANT_KINDS[scheme]
 

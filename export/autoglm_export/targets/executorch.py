@@ -60,15 +60,21 @@ def _tensor_spec(name: str, t: torch.Tensor, dynamic: dict | None) -> dict:
     return {"name": name, "shape": shape, "dtype": str(t.dtype).replace("torch.", "")}
 
 
+# Graph bookkeeping, not compute: excluded from the delegated fraction.
+_BOOKKEEPING = ("getitem", "_assert_scalar", "sym_size", "_local_scalar_dense", "sym_constrain_range")
+
+
 def _delegation(edge_program) -> dict:
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(edge_program.graph_module)
-    undelegated = Counter({op: b.non_delegated for op, b in info.delegation_by_operator.items() if b.non_delegated})
-    total = info.num_delegated_nodes + info.num_non_delegated_nodes
+    undelegated = Counter({op: b.non_delegated for op, b in info.delegation_by_operator.items()
+                           if b.non_delegated and not op.startswith(_BOOKKEEPING)})
+    non_delegated = sum(undelegated.values())
+    total = info.num_delegated_nodes + non_delegated
     return {
         "delegated_nodes": info.num_delegated_nodes,
-        "non_delegated_nodes": info.num_non_delegated_nodes,
+        "non_delegated_nodes": non_delegated,
         "delegated_fraction": round(info.num_delegated_nodes / total, 4) if total else 0.0,
         "delegated_subgraphs": info.num_delegated_subgraphs,
         "top_non_delegated_ops": dict(undelegated.most_common(8)),
@@ -130,7 +136,10 @@ def lower(components: list[Component], constant_methods: dict, backend: str = "x
     program = edge.to_executorch(
         ExecutorchBackendConfig(
             # Inputs come from the caller; KV-cache buffers are planned and persist across calls.
-            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            # share_mutable_buffers: the KV cache gets its own memory, shared by name between methods
+            # (text_decoder, reset_cache). Without it, calling token_embedding between decoder steps
+            # overwrites the cache in the shared planned arena.
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True),
             # Fuses dequantize + embedding into the quantized embedding kernels (else "missing out variants").
             do_quant_fusion_and_const_prop=True,
         )

@@ -17,3 +17,15 @@ class Backend(Protocol):
     def token_embedding(self, token_ids: np.ndarray) -> np.ndarray: ...
     def text_decoder(self, embeds: np.ndarray, cache_position: np.ndarray, position_ids: np.ndarray) -> np.ndarray: ...
     def reset(self) -> None: ...
+
+
+def backend_for_bundle(bundle) -> Backend:
+    """The backend that runs a bundle's target (``manifest["target"]``)."""
+    from ..errors import BundleError
+
+    target = bundle.target
+    if target == "executorch":
+        from .executorch_backend import ExecuTorchBackend
+
+        return ExecuTorchBackend(bundle.path(bundle.manifest.get("program", "model.pte")))
+    raise BundleError(f"{bundle.root}: no runtime backend for target '{target}'")

@@ -1,0 +1,161 @@
+"""Steps every export target shares: load, reference outputs, quantize, manifest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from autoglm_runtime.backends.torch_backend import TorchBackend
+from autoglm_runtime.prompt import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, THINK_OFF_PREFILL
+
+from . import __version__
+from .errors import ExportError
+from .quantize import QuantRecipe, QuantReport, apply_recipe
+from .source import ModelSource, open_source
+from .validate import COMPONENTS, Probe, build_probes, run_components
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelRequest:
+    """What to load and at which static shapes (shared by android / ios / onnx / validate)."""
+
+    checkpoint: Path | None = None
+    audio_checkpoint: Path | None = None
+    preset: str = "tiny"
+    max_context: int | None = None
+    image_hw: tuple[int, int] | None = None
+    audio_frames: int | None = None
+
+    def open(self) -> ModelSource:
+        return open_source(self.checkpoint, self.audio_checkpoint, self.preset, max_context=self.max_context,
+                           image_hw=self.image_hw, audio_frames=self.audio_frames)
+
+    def to_dict(self) -> dict:
+        return {"checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "audio_checkpoint": str(self.audio_checkpoint) if self.audio_checkpoint else None,
+                "preset": self.preset, "max_context": self.max_context,
+                "image_hw": list(self.image_hw) if self.image_hw else None, "audio_frames": self.audio_frames}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelRequest":
+        return cls(Path(d["checkpoint"]) if d.get("checkpoint") else None,
+                   Path(d["audio_checkpoint"]) if d.get("audio_checkpoint") else None,
+                   d.get("preset", "tiny"), d.get("max_context"),
+                   tuple(d["image_hw"]) if d.get("image_hw") else None, d.get("audio_frames"))
+
+
+@dataclass
+class Stages:
+    """Stage timings, logged as they finish and recorded in the manifest."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        log.info("» %s", name)
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
+        log.info("  %s done in %.1f s", name, self.seconds[name])
+
+
+@dataclass
+class References:
+    probes: list[Probe]
+    outputs: dict[str, dict[str, np.ndarray]]  # "fp32" / "quantized_eager" -> component -> array
+    quant_report: QuantReport
+
+
+def quantize_with_references(src: ModelSource, recipe: QuantRecipe, max_seq_len: int, stages: Stages,
+                             validate: bool = True) -> References:
+    """fp32 reference outputs, then quantize in place, then the quantized-eager reference outputs.
+
+    Only one copy of the model exists at any time: the references are small arrays.
+    """
+    probes, outputs = [], {}
+    if validate:
+        if src.tokenizer_path is None:
+            raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
+        with stages.stage("fp32 reference outputs"):
+            backend = TorchBackend(src.model)
+            probes = build_probes(src.spec, src.tokenizer_path, backend)
+            outputs["fp32"] = run_components(backend, probes, max_seq_len)
+    with stages.stage("quantize " + ", ".join(f"{k}={v}" for k, v in recipe.to_dict().items())):
+        report = apply_recipe(src.model, recipe)
+    if validate:
+        with stages.stage("quantized eager reference outputs"):
+            outputs["quantized_eager"] = run_components(TorchBackend(src.model), probes, max_seq_len)
+    return References(probes, outputs, report)
+
+
+def quant_kinds(recipe: QuantRecipe) -> dict[str, str]:
+    return {c: recipe.kind(c) for c in COMPONENTS}
+
+
+def model_summary(src: ModelSource) -> dict:
+    cfg, model = src.config, src.model
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in
+              (("text", model.text), ("vision", model.vision), ("audio", model.audio)) if m is not None}
+    t = cfg.text
+    return {
+        "model_type": cfg.model_type,
+        "parameters": params,
+        "text": {"hidden_size": t.hidden_size, "layers": t.num_hidden_layers, "heads": t.num_attention_heads,
+                 "kv_heads": t.num_key_value_heads, "head_dim": t.head_dim, "intermediate_size": t.intermediate_size,
+                 "vocab_size": t.vocab_size, "rotary_dim": t.rotary_dim, "mrope_section": list(t.mrope_section),
+                 "moe": {"experts": t.n_routed_experts, "top_k": t.num_experts_per_tok, "shared": t.n_shared_experts,
+                         "first_k_dense_replace": t.first_k_dense_replace} if t.is_moe else None},
+        "vision": {"depth": cfg.vision.depth, "hidden_size": cfg.vision.hidden_size, "heads": cfg.vision.num_heads,
+                   "patch_size": cfg.vision.patch_size, "spatial_merge_size": cfg.vision.spatial_merge_size},
+        "audio": ({"hidden_size": cfg.audio.hidden_size, "layers": cfg.audio.num_hidden_layers,
+                   "mel_bins": cfg.audio.num_mel_bins} if cfg.audio else None),
+    }
+
+
+def chat_template() -> dict:
+    """The GLM-4.1V chat format as data, for apps that build prompts themselves."""
+    return {
+        "name": "glm-4.1v",
+        "prefix": "[gMASK]<sop>",
+        "turn": "<|{role}|>\n{content}",
+        "generation_prompt": "<|assistant|>\n",
+        "image_placeholder": IMAGE_PLACEHOLDER,
+        "audio_placeholder": AUDIO_PLACEHOLDER,
+        "thinking_off_suffix": THINK_OFF_PREFILL,
+        "placeholder_expansion": "each <|image|> becomes runtime.image_tokens copies, each <|audio|> runtime.audio_tokens copies",
+    }
+
+
+def special_tokens(src: ModelSource) -> dict[str, int]:
+    if src.tokenizer_path is None:
+        return {}
+    from autoglm_runtime.tokenizer import Tokenizer
+
+    return Tokenizer(src.tokenizer_path).special_ids()
+
+
+def base_manifest(target: str, src: ModelSource, request: ModelRequest, recipe: QuantRecipe, refs: References,
+                  stages: Stages) -> dict:
+    from .bundle import toolchain_versions
+
+    return {
+        "target": target,
+        "created_by": f"autoglm-export {__version__}",
+        "source": {"label": src.label, **request.to_dict()},
+        "model": model_summary(src),
+        "export_shape": src.model.shape.to_dict(),
+        "quantization": {"recipe": recipe.to_dict(), "per_component": refs.quant_report.summary(),
+                         "fallbacks": refs.quant_report.fallbacks, "kinds": quant_kinds(recipe)},
+        "runtime": src.spec.to_dict(),
+        "special_tokens": special_tokens(src),
+        "chat_template": chat_template(),
+        "stage_seconds": stages.seconds,
+        "toolchain": toolchain_versions(),
+    }
