@@ -16,7 +16,8 @@ from autoglm_runtime.parity import ParityReport
 from .bundle import BundleWriter, check_destination
 from .components import components
 from .errors import ExportError
-from .pipeline import ModelRequest, Stages, base_manifest, quant_kinds, quantize_with_references
+from .pipeline import (ModelRequest, Stages, base_manifest, check_against_transformers, quant_kinds,
+                       quantize_with_references)
 from .quantize import QuantRecipe
 from .source import ModelSource
 from .targets.executorch import check_backend, lower
@@ -80,6 +81,7 @@ def export_android(request: ModelRequest, opts: AndroidOptions) -> tuple[Path, P
         src = request.open()
     if not 2 <= opts.max_seq_len <= src.spec.max_context:
         raise ExportError(f"--max-seq-len {opts.max_seq_len} must be between 2 and the context length {src.spec.max_context}")
+    reference_check = check_against_transformers(src, stages) if opts.validate else None
     refs = quantize_with_references(src, opts.recipe, opts.max_seq_len, stages, validate=opts.validate)
     if opts.custom_ops and opts.backend == "xnnpack":
         use_executorch_attention(src.model)
@@ -120,6 +122,7 @@ def export_android(request: ModelRequest, opts: AndroidOptions) -> tuple[Path, P
             "delegation": lowered.delegation,
             "validated": opts.validate,
             "custom_ops": opts.custom_ops and opts.backend == "xnnpack",
+            "reference_check": reference_check,
         })
         bundle.finish(manifest)
     _fail_report_path(opts.out).unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -53,7 +54,9 @@ def parse_hw(value: Optional[str]) -> Optional[tuple[int, int]]:
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    if not verbose:  # third-party import chatter (torchao's optional CUDA kernels, pytree notices)
+    if not verbose:  # third-party chatter (torchao's optional CUDA kernels, pytree deprecations in torch.export)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         for name in ("torchao", "torch.utils._pytree", "transformers"):
             logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -95,6 +95,38 @@ def quantize_with_references(src: ModelSource, recipe: QuantRecipe, max_seq_len:
     return References(probes, outputs, report)
 
 
+# Holding transformers' copy next to ours doubles memory: only done for models below this size.
+REFERENCE_CHECK_MAX_PARAMS = 2_000_000_000
+
+
+def check_against_transformers(src: ModelSource, stages: Stages) -> dict | None:
+    """Our fp32 model vs transformers on an image+text prompt, before anything is quantized.
+
+    Closes the chain: exported program ~ quantized eager ~(quantization cost) fp32 eager ~ transformers.
+    """
+    from .verify import verify_against_transformers
+
+    params = sum(p.numel() for p in src.model.parameters())
+    if src.checkpoint is None or src.tokenizer_path is None:
+        log.info("reference check skipped: %s has no checkpoint/tokenizer for transformers to load", src.label)
+        return None
+    if params > REFERENCE_CHECK_MAX_PARAMS:
+        log.info("reference check skipped for %.1fB params (memory); run `autoglm-export verify` separately", params / 1e9)
+        return None
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        log.info("reference check skipped: transformers is not installed")
+        return None
+    with stages.stage("check fp32 model against transformers"):
+        report = verify_against_transformers(src)
+    for line in report.lines():
+        log.info("  %s", line)
+    if not report.passed:
+        raise ExportError("our fp32 model does not match transformers on this checkpoint; nothing exported")
+    return {"passed": True, "comparisons": [c.line() for c in report.comparisons]}
+
+
 def quant_kinds(recipe: QuantRecipe) -> dict[str, str]:
     return {c: recipe.kind(c) for c in COMPONENTS}
 

@@ -46,7 +46,7 @@ class ExecuTorchAttention(nn.Module):
         q = apply_rotary(q, cos, sin, self.interleaved).transpose(1, 2)
         k = apply_rotary(k, cos, sin, self.interleaved).transpose(1, 2)
         start = cache_position[0].item()
-        torch._check_is_size(start)
+        torch._check(start >= 0)
         torch._check(start < self.max_context)
         torch.ops.llama.update_cache(k, self.kv_cache.k_cache, start)
         torch.ops.llama.update_cache(v, self.kv_cache.v_cache, start)
