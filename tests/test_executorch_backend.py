@@ -120,7 +120,7 @@ def _decode(backend, ids, start):
 def test_metadata_and_components(toy_pte):
     toy, path = toy_pte
     b = ExecuTorchBackend(path)
-    assert b.metadata() == {"get_max_seq_len": MAX_SEQ, "get_max_context_len": CONTEXT, "get_eos_ids": 3,
+    assert b.metadata() == {"get_max_seq_len": MAX_SEQ, "get_max_context_len": CONTEXT, "get_eos_ids": [3],
                             "get_vocab_size": VOCAB, "use_kv_cache": True, "enable_dynamic_shape": True}
     assert b.max_seq_len == MAX_SEQ and b.has_reset_method
     pix = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)

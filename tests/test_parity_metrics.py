@@ -115,3 +115,13 @@ def test_report_round_trip(tmp_path):
     lines = report.lines()
     assert len(lines) == 2 and lines[0].startswith("PASS  text_decoder") and "top1 100.0%" in lines[0]
     assert lines[1].startswith("FAIL  vision_encoder") and "non-finite" in lines[1]
+
+
+def test_top1_ignores_near_ties_but_reports_them():
+    from autoglm_runtime.parity import TIE_MARGIN, compare_arrays
+
+    ref = np.array([[5.0, 1.0, 0.0], [1.0, 1.0 + TIE_MARGIN / 10, 0.0], [0.0, 4.0, 1.0]])
+    got = np.array([[5.0, 1.0, 0.0], [1.0 + TIE_MARGIN / 5, 1.0, 0.0], [4.0, 0.0, 1.0]])
+    m = compare_arrays("logits", got, ref, logits=True)
+    assert m.top1_positions == 2  # the middle row is a tie at this scale
+    assert m.top1_agreement == 0.5 and abs(m.top1_all - 1 / 3) < 1e-12

@@ -10,7 +10,11 @@ reference's; both are compared in float64):
 - ``cosine``       cosine similarity of the flattened arrays (1.0 when both are all zeros)
 - ``nonfinite``    count of NaN/inf in ``got``; any at all fails, whatever the thresholds
 - logits only (last axis = vocab, every other axis = positions):
-  ``top1_agreement`` fraction of positions where argmax(got) == argmax(ref);
+  ``top1_agreement`` fraction of *decisive* positions where argmax(got) == argmax(ref). A position
+  is decisive when the reference's top-1 beats its runner-up by at least ``TIE_MARGIN`` of the
+  logit scale; near-ties (common in random-weight test models) flip under any rounding and say
+  nothing about faithfulness. ``top1_all`` is the plain agreement over every position and
+  ``top1_positions`` how many positions were decisive (with none, agreement is 1.0 vacuously);
   ``kl_mean`` / ``kl_max`` KL(softmax(ref) || softmax(got)) per position, in nats.
 
 Thresholds (``THRESHOLDS[(reference, quant_kind)]``), by what the export is compared with:
@@ -48,6 +52,7 @@ from typing import Any
 import numpy as np
 
 REFERENCES = ("quantized_eager", "fp32")
+TIE_MARGIN = 0.01  # top-1 vs runner-up gap, as a fraction of the logit scale, below which a position is a tie
 QUANT_KINDS = ("fp32", "int8_dynamic", "weight_only")
 COMPONENTS = ("text_decoder", "vision_encoder", "audio_encoder", "token_embedding")
 LOGIT_COMPONENTS = ("text_decoder",)
@@ -107,6 +112,8 @@ class Metrics:
     cosine: float
     nonfinite: int = 0
     top1_agreement: float | None = None
+    top1_all: float | None = None
+    top1_positions: int | None = None
     kl_mean: float | None = None
     kl_max: float | None = None
 
@@ -146,7 +153,7 @@ class Metrics:
     def summary(self) -> str:
         s = f"cos {self.cosine:.6f}  rel {self.rel_max_abs:.2e}"
         if self.top1_agreement is not None:
-            s += f"  top1 {self.top1_agreement:6.1%}  KL {self.kl_mean:.2e}/{self.kl_max:.2e}"
+            s += f"  top1 {self.top1_agreement:6.1%} of {self.top1_positions} (all {self.top1_all:.1%})  KL {self.kl_mean:.2e}/{self.kl_max:.2e}"
         return s
 
 
@@ -191,7 +198,12 @@ def compare_arrays(name: str, got: np.ndarray, ref: np.ndarray, *, logits: bool 
     if logits:
         vocab = got.shape[-1]
         g2, r2 = got.reshape(-1, vocab), ref.reshape(-1, vocab)
-        m.top1_agreement = float(np.mean(np.argmax(g2, axis=-1) == np.argmax(r2, axis=-1)))
+        agree = np.argmax(g2, axis=-1) == np.argmax(r2, axis=-1)
+        top2 = np.sort(r2, axis=-1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) >= TIE_MARGIN * max(ref_scale, 1e-6)
+        m.top1_all = float(np.mean(agree))
+        m.top1_positions = int(np.count_nonzero(decisive))
+        m.top1_agreement = float(np.mean(agree[decisive])) if decisive.any() else 1.0
         kl = kl_divergence(r2, g2)
         m.kl_mean, m.kl_max = float(np.mean(kl)), float(np.max(kl))
     return m

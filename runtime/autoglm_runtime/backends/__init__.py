@@ -27,5 +27,13 @@ def backend_for_bundle(bundle) -> Backend:
     if target == "executorch":
         from .executorch_backend import ExecuTorchBackend
 
-        return ExecuTorchBackend(bundle.path(bundle.manifest.get("program", "model.pte")))
+        return ExecuTorchBackend.from_bundle(bundle)
+    if target == "onnx":
+        from .onnx_backend import OnnxBackend
+
+        return OnnxBackend.from_bundle(bundle)
+    if target == "coreml":
+        from .coreml_backend import CoreMLBackend
+
+        return CoreMLBackend.from_bundle(bundle)
     raise BundleError(f"{bundle.root}: no runtime backend for target '{target}'")

@@ -37,6 +37,9 @@ RESET_METHOD = "reset_cache"
 METADATA_PREFIXES = ("get_", "use_", "enable_")
 
 
+LIST_METHODS = ("get_eos_ids",)  # list-valued even with a single element
+
+
 def _import_executorch():
     """Import the runtime plus the kernel libraries our programs may use (they register ops on import)."""
     try:
@@ -103,7 +106,8 @@ class ExecuTorchProgram:
             if not name.startswith(METADATA_PREFIXES) or self.program.metadata(name).num_inputs() != 0:
                 continue
             values = [_to_python(v) for v in self.method(name).execute([])]
-            out[name] = values[0] if len(values) == 1 else values
+            # get_eos_ids is a list even with one id; every other constant is a scalar.
+            out[name] = values[0] if len(values) == 1 and name not in LIST_METHODS else values
         return out
 
     def run(self, name: str, *arrays: np.ndarray) -> list[np.ndarray]:
