@@ -8,12 +8,13 @@ PIP := $(VENV)/bin/pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: install test android clean-dist help
+.PHONY: install test android parity help
 
 help:
 	@echo "make install  - create .venv with pinned dependencies (torch==2.13.0 CPU)"
 	@echo "make test     - install if needed, run the test suite"
 	@echo "make android  - install if needed, export the embedded tiny model to dist/android"
+	@echo "make parity   - export the tiny model to every target and write parity-report.md/.html"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 required)" >&2; exit 1; }
@@ -32,3 +33,10 @@ test: $(STAMP)
 
 android: $(STAMP)
 	$(VENV)/bin/autoglm-export android --force
+
+# Every target's bundle of the embedded model, then one combined report; fails on any breach.
+parity: $(STAMP)
+	$(VENV)/bin/autoglm-export android --force --out dist/android
+	$(VENV)/bin/autoglm-export onnx --force --out dist/onnx
+	$(VENV)/bin/autoglm-export ios --force --out dist/ios
+	$(VENV)/bin/autoglm-export parity-report dist/android dist/onnx dist/ios --out parity-report.md

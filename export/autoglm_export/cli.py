@@ -186,6 +186,67 @@ def android(
 
 @app.command()
 @guarded
+def onnx(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+    out: Path = typer.Option(Path("dist/onnx"), "--out", help="Bundle directory (written atomically)."),
+    quant: str = typer.Option("int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."),
+    block_size: int = typer.Option(32, "--block-size", help="int4 block size along the input dimension: 16, 32, 64, 128, 256."),
+    max_seq_len: int = typer.Option(128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."),
+    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
+    audio_frames: Optional[int] = typer.Option(None, "--audio-frames", help="Mel frames per audio clip (100 per second)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the bundle with onnxruntime and gate on parity."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
+):
+    """Export an ONNX bundle: one .onnx per component + tokenizer.json + manifest.json + parity.json."""
+    from .onnx_export import OnnxOptions, OnnxQuant, export_onnx
+    from .pipeline import ModelRequest
+
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames)
+    opts = OnnxOptions(out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len, validate=validate, force=force)
+    path, report = export_onnx(request, opts)
+    if report is not None:
+        console.print("\n".join(report.lines()), highlight=False)
+    console.print(f"[green]bundle written to {path}[/]")
+
+
+@app.command()
+@guarded
+def ios(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+    out: Path = typer.Option(Path("dist/ios"), "--out", help="Bundle directory (written atomically)."),
+    min_ios: int = typer.Option(18, "--min-ios", help="18: KV cache as Core ML state, int4, prefill/decode functions. 17: cache as inputs/outputs, int8."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16."),
+    block_size: int = typer.Option(32, "--block-size", help="int4 block size along the input channels: 16, 32, 64, 128, 256."),
+    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
+    prefill_chunk: int = typer.Option(64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
+    audio_frames: Optional[int] = typer.Option(None, "--audio-frames", help="Mel frames per audio clip (100 per second)."),
+    compute_units: str = typer.Option("all", "--compute-units", help="all, cpu_and_gpu, cpu_and_ne (recorded for the app; used by MLModel validation on macOS)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the packages (MIL interpreter on Linux, MLModel on macOS) and gate on parity."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
+):
+    """Export Core ML packages for iPhone: *.mlpackage + tokenizer.json + manifest.json + parity.json."""
+    from .ios_export import IOSOptions, export_ios
+    from .pipeline import ModelRequest
+    from .targets.coreml import CoreMLRecipe
+
+    recipe = CoreMLRecipe(weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios)
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames)
+    opts = IOSOptions(out=out, recipe=recipe, prefill_chunk=prefill_chunk, compute_units=compute_units,
+                      validate=validate, force=force)
+    path, report = export_ios(request, opts)
+    if report is not None:
+        console.print("\n".join(report.lines()), highlight=False)
+    console.print(f"[green]bundle written to {path}[/]")
+
+
+@app.command()
+@guarded
 def validate(
     bundle: Path = typer.Argument(..., help="Bundle directory to check."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Compare against this checkpoint instead of the one in the manifest."),
@@ -218,6 +279,24 @@ def verify(
         console.print("  " + line, highlight=False)
     if not report.passed:
         console.print("[bold red]error:[/] the eager model does not match transformers")
+        raise typer.Exit(1)
+
+
+@app.command("parity-report")
+@guarded
+def parity_report(
+    bundles: list[Path] = typer.Argument(..., help="Bundle directories, e.g. dist/android dist/ios dist/onnx."),
+    out: Path = typer.Option(Path("parity-report.md"), "--out", help="Markdown report; the HTML page goes next to it."),
+):
+    """Combine the bundles' parity.json into parity-report.md + .html; exit 1 on any failing or missing bundle."""
+    from .report import write_report
+
+    results = write_report(bundles, out)
+    for r in results:
+        status = "PASS" if r.passed else f"FAIL {r.problem or '; '.join(r.report.failures)}"
+        console.print(f"  {r.target or '?':10s} {r.path}: {status}", highlight=False)
+    console.print(f"wrote {out} and {out.with_suffix('.html')}")
+    if not all(r.passed for r in results):
         raise typer.Exit(1)
 
 

@@ -17,6 +17,14 @@ from .validate import compare, run_components
 def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_checkpoint: Path | None = None) -> ParityReport:
     bundle = open_bundle(bundle_dir)  # checks every file's size and sha256 first
     manifest = bundle.manifest
+    if manifest["target"] == "coreml":  # Core ML rounds weights its own way (targets/coreml.py)
+        from .ios_export import validate_ios_bundle
+
+        return validate_ios_bundle(bundle, checkpoint, audio_checkpoint)
+    if manifest["target"] == "onnx":  # MatMulNBits int4 has its own eager reference (targets/onnx.py)
+        from .onnx_export import validate_onnx_bundle
+
+        return validate_onnx_bundle(bundle, checkpoint, audio_checkpoint)
     shape = manifest["export_shape"]
     request = replace(ModelRequest.from_dict(manifest["source"]), max_context=shape["max_context"],
                       image_hw=tuple(shape["image_hw"]), audio_frames=shape["audio_frames"])
