@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from autoglm_runtime.parity import (
+    QUANT_KINDS,
     THRESHOLDS,
     Metrics,
     ParityReport,
@@ -75,7 +76,7 @@ def test_checks():
 
 
 def test_threshold_table():
-    assert set(THRESHOLDS) == {(r, q) for r in ("quantized_eager", "fp32") for q in ("fp32", "int8_dynamic", "weight_only")}
+    assert set(THRESHOLDS) == {(r, q) for r in ("quantized_eager", "fp32") for q in QUANT_KINDS}
     dec = thresholds_for("quantized_eager", "int8_dynamic", "text_decoder")
     assert dec.min_cosine == 0.999 and dec.min_top1 == 0.9 and dec.max_rel_abs is None
     vis = thresholds_for("quantized_eager", "int8_dynamic", "vision_encoder")

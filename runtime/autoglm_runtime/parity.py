@@ -29,8 +29,10 @@ and by how the model is quantized:
 - ``int8_dynamic``: 8da4w / 8da8w, int8 activations quantized at run time. XNNPACK and torchao round
   activations differently, so even a faithful export is judged by cosine and top-1, not by 1e-5.
   (Measured: cosine 0.99978 for the tiny 8da4w decoder vs its eager torchao reference.)
-- ``weight_only``:  int4/int8 weights with float activations (Core ML, ONNX): near float precision
+- ``weight_only``:  int4/int8 weights with fp32 activations (ONNX): near float precision
   against its quantized eager reference.
+- ``weight_only_fp16`` / ``fp16``: Core ML packages compute in fp16; their fp32-compute eager twin
+  differs by fp16 activation rounding (~2e-3 of scale), so faithfulness allows 1e-2.
 
 ``max_kl`` bounds ``kl_mean`` (the mean over positions; the max is reported, not judged: one flat
 position of a random-weight model should not fail a run). Encoders and the token embedding output
@@ -53,7 +55,7 @@ import numpy as np
 
 REFERENCES = ("quantized_eager", "fp32")
 TIE_MARGIN = 0.01  # top-1 vs runner-up gap, as a fraction of the logit scale, below which a position is a tie
-QUANT_KINDS = ("fp32", "int8_dynamic", "weight_only")
+QUANT_KINDS = ("fp32", "int8_dynamic", "weight_only", "weight_only_fp16", "fp16")
 COMPONENTS = ("text_decoder", "vision_encoder", "audio_encoder", "token_embedding")
 LOGIT_COMPONENTS = ("text_decoder",)
 
@@ -79,6 +81,9 @@ class Thresholds:
 
 FAITHFUL_FP32 = Thresholds(max_rel_abs=1e-4, min_cosine=0.99999)
 QUANTIZATION_COST = Thresholds(min_cosine=0.95, max_kl=0.5)
+# fp16-compute programs (Core ML) vs an fp32-compute twin: activation rounding alone gives ~2e-3 of scale.
+# Measured through the MIL interpreter on the tiny models: cosine >= 0.999999, rel 1.1e-3..1.9e-3, top-1 100%.
+FAITHFUL_FP16 = Thresholds(max_rel_abs=1e-2, min_cosine=0.9995, min_top1=0.95, max_kl=1e-3)
 
 # (reference, quant kind) -> limits. Edit here; nothing else hard-codes a parity number.
 THRESHOLDS: dict[tuple[str, str], Thresholds] = {
@@ -86,10 +91,14 @@ THRESHOLDS: dict[tuple[str, str], Thresholds] = {
     ("quantized_eager", "fp32"):         FAITHFUL_FP32,
     ("quantized_eager", "int8_dynamic"): Thresholds(min_cosine=0.999, min_top1=0.9),
     ("quantized_eager", "weight_only"):  Thresholds(max_rel_abs=1e-3, min_cosine=0.9999),
+    ("quantized_eager", "weight_only_fp16"): FAITHFUL_FP16,
+    ("quantized_eager", "fp16"):         FAITHFUL_FP16,
     # the exported program vs the unquantized original: the cost of quantization
     ("fp32", "fp32"):                    FAITHFUL_FP32,
     ("fp32", "int8_dynamic"):            QUANTIZATION_COST,
     ("fp32", "weight_only"):             QUANTIZATION_COST,
+    ("fp32", "weight_only_fp16"):        QUANTIZATION_COST,
+    ("fp32", "fp16"):                    FAITHFUL_FP16,
 }  # fmt: skip
 
 

@@ -1,0 +1,224 @@
+"""``autoglm-export ios``: Core ML packages for iPhone + tokenizer + manifest + parity report.
+
+checkpoint -> (transformers check) -> convert each component from the fp32 weights (coremltools
+casts them to fp16 and compresses them: int4 per-block / int8 per-channel) into a temp bundle ->
+fp32 reference outputs -> the same weight rounding applied to the eager model in place ->
+quantized-eager reference outputs -> run the saved packages (our MIL interpreter on Linux,
+``MLModel.predict`` on macOS 15+) -> parity gate -> publish.
+
+Packages: ``VisionEncoder.mlpackage``, ``AudioEncoder.mlpackage`` (when the model has audio),
+``TokenEmbedding.mlpackage``, ``TextDecoder.mlpackage`` (see ``targets/coreml.py`` for their
+inputs, outputs, states and functions; ``manifest.json["coreml"]`` lists them per package).
+
+Parity kinds: the packages compute in fp16, so a faithful package is compared with its fp32
+quantized-eager twin at fp16-activation precision: kind ``weight_only_fp16`` (int4/int8 weights)
+or ``fp16`` (``--quant fp16``), whose thresholds are in ``autoglm_runtime.parity``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from autoglm_runtime.backends.torch_backend import TorchBackend
+from autoglm_runtime.parity import ParityReport
+
+from .bundle import BundleWriter, check_destination
+from .errors import ExportError
+from .pipeline import ModelRequest, References, Stages, base_manifest, check_against_transformers
+from .source import ModelSource
+from .targets.coreml import (COMPUTE_UNITS, CONVERTERS, PACKAGES, CoreMLRecipe, PackageInfo, apply_coreml_quantization,
+                             convert_text_decoder)
+from . import validate as validation
+from .validate import COMPONENTS, build_probes, run_components
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class IOSOptions:
+    out: Path = Path("dist/ios")
+    recipe: CoreMLRecipe = CoreMLRecipe()
+    prefill_chunk: int = 64
+    compute_units: str = "all"
+    validate: bool = True
+    force: bool = False
+    engine: str | None = None  # None: MLModel on macOS 15+, our MIL interpreter elsewhere
+
+    def check(self) -> None:
+        if self.compute_units not in COMPUTE_UNITS:
+            raise ExportError(f"--compute-units {self.compute_units}: expected one of {', '.join(COMPUTE_UNITS)}")
+        if self.prefill_chunk < 1:
+            raise ExportError(f"--prefill-chunk {self.prefill_chunk} must be at least 1")
+
+
+def fail_report_path(out: Path) -> Path:
+    return out.parent / f"{out.name}.parity-failed.json"
+
+
+def quant_kinds(recipe: CoreMLRecipe) -> dict[str, str]:
+    return {c: recipe.kind(c) for c in COMPONENTS}
+
+
+def coreml_references(src: ModelSource, recipe: CoreMLRecipe, chunk: int, stages: Stages, validate: bool = True) -> References:
+    """fp32 reference outputs, then the packages' weight rounding applied to the eager model in place,
+    then the quantized-eager outputs. Call it after converting: the converters read the fp32 weights."""
+    probes, outputs = [], {}
+    if validate:
+        if src.tokenizer_path is None:
+            raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
+        with stages.stage("fp32 reference outputs"):
+            backend = TorchBackend(src.model)
+            probes = build_probes(src.spec, src.tokenizer_path, backend)
+            outputs["fp32"] = run_components(backend, probes, chunk)
+    if not validate:
+        return References(probes, outputs, apply_coreml_quantization(src.model, recipe, dry_run=True))
+    with stages.stage(f"{recipe.weights} weights in the eager model (as coremltools rounds them)"):
+        report = apply_coreml_quantization(src.model, recipe)
+    with stages.stage("quantized eager reference outputs"):
+        outputs["quantized_eager"] = run_components(TorchBackend(src.model), probes, chunk)
+    return References(probes, outputs, report)
+
+
+def _params(src: ModelSource) -> dict[str, int]:
+    m = src.model
+    emb = m.text.embed_tokens.weight.numel()
+    out = {"vision_encoder": sum(p.numel() for p in m.vision.parameters()), "token_embedding": emb,
+           "text_decoder": sum(p.numel() for p in m.text.parameters()) - emb}
+    if m.audio is not None:
+        out["audio_encoder"] = sum(p.numel() for p in m.audio.parameters())
+    return out
+
+
+def convert_all(src: ModelSource, recipe: CoreMLRecipe, prefill_chunk: int, bundle: BundleWriter, stages: Stages) -> dict[str, PackageInfo]:
+    """Every component into its package inside the bundle's temp folder."""
+    model = src.model
+    packages: dict[str, PackageInfo] = {}
+    for comp, convert in CONVERTERS.items():  # the encoders and the embedding; the decoder below
+        if comp == "audio_encoder" and model.audio is None:
+            continue
+        with stages.stage(f"convert {comp} -> {PACKAGES[comp]}"):
+            packages[comp] = convert(model, recipe, bundle.path(PACKAGES[comp]))
+    functions = "prefill + decode, state" if recipe.min_ios >= 18 else "main, cache in/out"
+    with stages.stage(f"convert text_decoder -> {PACKAGES['text_decoder']} ({functions})"), \
+            tempfile.TemporaryDirectory(prefix="autoglm-coreml-") as work:
+        packages["text_decoder"] = convert_text_decoder(model, recipe, bundle.path(PACKAGES["text_decoder"]),
+                                                        prefill_chunk, Path(work))
+    params = _params(src)
+    for comp, info in packages.items():
+        weights = Path(bundle.path(info.file)) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+        wbytes = weights.stat().st_size if weights.exists() else 0
+        info.extra.update({"parameters": params[comp], "weight_bytes": wbytes,
+                           "bits_per_weight": round(8 * wbytes / params[comp], 3) if params[comp] else None})
+        log.info("  %s: %.2f MB, %.2f bits/weight", info.file, info.bytes / 1e6, info.extra["bits_per_weight"] or 0)
+    return packages
+
+
+def _usage(recipe: CoreMLRecipe) -> dict:
+    mask = ("causal_mask [1, 1, S, end] fp16: 0 where query i (cache slot end-S+i) may attend to slot j (j <= end-S+i), "
+            "-inf elsewhere; the call writes its S tokens to cache slots end-S..end-1 and attends over slots 0..end-1")
+    common = {"position_ids": "[3, S] int32 M-RoPE ids (temporal, height, width), as autoglm_runtime.positions computes them",
+              "causal_mask": mask, "inputs_embeds": "[1, S, hidden] fp16: TokenEmbedding output with image/audio embeddings spliced in"}
+    if recipe.min_ios >= 18:
+        return {**common, "functions": {
+            "prefill": "exactly prefill_chunk tokens; pad a shorter last chunk with zero embeddings (its padded rows' logits are "
+                       "garbage and their cache slots are overwritten by the next call before anything attends to them)",
+            "decode": "one token"},
+            "state": "model.makeState() once per conversation, passed to both functions (MLModelConfiguration.functionName "
+                     "selects the function); a new state is an empty cache"}
+    return {**common, "functions": {"main": "1..prefill_chunk tokens"},
+            "kv_cache": "pass key_cache/value_cache [layers, 1, kv_heads, max_context, head_dim] fp16 (zeros to start); "
+                        "write the returned key_update/value_update [layers, 1, kv_heads, S, head_dim] at slots end-S..end-1"}
+
+
+def coreml_backend(root: Path, coreml: dict, engine: str | None = None):
+    from autoglm_runtime.backends.coreml_backend import CoreMLBackend
+
+    return CoreMLBackend(root, coreml, engine=engine)
+
+
+def validate_packages(backend, refs: References, recipe: CoreMLRecipe, chunk: int) -> ParityReport:
+    got = run_components(backend, refs.probes, chunk)
+    report = validation.compare("coreml", got, refs.outputs, quant_kinds(recipe))
+    report.info = {"engine": backend.engine_name, "quantization": recipe.to_dict(), "prefill_chunk": chunk,
+                   "compute_units": backend.compute_units}
+    return report
+
+
+def export_ios(request: ModelRequest, opts: IOSOptions) -> tuple[Path, ParityReport | None]:
+    check_destination(opts.out, opts.force)
+    opts.check()
+    recipe = opts.recipe
+    from autoglm_runtime.backends.coreml_backend import default_engine
+
+    engine = opts.engine or default_engine()
+    stages = Stages()
+    with stages.stage("load model"):
+        src = request.open()
+    if not 1 <= opts.prefill_chunk <= src.spec.max_context:
+        raise ExportError(f"--prefill-chunk {opts.prefill_chunk} must be between 1 and the context length {src.spec.max_context}")
+    reference_check = check_against_transformers(src, stages) if opts.validate else None
+    report = None
+    with BundleWriter(opts.out, force=opts.force) as bundle:
+        packages = convert_all(src, recipe, opts.prefill_chunk, bundle, stages)
+        refs = coreml_references(src, recipe, opts.prefill_chunk, stages, validate=opts.validate)
+        if refs.quant_report.fallbacks:
+            log.warning("int8 per-channel instead of int4 (input width not a multiple of %d): %s", recipe.block_size,
+                        ", ".join(refs.quant_report.fallbacks))
+        if src.tokenizer_path is not None:
+            bundle.copy("tokenizer.json", src.tokenizer_path)
+        coreml = {
+            "min_ios": recipe.min_ios,
+            "deployment_target": f"iOS{recipe.min_ios}",
+            "compute_precision": "float16",
+            "compute_units": opts.compute_units,
+            "prefill_chunk": opts.prefill_chunk,
+            "packages": {c: p.to_dict() for c, p in packages.items()},
+            "usage": _usage(recipe),
+        }
+        if opts.validate:
+            assert bundle.tmp_dir is not None
+            what = "our MIL interpreter" if engine == "mil" else "Core ML (MLModel.predict)"
+            with stages.stage(f"validate the packages with {what}"):
+                backend = coreml_backend(bundle.tmp_dir, coreml, engine)
+                backend.compute_units = opts.compute_units
+                report = validate_packages(backend, refs, recipe, opts.prefill_chunk)
+            for line in report.lines():
+                log.info("  %s", line)
+            if not report.passed:
+                failed = fail_report_path(opts.out)
+                failed.write_text(json.dumps(report.to_json(), indent=2))
+                raise ExportError(f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
+                                  f"to {opts.out}; numbers in {failed}")
+            bundle.write_json("parity.json", report.to_json())
+        manifest = base_manifest("coreml", src, request, recipe, refs, stages)
+        manifest.update({
+            "max_seq_len": opts.prefill_chunk,
+            "coreml": coreml,
+            "validated": opts.validate,
+            "validated_with": engine if opts.validate else None,
+            "reference_check": reference_check,
+        })
+        bundle.finish(manifest)
+    fail_report_path(opts.out).unlink(missing_ok=True)
+    log.info("published %s", opts.out)
+    return opts.out, report
+
+
+def validate_ios_bundle(bundle, checkpoint: Path | None = None, audio_checkpoint: Path | None = None,
+                        engine: str | None = None) -> ParityReport:
+    """``autoglm-export validate`` for a Core ML bundle: fresh references, the packages re-run, compared again."""
+    manifest = bundle.manifest
+    shape = manifest["export_shape"]
+    request = replace(ModelRequest.from_dict(manifest["source"]), max_context=shape["max_context"],
+                      image_hw=tuple(shape["image_hw"]), audio_frames=shape["audio_frames"])
+    if checkpoint is not None:
+        request = replace(request, checkpoint=Path(checkpoint), audio_checkpoint=audio_checkpoint)
+    recipe = CoreMLRecipe.from_dict(manifest["quantization"]["recipe"])
+    chunk = int(manifest["coreml"]["prefill_chunk"])
+    refs = coreml_references(request.open(), recipe, chunk, Stages())
+    from autoglm_runtime.backends.coreml_backend import CoreMLBackend
+
+    return validate_packages(CoreMLBackend.from_bundle(bundle, engine=engine), refs, recipe, chunk)

@@ -1,0 +1,720 @@
+"""Core ML recipe: one converter per component, each written the same way (apple/ml-stable-diffusion style).
+
+    convert_vision_encoder / convert_audio_encoder / convert_token_embedding / convert_text_decoder
+        1. wrap the component in a Core-ML-friendly torch module (weights shared with the model),
+        2. torch.jit.trace it with example inputs,
+        3. ct.convert to an fp16 ML program for the deployment target,
+        4. compress the weights (``ct.optimize.coreml.linear_quantize_weights``),
+        5. save the ``.mlpackage`` and describe its functions (inputs / outputs / states) for the manifest.
+
+The parity gate is not here: ``autoglm_export.ios_export`` runs every package through a runtime
+(our MIL interpreter on Linux, ``MLModel.predict`` on macOS) against the eager references.
+
+Weights (``CoreMLRecipe``):
+
+- ``int4`` (iOS 18 only): symmetric int4, one fp16 scale per block of ``block_size`` input channels
+  of each output row (``constexpr_blockwise_shift_scale``). A linear whose input width is not a
+  multiple of the block falls back to int8 per output channel, and is named in the report.
+- ``int8``: symmetric int8, one scale per output row (iOS 17: ``constexpr_affine_dequantize``).
+- ``fp16``: no compression.
+
+Compressed: the weight of every ``linear`` op (all nn.Linear of the towers and the decoder,
+lm_head included) and, in the TokenEmbedding package, the table of its ``gather`` (blocks along
+the hidden axis). Never compressed: biases and norms (1-D), the audio tower's two convolutions,
+the vision position embeddings, rotary tables, and the MoE router's weight (routing must not flip).
+``quantize_like_coreml`` does the same arithmetic in torch for the eager reference; a test checks
+it against the integers and scales inside the saved packages.
+
+fp16 safety: every RMSNorm is traced as ``layer_norm([x, -x])[..., :D] * weight`` (exactly equal),
+so no package squares the residual stream in fp16 (``x**2`` overflows fp16 once |x| > 256).
+
+Decoder (one package, ``TextDecoder.mlpackage``):
+
+- iOS 18: the KV cache is Core ML state (``keyCache`` / ``valueCache``, fp16,
+  ``[layers, 1, kv_heads, max_context, head_dim]``) and the package has two functions sharing
+  weights: ``prefill`` (exactly ``prefill_chunk`` tokens) and ``decode`` (one token).
+- iOS 17: no states, no multifunction: one function ``main`` for 1..prefill_chunk tokens takes the
+  whole cache as inputs ``key_cache`` / ``value_cache`` and returns only the new rows as
+  ``key_update`` / ``value_update`` ``[layers, 1, kv_heads, S, head_dim]``; the app writes them at
+  slots ``end - S .. end - 1``.
+
+Decoder inputs: ``inputs_embeds [1, S, hidden]`` fp16, ``position_ids [3, S]`` int32 (the 3-plane
+M-RoPE ids from ``autoglm_runtime.positions``) and ``causal_mask [1, 1, S, end]`` fp16 (0 where
+query i may attend to slot j, -inf elsewhere). ``end`` (the mask's last dimension, flexible up to
+max_context) says where the call writes: its S tokens go to cache slots ``end - S .. end - 1``, and
+attention reads slots ``0 .. end - 1``. Rotary cos/sin are looked up in fp16 tables of every
+position < max_context inside the graph (angles computed in fp32 at export; an fp16 angle of a
+position in the thousands would be off by whole radians). Output ``logits [1, S, vocab]`` fp16.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoglm_runtime.backends.coreml_backend import causal_mask
+
+from ..errors import ExportError
+from ..model.autoglm import AutoGLM
+from ..model.moe import TopKRouter
+from ..model.rope import apply_rotary
+from ..model.text import RMSNorm as TextRMSNorm
+from ..model.vision import RMSNorm as VisionRMSNorm
+from ..quantize import QuantReport
+
+log = logging.getLogger(__name__)
+
+MIN_IOS = (17, 18)
+WEIGHT_SCHEMES = ("int4", "int8", "fp16")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+COMPUTE_UNITS = {"all": "ALL", "cpu_and_gpu": "CPU_AND_GPU", "cpu_and_ne": "CPU_AND_NE", "cpu_only": "CPU_ONLY"}
+PACKAGES = {
+    "vision_encoder": "VisionEncoder.mlpackage",
+    "audio_encoder": "AudioEncoder.mlpackage",
+    "token_embedding": "TokenEmbedding.mlpackage",
+    "text_decoder": "TextDecoder.mlpackage",
+}
+STATE_NAMES = ("keyCache", "valueCache")
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+@dataclass(frozen=True)
+class CoreMLRecipe:
+    """How the packages are built. Invalid combinations fail here, before any work."""
+
+    weights: str = "int4"
+    block_size: int = 32
+    min_ios: int = 18
+    embedding: str | None = None  # token embedding table; None = same as ``weights``
+
+    def __post_init__(self):
+        if self.min_ios not in MIN_IOS:
+            raise ExportError(f"--min-ios {self.min_ios}: expected 17 or 18")
+        for opt, value in (("--quant", self.weights), ("embedding", self.embedding or self.weights)):
+            if value not in WEIGHT_SCHEMES:
+                raise ExportError(f"{opt} {value}: expected one of {', '.join(WEIGHT_SCHEMES)}")
+        if self.min_ios < 18 and "int4" in (self.weights, self.embedding):
+            raise ExportError(
+                "--quant int4 needs --min-ios 18: int4 per-block weights (constexpr_blockwise_shift_scale) "
+                "do not exist before iOS 18; use --quant int8 (per-channel) for iOS 17"
+            )
+        if self.block_size not in BLOCK_SIZES:
+            raise ExportError(f"--block-size {self.block_size}: expected one of {', '.join(map(str, BLOCK_SIZES))}")
+
+    @property
+    def embedding_scheme(self) -> str:
+        return self.embedding or self.weights
+
+    def scheme(self, component: str) -> str:
+        return self.embedding_scheme if component == "token_embedding" else self.weights
+
+    def kind(self, component: str) -> str:
+        """Parity kind (``autoglm_runtime.parity``) of a component's package."""
+        return "fp16" if self.scheme(component) == "fp16" else "weight_only_fp16"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "embedding": self.embedding_scheme, "compute_precision": "float16"}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CoreMLRecipe":
+        return cls(weights=d["weights"], block_size=int(d["block_size"]), min_ios=int(d["min_ios"]),
+                   embedding=d.get("embedding"))
+
+
+# --------------------------------------------------------------------------- weight quantization, torch side
+
+
+def _coreml_qrange(nbits: int) -> int:
+    return 2 ** (nbits - 1) - 1  # linear_symmetric: [-7, 7] for int4, [-127, 127] for int8
+
+
+def quantize_like_coreml(weight: torch.Tensor, scheme: str, block_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """coremltools' ``linear_symmetric`` arithmetic on a ``[out, in]`` weight, reproduced in torch.
+
+    coremltools quantizes the fp16 constants of the converted program, in fp16:
+    ``scale = (max|w| - (-max|w|)) / (2 * qmax)`` per block, ``q = clip(round(w / scale), -qmax, qmax)``
+    (round half to even). Returns ``(q int8 [out, in], scale fp16 [out, in // block])`` with one
+    block per row for int8, or None when the weight is not compressed that way (input width not a
+    multiple of the block).
+    """
+    w16 = weight.detach().to(torch.float16).cpu()
+    out_f, in_f = w16.shape
+    if scheme == "int4":
+        if in_f % block_size:
+            return None
+        nbits, block = 4, block_size
+    elif scheme == "int8":
+        nbits, block = 8, in_f
+    else:
+        raise ValueError(f"no integer quantization for scheme {scheme!r}")
+    qmax = _coreml_qrange(nbits)
+    blocks = w16.reshape(out_f, in_f // block, block)
+    max_abs = blocks.abs().amax(dim=-1, keepdim=True)  # fp16
+    scale = (max_abs - (-max_abs)) / (2 * qmax)  # fp16 arithmetic, as numpy does on fp16 arrays
+    q = torch.round(blocks / scale)
+    q = torch.nan_to_num(q, nan=0.0).clamp(-qmax, qmax).to(torch.int8)  # all-zero block: scale 0, q 0
+    return q.reshape(out_f, in_f), scale.reshape(out_f, in_f // block)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp32 ``q * scale`` with each scale repeated over its block of input channels."""
+    block = q.shape[1] // scale.shape[1]
+    return q.float() * scale.float().repeat_interleave(block, dim=1)
+
+
+def _quantizable_weights(model: AutoGLM, component: str):
+    """(name, module) pairs whose ``weight`` the converters compress, per component."""
+    roots = {"text_decoder": [("text", model.text)], "vision_encoder": [("vision", model.vision)],
+             "audio_encoder": [("audio", model.audio)] if model.audio is not None else []}
+    if component == "token_embedding":
+        yield "text.embed_tokens", model.text.embed_tokens
+        return
+    for prefix, root in roots[component]:
+        for name, mod in root.named_modules():
+            if isinstance(mod, nn.Linear):  # ConvAsLinear included
+                yield f"{prefix}.{name}", mod
+
+
+@torch.no_grad()
+def apply_coreml_quantization(model: AutoGLM, recipe: CoreMLRecipe, dry_run: bool = False) -> QuantReport:
+    """Put the packages' weight rounding into the eager model, in place (its "quantized_eager" twin).
+
+    The decoder's weights are then exactly what the Core ML program dequantizes (up to the final
+    fp16 rounding of ``q * scale``); activations stay fp32 here, fp16 in the package.
+    ``dry_run``: only report what each weight gets (for the manifest), touch nothing.
+    """
+    report = QuantReport()
+    if dry_run:
+        for comp in ("text_decoder", "vision_encoder", "token_embedding", "audio_encoder"):
+            scheme = recipe.scheme(comp)
+            for name, mod in _quantizable_weights(model, comp):
+                if scheme == "int4" and mod.weight.shape[1] % recipe.block_size:
+                    report.fallbacks.append(name)
+                    report.layers[name] = "int8"
+                else:
+                    report.layers[name] = {"int4": f"int4/b{recipe.block_size}"}.get(scheme, scheme)
+        return report
+    model.requires_grad_(False)
+    components = ["text_decoder", "vision_encoder", "token_embedding"] + (["audio_encoder"] if model.audio is not None else [])
+    for comp in components:
+        scheme = recipe.scheme(comp)
+        for name, mod in _quantizable_weights(model, comp):
+            w = mod.weight
+            if scheme == "fp16":
+                mod.weight.copy_(w.to(torch.float16).to(w.dtype))
+                report.layers[name] = "fp16"
+                continue
+            used = scheme
+            qs = quantize_like_coreml(w, scheme, recipe.block_size)
+            if qs is None:  # int4 block doesn't divide the input width: int8 per channel
+                used = "int8"
+                report.fallbacks.append(name)
+                qs = quantize_like_coreml(w, "int8", recipe.block_size)
+            mod.weight.copy_(dequantize(*qs).to(w.dtype))
+            report.layers[name] = used if used == "int8" else f"int4/b{recipe.block_size}"
+    # Everything else the packages hold as fp16 constants (norms, biases, convs, the towers' position
+    # grid and rotary tables): round it too, so the reference differs from the package only by its
+    # fp16 activations. Not the decoder's inv_freq: the package's rotary tables come from fp32 angles.
+    quantized = {f"{n}.weight" for n in report.layers}
+    for name, p in model.named_parameters():
+        if name not in quantized:
+            p.copy_(p.to(torch.float16).to(p.dtype))
+    for tower in (model.vision, model.audio):
+        if tower is None:
+            continue
+        for name, b in tower.named_buffers():
+            if b.is_floating_point():
+                b.copy_(b.to(torch.float16).to(b.dtype))
+    for name, b in model.text.named_buffers():
+        if name.endswith("e_score_correction_bias"):  # MoE routing bias, an fp16 constant in the package
+            b.copy_(b.to(torch.float16).to(b.dtype))
+    return report
+
+
+# --------------------------------------------------------------------------- Core ML helpers
+
+
+def _ct():
+    try:
+        import coremltools as ct
+    except ImportError as e:
+        raise ExportError(f"autoglm-export ios needs coremltools ({e}); install autoglm-export[targets]") from None
+    return ct
+
+
+def _op_config(scheme: str, block_size: int):
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig
+
+    if scheme == "int4":
+        return OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                       block_size=block_size, weight_threshold=0)
+    return OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0)
+
+
+# op type -> (the const input that holds the weight, the axis blocks run along)
+_WEIGHT_INPUTS = {"linear": ("weight", 1), "gather": ("x", 1)}
+
+
+def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "linear", skip: set[str] = frozenset()):
+    """int4 per-block (int8 per-channel for weights the block doesn't divide) or int8 per-channel,
+    on the weight const of every ``op_type`` op (one pass over the program)."""
+    from coremltools.optimize.coreml import OptimizationConfig, linear_quantize_weights
+
+    if scheme == "fp16":
+        return mlmodel
+    arg, axis = _WEIGHT_INPUTS[op_type]
+    per_name: dict = {name: None for name in skip}
+    int8 = _op_config("int8", block_size)
+    for fn in mlmodel._mil_program.functions.values():
+        for op in fn.operations:
+            if op.op_type != "const":
+                continue
+            users = {child.op_type for child in op.outputs[0].child_ops}
+            if op_type in users and len(users) > 1:
+                # coremltools dedups equal constants (e.g. all-zero biases), so one const can feed a linear
+                # and a layer_norm; its config lookup then fails on the conflict. Such consts are shared
+                # 1-D vectors in practice (never compressed): leave them alone.
+                per_name[op.name] = None
+                if op.outputs[0].rank > 1:
+                    log.warning("%s feeds %s: left uncompressed", op.name, ", ".join(sorted(users)))
+        if scheme == "int4":
+            for op in fn.operations:
+                w = op.inputs.get(arg) if op.op_type == op_type else None
+                if w is not None and w.op is not None and w.op.op_type == "const" and w.op.name not in per_name \
+                        and w.rank == 2 and w.shape[axis] % block_size:
+                    per_name[w.op.name] = int8
+    config = OptimizationConfig(op_type_configs={op_type: _op_config(scheme, block_size)}, op_name_configs=per_name)
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        return linear_quantize_weights(mlmodel, config)
+
+
+class _quiet_coremltools:
+    """coremltools logs a warning per skipped weight and draws progress bars: keep the CLI readable."""
+
+    def __enter__(self):
+        self.loggers = [logging.getLogger(n) for n in ("coremltools",)]
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+        self.tqdm = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+        if self.tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = self.tqdm
+
+
+def _convert(traced, *, inputs, outputs, states=None, recipe: CoreMLRecipe):
+    ct = _ct()
+    target = ct.target.iOS18 if recipe.min_ios >= 18 else ct.target.iOS17
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        try:
+            return ct.convert(traced, inputs=inputs, outputs=outputs, states=states or None,
+                              minimum_deployment_target=target, compute_precision=ct.precision.FLOAT16,
+                              convert_to="mlprogram", compute_units=ct.ComputeUnit.CPU_ONLY)
+        except Exception as e:  # coremltools raises bare ValueError/RuntimeError/NotImplementedError
+            raise ExportError(f"Core ML conversion failed: {type(e).__name__}: {e}") from e
+
+
+def _rms_norm_as_layer_norm(norm: nn.Module):
+    """RMSNorm(x) == LayerNorm([x, -x])[..., :D] * weight, exactly: the concatenation has mean 0 and
+    variance mean(x^2). One fused ``layer_norm`` op computes its statistics internally, while the
+    literal ``x.pow(2).mean()`` squares x in fp16, which overflows once |x| > 256 (an LLM's
+    residual stream has such outliers). The trick Apple uses for Llama on Core ML."""
+
+    def forward(x):
+        d = x.shape[-1]
+        y = F.layer_norm(torch.cat([x, -x], dim=-1), (2 * d,), eps=norm.eps)
+        return norm.weight * y[..., :d]
+
+    return forward
+
+
+def _is_rms_norm(mod: nn.Module) -> bool:
+    return isinstance(mod, (TextRMSNorm, VisionRMSNorm))
+
+
+def _trace(module: nn.Module, example: tuple):
+    norms = [m for m in module.modules() if _is_rms_norm(m)]
+    try:
+        for m in norms:  # instance-level override, for the trace only
+            m.forward = _rms_norm_as_layer_norm(m)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape-derived Python ints are expected
+            return torch.jit.trace(module.eval(), example, check_trace=False)
+    finally:
+        for m in norms:
+            del m.forward
+
+
+def _tensor(name: str, shape, dtype):
+    return _ct().TensorType(name=name, shape=shape, dtype=dtype)
+
+
+_DTYPES = {"FLOAT16": "float16", "FLOAT32": "float32", "INT32": "int32", "DOUBLE": "float64"}
+
+
+def _feature(desc) -> dict:
+    """A spec FeatureDescription -> {"name", "shape", "dtype"[, "shape_range"]} (flexible dims as [lo, hi])."""
+    kind = desc.type.WhichOneof("Type")
+    arr = desc.type.multiArrayType if kind == "multiArrayType" else desc.type.stateType.arrayType
+    from coremltools.proto import FeatureTypes_pb2
+
+    out = {"name": desc.name, "shape": [int(s) for s in arr.shape],
+           "dtype": _DTYPES.get(FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType), "?")}
+    if kind == "multiArrayType" and arr.WhichOneof("ShapeFlexibility") == "shapeRange":
+        ranges = [[int(r.lowerBound), int(r.upperBound)] for r in arr.shapeRange.sizeRanges]
+        if any(lo != hi for lo, hi in ranges):
+            out["shape_range"] = ranges
+    return out
+
+
+def describe_package(path: str | Path) -> dict:
+    """Functions of a saved package with their input / output / state names, shapes and dtypes."""
+    from coremltools.models.utils import load_spec
+
+    spec = load_spec(str(path))
+    d = spec.description
+    if len(d.functions):
+        functions = {f.name: {"inputs": [_feature(i) for i in f.input], "outputs": [_feature(o) for o in f.output],
+                              "states": [_feature(s) for s in f.state]} for f in d.functions}
+        default = d.defaultFunctionName
+    else:
+        functions = {"main": {"inputs": [_feature(i) for i in d.input], "outputs": [_feature(o) for o in d.output],
+                              "states": [_feature(s) for s in d.state]}}
+        default = "main"
+    return {"functions": functions, "default_function": default, "specification_version": int(spec.specificationVersion)}
+
+
+def load_mil_program(path: str | Path):
+    """The MIL program of a saved package, read back from disk (weights from its weight file)."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    with _quiet_coremltools():  # the reader logs every var of a multifunction program at INFO
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        spec = model.get_spec()
+        return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+
+
+def op_counts(path: str | Path) -> dict[str, dict[str, int]]:
+    """Per function, how many ops of each type the saved program has (consts left out)."""
+    prog = load_mil_program(path)
+    out = {}
+    for fname, fn in prog.functions.items():
+        counts = Counter()
+
+        def walk(block):
+            for op in block.operations:
+                counts[op.op_type] += 1
+                for b in op.blocks:
+                    walk(b)
+
+        walk(fn)
+        counts.pop("const", None)
+        out[fname] = dict(sorted(counts.items()))
+    return out
+
+
+def package_bytes(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+@dataclass
+class PackageInfo:
+    component: str
+    file: str  # bundle-relative name, e.g. TextDecoder.mlpackage
+    functions: dict = field(default_factory=dict)
+    default_function: str = "main"
+    ops: dict = field(default_factory=dict)
+    bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "default_function": self.default_function, "functions": self.functions,
+                "ops": self.ops, "bytes": self.bytes, **self.extra}
+
+
+def _finish(component: str, mlmodel, path: Path, extra: dict | None = None) -> PackageInfo:
+    path = Path(path)
+    if mlmodel is not None:
+        mlmodel.save(str(path))
+    d = describe_package(path)
+    return PackageInfo(component, path.name, d["functions"], d["default_function"], op_counts(path), package_bytes(path),
+                       dict(extra or {}, specification_version=d["specification_version"]))
+
+
+# --------------------------------------------------------------------------- encoders and embedding
+
+
+class VisionWrapper(nn.Module):
+    def __init__(self, model: AutoGLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model.vision_encoder(pixel_values)
+
+
+class AudioWrapper(VisionWrapper):
+    def forward(self, input_features):
+        return self.model.audio_encoder(input_features)
+
+
+class EmbeddingWrapper(VisionWrapper):
+    def forward(self, token_ids):
+        return self.model.token_embedding(token_ids)
+
+
+def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path) -> PackageInfo:
+    """pixel_values [patches, 3*T*p*p] fp16 -> image_embeds [image_tokens, hidden] fp16."""
+    v = model.vision
+    example = (torch.zeros(v.num_patches, v.patch_dim),)
+    ml = _convert(_trace(VisionWrapper(model), example), recipe=recipe,
+                  inputs=[_tensor("pixel_values", example[0].shape, np.float16)],
+                  outputs=[_tensor("image_embeds", None, np.float16)])
+    return _finish("vision_encoder", compress_weights(ml, recipe.weights, recipe.block_size), path)
+
+
+def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path) -> PackageInfo:
+    """input_features [1, mel_bins, frames] fp16 -> audio_embeds [audio_tokens, hidden] fp16."""
+    if model.audio is None:
+        raise ExportError("this model has no audio tower")
+    example = (torch.zeros(1, model.cfg.audio.num_mel_bins, model.shape.audio_frames),)
+    ml = _convert(_trace(AudioWrapper(model), example), recipe=recipe,
+                  inputs=[_tensor("input_features", example[0].shape, np.float16)],
+                  outputs=[_tensor("audio_embeds", None, np.float16)])
+    return _finish("audio_encoder", compress_weights(ml, recipe.weights, recipe.block_size), path)
+
+
+def convert_token_embedding(model: AutoGLM, recipe: CoreMLRecipe, path: Path) -> PackageInfo:
+    """token_ids [1, S] int32 (S = 1..max_context) -> embeds [1, S, hidden] fp16: a gather of the table."""
+    ct = _ct()
+    example = (torch.zeros(1, 4, dtype=torch.int32),)
+    seq = ct.RangeDim(lower_bound=1, upper_bound=model.shape.max_context, default=1, symbol="seq")
+    ml = _convert(_trace(EmbeddingWrapper(model), example), recipe=recipe,
+                  inputs=[_tensor("token_ids", (1, seq), np.int32)],
+                  outputs=[_tensor("embeds", None, np.float16)])
+    return _finish("token_embedding", compress_weights(ml, recipe.embedding_scheme, recipe.block_size, op_type="gather"), path)
+
+
+# --------------------------------------------------------------------------- text decoder
+
+
+class _DecoderBase(nn.Module):
+    """The GLM-4.1V decoder stack with a Core-ML-friendly attention; every weight is the model's own.
+
+    Rotary: fp16-safe tables ``cos/sin [max_context, rotary_dim/2]`` computed in fp32, indexed by
+    each plane's position id and mixed with the M-RoPE plane selector (exact: 0/1 weights).
+    """
+
+    def __init__(self, model: AutoGLM):
+        super().__init__()
+        text = model.text
+        self.text = text
+        self.cfg = text.cfg
+        self.max_context = model.shape.max_context
+        attn = text.layers[0].self_attn
+        self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        self.interleaved = attn.interleaved
+        angles = torch.arange(self.max_context, dtype=torch.float64)[:, None] * text.inv_freq.double()[None, :]
+        self.register_buffer("rope_cos_table", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin_table", angles.sin().float(), persistent=False)
+        self.register_buffer("rope_plane", text.rope_selector.clone()[:, None, :], persistent=False)  # [3, 1, R/2]
+
+    @property
+    def cache_shape(self) -> tuple[int, ...]:
+        return (len(self.text.layers), 1, self.n_kv_heads, self.max_context, self.head_dim)
+
+    def rotary(self, position_ids):
+        pos = position_ids.long()
+        cos = (F.embedding(pos, self.rope_cos_table) * self.rope_plane).sum(0)  # [S, R/2]
+        sin = (F.embedding(pos, self.rope_sin_table) * self.rope_plane).sum(0)
+        if self.interleaved:
+            return cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+        return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+
+    def qkv(self, attn, h, seq, cos, sin):
+        q = attn.q_proj(h).view(1, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved), v
+
+    def attend(self, attn, q, keys, values, mask, seq):
+        # coremltools 9.0 ignores enable_gqa: repeat K/V heads explicitly (query head h reads kv head h // groups).
+        groups = self.n_heads // self.n_kv_heads
+        if groups > 1:
+            keys = keys.repeat_interleave(groups, dim=1)
+            values = values.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # scale=None: fused SDPA on iOS 18
+        return attn.o_proj(out.transpose(1, 2).reshape(1, seq, self.n_heads * self.head_dim))
+
+    def block_tail(self, layer, x, h):
+        if layer.sandwich:
+            h = layer.post_self_attn_layernorm(h)
+        x = x + h
+        h = layer.mlp(layer.post_attention_layernorm(x))
+        if layer.sandwich:
+            h = layer.post_mlp_layernorm(h)
+        return x + h
+
+
+class StatefulDecoder(_DecoderBase):
+    """iOS 18: the KV cache is Core ML state (``keyCache`` / ``valueCache``), written with slice updates."""
+
+    def __init__(self, model: AutoGLM):
+        super().__init__(model)
+        self.register_buffer("keyCache", torch.zeros(self.cache_shape, dtype=torch.float16))
+        self.register_buffer("valueCache", torch.zeros(self.cache_shape, dtype=torch.float16))
+
+    def forward(self, inputs_embeds, position_ids, causal_mask):
+        seq = inputs_embeds.shape[1]
+        end = causal_mask.shape[-1]
+        begin = end - seq
+        cos, sin = self.rotary(position_ids)
+        x = inputs_embeds
+        for i, layer in enumerate(self.text.layers):
+            attn = layer.self_attn
+            q, k, v = self.qkv(attn, layer.input_layernorm(x), seq, cos, sin)
+            self.keyCache[i : i + 1, :, :, begin:end, :] = k.unsqueeze(0).to(torch.float16)
+            self.valueCache[i : i + 1, :, :, begin:end, :] = v.unsqueeze(0).to(torch.float16)
+            keys = self.keyCache[i, :, :, :end, :].to(q.dtype)
+            values = self.valueCache[i, :, :, :end, :].to(q.dtype)
+            x = self.block_tail(layer, x, self.attend(attn, q, keys, values, causal_mask, seq))
+        return self.text.lm_head(self.text.norm(x))
+
+
+class ExplicitCacheDecoder(_DecoderBase):
+    """iOS 17: the cache comes in as inputs; the new rows go out (the app writes them at end-S..end-1)."""
+
+    def forward(self, inputs_embeds, position_ids, causal_mask, key_cache, value_cache):
+        seq = inputs_embeds.shape[1]
+        end = causal_mask.shape[-1]
+        begin = end - seq
+        cos, sin = self.rotary(position_ids)
+        x = inputs_embeds
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.text.layers):
+            attn = layer.self_attn
+            q, k, v = self.qkv(attn, layer.input_layernorm(x), seq, cos, sin)
+            new_k.append(k.to(torch.float16))
+            new_v.append(v.to(torch.float16))
+            keys = torch.slice_scatter(key_cache[i, :, :, :end, :], new_k[-1], dim=2, start=begin, end=end).to(q.dtype)
+            values = torch.slice_scatter(value_cache[i, :, :, :end, :], new_v[-1], dim=2, start=begin, end=end).to(q.dtype)
+            x = self.block_tail(layer, x, self.attend(attn, q, keys, values, causal_mask, seq))
+        return self.text.lm_head(self.text.norm(x)), torch.stack(new_k), torch.stack(new_v)
+
+
+def _decoder_example(model: AutoGLM, seq: int, end: int):
+    hidden = model.cfg.text.hidden_size
+    return (torch.zeros(1, seq, hidden), torch.arange(seq, dtype=torch.int32).expand(3, seq).contiguous(),
+            torch.from_numpy(causal_mask(end - seq, seq).astype(np.float32)))
+
+
+def _router_weights(mlmodel) -> set[str]:
+    """Const names of the MoE routers' weights: the linears whose output (through casts) feeds a sigmoid.
+
+    The router's ``F.linear(x.float(), weight.float())`` traces to an anonymous const, so it is
+    found by structure, not by name. Kept fp16: an int4 router could flip expert choices.
+    """
+    names = set()
+    for fn in mlmodel._mil_program.functions.values():
+        for op in fn.operations:
+            if op.op_type != "linear" or op.weight.op is None or op.weight.op.op_type != "const":
+                continue
+            frontier, seen = list(op.outputs[0].child_ops), 0
+            while frontier and seen < 8:
+                child = frontier.pop()
+                seen += 1
+                if child.op_type == "sigmoid":
+                    names.add(op.weight.op.name)
+                elif child.op_type == "cast":
+                    frontier.extend(child.outputs[0].child_ops)
+    return names
+
+
+def _decoder_inputs(model: AutoGLM, seq, end_lo: int) -> list:
+    ct = _ct()
+    hidden = model.cfg.text.hidden_size
+    end = ct.RangeDim(lower_bound=end_lo, upper_bound=model.shape.max_context, default=end_lo, symbol="end")
+    return [_tensor("inputs_embeds", (1, seq, hidden), np.float16), _tensor("position_ids", (3, seq), np.int32),
+            _tensor("causal_mask", (1, 1, seq, end), np.float16)]
+
+
+def _compress_decoder(ml, recipe: CoreMLRecipe, model: AutoGLM):
+    routers = _router_weights(ml)
+    expected = sum(isinstance(m, TopKRouter) for m in model.text.modules())
+    if len(routers) != expected:
+        raise ExportError(f"found {len(routers)} MoE router weights in the converted decoder, expected {expected}")
+    return compress_weights(ml, recipe.weights, recipe.block_size, skip=routers)
+
+
+def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefill_chunk: int, workdir: Path) -> PackageInfo:
+    """iOS 18: multifunction ``prefill`` (``prefill_chunk`` tokens) + ``decode`` (1 token) over one state.
+    iOS 17: one function ``main`` (1..prefill_chunk tokens) with the cache as explicit inputs/outputs."""
+    ct = _ct()
+    ctx = model.shape.max_context
+    if not 1 <= prefill_chunk <= ctx:
+        raise ExportError(f"--prefill-chunk {prefill_chunk} must be between 1 and the context length {ctx}")
+    workdir = Path(workdir)
+    extra = {"prefill_chunk": prefill_chunk, "max_context": ctx, "mask_value": "-inf",
+             "rotary": "position_ids index fp16 cos/sin tables inside the graph"}
+    if recipe.min_ios >= 18:
+        wrapper = StatefulDecoder(model)
+        states = [ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES]
+        parts = {}
+        for fname, seq in (("prefill", prefill_chunk), ("decode", 1)):
+            example = _decoder_example(model, seq, min(ctx, seq + 2))
+            ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=_decoder_inputs(model, seq, seq),
+                          outputs=[_tensor("logits", None, np.float16)], states=states)
+            ml = _compress_decoder(ml, recipe, model)
+            parts[fname] = workdir / f"TextDecoder-{fname}.mlpackage"
+            ml.save(str(parts[fname]))
+        desc = ct.utils.MultiFunctionDescriptor()
+        for fname, part in parts.items():
+            desc.add_function(str(part), src_function_name="main", target_function_name=fname)
+        desc.default_function_name = "decode"
+        with warnings.catch_warnings(), _quiet_coremltools():
+            warnings.simplefilter("ignore")
+            ct.utils.save_multifunction(desc, str(path))
+        extra.update({"kv_cache": "state", "state_names": list(STATE_NAMES), "cache_shape": list(wrapper.cache_shape),
+                      "separate_function_bytes": {f: package_bytes(p) for f, p in parts.items()}})
+        return _finish("text_decoder", None, path, extra)
+
+    wrapper = ExplicitCacheDecoder(model)
+    seq = ct.RangeDim(lower_bound=1, upper_bound=prefill_chunk, default=1, symbol="seq")
+    n = min(2, prefill_chunk)
+    example = _decoder_example(model, n, min(ctx, n + 2)) + (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2
+    inputs = _decoder_inputs(model, seq, 1) + [_tensor("key_cache", wrapper.cache_shape, np.float16),
+                                               _tensor("value_cache", wrapper.cache_shape, np.float16)]
+    outputs = [_tensor(n_, None, np.float16) for n_ in ("logits", "key_update", "value_update")]
+    ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=inputs, outputs=outputs)
+    ml = _compress_decoder(ml, recipe, model)
+    extra.update({"kv_cache": "inputs_outputs", "cache_inputs": ["key_cache", "value_cache"],
+                  "cache_outputs": ["key_update", "value_update"], "cache_shape": list(wrapper.cache_shape)})
+    return _finish("text_decoder", ml, path, extra)
+
+
+CONVERTERS = {
+    "vision_encoder": convert_vision_encoder,
+    "audio_encoder": convert_audio_encoder,
+    "token_embedding": convert_token_embedding,
+}

@@ -1,0 +1,280 @@
+"""Runs a Core ML bundle (``autoglm-export ios``): four ``.mlpackage`` files, one engine.
+
+Engines (same ``predict(inputs, function, state)`` / ``make_state(function)`` surface):
+
+- ``mil``: our numpy MIL interpreter (``autoglm_runtime.mil``): Linux and anywhere else. It reads the
+  saved ML Program back from disk and computes in the dtypes the program declares (fp16 here).
+- ``mlmodel``: Core ML itself through ``coremltools.models.MLModel`` (macOS 15+ only: states and
+  multifunction packages need it). One ``MLModel`` per function (``function_name=``), one state
+  from ``make_state()`` shared by ``prefill`` and ``decode``, as an app does with
+  ``MLModelConfiguration.functionName`` and ``model.makeState()``. Not runnable on Linux; the code
+  path is selected by platform and exercised on a Mac.
+
+``engine="auto"`` (default) picks ``mlmodel`` on macOS 15+ and ``mil`` elsewhere; the
+``AUTOGLM_COREML_ENGINE`` environment variable overrides it.
+
+Decoder calls (``text_decoder(embeds, cache_position, position_ids)``):
+
+- iOS 18 packages: ``prefill`` takes exactly ``prefill_chunk`` tokens, ``decode`` one. A call of S
+  tokens runs as chunks of ``prefill_chunk``; a shorter last chunk is padded with zero embeddings
+  to the full chunk, and a single token goes to ``decode``. Why the padding is harmless: a call
+  whose mask is ``[1, 1, C, end]`` writes its C rows to cache slots ``end - C .. end - 1`` and
+  row i attends to slots ``0 .. start + i`` only (causal mask), so real rows never see the padded
+  rows' keys; the padded slots hold garbage until the next call writes the next tokens over them,
+  which happens before any later query can see them (a call writes its own slots before it reads,
+  and queries at position p see slots <= p only). The padded rows' logits are dropped. If the
+  padded chunk would run past ``max_context``, the remaining tokens go through ``decode`` one by
+  one instead.
+- iOS 17 packages: one function ``main`` for 1..prefill_chunk tokens; the cache lives here as numpy
+  arrays, is passed in whole, and the returned ``key_update`` / ``value_update`` rows are written
+  at slots ``end - S .. end - 1``.
+
+``cache_position`` must be consecutive (a prompt, then one token at a time), which is how the
+session and the parity gate call every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BundleError
+
+ENGINES = ("mil", "mlmodel")
+MASK_MIN = -np.inf
+
+
+def default_engine() -> str:
+    env = os.environ.get("AUTOGLM_COREML_ENGINE")
+    if env:
+        if env not in ENGINES:
+            raise BundleError(f"AUTOGLM_COREML_ENGINE={env}: expected one of {', '.join(ENGINES)}")
+        return env
+    if sys.platform == "darwin":
+        try:
+            major = int(platform.mac_ver()[0].split(".")[0])
+        except ValueError:
+            major = 0
+        if major >= 15:
+            return "mlmodel"
+    return "mil"
+
+
+def causal_mask(start: int, rows: int) -> np.ndarray:
+    """fp16 ``[1, 1, rows, start + rows]``: row i (cache slot start + i) sees slots 0..start+i."""
+    end = start + rows
+    q = np.arange(start, end)[:, None]
+    k = np.arange(end)[None, :]
+    return np.where(k <= q, 0.0, MASK_MIN).astype(np.float16)[None, None]
+
+
+class _MILEngine:
+    """Our interpreter on one package."""
+
+    def __init__(self, path: Path):
+        try:
+            from ..mil import MILModel
+        except ImportError as e:  # pragma: no cover - the interpreter ships with the runtime
+            raise BundleError(f"the Core ML interpreter is unavailable: {e}") from None
+        quiet = logging.getLogger("coremltools")  # its program reader logs every var of a multifunction package at INFO
+        level = quiet.level
+        quiet.setLevel(max(level, logging.WARNING))
+        try:
+            self.model = MILModel(path)
+        except Exception as e:
+            raise BundleError(f"{path}: cannot load this Core ML package: {type(e).__name__}: {e}") from None
+        finally:
+            quiet.setLevel(level)
+        self.path = path
+        self.functions = list(self.model.functions)
+
+    def make_state(self, function: str) -> Any:
+        return self.model.make_state(function)
+
+    def predict(self, inputs: dict, function: str, state: Any = None) -> dict[str, np.ndarray]:
+        return self.model.predict(inputs, function=function, state=state)
+
+
+class _MLModelEngine:
+    """Core ML itself (macOS 15+): one MLModel per function of the package."""
+
+    def __init__(self, path: Path, functions: list[str], compute_units: str = "all"):
+        try:
+            import coremltools as ct
+        except ImportError as e:
+            raise BundleError(f"running Core ML packages with MLModel needs coremltools on macOS ({e})") from None
+        units = {"all": ct.ComputeUnit.ALL, "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU,
+                 "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE, "cpu_only": ct.ComputeUnit.CPU_ONLY}[compute_units]
+        self.path = path
+        self.functions = list(functions)
+        self.models = {}
+        for f in self.functions:
+            kw = {} if f == "main" else {"function_name": f}
+            try:
+                self.models[f] = ct.models.MLModel(str(path), compute_units=units, **kw)
+            except Exception as e:
+                raise BundleError(f"{path}: Core ML cannot load function {f!r}: {e}") from None
+
+    def make_state(self, function: str) -> Any:
+        return self.models[function].make_state()
+
+    def predict(self, inputs: dict, function: str, state: Any = None) -> dict[str, np.ndarray]:
+        kw = {"state": state} if state is not None else {}
+        return self.models[function].predict(inputs, **kw)
+
+
+class CoreMLBackend:
+    name = "coreml"
+
+    def __init__(self, root: str | Path, coreml: dict, engine: str | None = None, compute_units: str | None = None):
+        """``coreml``: the manifest's ``coreml`` section (package files, functions, decoder layout)."""
+        self.root = Path(root)
+        self.info = coreml
+        self.engine_name = engine or default_engine()
+        if self.engine_name not in ENGINES:
+            raise BundleError(f"Core ML engine {self.engine_name!r}: expected one of {', '.join(ENGINES)}")
+        self.compute_units = compute_units or coreml.get("compute_units", "all")
+        packages = coreml.get("packages")
+        if not isinstance(packages, dict) or "text_decoder" not in packages:
+            raise BundleError(f"{self.root}: manifest.json has no Core ML package table (coreml.packages)")
+        self.packages = packages
+        self._engines: dict[str, Any] = {}
+        dec = packages["text_decoder"]
+        self.kv_cache = dec.get("kv_cache", "state")
+        self.prefill_chunk = int(dec["prefill_chunk"])
+        self.max_context = int(dec["max_context"])
+        self.cache_shape = tuple(dec["cache_shape"])
+        self.reset()
+
+    @classmethod
+    def from_bundle(cls, bundle, engine: str | None = None) -> "CoreMLBackend":
+        if bundle.target != "coreml":
+            raise BundleError(f"{bundle.root}: a {bundle.target} bundle, not a Core ML one")
+        coreml = bundle.manifest.get("coreml")
+        if not isinstance(coreml, dict):
+            raise BundleError(f"{bundle.root}: manifest.json has no 'coreml' section")
+        for comp, pkg in (coreml.get("packages") or {}).items():
+            bundle.path(pkg["file"])  # listed in the manifest (its files were hash-checked by open_bundle)
+        backend = cls(bundle.root, coreml, engine=engine)
+        if backend.max_context != bundle.spec.max_context:
+            raise BundleError(f"{bundle.root}: TextDecoder max_context {backend.max_context} but manifest.json "
+                              f"runtime says {bundle.spec.max_context}")
+        return backend
+
+    # ---- engines, loaded on first use
+    def _engine(self, component: str):
+        eng = self._engines.get(component)
+        if eng is None:
+            pkg = self.packages.get(component)
+            if pkg is None:
+                what = "an audio encoder" if component == "audio_encoder" else component
+                raise BundleError(f"{self.root}: this bundle was exported without {what}")
+            path = self.root / pkg["file"]
+            if not path.is_dir():
+                raise BundleError(f"{path}: missing Core ML package")
+            if self.engine_name == "mil":
+                eng = _MILEngine(path)
+            else:
+                eng = _MLModelEngine(path, list(pkg["functions"]), self.compute_units)
+            self._engines[component] = eng
+        return eng
+
+    def _run(self, component: str, inputs: dict, function: str = "main", state: Any = None) -> dict[str, np.ndarray]:
+        eng = self._engine(component)
+        try:
+            return eng.predict(inputs, function, state)
+        except BundleError:
+            raise
+        except NotImplementedError as e:  # an op the interpreter doesn't know: a clear error, never a pass
+            raise BundleError(f"{eng.path}: {e}") from None
+        except Exception as e:
+            shapes = ", ".join(f"{k} {tuple(np.shape(v))}" for k, v in inputs.items())
+            raise BundleError(f"{eng.path}: {function}({shapes}) failed: {type(e).__name__}: {e}") from None
+
+    # ---- the four components
+    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
+        out = self._run("vision_encoder", {"pixel_values": np.asarray(pixel_values, np.float16)})
+        return np.asarray(out["image_embeds"], np.float32)
+
+    def audio_encoder(self, input_features: np.ndarray) -> np.ndarray:
+        out = self._run("audio_encoder", {"input_features": np.asarray(input_features, np.float16)})
+        return np.asarray(out["audio_embeds"], np.float32)
+
+    def token_embedding(self, token_ids: np.ndarray) -> np.ndarray:
+        """[1, S] -> [1, S, hidden]; longer than the package's bound (max_context) runs in pieces."""
+        ids = np.asarray(token_ids).astype(np.int32)
+        step = self.max_context
+        outs = [np.asarray(self._run("token_embedding", {"token_ids": ids[:, i : i + step]})["embeds"], np.float32)
+                for i in range(0, ids.shape[1], step)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+    def text_decoder(self, embeds: np.ndarray, cache_position: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        embeds = np.asarray(embeds, np.float32)
+        cache_position = np.asarray(cache_position).astype(np.int64).reshape(-1)
+        position_ids = np.asarray(position_ids).astype(np.int64)
+        n = embeds.shape[1]
+        start = int(cache_position[0]) if n else 0
+        if n == 0:
+            raise BundleError("text_decoder called with no tokens")
+        if not np.array_equal(cache_position, np.arange(start, start + n)):
+            raise BundleError("the Core ML decoder writes consecutive cache slots: cache_position must be start..start+S-1")
+        if start + n > self.max_context:
+            raise BundleError(f"cache positions up to {start + n - 1} exceed the exported context of {self.max_context} tokens")
+        run = self._decode_state if self.kv_cache == "state" else self._decode_explicit
+        return run(embeds, start, position_ids)
+
+    def reset(self) -> None:
+        """Fresh zeroed KV cache (a new Core ML state, or new numpy cache arrays)."""
+        self._state = None
+        self._cache = None
+        if self.kv_cache != "state":
+            self._cache = {n: np.zeros(self.cache_shape, np.float16) for n in ("key_cache", "value_cache")}
+
+    # ---- decoder, iOS 18: prefill / decode functions over one state
+    def _decode_state(self, embeds: np.ndarray, start: int, position_ids: np.ndarray) -> np.ndarray:
+        if self._state is None:
+            self._state = self._engine("text_decoder").make_state("decode")
+        C, n, rows, i = self.prefill_chunk, embeds.shape[1], [], 0
+        while i < n:
+            left, pos = n - i, start + i
+            if left == 1 or pos + C > self.max_context or C == 1:
+                rows.append(self._call_state("decode", embeds[:, i : i + 1], position_ids[:, i : i + 1], pos, 1))
+                i += 1
+                continue
+            take = min(C, left)
+            e = np.zeros((1, C, embeds.shape[2]), np.float32)
+            e[:, :take] = embeds[:, i : i + take]
+            p = np.empty((3, C), np.int64)
+            p[:, :take] = position_ids[:, i : i + take]
+            if take < C:  # padding rows: any valid table index; their outputs are dropped
+                p[:, take:] = np.minimum(p[:, take - 1 : take] + np.arange(1, C - take + 1), self.max_context - 1)
+            rows.append(self._call_state("prefill", e, p, pos, C)[:, :take])
+            i += take
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
+
+    def _call_state(self, function: str, embeds, position_ids, start: int, rows: int) -> np.ndarray:
+        inputs = {"inputs_embeds": embeds.astype(np.float16), "position_ids": position_ids.astype(np.int32),
+                  "causal_mask": causal_mask(start, rows)}
+        out = self._run("text_decoder", inputs, function, self._state)
+        return np.asarray(out["logits"], np.float32)
+
+    # ---- decoder, iOS 17: one function, the cache as inputs / outputs
+    def _decode_explicit(self, embeds: np.ndarray, start: int, position_ids: np.ndarray) -> np.ndarray:
+        C, n, rows = self.prefill_chunk, embeds.shape[1], []
+        for i in range(0, n, C):
+            s = min(C, n - i)
+            pos = start + i
+            inputs = {"inputs_embeds": embeds[:, i : i + s].astype(np.float16),
+                      "position_ids": position_ids[:, i : i + s].astype(np.int32),
+                      "causal_mask": causal_mask(pos, s), **self._cache}
+            out = self._run("text_decoder", inputs, "main")
+            self._cache["key_cache"][:, :, :, pos : pos + s, :] = out["key_update"]
+            self._cache["value_cache"][:, :, :, pos : pos + s, :] = out["value_update"]
+            rows.append(np.asarray(out["logits"], np.float32))
+        return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
