@@ -28,12 +28,12 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
-from .pipeline import ModelRequest, References, Stages, base_manifest, check_against_transformers
+from .pipeline import ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references
 from .source import ModelSource
 from .targets.coreml import (COMPUTE_UNITS, CONVERTERS, PACKAGES, CoreMLRecipe, PackageInfo, apply_coreml_quantization,
                              convert_text_decoder)
 from . import validate as validation
-from .validate import COMPONENTS, build_probes, run_components
+from .validate import COMPONENTS, run_components
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,7 @@ def quant_kinds(recipe: CoreMLRecipe) -> dict[str, str]:
 def coreml_references(src: ModelSource, recipe: CoreMLRecipe, chunk: int, stages: Stages, validate: bool = True) -> References:
     """fp32 reference outputs, then the packages' weight rounding applied to the eager model in place,
     then the quantized-eager outputs. Call it after converting: the converters read the fp32 weights."""
-    probes, outputs = [], {}
-    if validate:
-        if src.tokenizer_path is None:
-            raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
-        with stages.stage("fp32 reference outputs"):
-            backend = TorchBackend(src.model)
-            probes = build_probes(src.spec, src.tokenizer_path, backend)
-            outputs["fp32"] = run_components(backend, probes, chunk)
+    probes, outputs = fp32_references(src, chunk, stages) if validate else ([], {})
     if not validate:
         return References(probes, outputs, apply_coreml_quantization(src.model, recipe, dry_run=True))
     with stages.stage(f"{recipe.weights} weights in the eager model (as coremltools rounds them)"):

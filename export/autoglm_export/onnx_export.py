@@ -18,12 +18,13 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
-from .pipeline import ModelRequest, References, Stages, base_manifest, check_against_transformers, quant_kinds
+from .pipeline import (ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references,
+                       quant_kinds)
 from .quantize import QuantReport
 from .source import ModelSource
 from .targets.onnx import (EXTERNAL_DATA_THRESHOLD, OPSET, QUANT_SCHEMES, cache_names, cache_shape, export_onnx_files,
                            fake_quantize_int4, int4_layers, linear_modules)
-from .validate import build_probes, compare, run_components
+from .validate import compare, run_components
 
 log = logging.getLogger(__name__)
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
@@ -77,14 +78,7 @@ def onnx_references(src: ModelSource, quant: OnnxQuant, max_seq_len: int, stages
 
     ``pipeline.quantize_with_references`` does this for torchao recipes; MatMulNBits rounds its own way.
     """
-    probes, outputs = [], {}
-    if validate:
-        if src.tokenizer_path is None:
-            raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
-        with stages.stage("fp32 reference outputs"):
-            backend = TorchBackend(src.model)
-            probes = build_probes(src.spec, src.tokenizer_path, backend)
-            outputs["fp32"] = run_components(backend, probes, max_seq_len)
+    probes, outputs = fp32_references(src, max_seq_len, stages) if validate else ([], {})
     report = QuantReport()
     if quant.scheme == "int4" and not validate:
         report.layers = int4_layers(src.model, quant.block_size)  # nothing to compare: leave the weights alone

@@ -73,20 +73,23 @@ class References:
     quant_report: QuantReport
 
 
+def fp32_references(src: ModelSource, max_seq_len: int, stages: Stages) -> tuple[list[Probe], dict[str, dict]]:
+    """Probes from the calibration prompts and the unquantized model's outputs on them (every target's first step)."""
+    if src.tokenizer_path is None:
+        raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
+    with stages.stage("fp32 reference outputs"):
+        backend = TorchBackend(src.model)
+        probes = build_probes(src.spec, src.tokenizer_path, backend)
+        return probes, {"fp32": run_components(backend, probes, max_seq_len)}
+
+
 def quantize_with_references(src: ModelSource, recipe: QuantRecipe, max_seq_len: int, stages: Stages,
                              validate: bool = True) -> References:
     """fp32 reference outputs, then quantize in place, then the quantized-eager reference outputs.
 
     Only one copy of the model exists at any time: the references are small arrays.
     """
-    probes, outputs = [], {}
-    if validate:
-        if src.tokenizer_path is None:
-            raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
-        with stages.stage("fp32 reference outputs"):
-            backend = TorchBackend(src.model)
-            probes = build_probes(src.spec, src.tokenizer_path, backend)
-            outputs["fp32"] = run_components(backend, probes, max_seq_len)
+    probes, outputs = fp32_references(src, max_seq_len, stages) if validate else ([], {})
     with stages.stage("quantize " + ", ".join(f"{k}={v}" for k, v in recipe.to_dict().items())):
         report = apply_recipe(src.model, recipe)
     if validate:
