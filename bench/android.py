@@ -85,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="skip lowering and timing the decoder's linears alone (about 2 min of lowering)")
     p.add_argument("--out", type=Path, default=None, help="JSON result path (default bench/results/android-<preset>.json)")
     p.add_argument("--markdown", action="store_true", help="write/replace this run's section in BENCHMARKS.md")
+    p.add_argument("--from-json", type=Path, default=None,
+                   help="re-render the tables (and with --markdown the BENCHMARKS.md section) from a results JSON; measures nothing")
     p.add_argument("--export-worker", default=None, help=argparse.SUPPRESS)  # internal: JSON spec of the export subprocess
     return p.parse_args(argv)
 
@@ -537,6 +539,8 @@ def main() -> int:
     from rich.table import Table
 
     console = Console()
+    if args.from_json is not None:
+        return render(json.loads(args.from_json.read_text()), args.markdown, console, Table)
     out = args.out or common.REPO / "bench" / "results" / f"android-{args.preset}.json"
     out_str = str(out.resolve().relative_to(common.REPO)) if out.resolve().is_relative_to(common.REPO) else str(out)
     load = common.LoadMonitor()
@@ -759,8 +763,18 @@ def measure_and_report(args, bundle: Path, export: dict | None, load, out: Path,
         "memory": {"peak_rss_bytes": peak_rss},
         "bandwidth": bandwidth,
     }
+    common.write_json(out, results)
+    console.print(f"wrote {out}")
+    return render(results, args.markdown, console, Table)
+
+
+# ---------------------------------------------------------------- reporting
+
+def render(results: dict, markdown: bool, console, Table) -> int:
+    """Print the tables; with ``markdown``, write this run's section of BENCHMARKS.md."""
     rows, cols = summary_rows(results)
-    table = Table(title=f"ExecuTorch (XNNPACK, {args.quant}) vs eager PyTorch, preset {args.preset}, {args.threads} threads")
+    table = Table(title=f"ExecuTorch (XNNPACK, {results['recipe']['linear']}) vs eager PyTorch, preset "
+                        f"{results['model']['preset']}, {results['machine']['threads']} threads")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for metric, value in rows:
@@ -772,18 +786,14 @@ def measure_and_report(args, bundle: Path, export: dict | None, load, out: Path,
     for row in cols[1]:
         ctable.add_row(*row)
     console.print(ctable)
+    profile = results.get("profile")
     if profile and "error" not in profile:
         console.print("ETDump profile, " + "\n".join(profile_lines(results)), markup=False, highlight=False)
-    console.print(common.describe_load(load_info))
-    common.write_json(out, results)
-    console.print(f"wrote {out}")
-    if args.markdown:
-        path = common.update_markdown_section(f"android:{args.preset}", markdown_section(results, rows, cols))
+    console.print(common.describe_load(results["load"]))
+    if markdown:
+        path = common.update_markdown_section(f"android:{results['model']['preset']}", markdown_section(results, rows, cols))
         console.print(f"updated {path}")
     return 0
-
-
-# ---------------------------------------------------------------- reporting
 
 def summary_rows(r: dict) -> tuple[list[tuple[str, str]], tuple[list[str], list[list[str]]]]:
     p, pte, fl, et = r["model"]["params"], r["pte"], r["floor"], r["executorch"]
@@ -793,7 +803,7 @@ def summary_rows(r: dict) -> tuple[list[tuple[str, str]], tuple[list[str], list[
         rows.append(("export wall time / peak RSS (subprocess)", f"{ex['wall_s']:.0f} s / {common.fmt_mb(ex['peak_rss_bytes'])}"))
         st = ex.get("stage_seconds") or {}
         if st:
-            rows.append(("export stages", ", ".join(f"{k} {v:.0f} s" for k, v in st.items())))
+            rows.append(("export stages", "; ".join(f"{k.split(' ')[0] if '=' in k else k} {v:.0f} s" for k, v in st.items())))
     rows += [
         ("params: text / vision / audio", " / ".join(common.fmt_count(p[k]) for k in ("text", "vision", "audio") if k in p)),
         ("model.pte", f"{common.fmt_mb(pte['bytes'])} ({pte['bits_per_weight']:.2f} bits/weight over {common.fmt_count(p['total'])})"),
@@ -998,9 +1008,9 @@ def analysis_lines(r: dict) -> list[str]:
                      f"{_span(lof, '{:.2f}')}x their share of the floor")
             rest += [x["decode_ms"] - x["linears_ms"] for x in pr]
             if max(lof) < 1.0:
-                text += ". So the int4 GEMMs are not what misses the target"
+                text += ": the int4 GEMMs are not the bottleneck"
         text += (f"; the other {_span(rest, '{:.1f}')} ms of a step (attention, norms, rotary, entering "
-                 f"{_subgraphs(r)} XNNPACK subgraphs, the executor) is what decode / floor pays for")
+                 f"{_subgraphs(r)} XNNPACK subgraphs, the executor) is what separates decode from the floor")
         where.append(text)
     if prof and "error" not in prof:
         total = prof["execute_ms"]
@@ -1033,7 +1043,7 @@ def analysis_lines(r: dict) -> list[str]:
         out.append(f"- **Why {d['delegated_subgraphs']} subgraphs per step:** {d['non_delegated_nodes']} text_decoder nodes stay "
                    f"outside XNNPACK, and each one between two delegated ops splits the graph: " + "; ".join(causes) + ".")
     out.append(
-        "- **What would close the gap:** (1) fewer partitions and fewer portable kernels per step: RMSNorm as "
+        f"- **What would {'cut the rest' if met else 'close the gap'}:** (1) fewer partitions and fewer portable kernels per step: RMSNorm as "
         "`x * rsqrt(F.linear(x * x, full((1, D), 1/D)) + eps)` is delegated (checked on a toy layer with a dynamic "
         "sequence: same output to 2e-6); rotary without slices (cos/sin padded to head_dim with 1/0, the pair rotation "
         "as a constant [head_dim, head_dim] matrix) removes the slices; a static seq-1 decode method would make every "
