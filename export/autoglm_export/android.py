@@ -6,7 +6,6 @@ model.pte (in a temp bundle) -> run it with ExecuTorch's runtime -> parity gate 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from autoglm_runtime.parity import ParityReport
 from .bundle import BundleWriter, check_destination
 from .components import components
 from .errors import ExportError
-from .pipeline import (ModelRequest, Stages, base_manifest, check_against_transformers, quant_kinds,
-                       quantize_with_references)
+from .pipeline import (ModelRequest, Stages, base_manifest, check_against_transformers, gate_on_parity,
+                       parity_failed_path, quant_kinds, quantize_with_references)
 from .quantize import QuantRecipe
 from .source import ModelSource
 from .targets.executorch import check_backend, lower
@@ -69,9 +68,6 @@ def constant_methods(src: ModelSource, max_seq_len: int) -> dict:
     return meta
 
 
-def _fail_report_path(out: Path) -> Path:
-    return out.parent / f"{out.name}.parity-failed.json"
-
 
 def export_android(request: ModelRequest, opts: AndroidOptions) -> tuple[Path, ParityReport | None]:
     check_destination(opts.out, opts.force)
@@ -103,14 +99,7 @@ def export_android(request: ModelRequest, opts: AndroidOptions) -> tuple[Path, P
             with stages.stage("validate model.pte with the ExecuTorch runtime"):
                 got = run_components(ExecuTorchBackend(bundle.path(PTE)), refs.probes, opts.max_seq_len)
                 report = compare("executorch", got, refs.outputs, quant_kinds(opts.recipe))
-            for line in report.lines():
-                log.info("  %s", line)
-            if not report.passed:
-                failed = _fail_report_path(opts.out)
-                failed.write_text(json.dumps(report.to_json(), indent=2))
-                raise ExportError(f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
-                                  f"to {opts.out}; numbers in {failed}")
-            bundle.write_json("parity.json", report.to_json())
+            gate_on_parity(report, bundle, opts.out)
         manifest = base_manifest("executorch", src, request, opts.recipe, refs, stages)
         manifest.update({
             "backend": opts.backend,
@@ -125,6 +114,6 @@ def export_android(request: ModelRequest, opts: AndroidOptions) -> tuple[Path, P
             "reference_check": reference_check,
         })
         bundle.finish(manifest)
-    _fail_report_path(opts.out).unlink(missing_ok=True)
+    parity_failed_path(opts.out).unlink(missing_ok=True)
     log.info("published %s", opts.out)
     return opts.out, report

@@ -17,7 +17,6 @@ or ``fp16`` (``--quant fp16``), whose thresholds are in ``autoglm_runtime.parity
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass, replace
@@ -28,7 +27,8 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
-from .pipeline import ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references
+from .pipeline import (ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references,
+                       gate_on_parity, parity_failed_path)
 from .source import ModelSource
 from .targets.coreml import (COMPUTE_UNITS, CONVERTERS, PACKAGES, CoreMLRecipe, PackageInfo, apply_coreml_quantization,
                              convert_text_decoder)
@@ -53,9 +53,6 @@ class IOSOptions:
         if self.prefill_chunk < 1:
             raise ExportError(f"--prefill-chunk {self.prefill_chunk} must be at least 1")
 
-
-def fail_report_path(out: Path) -> Path:
-    return out.parent / f"{out.name}.parity-failed.json"
 
 
 def quant_kinds(recipe: CoreMLRecipe) -> dict[str, str]:
@@ -178,14 +175,7 @@ def export_ios(request: ModelRequest, opts: IOSOptions) -> tuple[Path, ParityRep
                 backend = coreml_backend(bundle.tmp_dir, coreml, engine)
                 backend.compute_units = opts.compute_units
                 report = validate_packages(backend, refs, recipe, opts.prefill_chunk)
-            for line in report.lines():
-                log.info("  %s", line)
-            if not report.passed:
-                failed = fail_report_path(opts.out)
-                failed.write_text(json.dumps(report.to_json(), indent=2))
-                raise ExportError(f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
-                                  f"to {opts.out}; numbers in {failed}")
-            bundle.write_json("parity.json", report.to_json())
+            gate_on_parity(report, bundle, opts.out)
         manifest = base_manifest("coreml", src, request, recipe, refs, stages)
         manifest.update({
             "max_seq_len": opts.prefill_chunk,
@@ -195,7 +185,7 @@ def export_ios(request: ModelRequest, opts: IOSOptions) -> tuple[Path, ParityRep
             "reference_check": reference_check,
         })
         bundle.finish(manifest)
-    fail_report_path(opts.out).unlink(missing_ok=True)
+    parity_failed_path(opts.out).unlink(missing_ok=True)
     log.info("published %s", opts.out)
     return opts.out, report
 

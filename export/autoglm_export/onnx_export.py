@@ -8,7 +8,6 @@ onnxruntime -> parity gate -> publish.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from autoglm_runtime.parity import ParityReport
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
 from .pipeline import (ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references,
-                       quant_kinds)
+                       gate_on_parity, parity_failed_path, quant_kinds)
 from .quantize import QuantReport
 from .source import ModelSource
 from .targets.onnx import (EXTERNAL_DATA_THRESHOLD, OPSET, QUANT_SCHEMES, cache_names, cache_shape, export_onnx_files,
@@ -66,9 +65,6 @@ class OnnxOptions:
     force: bool = False
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
 
-
-def fail_report_path(out: Path) -> Path:
-    return out.parent / f"{out.name}.parity-failed.json"
 
 
 def onnx_references(src: ModelSource, quant: OnnxQuant, max_seq_len: int, stages: Stages,
@@ -122,14 +118,7 @@ def export_onnx(request: ModelRequest, opts: OnnxOptions) -> tuple[Path, ParityR
                 report = compare("onnx", got, refs.outputs, quant_kinds(quant))
                 report.info = {"backend": "onnxruntime (CPUExecutionProvider)", "quantization": quant.to_dict(),
                                "max_seq_len": opts.max_seq_len}
-            for line in report.lines():
-                log.info("  %s", line)
-            if not report.passed:
-                failed = fail_report_path(opts.out)
-                failed.write_text(json.dumps(report.to_json(), indent=2))
-                raise ExportError(f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
-                                  f"to {opts.out}; numbers in {failed}")
-            bundle.write_json("parity.json", report.to_json())
+            gate_on_parity(report, bundle, opts.out)
         stages.seconds.update(exported.seconds)
         manifest = base_manifest("onnx", src, request, quant, refs, stages)
         layers = len(src.model.text.layers)
@@ -146,7 +135,7 @@ def export_onnx(request: ModelRequest, opts: OnnxOptions) -> tuple[Path, ParityR
             "reference_check": reference_check,
         })
         bundle.finish(manifest)
-    fail_report_path(opts.out).unlink(missing_ok=True)
+    parity_failed_path(opts.out).unlink(missing_ok=True)
     log.info("published %s", opts.out)
     return opts.out, report
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from contextlib import contextmanager
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from autoglm_runtime.backends.torch_backend import TorchBackend
+from autoglm_runtime.parity import ParityReport
 from autoglm_runtime.prompt import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, THINK_OFF_PREFILL
 
 from . import __version__
@@ -128,6 +130,24 @@ def check_against_transformers(src: ModelSource, stages: Stages) -> dict | None:
     if not report.passed:
         raise ExportError("our fp32 model does not match transformers on this checkpoint; nothing exported")
     return {"passed": True, "comparisons": [c.line() for c in report.comparisons]}
+
+
+def parity_failed_path(out: Path) -> Path:
+    """Where a failed export leaves its numbers (next to the bundle it did not publish)."""
+    return out.parent / f"{out.name}.parity-failed.json"
+
+
+def gate_on_parity(report: ParityReport, bundle, out: Path) -> None:
+    """The publish gate every target shares: log the rows; on failure save them beside ``out`` and
+    raise (the BundleWriter then discards the temp bundle); on success put parity.json in the bundle."""
+    for line in report.lines():
+        log.info("  %s", line)
+    if not report.passed:
+        failed = parity_failed_path(out)
+        failed.write_text(json.dumps(report.to_json(), indent=2))
+        raise ExportError(f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
+                          f"to {out}; numbers in {failed}")
+    bundle.write_json("parity.json", report.to_json())
 
 
 def quant_kinds(recipe: QuantRecipe) -> dict[str, str]:
