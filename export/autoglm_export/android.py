@@ -78,7 +78,8 @@ def export_android(request: ModelRequest, opts: AndroidOptions) -> tuple[Path, P
     if not 2 <= opts.max_seq_len <= src.spec.max_context:
         raise ExportError(f"--max-seq-len {opts.max_seq_len} must be between 2 and the context length {src.spec.max_context}")
     reference_check = check_against_transformers(src, stages) if opts.validate else None
-    refs = quantize_with_references(src, opts.recipe, opts.max_seq_len, stages, validate=opts.validate)
+    qc = request.open_quantized(src)
+    refs = quantize_with_references(src, opts.recipe, opts.max_seq_len, stages, validate=opts.validate, qc=qc)
     if opts.custom_ops and opts.backend == "xnnpack":
         use_executorch_attention(src.model)
     with stages.stage(f"export + lower ({opts.backend})"):

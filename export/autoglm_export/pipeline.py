@@ -34,6 +34,7 @@ class ModelRequest:
     max_context: int | None = None
     image_hw: tuple[int, int] | None = None
     audio_frames: int | None = None
+    quantized_checkpoint: Path | None = None  # from `calibrate` / `qat`: its integer weights replace round-to-nearest
 
     def open(self) -> ModelSource:
         return open_source(self.checkpoint, self.audio_checkpoint, self.preset, max_context=self.max_context,
@@ -43,14 +44,27 @@ class ModelRequest:
         return {"checkpoint": str(self.checkpoint) if self.checkpoint else None,
                 "audio_checkpoint": str(self.audio_checkpoint) if self.audio_checkpoint else None,
                 "preset": self.preset, "max_context": self.max_context,
-                "image_hw": list(self.image_hw) if self.image_hw else None, "audio_frames": self.audio_frames}
+                "image_hw": list(self.image_hw) if self.image_hw else None, "audio_frames": self.audio_frames,
+                "quantized_checkpoint": str(self.quantized_checkpoint) if self.quantized_checkpoint else None}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelRequest":
         return cls(Path(d["checkpoint"]) if d.get("checkpoint") else None,
                    Path(d["audio_checkpoint"]) if d.get("audio_checkpoint") else None,
                    d.get("preset", "tiny"), d.get("max_context"),
-                   tuple(d["image_hw"]) if d.get("image_hw") else None, d.get("audio_frames"))
+                   tuple(d["image_hw"]) if d.get("image_hw") else None, d.get("audio_frames"),
+                   Path(d["quantized_checkpoint"]) if d.get("quantized_checkpoint") else None)
+
+    def open_quantized(self, src: ModelSource):
+        """The --quantized-checkpoint, checked against the opened model (None when not given)."""
+        if self.quantized_checkpoint is None:
+            return None
+        from .quantize import qcheckpoint
+
+        qc = qcheckpoint.load(self.quantized_checkpoint)
+        qcheckpoint.check_matches(qc, src)
+        log.info("quantized checkpoint %s: %s, %d quantized linears", self.quantized_checkpoint, qc.method, len(qc.linears))
+        return qc
 
 
 @dataclass
@@ -73,6 +87,7 @@ class References:
     probes: list[Probe]
     outputs: dict[str, dict[str, np.ndarray]]  # "fp32" / "quantized_eager" -> component -> array
     quant_report: QuantReport
+    quantized_checkpoint: dict | None = None  # what a --quantized-checkpoint contributed, for the manifest
 
 
 def fp32_references(src: ModelSource, max_seq_len: int, stages: Stages) -> tuple[list[Probe], dict[str, dict]]:
@@ -86,18 +101,33 @@ def fp32_references(src: ModelSource, max_seq_len: int, stages: Stages) -> tuple
 
 
 def quantize_with_references(src: ModelSource, recipe: QuantRecipe, max_seq_len: int, stages: Stages,
-                             validate: bool = True) -> References:
+                             validate: bool = True, qc=None) -> References:
     """fp32 reference outputs, then quantize in place, then the quantized-eager reference outputs.
 
-    Only one copy of the model exists at any time: the references are small arrays.
+    ``qc`` (a ``qcheckpoint.QuantizedCheckpoint``): its parameters replace the model's after the fp32
+    references, and its integers replace round-to-nearest's. Only one copy of the model exists at
+    any time: the references are small arrays.
     """
     probes, outputs = fp32_references(src, max_seq_len, stages) if validate else ([], {})
+    if qc is not None:
+        from .quantize import qcheckpoint
+
+        qcheckpoint.recipe_matches(qc, recipe.linear, recipe.encoder, recipe.group_size)
+        with stages.stage(f"load {qc.method} weights from {qc.path}"):
+            qcheckpoint.load_into_model(qc, src.model)
     with stages.stage("quantize " + ", ".join(f"{k}={v}" for k, v in recipe.to_dict().items())):
-        report = apply_recipe(src.model, recipe)
+        report = apply_recipe(src.model, recipe, fixed=qc.linears if qc is not None else None)
     if validate:
         with stages.stage("quantized eager reference outputs"):
             outputs["quantized_eager"] = run_components(TorchBackend(src.model), probes, max_seq_len)
-    return References(probes, outputs, report)
+    return References(probes, outputs, report, quantized_checkpoint_info(qc))
+
+
+def quantized_checkpoint_info(qc) -> dict | None:
+    if qc is None:
+        return None
+    return {"path": str(qc.path), "method": qc.method, "layers": len(qc.linears),
+            "sha256": qc.config.get("files", {}), "calibration": qc.config.get("calibration")}
 
 
 # Holding transformers' copy next to ours doubles memory: only done for models below this size.
@@ -207,7 +237,8 @@ def base_manifest(target: str, src: ModelSource, request: ModelRequest, recipe: 
         "model": model_summary(src),
         "export_shape": src.model.shape.to_dict(),
         "quantization": {"recipe": recipe.to_dict(), "per_component": refs.quant_report.summary(),
-                         "fallbacks": refs.quant_report.fallbacks, "kinds": quant_kinds(recipe)},
+                         "fallbacks": refs.quant_report.fallbacks, "kinds": quant_kinds(recipe),
+                         "quantized_checkpoint": refs.quantized_checkpoint},
         "runtime": src.spec.to_dict(),
         "special_tokens": special_tokens(src),
         "chat_template": chat_template(),

@@ -32,6 +32,7 @@ def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_chec
         request = replace(request, checkpoint=Path(checkpoint), audio_checkpoint=audio_checkpoint)
     recipe = QuantRecipe(**manifest["quantization"]["recipe"])
     max_seq_len = manifest.get("max_seq_len") or shape["max_context"]
-    refs = quantize_with_references(request.open(), recipe, max_seq_len, Stages())
+    src = request.open()
+    refs = quantize_with_references(src, recipe, max_seq_len, Stages(), qc=request.open_quantized(src))
     got = run_components(backend_for_bundle(bundle), refs.probes, max_seq_len)
     return compare(manifest["target"], got, refs.outputs, quant_kinds(recipe))

@@ -68,6 +68,7 @@ class QuantReport:
 
     layers: dict[str, str] = field(default_factory=dict)  # fqn -> scheme actually applied
     fallbacks: list[str] = field(default_factory=list)
+    calibrated: list[str] = field(default_factory=list)  # integers taken from a quantized checkpoint
 
     def summary(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -96,7 +97,23 @@ def _embedding_config(bits: str, group_size: int):
     return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
 
 
-def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int, report: QuantReport) -> None:
+def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed) -> None:
+    """Swap torchao's round-to-nearest integers for calibrated ones (same grid, same activation quantization)."""
+    from torchao.quantization import IntxUnpackedToInt8Tensor
+
+    rtn, q = linear.weight, fixed
+    if tuple(rtn.block_size) != (1, q.group_size) or rtn.target_dtype != getattr(torch, f"int{q.bits}"):
+        raise ExportError(f"{fqn}: the quantized checkpoint has int{q.bits}/group {q.group_size}, the recipe made "
+                          f"{rtn.target_dtype}/block {tuple(rtn.block_size)}")
+    weight = IntxUnpackedToInt8Tensor(
+        qdata=q.codes.to(torch.int8), scale=q.scales.to(rtn.scale.dtype), zero_point=torch.zeros_like(rtn.zero_point),
+        target_dtype=rtn.target_dtype, block_size=rtn.block_size, dtype=rtn.dtype,
+        activation_quantization=rtn.activation_quantization)
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+
+
+def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int, report: QuantReport,
+                      fixed: dict | None = None) -> None:
     from torchao.quantization import quantize_
 
     if scheme == "fp32":
@@ -117,13 +134,22 @@ def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int
             chosen[fqn] = scheme
     for target in sorted(set(chosen.values())):
         quantize_(root, _linear_config(target, group_size), lambda m, fqn, t=target: isinstance(m, nn.Linear) and chosen.get(fqn) == t)
+    modules = dict(root.named_modules())
     for fqn, target in chosen.items():
-        report.layers[f"{prefix}.{fqn}"] = target
+        name = f"{prefix}.{fqn}"
+        if fixed and name in fixed:
+            _use_fixed_codes(modules[fqn], name, fixed[name])
+            report.calibrated.append(name)
+        report.layers[name] = target
 
 
 @torch.no_grad()
-def apply_recipe(model: nn.Module, recipe: QuantRecipe) -> QuantReport:
-    """Quantize an ``AutoGLM`` in place. Embeddings first: quantize_'s linear filter must not see them."""
+def apply_recipe(model: nn.Module, recipe: QuantRecipe, fixed: dict | None = None) -> QuantReport:
+    """Quantize an ``AutoGLM`` in place. Embeddings first: quantize_'s linear filter must not see them.
+
+    ``fixed``: fqn -> ``qcheckpoint.QuantizedLinear`` whose integers replace round-to-nearest's
+    (every one must be used: a layer the recipe leaves fp32 is an error, not a silent skip).
+    """
     from torchao.quantization import quantize_
 
     report = QuantReport()
@@ -140,8 +166,11 @@ def apply_recipe(model: nn.Module, recipe: QuantRecipe) -> QuantReport:
         report.layers["text.embed_tokens"] = f"int{bits} embedding"
     else:
         report.layers["text.embed_tokens"] = "fp32"
-    _quantize_linears(model.text, "text", recipe.linear, recipe.group_size, report)
-    _quantize_linears(model.vision, "vision", recipe.encoder, recipe.group_size, report)
+    _quantize_linears(model.text, "text", recipe.linear, recipe.group_size, report, fixed)
+    _quantize_linears(model.vision, "vision", recipe.encoder, recipe.group_size, report, fixed)
     if model.audio is not None:
-        _quantize_linears(model.audio, "audio", recipe.encoder, recipe.group_size, report)
+        _quantize_linears(model.audio, "audio", recipe.encoder, recipe.group_size, report, fixed)
+    unused = sorted(set(fixed or {}) - set(report.calibrated))
+    if unused:
+        raise ExportError(f"the quantized checkpoint has integer weights for {unused[:5]} but the recipe leaves them fp32")
     return report

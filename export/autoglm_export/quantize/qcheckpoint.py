@@ -1,0 +1,235 @@
+"""The quantized checkpoint: calibrated (or QAT-trained) integer weights every exporter accepts.
+
+Written by ``autoglm-export calibrate`` and ``autoglm-export qat``; read by ``android``, ``ios`` and
+``onnx`` with ``--quantized-checkpoint DIR``. A directory::
+
+    quantization_config.json   format, version, method, recipe, per-layer bits/group, model fingerprint,
+                               calibration/training record, sha256 of model.safetensors
+    model.safetensors          <fqn>.qweight  int4: uint8 [out, in/2] (grid.pack_int4); int8: int8 [out, in]
+                               <fqn>.scales   fp32 [out, in / group_size]
+                               <name>         every other parameter of the model (fp32), by our module names
+
+Names are ``autoglm_export.model.AutoGLM`` parameter names (``text.layers.0.self_attn.q_proj``), not
+the Hugging Face checkpoint's. The grid is ``grid.py``'s (torchao's symmetric rule, zero point 0), so
+each target stores the same integers: ExecuTorch's IntxUnpackedToInt8Tensor, ONNX MatMulNBits
+(code + 8 with the default zero point 8), Core ML constexpr_blockwise_shift_scale.
+The model the weights belong to is not stored: the exporter opens it as usual (--checkpoint or
+--preset) and ``check_matches`` compares its fingerprint (``pipeline.model_summary``) first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ExportError
+from . import grid
+
+FORMAT = "autoglm-export/quantized-checkpoint"
+VERSION = 1
+CONFIG_NAME = "quantization_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class QuantizedLinear:
+    codes: torch.Tensor  # int8 [out, in], on the grid of `bits`
+    scales: torch.Tensor  # fp32 [out, in // group_size]
+    bits: int
+
+    @property
+    def group_size(self) -> int:
+        return self.codes.shape[1] // self.scales.shape[1]
+
+    def dequantize(self) -> torch.Tensor:
+        return grid.dequantize_codes(self.codes, self.scales)
+
+
+@dataclass
+class QuantizedCheckpoint:
+    config: dict
+    linears: dict[str, QuantizedLinear] = field(default_factory=dict)  # fqn of the nn.Linear -> weights
+    params: dict[str, torch.Tensor] = field(default_factory=dict)  # every other parameter, fp32
+    path: Path | None = None
+
+    @property
+    def method(self) -> str:
+        return self.config["method"]
+
+    @property
+    def recipe(self) -> dict:
+        return self.config["recipe"]
+
+
+# ----------------------------------------------------------------------------- build from a model
+
+def linear_scheme(fqn: str, layer: nn.Linear, recipe) -> tuple[int, int] | None:
+    """(bits, group_size) the recipe gives this linear, with the 8da4w -> int8 per-channel fallback; None: fp32."""
+    scheme = recipe.encoder if fqn.startswith(("vision.", "audio.")) else recipe.linear
+    if scheme == "fp32":
+        return None
+    if scheme == "8da4w" and layer.in_features % recipe.group_size == 0:
+        return 4, recipe.group_size
+    return 8, layer.in_features
+
+
+def quantizable_linears(model: nn.Module, recipe) -> dict[str, tuple[nn.Linear, int, int]]:
+    """fqn -> (module, bits, group_size) for every linear the recipe quantizes: the nn.Linear modules,
+    exactly what ``recipes.apply_recipe``'s filter selects (MoE routers are bare parameters: kept fp32)."""
+    out = {}
+    for fqn, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            scheme = linear_scheme(fqn, mod, recipe)
+            if scheme is not None:
+                out[fqn] = (mod, *scheme)
+    return out
+
+
+def from_model(model: nn.Module, linears: dict[str, QuantizedLinear], config: dict) -> QuantizedCheckpoint:
+    """Package a model whose quantized linears' codes are given; every other parameter is copied (fp32)."""
+    weights = {f"{fqn}.weight" for fqn in linears}
+    params = {name: p.detach().float().clone() for name, p in model.named_parameters() if name not in weights}
+    return QuantizedCheckpoint(config=config, linears=linears, params=params)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
+    """Write atomically: a temp dir next to ``out_dir``, renamed into place when complete."""
+    from safetensors.torch import save_file
+
+    from ..bundle import sha256_file
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        if not force:
+            raise ExportError(f"{out_dir} exists; pass --force to overwrite")
+        if not (out_dir / CONFIG_NAME).is_file():
+            raise ExportError(f"{out_dir} exists and is not a quantized checkpoint (no {CONFIG_NAME}); refusing to replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tensors: dict[str, torch.Tensor] = {}
+        layers = {}
+        for fqn, q in sorted(qc.linears.items()):
+            tensors[f"{fqn}.qweight"] = grid.pack_int4(q.codes) if q.bits == 4 else q.codes.contiguous()
+            tensors[f"{fqn}.scales"] = q.scales.float().contiguous()
+            layers[fqn] = {"bits": q.bits, "group_size": q.group_size, "shape": list(q.codes.shape)}
+        for name, t in sorted(qc.params.items()):
+            tensors[name] = t.float().contiguous()
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        config = {**qc.config, "format": FORMAT, "version": VERSION, "layers": layers,
+                  "files": {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    qc.config, qc.path = config, out_dir
+    return out_dir
+
+
+def load(path: Path) -> QuantizedCheckpoint:
+    """Read and check a quantized checkpoint; every problem is a CheckpointError naming file and key."""
+    from safetensors import safe_open
+
+    from ..bundle import sha256_file
+
+    path = Path(path)
+    cfg_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+    if not path.is_dir():
+        raise CheckpointError(f"--quantized-checkpoint {path}: not a directory")
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise CheckpointError(f"{path}: missing {p.name}; is this a directory written by `autoglm-export calibrate` or `qat`?")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({exc.msg})") from None
+    if config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise CheckpointError(f"{cfg_path}: format {config.get('format')!r} version {config.get('version')!r}; "
+                              f"expected {FORMAT!r} version {VERSION}")
+    expected = config.get("files", {}).get(WEIGHTS_NAME)
+    if expected and sha256_file(weights_path) != expected:
+        raise CheckpointError(f"{weights_path}: sha256 does not match {CONFIG_NAME} (corrupt or modified)")
+    qc = QuantizedCheckpoint(config=config, path=path)
+    try:
+        with safe_open(str(weights_path), "pt") as f:
+            keys = set(f.keys())
+            for fqn, layer in config["layers"].items():
+                for suffix in ("qweight", "scales"):
+                    if f"{fqn}.{suffix}" not in keys:
+                        raise CheckpointError(f"{weights_path}: missing tensor {fqn}.{suffix} listed in {CONFIG_NAME}")
+                raw, scales = f.get_tensor(f"{fqn}.qweight"), f.get_tensor(f"{fqn}.scales")
+                bits, shape = int(layer["bits"]), tuple(layer["shape"])
+                codes = grid.unpack_int4(raw) if bits == 4 else raw
+                qmin, qmax = grid.qrange(bits)
+                if tuple(codes.shape) != shape or scales.shape != (shape[0], shape[1] // int(layer["group_size"])):
+                    raise CheckpointError(f"{weights_path}: {fqn} has qweight {tuple(codes.shape)} / scales {tuple(scales.shape)}, "
+                                          f"expected {shape} / {(shape[0], shape[1] // int(layer['group_size']))}")
+                if codes.dtype != torch.int8 or int(codes.min()) < qmin or int(codes.max()) > qmax:
+                    raise CheckpointError(f"{weights_path}: {fqn}.qweight is not int{bits} codes")
+                qc.linears[fqn] = QuantizedLinear(codes, scales.float(), bits)
+                keys -= {f"{fqn}.qweight", f"{fqn}.scales"}
+            for name in sorted(keys):
+                qc.params[name] = f.get_tensor(name).float()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors' own errors: truncated file, bad header
+        raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from None
+    return qc
+
+
+# ----------------------------------------------------------------------------- use in an exporter
+
+def check_matches(qc: QuantizedCheckpoint, src) -> None:
+    """The checkpoint must belong to the model being exported: same architecture summary."""
+    from ..pipeline import model_summary
+
+    ours, theirs = model_summary(src), qc.config.get("model", {})
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            raise CheckpointError(f"{qc.path}: quantized for a different model ({key}: {theirs.get(key)} in "
+                                  f"{CONFIG_NAME}, {ours.get(key)} in {src.label}); pass the --checkpoint/--preset it was made from")
+
+
+@torch.no_grad()
+def load_into_model(qc: QuantizedCheckpoint, model: nn.Module) -> None:
+    """Overwrite every parameter with the checkpoint's (quantized linears get their dequantized codes)."""
+    params = dict(model.named_parameters())
+    expected = {f"{fqn}.weight" for fqn in qc.linears} | set(qc.params)
+    missing, unexpected = sorted(set(params) - expected), sorted(expected - set(params))
+    where = qc.path / WEIGHTS_NAME if qc.path else WEIGHTS_NAME
+    if missing or unexpected:
+        raise CheckpointError(f"{where}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for name, value in qc.params.items():
+        if params[name].shape != value.shape:
+            raise CheckpointError(f"{where}: {name} has shape {tuple(value.shape)}, the model expects {tuple(params[name].shape)}")
+        params[name].copy_(value)
+    for fqn, q in qc.linears.items():
+        w = params[f"{fqn}.weight"]
+        if w.shape != q.codes.shape:
+            raise CheckpointError(f"{where}: {fqn} has shape {tuple(q.codes.shape)}, the model expects {tuple(w.shape)}")
+        w.copy_(q.dequantize())
+    model.prepare()  # derived constants (rotary tables, fused norms) follow the new weights
+
+
+def recipe_matches(qc: QuantizedCheckpoint, linear: str, encoder: str, group_size: int) -> None:
+    r = qc.recipe
+    if (r["linear"], r["encoder"], int(r["group_size"])) != (linear, encoder, group_size):
+        raise ExportError(f"{qc.path}: quantized as linear={r['linear']} encoder={r['encoder']} group={r['group_size']}; "
+                          f"the export asked for linear={linear} encoder={encoder} group={group_size}. "
+                          "Drop the quantization options (the checkpoint sets them) or re-run calibrate/qat")
