@@ -192,7 +192,8 @@ def onnx(
     preset: str = PresetOpt,
     out: Path = typer.Option(Path("dist/onnx"), "--out", help="Bundle directory (written atomically)."),
     quant: str = typer.Option("int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."),
-    block_size: int = typer.Option(32, "--block-size", help="int4 block size along the input dimension: 16, 32, 64, 128, 256."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="int4 block size along the input dimension: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256."),
+    quantized_checkpoint: Optional[Path] = typer.Option(None, "--quantized-checkpoint", help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from)."),
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."),
     max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
@@ -204,7 +205,8 @@ def onnx(
     from .onnx_export import OnnxOptions, OnnxQuant, export_onnx
     from .pipeline import ModelRequest
 
-    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames)
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
+                           quantized_checkpoint=quantized_checkpoint)
     opts = OnnxOptions(out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len, validate=validate, force=force)
     path, report = export_onnx(request, opts)
     if report is not None:
@@ -220,8 +222,10 @@ def ios(
     preset: str = PresetOpt,
     out: Path = typer.Option(Path("dist/ios"), "--out", help="Bundle directory (written atomically)."),
     min_ios: int = typer.Option(18, "--min-ios", help="18: KV cache as Core ML state, int4, prefill/decode functions. 17: cache as inputs/outputs, int8."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16."),
-    block_size: int = typer.Option(32, "--block-size", help="int4 block size along the input channels: 16, 32, 64, 128, 256."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16. With --quantized-checkpoint: the token embedding only."),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="int4 block size along the input channels: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256."),
+    quantized_checkpoint: Optional[Path] = typer.Option(None, "--quantized-checkpoint", help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from)."),
+
     max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
     prefill_chunk: int = typer.Option(64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
@@ -236,7 +240,8 @@ def ios(
     from .targets.coreml import CoreMLRecipe
 
     recipe = CoreMLRecipe(weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios)
-    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames)
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
+                           quantized_checkpoint=quantized_checkpoint)
     opts = IOSOptions(out=out, recipe=recipe, prefill_chunk=prefill_chunk, compute_units=compute_units,
                       validate=validate, force=force)
     path, report = export_ios(request, opts)
