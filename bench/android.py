@@ -21,6 +21,8 @@ In one run:
 6. Where decode time goes: the decoder's quantized linears alone lowered as one static seq-1 program
    (``--no-linears-probe`` skips it), an ETDump of decode steps (``--no-profile``), and ``--rounds``
    paired rounds of decode + linears + bandwidth probes back to back (this VM's speed drifts).
+7. With ``--with-onnx``: then the ONNX Runtime leg (``bench/onnx.py``) in the same process, with the
+   same preset, threads, token counts and run id, and its own results JSON and section.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--markdown", action="store_true", help="write/replace this run's section in BENCHMARKS.md")
     p.add_argument("--from-json", type=Path, default=None,
                    help="re-render the tables (and with --markdown the BENCHMARKS.md section) from a results JSON; measures nothing")
+    p.add_argument("--with-onnx", action="store_true",
+                   help="after the ExecuTorch measurement, run the ONNX Runtime leg (bench/onnx.py) in the same run")
+    p.add_argument("--onnx-out", type=Path, default=None, help="ONNX leg's JSON (default bench/results/onnx-<preset>.json)")
+    p.add_argument("--onnx-bundle", type=Path, default=None, help="ONNX leg: time this existing ONNX bundle instead of exporting")
+    p.add_argument("--onnx-block-size", type=int, default=32, help="ONNX leg: int4 block size (MatMulNBits)")
     p.add_argument("--export-worker", default=None, help=argparse.SUPPRESS)  # internal: JSON spec of the export subprocess
     return p.parse_args(argv)
 
@@ -111,6 +117,7 @@ def export_worker(spec_json: str) -> int:
         ModelRequest(preset=args.preset),
         AndroidOptions(out=Path(spec["out"]), recipe=recipe_of(args), max_seq_len=args.max_seq_len, validate=False, force=True),
     )
+    common.print_peak_rss()
     return 0
 
 
@@ -118,25 +125,8 @@ def run_export(args, out_dir: Path, log_path: Path, console) -> dict:
     """Run the export in a child; wall time, the child's own peak RSS and CPU time, its log."""
     spec = json.dumps({"out": str(out_dir), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--export-worker", spec]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     console.print(f"exporting preset {args.preset} ({args.quant}, group {args.group_size}) in a subprocess; log: {log_path}")
-    with open(log_path, "w") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=common.REPO, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    result = {
-        "wall_s": wall,
-        "peak_rss_bytes": usage.ru_maxrss * 1024,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "returncode": proc.returncode,
-        "log": str(log_path),
-    }
-    if proc.returncode != 0:
-        tail = [l for l in log_path.read_text(errors="replace").splitlines() if l.strip()][-25:]
-        result["error_tail"] = tail
-    return result
+    return common.run_child(cmd, log_path)
 
 
 def wait_quiet(max_wait_s: float, console, threshold: float = 0.25, window_s: float = 10.0) -> dict:
@@ -542,7 +532,10 @@ def main() -> int:
     if args.from_json is not None:
         return render(json.loads(args.from_json.read_text()), args.markdown, console, Table)
     out = args.out or common.REPO / "bench" / "results" / f"android-{args.preset}.json"
-    out_str = str(out.resolve().relative_to(common.REPO)) if out.resolve().is_relative_to(common.REPO) else str(out)
+    out_str = repo_relative(out)
+    onnx_leg = onnx_leg_argv(args) if args.with_onnx else None
+    run = common.new_run(["android", "onnx"] if onnx_leg else ["android"])
+    run["outputs"] = {"android": out_str, **({"onnx": repo_relative(onnx_out(args))} if onnx_leg else {})}
     load = common.LoadMonitor()
     recipe = recipe_of(args)  # fail on a bad recipe before the export
 
@@ -575,14 +568,51 @@ def main() -> int:
     quiet = wait_quiet(args.wait_quiet, console) if args.wait_quiet > 0 else None
     load = common.LoadMonitor()  # the timing part's load
     try:
-        return measure_and_report(args, bundle, export, load, out, out_str, recipe, console, Table, quiet)
+        rc = measure_and_report(args, bundle, export, load, out, out_str, recipe, console, Table, quiet, run)
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
+    if rc != 0 or onnx_leg is None:
+        return rc
+    return run_onnx_leg(onnx_leg, run, json.loads(out.read_text()), console, Table)
+
+
+def repo_relative(path: Path) -> str:
+    path = Path(path)
+    return str(path.resolve().relative_to(common.REPO)) if path.resolve().is_relative_to(common.REPO) else str(path)
+
+
+def onnx_out(args) -> Path:
+    return args.onnx_out or common.REPO / "bench" / "results" / f"onnx-{args.preset}.json"
+
+
+def onnx_leg_argv(args) -> list[str]:
+    """bench/onnx.py's arguments for the ONNX leg: this run's preset, threads, token counts, chunk, rounds."""
+    argv = ["--preset", args.preset, "--threads", str(args.threads), "--max-seq-len", str(args.max_seq_len),
+            "--prefill-tokens", str(args.prefill_tokens), "--decode-tokens", str(args.decode_tokens),
+            "--warmup", str(args.warmup), "--runs", str(args.runs), "--rounds", str(args.rounds),
+            "--block-size", str(args.onnx_block_size), "--wait-quiet", str(args.wait_quiet), "--out", str(onnx_out(args))]
+    if args.no_profile:
+        argv.append("--no-profile")
+    if args.onnx_bundle is not None:
+        argv += ["--bundle", str(args.onnx_bundle)]
+    if args.markdown:
+        argv.append("--markdown")
+    return argv
+
+
+def run_onnx_leg(argv: list[str], run: dict, android: dict, console, Table) -> int:
+    """The ONNX Runtime leg of this run, in this process (bench/onnx.py with ``argv``)."""
+    import gc
+
+    gc.collect()  # the ExecuTorch leg's programs and eager model are garbage by now: free them first
+    onnx_bench = common.load_script("onnx")
+    console.rule("ONNX Runtime leg (same run)")
+    return onnx_bench.run(onnx_bench.parse_args(argv), console, Table, run=run, executorch=onnx_bench.executorch_summary(android))
 
 
 def measure_and_report(args, bundle: Path, export: dict | None, load, out: Path, out_str: str, recipe, console, Table,
-                       quiet: dict | None = None) -> int:
+                       quiet: dict | None = None, run: dict | None = None) -> int:
     import torch
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -706,6 +736,7 @@ def measure_and_report(args, bundle: Path, export: dict | None, load, out: Path,
         "benchmark": "android",
         "command": common.command_line(),
         "date": common.utc_now(),
+        "run": run,
         "machine": {**common.machine_info(args.threads), "executorch_threads": et_threads,
                     "executorch": manifest.get("toolchain", {}).get("executorch"),
                     "torchao": manifest.get("toolchain", {}).get("torchao")},
@@ -927,6 +958,7 @@ def markdown_section(r: dict, rows, cols) -> str:
         f"encoders {r['recipe']['encoder']}, embedding {r['recipe']['embedding']}-bit; ExecuTorch custom sdpa + update_cache; "
         f"max_seq_len {r['args']['max_seq_len']}, KV cache {r['model']['max_context']} slots; export validation off (`small` has no tokenizer for parity probes)",
         f"- Raw results: `{r['out']}`",
+        *run_lines(r),
         "",
         common.markdown_table(["Metric", "Value"], [list(row) for row in rows]),
         "",
@@ -953,6 +985,14 @@ def markdown_section(r: dict, rows, cols) -> str:
         *analysis_lines(r),
     ]
     return "\n".join(lines)
+
+
+def run_lines(r: dict) -> list[str]:
+    run = r.get("run") or {}
+    if "onnx" not in run.get("legs", []):
+        return []
+    return [f"- Run `{run['id']}` also took the ONNX Runtime numbers (section `onnx:{r['model']['preset']}`, "
+            f"`{run['outputs']['onnx']}`), right after this one"]
 
 
 def l3_text() -> str:

@@ -1,4 +1,4 @@
-"""Helpers shared by the bench/ scripts (eager PyTorch now; ExecuTorch and ONNX Runtime later).
+"""Helpers shared by the bench/ scripts (eager PyTorch, ExecuTorch, Core ML, ONNX Runtime).
 
 Timing (warmup + median), memory (peak RSS), machine facts, a memory-bandwidth probe, and the
 writers: JSON results and the idempotent sections of BENCHMARKS.md. Benchmarks measure and report;
@@ -7,12 +7,14 @@ they never assert on timings.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,38 @@ from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+def _bench_dir_last() -> None:
+    """``bench/onnx.py`` has the name of the ``onnx`` package. A script run from bench/ has bench/
+    first on sys.path, where that file would shadow the real package for every later ``import onnx``
+    (the exporter, onnxruntime's quantizer). Keep bench/ importable, but after site-packages."""
+    def is_bench(entry: str) -> bool:
+        try:
+            return Path(entry or ".").resolve() == BENCH_DIR
+        except OSError:
+            return False
+
+    if any(is_bench(p) for p in sys.path):
+        sys.path[:] = [p for p in sys.path if not is_bench(p)] + [str(BENCH_DIR)]
+
+
+_bench_dir_last()
+
+
+def load_script(name: str):
+    """Import ``bench/<name>.py`` as module ``bench_<name>`` (``import onnx`` would get the package)."""
+    module_name = f"bench_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 GB = 1e9  # bandwidth and sizes in decimal GB/MB, like the peer numbers in the notes
 MB = 1e6
@@ -92,6 +126,55 @@ def peak_rss_bytes() -> int:
 def current_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+PEAK_RSS_TAG = "BENCH_PEAK_RSS_BYTES"
+
+
+def vm_hwm_bytes() -> int | None:
+    """Peak RSS of this process's own address space (VmHWM), or None where /proc has no such line."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def print_peak_rss() -> None:
+    """In a child of ``run_child``: report this process's own peak RSS on stderr. The child's
+    ru_maxrss is no good when its parent is large: Linux carries the forking process's RSS across exec."""
+    hwm = vm_hwm_bytes()
+    if hwm is not None:
+        print(f"{PEAK_RSS_TAG} {hwm}", file=sys.stderr, flush=True)
+
+
+def run_child(cmd: list[str], log_path: Path) -> dict:
+    """Run ``cmd`` from the repository root, output to ``log_path``: its wall time, its peak RSS (what it
+    reports with ``print_peak_rss``, else ru_maxrss) and CPU time (``os.wait4``), exit code, and the
+    log's last lines on failure."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    lines = Path(log_path).read_text(errors="replace").splitlines()
+    reported = [int(l.split()[1]) for l in lines if l.startswith(PEAK_RSS_TAG + " ")]
+    result = {
+        "wall_s": wall,
+        "peak_rss_bytes": reported[-1] if reported else usage.ru_maxrss * 1024,
+        "peak_rss_source": "VmHWM reported by the child" if reported else "ru_maxrss",
+        "ru_maxrss_bytes": usage.ru_maxrss * 1024,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "returncode": proc.returncode,
+        "log": str(log_path),
+    }
+    if proc.returncode != 0:
+        result["error_tail"] = [l for l in lines if l.strip()][-25:]
+    return result
 
 
 # ---- machine and load
@@ -216,6 +299,13 @@ def memory_bandwidth(threads: int, nbytes: int = 1 << 30, runs: int = 5) -> dict
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def new_run(legs: list[str]) -> dict:
+    """Identifies one invocation; every results JSON it writes carries the same record."""
+    now = datetime.now(timezone.utc)
+    return {"id": f"{now.strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}", "started": now.strftime("%Y-%m-%d %H:%M UTC"),
+            "command": command_line(), "legs": legs}
 
 
 def command_line() -> str:

@@ -7,10 +7,17 @@ its KV cache is explicit, ``past_key_{i}`` / ``past_value_{i}`` in and ``present
 cache between calls (each call's presents become the next call's pasts); ``reset()`` zeroes it.
 The decoder attends to slots ``0..cache_position`` only, so a prefill from position 0 never sees
 what an earlier conversation left in the other slots.
+
+By default the cache stays where onnxruntime reads and writes it (IO binding): two sets of
+buffers, each call reading its pasts from one set and writing its presents into the other, so the
+cache never crosses between onnxruntime and numpy and nothing cache-sized is allocated per step. Passing ``io_binding=False`` feeds the
+cache through ``InferenceSession.run`` instead (a copy of every present each call); both run the
+same graph on the same values and give the same bits.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +59,61 @@ class OnnxModel:
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def typed(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feeds as contiguous arrays of the dtypes the graph declares."""
+        return {k: np.ascontiguousarray(v, dtype=_NP_TYPES.get(self.inputs[k].type)) for k, v in feeds.items()}
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        feeds = {k: np.ascontiguousarray(v, dtype=_NP_TYPES.get(self.inputs[k].type)) for k, v in feeds.items()}
-        try:
+        feeds = self.typed(feeds)
+        with self._errors(feeds):
             return self.session.run(self.output_names, feeds)
+
+    def run_bound(self, binding, feeds: dict[str, np.ndarray]) -> None:
+        """Run with ``binding`` (an ``IOBinding`` of this session) after binding ``feeds`` as CPU inputs."""
+        feeds = self.typed(feeds)
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        with self._errors(feeds):
+            self.session.run_with_iobinding(binding)
+
+    @contextlib.contextmanager
+    def _errors(self, feeds: dict[str, np.ndarray]):
+        try:
+            yield
         except Exception as e:
             shapes = ", ".join(f"{k} {tuple(v.shape)} {v.dtype}" for k, v in feeds.items() if not k.startswith(PAST))
             raise BundleError(f"{self.path}: run({shapes}) failed: {str(e).strip().splitlines()[0]}") from None
 
 
+class _BoundCache:
+    """The KV cache as two sets of numpy buffers that onnxruntime reads and writes in place.
+
+    ``sides[i]`` holds the pasts when ``binding(i)`` runs; its presents land in ``sides[1 - i]``
+    (a graph cannot write an output over one of its inputs, hence two sets). Each binding is built
+    once with all cache tensors bound; a call only rebinds the three small inputs and the logits.
+    """
+
+    def __init__(self, model: OnnxModel, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, type]):
+        ort = _import_onnxruntime()
+        self.sides = [{n: np.zeros(s, dtype=dtypes[n]) for n, s in shapes.items()} for _ in range(2)]
+        self.bindings = []
+        for i in range(2):
+            binding = model.session.io_binding()
+            for n in shapes:  # the OrtValues wrap the numpy memory (no copy) and keep the arrays alive
+                binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(self.sides[i][n]))
+                binding.bind_ortvalue_output(PRESENT + n[len(PAST):], ort.OrtValue.ortvalue_from_numpy(self.sides[1 - i][n]))
+            self.bindings.append(binding)
+
+    def side_of(self, cache: dict[str, np.ndarray]) -> int | None:
+        return next((i for i, side in enumerate(self.sides) if cache is side), None)
+
+
 class OnnxBackend:
     name = "onnxruntime"
 
-    def __init__(self, files: dict[str, str | Path], threads: int | None = None):
-        """``files``: component name -> .onnx path (audio_encoder optional)."""
+    def __init__(self, files: dict[str, str | Path], threads: int | None = None, io_binding: bool = True):
+        """``files``: component name -> .onnx path (audio_encoder optional). ``io_binding``: keep the
+        KV cache in place between calls (see the module docstring); may be changed between calls."""
         missing = [c for c in REQUIRED if c not in files]
         if missing:
             raise BundleError(f"no ONNX model for {', '.join(missing)}")
@@ -84,7 +132,15 @@ class OnnxBackend:
         if "logits" not in dec.output_names:
             raise BundleError(f"{dec.path}: no 'logits' output")
         self._logits_index = dec.output_names.index("logits")
+        logits = dec.session.get_outputs()[self._logits_index]
+        # the bound path preallocates float32 logits [1, S, vocab]: it needs a static vocab size
+        self._vocab = logits.shape[-1] if logits.type == "tensor(float)" and isinstance(logits.shape[-1], int) else None
         self.max_context = next(iter(self._cache_shapes.values()))[2]
+        self.io_binding = io_binding
+        dtypes = {n: _NP_TYPES.get(dec.inputs[n].type, np.float32) for n in self.cache_inputs}
+        self._bound = _BoundCache(dec, self._cache_shapes, dtypes)
+        # The pasts of the next call. With IO binding these are one of the two bound sets, reused
+        # from call to call: copy them to keep a snapshot.
         self.cache: dict[str, np.ndarray] = {}
         self.reset()
 
@@ -119,10 +175,30 @@ class OnnxBackend:
         if cache_position.size and (cache_position.min() < 0 or cache_position.max() >= self.max_context):
             raise BundleError(f"cache positions {cache_position.min()}..{cache_position.max()} are outside the "
                               f"KV cache (0..{self.max_context - 1})")
-        outs = self.models["text_decoder"].run(
-            {"inputs_embeds": embeds, "cache_position": cache_position, "position_ids": position_ids, **self.cache})
+        feeds = {"inputs_embeds": embeds, "cache_position": cache_position, "position_ids": position_ids}
+        if self.io_binding and self._vocab is not None and np.ndim(embeds) == 3:
+            return self._decode_bound(feeds)
+        # Unbound (also for logits the bound path cannot preallocate, and for malformed inputs,
+        # which onnxruntime then reports by name)
+        outs = self.models["text_decoder"].run({**feeds, **self.cache})
         self.cache = {n: outs[i] for n, i in self._present_index.items()}
         return outs[self._logits_index]
 
+    def _decode_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        side = self._bound.side_of(self.cache)
+        if side is None:  # the cache came from an unbound call: move it into a bound set once
+            side = 0
+            for n, buf in self._bound.sides[0].items():
+                np.copyto(buf, self.cache[n])
+        binding = self._bound.bindings[side]
+        # logits into a fresh array per call, as InferenceSession.run returns them
+        logits = np.empty((1, np.shape(feeds["inputs_embeds"])[1], self._vocab), dtype=np.float32)
+        binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.models["text_decoder"].run_bound(binding, feeds)
+        self.cache = self._bound.sides[1 - side]
+        return logits
+
     def reset(self) -> None:
-        self.cache = {n: np.zeros(s, dtype=np.float32) for n, s in self._cache_shapes.items()}
+        self.cache = self._bound.sides[0]
+        for buf in self.cache.values():
+            buf.fill(0)
