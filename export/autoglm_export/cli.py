@@ -225,7 +225,6 @@ def ios(
     quant: Optional[str] = typer.Option(None, "--quant", help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16. With --quantized-checkpoint: the token embedding only."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="int4 block size along the input channels: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256."),
     quantized_checkpoint: Optional[Path] = typer.Option(None, "--quantized-checkpoint", help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from)."),
-
     max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
     prefill_chunk: int = typer.Option(64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),

@@ -13,6 +13,14 @@ inputs, outputs, states and functions; ``manifest.json["coreml"]`` lists them pe
 Parity kinds: the packages compute in fp16, so a faithful package is compared with its fp32
 quantized-eager twin at fp16-activation precision: kind ``weight_only_fp16`` (int4/int8 weights)
 or ``fp16`` (``--quant fp16``), whose thresholds are in ``autoglm_runtime.parity``.
+
+``--quantized-checkpoint DIR`` (from ``calibrate`` / ``qat``): fp32 references from the original
+weights first, then the checkpoint's parameters are loaded and the packages converted from them;
+every linear the checkpoint quantized holds its integers exactly (``targets.coreml.apply_checkpoint_codes``:
+int4 blocks or int8 per-channel, fp16 scales), every linear it left fp32 stays fp16, and no linear is
+re-rounded. ``--quant`` then only decides the token embedding table. The eager twin carries the
+same codes times the fp16 scales. int4 layers need iOS 18: with ``--min-ios 17`` they are refused
+before the model is loaded; ``--block-size`` defaults to the checkpoint's int4 group size.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
+from .onnx_export import bundle_checkpoint, checkpoint_block_size, checkpoint_layers, component_of
 from .pipeline import (ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references,
-                       gate_on_parity, parity_failed_path)
+                       gate_on_parity, parity_failed_path, quantized_checkpoint_info)
 from .source import ModelSource
 from .targets.coreml import (COMPUTE_UNITS, CONVERTERS, PACKAGES, CoreMLRecipe, PackageInfo, apply_coreml_quantization,
                              convert_text_decoder)
@@ -55,21 +64,53 @@ class IOSOptions:
 
 
 
-def quant_kinds(recipe: CoreMLRecipe) -> dict[str, str]:
-    return {c: recipe.kind(c) for c in COMPONENTS}
+def quant_kinds(recipe: CoreMLRecipe, fixed: dict | None = None) -> dict[str, str]:
+    """Parity kind per component; with a quantized checkpoint's linears (``fixed``), a tower is
+    ``weight_only_fp16`` when the checkpoint quantized any of its linears, else ``fp16``."""
+    if fixed is None:
+        return {c: recipe.kind(c) for c in COMPONENTS}
+    quantized = {component_of(fqn) for fqn in fixed}
+    return {c: recipe.kind(c) if c == "token_embedding" else ("weight_only_fp16" if c in quantized else "fp16")
+            for c in COMPONENTS}
 
 
-def coreml_references(src: ModelSource, recipe: CoreMLRecipe, chunk: int, stages: Stages, validate: bool = True) -> References:
+def checkpoint_recipe(recipe: CoreMLRecipe, layers: dict[str, dict], path) -> CoreMLRecipe:
+    """``recipe`` for a quantized checkpoint with these layers (``{fqn: {"bits", "group_size"}}``):
+    int4 layers need iOS 18, and ``--block-size`` is the checkpoint's int4 group size."""
+    int4 = sorted(f for f, layer in layers.items() if int(layer["bits"]) == 4)
+    if int4 and recipe.min_ios < 18:
+        raise ExportError(f"--min-ios {recipe.min_ios}: the quantized checkpoint {path} has {len(int4)} int4 layers "
+                          f"({int4[0]}, ...); int4 per-block weights (constexpr_blockwise_shift_scale) need iOS 18. "
+                          "Export it with --min-ios 18, or make an int8 checkpoint (calibrate/qat --quant 8da8w) for iOS 17")
+    return replace(recipe, block_size=checkpoint_block_size(layers, recipe.block_size, path))
+
+
+def coreml_references(src: ModelSource, recipe: CoreMLRecipe, chunk: int, stages: Stages, validate: bool = True,
+                      qc=None, convert=None) -> References:
     """fp32 reference outputs, then the packages' weight rounding applied to the eager model in place,
-    then the quantized-eager outputs. Call it after converting: the converters read the fp32 weights."""
+    then the quantized-eager outputs. Without ``qc``, call it after converting: the converters read
+    the fp32 weights. With ``qc`` (a quantized checkpoint), the fp32 outputs come from the original
+    weights, then the checkpoint is loaded, then ``convert()`` runs (the packages are built from the
+    checkpoint's weights), then the twin gets the checkpoint's codes (no rounding of its own)."""
     probes, outputs = fp32_references(src, chunk, stages) if validate else ([], {})
+    fixed = None
+    if qc is not None:
+        from .quantize import qcheckpoint
+
+        with stages.stage(f"load {qc.method} weights from {qc.path}"):
+            qcheckpoint.load_into_model(qc, src.model)
+        fixed = qc.linears
+    if convert is not None:
+        convert()
+    info = quantized_checkpoint_info(qc)
     if not validate:
-        return References(probes, outputs, apply_coreml_quantization(src.model, recipe, dry_run=True))
-    with stages.stage(f"{recipe.weights} weights in the eager model (as coremltools rounds them)"):
-        report = apply_coreml_quantization(src.model, recipe)
+        return References(probes, outputs, apply_coreml_quantization(src.model, recipe, dry_run=True, fixed=fixed), info)
+    what = "quantized-checkpoint" if fixed is not None else recipe.weights
+    with stages.stage(f"{what} weights in the eager model (as the packages hold them)"):
+        report = apply_coreml_quantization(src.model, recipe, fixed=fixed)
     with stages.stage("quantized eager reference outputs"):
         outputs["quantized_eager"] = run_components(TorchBackend(src.model), probes, chunk)
-    return References(probes, outputs, report)
+    return References(probes, outputs, report, info)
 
 
 def _params(src: ModelSource) -> dict[str, int]:
@@ -82,20 +123,22 @@ def _params(src: ModelSource) -> dict[str, int]:
     return out
 
 
-def convert_all(src: ModelSource, recipe: CoreMLRecipe, prefill_chunk: int, bundle: BundleWriter, stages: Stages) -> dict[str, PackageInfo]:
-    """Every component into its package inside the bundle's temp folder."""
+def convert_all(src: ModelSource, recipe: CoreMLRecipe, prefill_chunk: int, bundle: BundleWriter, stages: Stages,
+                fixed: dict | None = None) -> dict[str, PackageInfo]:
+    """Every component into its package inside the bundle's temp folder (``fixed``: a quantized
+    checkpoint's linears, whose integers the packages take instead of coremltools' rounding)."""
     model = src.model
     packages: dict[str, PackageInfo] = {}
     for comp, convert in CONVERTERS.items():  # the encoders and the embedding; the decoder below
         if comp == "audio_encoder" and model.audio is None:
             continue
         with stages.stage(f"convert {comp} -> {PACKAGES[comp]}"):
-            packages[comp] = convert(model, recipe, bundle.path(PACKAGES[comp]))
+            packages[comp] = convert(model, recipe, bundle.path(PACKAGES[comp]), fixed=fixed)
     functions = "prefill + decode, state" if recipe.min_ios >= 18 else "main, cache in/out"
     with stages.stage(f"convert text_decoder -> {PACKAGES['text_decoder']} ({functions})"), \
             tempfile.TemporaryDirectory(prefix="autoglm-coreml-") as work:
         packages["text_decoder"] = convert_text_decoder(model, recipe, bundle.path(PACKAGES["text_decoder"]),
-                                                        prefill_chunk, Path(work))
+                                                        prefill_chunk, Path(work), fixed=fixed)
     params = _params(src)
     for comp, info in packages.items():
         weights = Path(bundle.path(info.file)) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
@@ -129,9 +172,9 @@ def coreml_backend(root: Path, coreml: dict, engine: str | None = None):
     return CoreMLBackend(root, coreml, engine=engine)
 
 
-def validate_packages(backend, refs: References, recipe: CoreMLRecipe, chunk: int) -> ParityReport:
+def validate_packages(backend, refs: References, recipe: CoreMLRecipe, chunk: int, fixed: dict | None = None) -> ParityReport:
     got = run_components(backend, refs.probes, chunk)
-    report = validation.compare("coreml", got, refs.outputs, quant_kinds(recipe))
+    report = validation.compare("coreml", got, refs.outputs, quant_kinds(recipe, fixed))
     report.info = {"engine": backend.engine_name, "quantization": recipe.to_dict(), "prefill_chunk": chunk,
                    "compute_units": backend.compute_units}
     return report
@@ -141,6 +184,10 @@ def export_ios(request: ModelRequest, opts: IOSOptions) -> tuple[Path, ParityRep
     check_destination(opts.out, opts.force)
     opts.check()
     recipe = opts.recipe
+    if request.quantized_checkpoint is not None:  # option conflicts fail before the model is loaded
+        recipe = checkpoint_recipe(recipe, checkpoint_layers(request.quantized_checkpoint), request.quantized_checkpoint)
+    elif recipe.block_size is None:
+        recipe = replace(recipe, block_size=32)
     from autoglm_runtime.backends.coreml_backend import default_engine
 
     engine = opts.engine or default_engine()
@@ -149,11 +196,22 @@ def export_ios(request: ModelRequest, opts: IOSOptions) -> tuple[Path, ParityRep
         src = request.open()
     if not 1 <= opts.prefill_chunk <= src.spec.max_context:
         raise ExportError(f"--prefill-chunk {opts.prefill_chunk} must be between 1 and the context length {src.spec.max_context}")
+    qc = request.open_quantized(src)
+    fixed = None
+    if qc is not None:
+        fixed = qc.linears
+        recipe = checkpoint_recipe(recipe, {f: {"bits": q.bits, "group_size": q.group_size} for f, q in fixed.items()}, qc.path)
     reference_check = check_against_transformers(src, stages) if opts.validate else None
     report = None
     with BundleWriter(opts.out, force=opts.force) as bundle:
-        packages = convert_all(src, recipe, opts.prefill_chunk, bundle, stages)
-        refs = coreml_references(src, recipe, opts.prefill_chunk, stages, validate=opts.validate)
+        if qc is None:
+            packages = convert_all(src, recipe, opts.prefill_chunk, bundle, stages)
+            refs = coreml_references(src, recipe, opts.prefill_chunk, stages, validate=opts.validate)
+        else:
+            packages = {}
+            refs = coreml_references(src, recipe, opts.prefill_chunk, stages, validate=opts.validate, qc=qc,
+                                     convert=lambda: packages.update(convert_all(src, recipe, opts.prefill_chunk, bundle,
+                                                                                 stages, fixed)))
         if refs.quant_report.fallbacks:
             log.warning("int8 per-channel instead of int4 (input width not a multiple of %d): %s", recipe.block_size,
                         ", ".join(refs.quant_report.fallbacks))
@@ -174,9 +232,10 @@ def export_ios(request: ModelRequest, opts: IOSOptions) -> tuple[Path, ParityRep
             with stages.stage(f"validate the packages with {what}"):
                 backend = coreml_backend(bundle.tmp_dir, coreml, engine)
                 backend.compute_units = opts.compute_units
-                report = validate_packages(backend, refs, recipe, opts.prefill_chunk)
+                report = validate_packages(backend, refs, recipe, opts.prefill_chunk, fixed)
             gate_on_parity(report, bundle, opts.out)
         manifest = base_manifest("coreml", src, request, recipe, refs, stages)
+        manifest["quantization"].update({"kinds": quant_kinds(recipe, fixed), "layers": refs.quant_report.layers})
         manifest.update({
             "max_seq_len": opts.prefill_chunk,
             "coreml": coreml,
@@ -201,7 +260,10 @@ def validate_ios_bundle(bundle, checkpoint: Path | None = None, audio_checkpoint
         request = replace(request, checkpoint=Path(checkpoint), audio_checkpoint=audio_checkpoint)
     recipe = CoreMLRecipe.from_dict(manifest["quantization"]["recipe"])
     chunk = int(manifest["coreml"]["prefill_chunk"])
-    refs = coreml_references(request.open(), recipe, chunk, Stages())
+    src = request.open()
+    qc = bundle_checkpoint(manifest, src, request)  # the bundle's --quantized-checkpoint (source.quantized_checkpoint)
+    refs = coreml_references(src, recipe, chunk, Stages(), qc=qc)
     from autoglm_runtime.backends.coreml_backend import CoreMLBackend
 
-    return validate_packages(CoreMLBackend.from_bundle(bundle, engine=engine), refs, recipe, chunk)
+    return validate_packages(CoreMLBackend.from_bundle(bundle, engine=engine), refs, recipe, chunk,
+                             qc.linears if qc is not None else None)

@@ -17,6 +17,11 @@ Weights (``CoreMLRecipe``):
   multiple of the block falls back to int8 per output channel, and is named in the report.
 - ``int8``: symmetric int8, one scale per output row (iOS 17: ``constexpr_affine_dequantize``).
 - ``fp16``: no compression.
+- a quantized checkpoint (``calibrate`` / ``qat``; the converters' ``fixed``): each linear it
+  quantized keeps its integers exactly (``apply_checkpoint_codes``: int4 blocks incl. -8, or int8
+  per-channel, with its scales rounded to fp16), each linear it left fp32 stays fp16; coremltools
+  rounds nothing but the token embedding table (per the recipe). ``checkpoint_weight`` is the
+  eager twin's weight: codes times the fp16 scales, rounded to fp16 as the constexpr op's output.
 
 Compressed: the weight of every ``linear`` op (all nn.Linear of the towers and the decoder,
 lm_head included) and, in the TokenEmbedding package, the table of its ``gather`` (blocks along
@@ -94,7 +99,7 @@ class CoreMLRecipe:
     """How the packages are built. Invalid combinations fail here, before any work."""
 
     weights: str = "int4"
-    block_size: int = 32
+    block_size: int | None = 32  # None: 32, or a quantized checkpoint's int4 group size (ios_export resolves it)
     min_ios: int = 18
     embedding: str | None = None  # token embedding table; None = same as ``weights``
 
@@ -109,7 +114,7 @@ class CoreMLRecipe:
                 "--quant int4 needs --min-ios 18: int4 per-block weights (constexpr_blockwise_shift_scale) "
                 "do not exist before iOS 18; use --quant int8 (per-channel) for iOS 17"
             )
-        if self.block_size not in BLOCK_SIZES:
+        if self.block_size is not None and self.block_size not in BLOCK_SIZES:
             raise ExportError(f"--block-size {self.block_size}: expected one of {', '.join(map(str, BLOCK_SIZES))}")
 
     @property
@@ -173,6 +178,29 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float().repeat_interleave(block, dim=1)
 
 
+def checkpoint_scheme(q) -> str:
+    """The manifest's name for what a quantized checkpoint's layer becomes (None: a layer it leaves fp32)."""
+    if q is None:
+        return "fp16 (fp32 in the quantized checkpoint)"
+    return f"int4/b{q.group_size} (quantized checkpoint)" if q.bits == 4 else "int8 (quantized checkpoint)"
+
+
+def checkpoint_scales16(q, name: str = "") -> torch.Tensor:
+    """A checkpoint layer's fp32 scales as the package stores them (fp16); refuses scales fp16 cannot hold."""
+    s16 = q.scales.to(torch.float16)
+    if not torch.isfinite(s16).all() or ((s16 == 0) & (q.scales != 0)).any():
+        raise ExportError(f"{name}: quantized-checkpoint scales {q.scales.abs().min().item():.3g}..{q.scales.abs().max().item():.3g} "
+                          "do not fit fp16 (Core ML stores scales in fp16)")
+    return s16
+
+
+def checkpoint_weight(q, name: str = "") -> torch.Tensor:
+    """fp32 [out, in]: what the package's constexpr op makes of a checkpoint layer: its integer codes
+    times the fp16 scales (exact in fp32), rounded to the op's fp16 output."""
+    s16 = checkpoint_scales16(q, name)
+    return (q.codes.float() * s16.float().repeat_interleave(q.group_size, dim=1)).to(torch.float16).float()
+
+
 def _quantizable_weights(model: AutoGLM, component: str):
     """(name, module) pairs whose ``weight`` the converters compress, per component."""
     roots = {"text_decoder": [("text", model.text)], "vision_encoder": [("vision", model.vision)],
@@ -187,19 +215,27 @@ def _quantizable_weights(model: AutoGLM, component: str):
 
 
 @torch.no_grad()
-def apply_coreml_quantization(model: AutoGLM, recipe: CoreMLRecipe, dry_run: bool = False) -> QuantReport:
+def apply_coreml_quantization(model: AutoGLM, recipe: CoreMLRecipe, dry_run: bool = False,
+                              fixed: dict | None = None) -> QuantReport:
     """Put the packages' weight rounding into the eager model, in place (its "quantized_eager" twin).
 
     The decoder's weights are then exactly what the Core ML program dequantizes (up to the final
     fp16 rounding of ``q * scale``); activations stay fp32 here, fp16 in the package.
     ``dry_run``: only report what each weight gets (for the manifest), touch nothing.
+    ``fixed``: a quantized checkpoint's linears (fqn -> ``QuantizedLinear``), already loaded into
+    the model: those get ``checkpoint_weight`` (their codes times fp16 scales, as the package holds
+    them), every other linear stays unquantized (fp16); only the token embedding follows ``recipe``.
     """
     report = QuantReport()
     if dry_run:
         for comp in ("text_decoder", "vision_encoder", "token_embedding", "audio_encoder"):
             scheme = recipe.scheme(comp)
             for name, mod in _quantizable_weights(model, comp):
-                if scheme == "int4" and mod.weight.shape[1] % recipe.block_size:
+                if fixed is not None and comp != "token_embedding":
+                    report.layers[name] = checkpoint_scheme(fixed.get(name))
+                    if name in fixed:
+                        report.calibrated.append(name)
+                elif scheme == "int4" and mod.weight.shape[1] % recipe.block_size:
                     report.fallbacks.append(name)
                     report.layers[name] = "int8"
                 else:
@@ -211,6 +247,13 @@ def apply_coreml_quantization(model: AutoGLM, recipe: CoreMLRecipe, dry_run: boo
         scheme = recipe.scheme(comp)
         for name, mod in _quantizable_weights(model, comp):
             w = mod.weight
+            if fixed is not None and comp != "token_embedding":
+                q = fixed.get(name)
+                mod.weight.copy_(w.to(torch.float16).to(w.dtype) if q is None else checkpoint_weight(q, name).to(w.dtype))
+                report.layers[name] = checkpoint_scheme(q)
+                if q is not None:
+                    report.calibrated.append(name)
+                continue
             if scheme == "fp16":
                 mod.weight.copy_(w.to(torch.float16).to(w.dtype))
                 report.layers[name] = "fp16"
@@ -298,6 +341,111 @@ def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "line
     with warnings.catch_warnings(), _quiet_coremltools():
         warnings.simplefilter("ignore")
         return linear_quantize_weights(mlmodel, config)
+
+
+def _sanitized(fqn: str) -> str:
+    return fqn.replace(".", "_")
+
+
+def array_digest(a: np.ndarray) -> tuple:
+    """(dtype, shape, blake2b of the bytes): compares weights by value without keeping a copy of them."""
+    import hashlib
+
+    a = np.ascontiguousarray(a)
+    return a.dtype.str, a.shape, hashlib.blake2b(memoryview(a).cast("B"), digest_size=20).digest()
+
+
+def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
+    """Replace the fp16 weight const of every ``linear`` op that is a quantized checkpoint's layer by
+    a constexpr op holding the checkpoint's integers, unchanged (coremltools' round-to-nearest never
+    sees them): ``constexpr_blockwise_shift_scale(data=codes int4|int8 [out, in], scale=fp16 [out,
+    in / group])`` on iOS 18 (no offset: symmetric; int4 data may be -8, which coremltools' own
+    ``linear_symmetric`` never produces but the op allows), ``constexpr_affine_dequantize(int8,
+    zero_point 0, fp16 scale [out], axis 0)`` on iOS 17 (int8 per-channel only).
+
+    ``layers``: fqn -> ``QuantizedLinear`` of this package's component. The program's const is found
+    by value (the converted model already holds ``codes * scales``, cast to fp16), so it does not
+    depend on coremltools' const naming; the name only breaks ties between equal weights. Every
+    layer must be found. Linears that are not in ``layers`` keep their fp16 weights.
+    """
+    if not layers:
+        return mlmodel
+    from coremltools.converters.mil.mil import types
+    from coremltools.models.utils import _apply_graph_pass
+    from coremltools.optimize._utils import QuantParams
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights as _QuantizePass
+
+    if min_ios < 18 and any(q.bits == 4 for q in layers.values()):
+        raise ExportError("int4 quantized-checkpoint layers need --min-ios 18 (constexpr_blockwise_shift_scale)")
+    by_value: dict = {}
+    for fqn, q in layers.items():
+        by_value.setdefault(array_digest(q.dequantize().to(torch.float16).numpy()), []).append(fqn)
+    params = {}
+    for fqn, q in layers.items():
+        dtype = types.nptype_from_builtin(types.int4 if q.bits == 4 else types.int8)
+        params[fqn] = QuantParams(data=q.codes.numpy().astype(dtype), scale=checkpoint_scales16(q, fqn).numpy(),
+                                  offset=None, nbits=np.uint8(q.bits))
+    found: dict[str, list[str]] = {}
+
+    def pick(fqns: list[str], const_name: str) -> str:
+        first = layers[fqns[0]]
+        if all(torch.equal(layers[f].codes, first.codes) and torch.equal(layers[f].scales, first.scales) for f in fqns):
+            return fqns[0]
+        named = [f for f in fqns if const_name.endswith(_sanitized(f) + "_weight_to_fp16")]
+        if len(named) != 1:
+            raise ExportError(f"{const_name}: equal fp16 weights in {', '.join(fqns)} with different integer codes; "
+                              "cannot tell which checkpoint layer it is")
+        return named[0]
+
+    class CheckpointCodes(_QuantizePass):
+        def __init__(self):
+            super().__init__(config=None)
+            self.consts: dict[str, str] = {}
+
+        def apply(self, prog):
+            def find(block):
+                for op in block.operations:
+                    for b in op.blocks:
+                        find(b)
+                    w = op.inputs.get("weight") if op.op_type == "linear" else None
+                    if w is None or w.op is None or w.op.op_type != "const" or w.rank != 2:
+                        continue
+                    val = np.asarray(w.val)
+                    fqns = by_value.get(array_digest(val)) if val.dtype == np.float16 else None
+                    if fqns:
+                        fqn = pick(fqns, w.op.name)
+                        self.consts[w.op.name] = fqn
+                        found.setdefault(fqn, []).append(w.op.name)
+
+            for fn in prog.functions.values():
+                find(fn)
+            super().apply(prog)
+
+        def is_valid_op(self, op):
+            return op.op_type == "const" and op.name in self.consts
+
+        def transform_op(self, op):
+            new_var = self._create_constexpr_var(op, params[self.consts[op.name]])
+            op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new_var,
+                                                            no_check_var_types=True)
+            op.enclosing_block.remove_ops([op])
+
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        out = _apply_graph_pass(mlmodel, CheckpointCodes())
+    missing = sorted(set(layers) - set(found))
+    if missing:
+        raise ExportError(f"quantized-checkpoint layers not found among the converted program's linear weights: "
+                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return out
+
+
+def _compress_linears(ml, recipe: CoreMLRecipe, fixed: dict | None, prefix: str, skip: set[str] = frozenset()):
+    """The linears of one package: round-to-nearest per ``recipe``, or a quantized checkpoint's integers
+    (``fixed``, every fqn; the ones under ``prefix`` belong to this package) and nothing else."""
+    if fixed is None:
+        return compress_weights(ml, recipe.weights, recipe.block_size, skip=skip)
+    return apply_checkpoint_codes(ml, {f: q for f, q in fixed.items() if f.startswith(prefix + ".")}, recipe.min_ios)
 
 
 class _quiet_coremltools:
@@ -484,17 +632,17 @@ class EmbeddingWrapper(VisionWrapper):
         return self.model.token_embedding(token_ids)
 
 
-def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path) -> PackageInfo:
+def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
     """pixel_values [patches, 3*T*p*p] fp16 -> image_embeds [image_tokens, hidden] fp16."""
     v = model.vision
     example = (torch.zeros(v.num_patches, v.patch_dim),)
     ml = _convert(_trace(VisionWrapper(model), example), recipe=recipe,
                   inputs=[_tensor("pixel_values", example[0].shape, np.float16)],
                   outputs=[_tensor("image_embeds", None, np.float16)])
-    return _finish("vision_encoder", compress_weights(ml, recipe.weights, recipe.block_size), path)
+    return _finish("vision_encoder", _compress_linears(ml, recipe, fixed, "vision"), path)
 
 
-def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path) -> PackageInfo:
+def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
     """input_features [1, mel_bins, frames] fp16 -> audio_embeds [audio_tokens, hidden] fp16."""
     if model.audio is None:
         raise ExportError("this model has no audio tower")
@@ -502,10 +650,10 @@ def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path) -> P
     ml = _convert(_trace(AudioWrapper(model), example), recipe=recipe,
                   inputs=[_tensor("input_features", example[0].shape, np.float16)],
                   outputs=[_tensor("audio_embeds", None, np.float16)])
-    return _finish("audio_encoder", compress_weights(ml, recipe.weights, recipe.block_size), path)
+    return _finish("audio_encoder", _compress_linears(ml, recipe, fixed, "audio"), path)
 
 
-def convert_token_embedding(model: AutoGLM, recipe: CoreMLRecipe, path: Path) -> PackageInfo:
+def convert_token_embedding(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
     """token_ids [1, S] int32 (S = 1..max_context) -> embeds [1, S, hidden] fp16: a gather of the table."""
     ct = _ct()
     example = (torch.zeros(1, 4, dtype=torch.int32),)
@@ -659,15 +807,16 @@ def _decoder_inputs(model: AutoGLM, seq, end_lo: int) -> list:
             _tensor("causal_mask", (1, 1, seq, end), np.float16)]
 
 
-def _compress_decoder(ml, recipe: CoreMLRecipe, model: AutoGLM):
+def _compress_decoder(ml, recipe: CoreMLRecipe, model: AutoGLM, fixed: dict | None = None):
     routers = _router_weights(ml)
     expected = sum(isinstance(m, TopKRouter) for m in model.text.modules())
     if len(routers) != expected:
         raise ExportError(f"found {len(routers)} MoE router weights in the converted decoder, expected {expected}")
-    return compress_weights(ml, recipe.weights, recipe.block_size, skip=routers)
+    return _compress_linears(ml, recipe, fixed, "text", skip=routers)
 
 
-def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefill_chunk: int, workdir: Path) -> PackageInfo:
+def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefill_chunk: int, workdir: Path,
+                         fixed: dict | None = None) -> PackageInfo:
     """iOS 18: multifunction ``prefill`` (``prefill_chunk`` tokens) + ``decode`` (1 token) over one state.
     iOS 17: one function ``main`` (1..prefill_chunk tokens) with the cache as explicit inputs/outputs."""
     ct = _ct()
@@ -685,7 +834,7 @@ def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefi
             example = _decoder_example(model, seq, min(ctx, seq + 2))
             ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=_decoder_inputs(model, seq, seq),
                           outputs=[_tensor("logits", None, np.float16)], states=states)
-            ml = _compress_decoder(ml, recipe, model)
+            ml = _compress_decoder(ml, recipe, model, fixed)
             parts[fname] = workdir / f"TextDecoder-{fname}.mlpackage"
             ml.save(str(parts[fname]))
         desc = ct.utils.MultiFunctionDescriptor()
@@ -707,7 +856,7 @@ def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefi
                                                _tensor("value_cache", wrapper.cache_shape, np.float16)]
     outputs = [_tensor(n_, None, np.float16) for n_ in ("logits", "key_update", "value_update")]
     ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=inputs, outputs=outputs)
-    ml = _compress_decoder(ml, recipe, model)
+    ml = _compress_decoder(ml, recipe, model, fixed)
     extra.update({"kv_cache": "inputs_outputs", "cache_inputs": ["key_cache", "value_cache"],
                   "cache_outputs": ["key_update", "value_update"], "cache_shape": list(wrapper.cache_shape)})
     return _finish("text_decoder", ml, path, extra)

@@ -16,6 +16,24 @@ inputs, as in the vision tower) are first rewritten to MatMul + Add so they are 
 one exception is the MoE router's ``[hidden, experts]`` MatMul: it is not a linear layer, chooses
 the experts, and is kept fp32 (torchao leaves it alone for ExecuTorch too). ``fake_quantize_int4``
 applies the identical rounding to the eager model, giving the "quantized_eager" parity reference.
+
+A quantized checkpoint (``calibrate`` / ``qat``; ``fixed``: fqn -> ``QuantizedLinear``, already loaded
+into the model, so the exported fp32 weights are its ``codes * scales``): nothing is rounded here.
+``apply_checkpoint_codes`` finds each constant-weight MatMul's linear by value and writes
+- int4 layers: ``MatMulNBits`` (bits 4, block = the checkpoint's group size, no zero-point input,
+  i.e. the default 8: symmetric) whose B is the checkpoint's codes + 8 packed two per byte (even
+  input channel in the low nibble) and whose scales are its fp32 scales. The quantizer builds the
+  node; its round-to-nearest B / scales are then replaced, checked against its layout.
+- int8 layers (per output channel: the encoders, and int4 layers whose input width the group does
+  not divide): ``MatMulNBits`` with bits 8, B = code + 128 (the default zero point for 8 bits), and
+  the row's one scale repeated in each block (``_int8_block`` picks the block, 16..256, with the
+  fewest bytes; the last block is padded with zero codes). Exact: every weight is code * its row's
+  scale. Not ``DequantizeLinear(int8, per-axis) -> MatMul``: onnxruntime (1.31, ORT_ENABLE_ALL) fuses
+  that pair into a MatMulNBits with ``accuracy_level`` 4, i.e. int8-quantized activations, which
+  moved the encoders' outputs by 1.6e-2 of their scale (measured) instead of ~1e-6.
+- no ``accuracy_level`` attribute on any node: fp32 compute, as the eager reference does. Both
+  kinds dequantize to ``code * scale`` in fp32, bit for bit the eager model's weight.
+- every linear the checkpoint leaves fp32 stays a plain fp32 MatMul (listed in ``fp32_matmuls``).
 """
 
 from __future__ import annotations
@@ -181,6 +199,210 @@ def fake_quantize_int4(model: AutoGLM, block_size: int) -> dict[str, str]:
     return int4_layers(model, block_size)
 
 
+# ---- a quantized checkpoint's integers
+
+
+CHECKPOINT_FP32 = "fp32 (fp32 in the quantized checkpoint)"
+
+
+def checkpoint_scheme(q) -> str:
+    """The manifest's name for what a checkpoint layer becomes (None: a linear the checkpoint leaves fp32)."""
+    if q is None:
+        return CHECKPOINT_FP32
+    if q.bits == 4:
+        return f"int4 (MatMulNBits, symmetric, block {q.group_size}, quantized checkpoint)"
+    return "int8 per-channel (MatMulNBits bits 8, quantized checkpoint)"
+
+
+def checkpoint_layers_report(model: AutoGLM, fixed: dict) -> dict[str, str]:
+    """fqn -> what the export does to it with a quantized checkpoint (``int4_layers``' counterpart)."""
+    layers = {"text.embed_tokens": "fp32"}
+    layers.update({fqn: checkpoint_scheme(fixed.get(fqn)) for mods in linear_modules(model).values() for fqn, _ in mods})
+    layers.update({fqn: ROUTER_NOTE for fqn, mod in model.named_modules() if isinstance(mod, TopKRouter)})
+    return layers
+
+
+def array_digest(a: np.ndarray) -> tuple:
+    """(dtype, shape, blake2b of the bytes): compares weights by value without keeping a copy of them."""
+    import hashlib
+
+    a = np.ascontiguousarray(a)
+    return a.dtype.str, a.shape, hashlib.blake2b(memoryview(a).cast("B"), digest_size=20).digest()
+
+
+def _name_scopes(node) -> str:
+    return next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), "")
+
+
+def linear_matmuls(model, linears: list[tuple[str, nn.Linear]]) -> dict[str, list[str]]:
+    """Constant-weight MatMul node name -> the nn.Linear fqn(s) whose weight it multiplies.
+
+    Matched by value (B is the linear's weight transposed, bit for bit: the exporter and
+    ``gemm_to_matmul`` only transpose it), so it does not depend on the exporter's naming; equal
+    weights are told apart by the node's torch name scopes when they can be."""
+    from onnx import numpy_helper
+
+    by_value: dict = {}
+    for fqn, mod in linears:
+        by_value.setdefault(array_digest(mod.weight.detach().float().T.numpy()), []).append(fqn)
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for node in constant_matmuls(model):
+        b = numpy_helper.to_array(inits[node.input[1]])
+        if b.dtype != np.float32:
+            continue
+        fqns = by_value.get(array_digest(b))
+        if not fqns:
+            continue
+        if len(fqns) > 1:
+            scopes = _name_scopes(node)
+            named = [f for f in fqns if f"'{f}'" in scopes or f".{f}'" in scopes]
+            fqns = named if len(named) == 1 else fqns
+        out[node.name] = fqns
+    return out
+
+
+def _one_layer(node_name: str, fqns: list[str], fixed: dict) -> str:
+    """The checkpoint layer a MatMul computes; equal weights are fine when they carry equal integers."""
+    first = fixed.get(fqns[0])
+    for f in fqns[1:]:
+        q = fixed.get(f)
+        same = (q is None and first is None) or (q is not None and first is not None and q.bits == first.bits
+                                                 and torch.equal(q.codes, first.codes) and torch.equal(q.scales, first.scales))
+        if not same:
+            raise ExportError(f"{node_name}: the weights of {', '.join(fqns)} are equal but the quantized checkpoint "
+                              "quantizes them differently; cannot tell which layer this MatMul is")
+    return fqns[0]
+
+
+def _nbits_bits(node) -> int:
+    from onnx import helper
+
+    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == "bits")
+
+
+def _drop_unused_initializers(graph) -> None:
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    graph.ClearField("initializer")
+    graph.initializer.extend(keep)
+
+
+def _set_int4_codes(graph, node, q, fqn: str, inits: dict) -> None:
+    """Replace a MatMulNBits node's B / scales by a checkpoint layer's codes (+ 8, packed) and fp32 scales."""
+    from onnx import helper, numpy_helper
+
+    from ..quantize import grid
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    n_out, k = q.codes.shape
+    want = {"bits": 4, "block_size": q.group_size, "K": k, "N": n_out}
+    if any(attrs.get(key) != value for key, value in want.items()) or (len(node.input) > 3 and node.input[3]):
+        raise ExportError(f"{fqn}: MatMulNBits node {node.name} has {({k_: attrs.get(k_) for k_ in want})}"
+                          f"{' and zero points' if len(node.input) > 3 and node.input[3] else ''}; the quantized "
+                          f"checkpoint needs {want}, symmetric")
+    blocks = k // q.group_size
+    packed = grid.pack_int4(q.codes).numpy().reshape(n_out, blocks, q.group_size // 2)
+    old_b, old_s = inits[node.input[1]], inits[node.input[2]]
+    if tuple(old_b.dims) != packed.shape or int(np.prod(old_s.dims)) != n_out * blocks:
+        raise ExportError(f"{fqn}: MatMulNBits B {tuple(old_b.dims)} / scales {tuple(old_s.dims)}, expected "
+                          f"{packed.shape} / {n_out * blocks} values (onnxruntime's layout changed?)")
+    b_name, s_name = f"{fqn}.qweight_int4", f"{fqn}.scales"
+    if b_name not in inits:
+        inits[b_name] = numpy_helper.from_array(packed, b_name)
+        inits[s_name] = numpy_helper.from_array(q.scales.float().numpy().reshape(tuple(old_s.dims)), s_name)
+        graph.initializer.extend([inits[b_name], inits[s_name]])
+    node.input[1], node.input[2] = b_name, s_name
+
+
+MATMUL_NBITS_BLOCKS = (16, 32, 64, 128, 256)
+
+
+def _int8_block(k: int) -> int:
+    """MatMulNBits block for an int8 per-channel row of ``k`` weights: the fewest bytes (padding plus one
+    fp32 scale per block), the larger block on a tie."""
+    return min(MATMUL_NBITS_BLOCKS, key=lambda b: (-(-k // b) * (b + 4), -b))
+
+
+def _int8_matmul_nbits(graph, node, q, fqn: str, inits: dict):
+    """``MatMulNBits`` (bits 8, fp32 compute) replacing a MatMul: B = codes + 128 (the default zero point),
+    the row's scale repeated in every block, the last block padded with zero codes."""
+    from onnx import helper, numpy_helper
+
+    n_out, k = q.codes.shape
+    if q.group_size != k:
+        raise ExportError(f"{fqn}: int{q.bits} in groups of {q.group_size}; int8 layers are per output channel")
+    block = _int8_block(k)
+    blocks = -(-k // block)
+    b_name, s_name = f"{fqn}.qweight_int8", f"{fqn}.scales"
+    if b_name not in inits:
+        u = np.full((n_out, blocks * block), 128, np.uint8)
+        u[:, :k] = (q.codes.numpy().astype(np.int16) + 128).astype(np.uint8)
+        scales = np.repeat(q.scales.float().numpy().reshape(n_out, 1), blocks, axis=1).reshape(-1)
+        inits[b_name] = numpy_helper.from_array(u.reshape(n_out, blocks, block), b_name)
+        inits[s_name] = numpy_helper.from_array(scales, s_name)
+        graph.initializer.extend([inits[b_name], inits[s_name]])
+    new = helper.make_node("MatMulNBits", [node.input[0], b_name, s_name], list(node.output), name=f"{node.name}_Q8",
+                           domain="com.microsoft", K=k, N=n_out, bits=8, block_size=block)
+    new.metadata_props.extend(node.metadata_props)
+    return new
+
+
+def apply_checkpoint_codes(model, component: str, linears: list[tuple[str, nn.Linear]], fixed: dict, block_size: int,
+                           excluded: list[str], record: "OnnxFile"):
+    """A component's graph with a quantized checkpoint's integers (see the module docstring); fills
+    ``record``'s counts. ``excluded``: the router MatMuls (kept fp32). Every checkpoint layer of the
+    component must be found, and nothing else is quantized."""
+    mapping = {n: _one_layer(n, fqns, fixed) for n, fqns in linear_matmuls(model, linears).items()}
+    want = {fqn for fqn, _ in linears if fqn in fixed}
+    missing = sorted(want - set(mapping.values()))
+    if missing:
+        raise ExportError(f"{component}: quantized-checkpoint layers not found among the graph's MatMul weights: "
+                          f"{', '.join(missing[:5])}")
+    int4 = {n: f for n, f in mapping.items() if f in fixed and fixed[f].bits == 4}
+    if int4:
+        outputs = {node.output[0]: int4[node.name] for node in model.graph.node if node.name in int4}
+        model = quantize_int4(model, block_size, [n.name for n in constant_matmuls(model) if n.name not in int4])
+        inits = {i.name: i for i in model.graph.initializer}
+        done = set()
+        for node in model.graph.node:
+            if node.op_type == "MatMulNBits" and node.output[0] in outputs:
+                fqn = outputs[node.output[0]]
+                _set_int4_codes(model.graph, node, fixed[fqn], fqn, inits)
+                done.add(node.output[0])
+        if done != set(outputs):
+            raise ExportError(f"{component}: int4 checkpoint layers without a MatMulNBits node: "
+                              f"{', '.join(sorted(outputs[o] for o in set(outputs) - done))[:300]}")
+    int8 = {n: f for n, f in mapping.items() if f in fixed and fixed[f].bits == 8}
+    if int8:
+        from onnx import helper
+
+        inits = {i.name: i for i in model.graph.initializer}
+        nodes = [_int8_matmul_nbits(model.graph, n, fixed[int8[n.name]], int8[n.name], inits) if n.name in int8 else n
+                 for n in model.graph.node]
+        model.graph.ClearField("node")
+        model.graph.node.extend(nodes)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _drop_unused_initializers(model.graph)
+    nbits = [_nbits_bits(n) for n in model.graph.node if n.op_type == "MatMulNBits"]
+    record.quantized_matmuls = len(nbits)
+    record.int8_matmuls = nbits.count(8)
+    record.fp32_matmuls = []
+    for node in constant_matmuls(model):
+        if node.name in excluded:
+            record.fp32_matmuls.append(f"{node.name}: {ROUTER_NOTE}")
+        elif node.name in mapping and mapping[node.name] not in fixed:
+            record.fp32_matmuls.append(f"{node.name}: {mapping[node.name]}, {CHECKPOINT_FP32}")
+        else:
+            raise ExportError(f"{component}: constant-weight MatMul {node.name} is neither a linear layer nor a router; "
+                              "the eager reference would not match the graph")
+    if nbits.count(4) != len(int4) or nbits.count(8) != len(int8) or len(nbits) != len(int4) + len(int8):
+        raise ExportError(f"{component}: {nbits.count(4)} int4 / {nbits.count(8)} int8 MatMulNBits "
+                          f"for {len(int4)} int4 / {len(int8)} int8 checkpoint MatMuls")
+    return model
+
+
 # ---- export
 
 
@@ -194,10 +416,14 @@ class OnnxFile:
     bytes: int = 0
     quantized_matmuls: int = 0
     fp32_matmuls: list[str] = field(default_factory=list)  # constant-weight MatMuls left in fp32, and why
+    int8_matmuls: int = 0  # of the MatMulNBits, those with bits 8 (a quantized checkpoint's int8 per-channel layers)
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "external_data": self.external_data, "inputs": self.inputs, "outputs": self.outputs,
-                "bytes": self.bytes, "matmul_nbits": self.quantized_matmuls, "fp32_matmuls": self.fp32_matmuls}
+        out = {"file": self.file, "external_data": self.external_data, "inputs": self.inputs, "outputs": self.outputs,
+               "bytes": self.bytes, "matmul_nbits": self.quantized_matmuls, "fp32_matmuls": self.fp32_matmuls}
+        if self.int8_matmuls:
+            out["matmul_nbits_int8"] = self.int8_matmuls
+        return out
 
 
 @dataclass
@@ -392,11 +618,14 @@ def _component_modules(model: AutoGLM, max_seq_len: int):
 
 @torch.no_grad()
 def export_onnx_files(model: AutoGLM, out_dir: Path, quant: str = "int4", block_size: int = 32, max_seq_len: int = 128,
-                      external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, progress=None) -> OnnxExport:
+                      external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, progress=None,
+                      fixed: dict | None = None) -> OnnxExport:
     """Export every component of the (fp32) model to ``out_dir/<component>.onnx``; int4 rewrites the MatMuls.
 
     The model is not modified. Raises ExportError if the int4 graphs do not quantize exactly the
     linear layers that ``fake_quantize_int4`` quantizes (the parity reference would not match).
+    ``fixed``: a quantized checkpoint's linears, already loaded into ``model``: their integers are
+    written as they are (``apply_checkpoint_codes``) and no other linear is quantized.
     """
     if quant not in QUANT_SCHEMES:
         raise ExportError(f"--quant {quant}: expected one of {', '.join(QUANT_SCHEMES)}")
@@ -411,7 +640,13 @@ def export_onnx_files(model: AutoGLM, out_dir: Path, quant: str = "int4", block_
         name_dynamic_dims(proto)
         out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
         record = OnnxFile(name, f"{name}.onnx", None, [], [])
-        if quant == "int4":
+        if quant == "int4" and fixed is not None:
+            t1 = time.perf_counter()
+            gemm_to_matmul(proto)
+            proto = apply_checkpoint_codes(proto, name, linears.get(name, []), fixed, block_size,
+                                           _router_matmuls(proto, routers), record)
+            out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
+        elif quant == "int4":
             t1 = time.perf_counter()
             gemm_to_matmul(proto)
             excluded = _router_matmuls(proto, routers)
@@ -436,5 +671,6 @@ def export_onnx_files(model: AutoGLM, out_dir: Path, quant: str = "int4", block_
         if progress:
             progress(f"exported {record.file} ({record.bytes / 1e6:.1f} MB"
                      + (f", {record.quantized_matmuls} MatMulNBits" if quant == "int4" else "")
+                     + (f" ({record.int8_matmuls} of them int8)" if record.int8_matmuls else "")
                      + (f", weights in {record.external_data}" if record.external_data else "") + ")")
     return out
