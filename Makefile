@@ -8,13 +8,17 @@ PIP := $(VENV)/bin/pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: install test android parity help
+.PHONY: install test android parity calibrate qat android-calibrated quant-quality help
 
 help:
 	@echo "make install  - create .venv with pinned dependencies (torch==2.13.0 CPU)"
 	@echo "make test     - install if needed, run the test suite"
 	@echo "make android  - install if needed, export the embedded tiny model to dist/android"
 	@echo "make parity   - export the tiny model to every target and write parity-report.md/.html"
+	@echo "make calibrate - GPTQ-calibrate the tiny model on calibration_data/ -> dist/quantized"
+	@echo "make qat      - quantization-aware training of the tiny model -> dist/qat"
+	@echo "make android-calibrated - export dist/quantized to dist/android-calibrated"
+	@echo "make quant-quality - fp32 / RTN / GPTQ / QAT quality table (bench/quant_quality.py) into BENCHMARKS.md"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 required)" >&2; exit 1; }
@@ -40,3 +44,15 @@ parity: $(STAMP)
 	$(VENV)/bin/autoglm-export onnx --force --out dist/onnx
 	$(VENV)/bin/autoglm-export ios --force --out dist/ios
 	$(VENV)/bin/autoglm-export parity-report dist/android dist/onnx dist/ios --out parity-report.md
+
+calibrate: $(STAMP)
+	$(VENV)/bin/autoglm-export calibrate --force --out dist/quantized
+
+qat: $(STAMP)
+	$(VENV)/bin/autoglm-export qat --force --out dist/qat
+
+android-calibrated: calibrate
+	$(VENV)/bin/autoglm-export android --force --quantized-checkpoint dist/quantized --out dist/android-calibrated
+
+quant-quality: $(STAMP)
+	$(PY) bench/quant_quality.py --markdown

@@ -25,6 +25,16 @@ console = Console(stderr=True, soft_wrap=True)
 CheckpointOpt = typer.Option(None, "--checkpoint", help="Hugging Face checkpoint directory (glm4v / glm4v_moe, safetensors).")
 AudioCheckpointOpt = typer.Option(None, "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower.")
 PresetOpt = typer.Option("tiny", "--preset", help="Model preset used when no --checkpoint is given: tiny, small, autoglm-phone-9b.")
+QuantizedCheckpointOpt = typer.Option(None, "--quantized-checkpoint",
+                                      help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from).")
+CalibrationDataOpt = typer.Option(None, "--calibration-data", help="Calibration set directory (default: the repository's calibration_data/).")
+# calibrate and qat share their recipe and sample options.
+CalQuantOpt = typer.Option("8da4w", "--quant", help="Text decoder linears: 8da4w or 8da8w.")
+CalGroupSizeOpt = typer.Option(32, "--group-size", help="int4 weight group size: 32, 64, 128 (256).")
+CalQuantEncoderOpt = typer.Option("8da8w", "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32.")
+MaxPromptsOpt = typer.Option(None, "--max-prompts", help="Use at most this many calibration prompts.")
+TextWindowsOpt = typer.Option(32, "--text-windows", help="Text-only samples of --seq-len tokens from the calibration text.")
+SeqLenOpt = typer.Option(256, "--seq-len", help="Tokens per text-only sample.")
 
 
 def guarded(fn):
@@ -49,6 +59,16 @@ def parse_hw(value: Optional[str]) -> Optional[tuple[int, int]]:
     except ValueError:
         raise typer.BadParameter(f"expected HxW such as 336x168, got '{value}'") from None
     return h, w
+
+
+def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint=None):
+    """A torchao QuantRecipe; options left unset come from a quantized checkpoint when one is given."""
+    from .quantize import QuantRecipe
+    from .quantize.qcheckpoint import read_recipe
+
+    base = read_recipe(quantized_checkpoint) if quantized_checkpoint is not None else {}
+    return QuantRecipe(linear=quant or base.get("linear", "8da4w"), group_size=group_size or int(base.get("group_size", 32)),
+                       encoder=quant_encoder or base.get("encoder", "8da8w"), embedding=quant_embedding)
 
 
 @app.callback()
@@ -155,10 +175,11 @@ def android(
     audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
     preset: str = PresetOpt,
     out: Path = typer.Option(Path("dist/android"), "--out", help="Bundle directory (written atomically)."),
-    quant: str = typer.Option("8da4w", "--quant", help="Text decoder linears: 8da4w (int8 dynamic act, int4 weights), 8da8w, fp32."),
-    group_size: int = typer.Option(32, "--group-size", help="int4 weight group size: 32, 64, 128 (256)."),
-    quant_encoder: str = typer.Option("8da8w", "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32."),
+    quant: Optional[str] = typer.Option(None, "--quant", help="Text decoder linears: 8da4w (default: int8 dynamic act, int4 weights), 8da8w, fp32."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="int4 weight group size: 32 (default), 64, 128 (256)."),
+    quant_encoder: Optional[str] = typer.Option(None, "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w (default), fp32."),
     quant_embedding: str = typer.Option("8", "--quant-embedding", help="Token embedding: 4, 8 or none."),
+    quantized_checkpoint: Optional[Path] = QuantizedCheckpointOpt,
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Longest text_decoder call (prefill chunk)."),
     max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
@@ -172,10 +193,10 @@ def android(
     """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
     from .android import AndroidOptions, export_android
     from .pipeline import ModelRequest
-    from .quantize import QuantRecipe
 
-    recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder, embedding=quant_embedding)
-    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames)
+    recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint)
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
+                           quantized_checkpoint)
     opts = AndroidOptions(out=out, recipe=recipe, max_seq_len=max_seq_len, backend=backend, soc=soc,
                           validate=validate, force=force, custom_ops=custom_ops)
     path, report = export_android(request, opts)
@@ -193,7 +214,7 @@ def onnx(
     out: Path = typer.Option(Path("dist/onnx"), "--out", help="Bundle directory (written atomically)."),
     quant: str = typer.Option("int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="int4 block size along the input dimension: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256."),
-    quantized_checkpoint: Optional[Path] = typer.Option(None, "--quantized-checkpoint", help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from)."),
+    quantized_checkpoint: Optional[Path] = QuantizedCheckpointOpt,
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."),
     max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
@@ -224,7 +245,7 @@ def ios(
     min_ios: int = typer.Option(18, "--min-ios", help="18: KV cache as Core ML state, int4, prefill/decode functions. 17: cache as inputs/outputs, int8."),
     quant: Optional[str] = typer.Option(None, "--quant", help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16. With --quantized-checkpoint: the token embedding only."),
     block_size: Optional[int] = typer.Option(None, "--block-size", help="int4 block size along the input channels: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256."),
-    quantized_checkpoint: Optional[Path] = typer.Option(None, "--quantized-checkpoint", help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from)."),
+    quantized_checkpoint: Optional[Path] = QuantizedCheckpointOpt,
     max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
     prefill_chunk: int = typer.Option(64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
@@ -247,6 +268,73 @@ def ios(
     if report is not None:
         console.print("\n".join(report.lines()), highlight=False)
     console.print(f"[green]bundle written to {path}[/]")
+
+
+@app.command()
+@guarded
+def calibrate(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+    out: Path = typer.Option(Path("dist/quantized"), "--out", help="Quantized checkpoint directory (written atomically)."),
+    method: str = typer.Option("gptq", "--method", help="gptq (activation-aware, block by block) or rtn (round-to-nearest, for comparison)."),
+    quant: str = CalQuantOpt,
+    group_size: int = CalGroupSizeOpt,
+    quant_encoder: str = CalQuantEncoderOpt,
+    data: Optional[Path] = CalibrationDataOpt,
+    max_prompts: Optional[int] = MaxPromptsOpt,
+    text_windows: int = TextWindowsOpt,
+    seq_len: int = SeqLenOpt,
+    damp: float = typer.Option(0.01, "--damp", help="GPTQ dampening, a fraction of the mean Hessian diagonal."),
+    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing quantized checkpoint."),
+):
+    """Post-training quantization with calibration (GPTQ) through the full multimodal path; writes a quantized checkpoint."""
+    from .calibrate import CalibrateOptions, run_calibrate
+    from .pipeline import ModelRequest
+    from .quantize import QuantRecipe
+
+    recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
+    opts = CalibrateOptions(out=out, recipe=recipe, method=method, data=data, max_prompts=max_prompts,
+                            text_windows=text_windows, seq_len=seq_len, damp=damp, force=force)
+    path = run_calibrate(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
+    console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
+
+
+@app.command()
+@guarded
+def qat(
+    checkpoint: Optional[Path] = CheckpointOpt,
+    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    preset: str = PresetOpt,
+    out: Path = typer.Option(Path("dist/qat"), "--out", help="Quantized checkpoint directory (written atomically)."),
+    steps: int = typer.Option(200, "--steps", help="Training steps (one calibration sample each)."),
+    lr: float = typer.Option(1e-4, "--lr", help="Peak AdamW learning rate (warmup then cosine)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sample order and of torch."),
+    top_k: int = typer.Option(64, "--top-k", help="Teacher probabilities kept per position for the distillation loss."),
+    save_every: int = typer.Option(50, "--save-every", help="Save resumable training state every N steps."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <out>.qat-state/ (same options and seed)."),
+    train_encoders: bool = typer.Option(False, "--train-encoders", help="Also update the vision/audio towers (default: frozen, still fake-quantized)."),
+    quant: str = CalQuantOpt,
+    group_size: int = CalGroupSizeOpt,
+    quant_encoder: str = CalQuantEncoderOpt,
+    data: Optional[Path] = CalibrationDataOpt,
+    max_prompts: Optional[int] = MaxPromptsOpt,
+    text_windows: int = TextWindowsOpt,
+    seq_len: int = SeqLenOpt,
+    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing quantized checkpoint."),
+):
+    """Quantization-aware training (torchao QATConfig) distilled from the fp model; writes a quantized checkpoint."""
+    from .pipeline import ModelRequest
+    from .qat import QATOptions, run_qat
+    from .quantize import QuantRecipe
+
+    recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
+    opts = QATOptions(out=out, recipe=recipe, steps=steps, lr=lr, seed=seed, top_k=top_k, save_every=save_every,
+                      resume=resume, train_encoders=train_encoders, data=data, max_prompts=max_prompts, text_windows=text_windows, seq_len=seq_len, force=force)
+    path = run_qat(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
+    console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
 
 
 @app.command()

@@ -1,6 +1,6 @@
 """The validation framework every target shares.
 
-1. ``build_probes``: calibration prompts (text + synthetic screenshot + synthetic speech) turned into
+1. ``build_probes``: calibration prompts (text + their committed screenshot and speech clip) turned into
    exact component inputs by the runtime's own prompt/preprocessing code, plus a short greedy
    continuation from the fp32 model so the decoder is checked through prefill *and* decode.
 2. ``run_components``: run any backend (eager torch, ExecuTorch, onnxruntime, Core ML interpreter)
@@ -68,18 +68,33 @@ class Probe:
     continuation_embeds: np.ndarray | None = None  # [1, K, D]
 
 
+def _probe_media(case_id: str, index: int) -> tuple[object, object]:
+    """The committed screenshot / speech clip of a calibration prompt; synthetic ones when the
+    calibration set is not there (an installed package without the repository's calibration_data/)."""
+    try:
+        from .calibration import load_calibration_set, load_image, load_speech
+
+        prompt = {p.id: p for p in load_calibration_set().prompts}.get(case_id)
+    except Exception:  # noqa: BLE001 - any problem with the set: fall back, the probes stay valid
+        prompt = None
+    image = load_image(prompt.image) if prompt is not None and prompt.image is not None else synthetic_screenshot(seed=index)
+    audio = load_speech(prompt.audio) if prompt is not None and prompt.audio is not None else synthetic_speech(seed=index)
+    return image, audio
+
+
 def build_probes(spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int = 3, decode_steps: int = 6) -> list[Probe]:
     tok = Tokenizer(tokenizer_path)
     probes = []
     for i, case in enumerate(calibration_prompts(cases)):
         parts: list[dict] = []
         pixels = feats = None
+        image, audio = _probe_media(case["id"], i)
         if case.get("image"):
             parts.append({"type": "image"})
-            pixels = preprocess_image(synthetic_screenshot(seed=i), spec.image)
+            pixels = preprocess_image(image, spec.image)
         if case.get("audio") and spec.has_audio:
             parts.append({"type": "audio"})
-            feats = preprocess_audio(synthetic_speech(seed=i), spec.audio)
+            feats = preprocess_audio(audio, spec.audio)
         parts.append({"type": "text", "text": case["text"]})
         inputs = encode_chat(tok, [Message("user", parts)], image_grids=spec.image.grid_thw,
                              spatial_merge_size=spec.image.merge_size, audio_tokens_per_clip=spec.audio_tokens)

@@ -142,6 +142,17 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
     return out_dir
 
 
+def read_recipe(path: Path) -> dict:
+    """Only the recipe of a quantized checkpoint (cheap: the CLI's defaults come from it)."""
+    cfg_path = Path(path) / CONFIG_NAME
+    try:
+        return dict(json.loads(cfg_path.read_text())["recipe"])
+    except FileNotFoundError:
+        raise CheckpointError(f"--quantized-checkpoint {path}: missing {CONFIG_NAME}") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{cfg_path}: not a quantization config (no recipe)") from None
+
+
 def load(path: Path) -> QuantizedCheckpoint:
     """Read and check a quantized checkpoint; every problem is a CheckpointError naming file and key."""
     from safetensors import safe_open
