@@ -1,11 +1,12 @@
 """INT4 quality on held-out text: fp32 vs round-to-nearest vs calibrated (GPTQ) vs QAT, eager and .pte.
 
-    .venv/bin/python bench/quant_quality.py --markdown                  # tiny (trained) preset, ~15 min on 2 cores
+    .venv/bin/python bench/quant_quality.py --markdown                  # tiny (trained) preset, ~10 min on 2 cores
     .venv/bin/python bench/quant_quality.py --gptq DIR --qat DIR        # reuse quantized checkpoints
     .venv/bin/python bench/quant_quality.py --from-json bench/results/quant-quality-tiny.json --markdown
 
-For each variant, on windows of ``calibration_data/text/heldout_{zh,en}.txt`` (never used for
-calibration, QAT or training), teacher-forced through the text decoder in one prefill chunk per window:
+For each variant, on two held-out text sets (never used for calibration, QAT or training):
+``bench/data/tiny_heldout_{en,zh}.txt`` (the training corpus's held-out split) and
+``calibration_data/text/heldout_{zh,en}.txt`` (phone-agent text), teacher-forced through the text decoder in one prefill chunk per window:
 perplexity, KL(fp32 || variant) per token and top-1 agreement with fp32, first for the eager model
 (torchao's 8da4w numerics: int8 dynamic activations, int4 group-32 weights) and then for the
 exported ``model.pte`` run by ExecuTorch's runtime. The two must agree: the table shows both and the
@@ -40,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gptq", type=Path, default=None, help="existing calibrated checkpoint (default: run calibrate)")
     p.add_argument("--qat", type=Path, default=None, help="existing QAT checkpoint (default: run qat)")
     p.add_argument("--qat-steps", type=int, default=300)
-    p.add_argument("--qat-lr", type=float, default=5e-4)
+    p.add_argument("--qat-lr", type=float, default=1e-4)
     p.add_argument("--qat-seed", type=int, default=0)
     p.add_argument("--no-pte", action="store_true", help="eager only (skip the four ExecuTorch exports)")
     p.add_argument("--threads", type=int, default=2)
@@ -52,13 +53,28 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- data + metrics
 
-def heldout_windows(tokenizer_path: Path, window: int, max_windows: int) -> list[np.ndarray]:
+DATA = Path(__file__).resolve().parent / "data"
+TEXT_SETS = {
+    "corpus": "bench/data/tiny_heldout_{en,zh}.txt (held-out split of the training corpus: Python docs, Chinese reviews)",
+    "phone_agent": "calibration_data/text/heldout_{zh,en}.txt (phone-agent instructions and replies)",
+}
+
+
+def text_sets() -> dict[str, dict[str, list[str]]]:
     from autoglm_export.calibration import load_heldout_text
+
+    corpus = {lang: [l for l in (DATA / f"tiny_heldout_{lang}.txt").read_text(encoding="utf-8").splitlines() if l.strip()]
+              for lang in ("en", "zh")}
+    return {"corpus": corpus, "phone_agent": load_heldout_text()}
+
+
+def heldout_windows(tokenizer_path: Path, lines_by_lang: dict[str, list[str]], window: int, max_windows: int) -> list[np.ndarray]:
+    """Up to max_windows / 2 windows of ``window`` tokens per language, cut from the joined lines."""
     from autoglm_runtime.tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer_path)
     out = []
-    for lang, lines in sorted(load_heldout_text().items()):
+    for lang, lines in sorted(lines_by_lang.items()):
         stream = np.asarray([i for line in lines for i in tok.encode(line + "\n")], dtype=np.int64)
         out += [stream[k * window:(k + 1) * window] for k in range(len(stream) // window)][: max_windows // 2]
     return out
@@ -150,33 +166,33 @@ def measure(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="quant-quality-"))
     qckpts, qseconds = make_checkpoints(args, work)
     tok = ModelRequest(preset=args.preset).open().tokenizer_path
-    windows = heldout_windows(tok, args.window, args.max_windows)
-    results: dict[str, dict] = {}
-    fp32_eager = fp32_pte = None
+    sets = {name: heldout_windows(tok, lines, args.window, args.max_windows) for name, lines in text_sets().items()}
+    results: dict[str, dict] = {name: {} for name in sets}
+    fp32_eager: dict[str, list] = {}
     for variant in VARIANTS:
         print(f"== {variant}", flush=True)
         src, request = open_variant(variant, args.preset, qckpts)
-        eager = teacher_forced_logits(TorchBackend(src.model), windows)
-        if variant == "fp32":
-            fp32_eager = eager
-        row = {"eager": metrics(eager, windows, None if variant == "fp32" else fp32_eager)}
+        eager = {name: teacher_forced_logits(TorchBackend(src.model), w) for name, w in sets.items()}
         del src
-        if not args.no_pte:
-            pte = export_pte(request, variant, work / f"android-{variant}", max_seq_len=args.window)
-            got = teacher_forced_logits(ExecuTorchBackend(pte), windows)
+        pte = None if args.no_pte else export_pte(request, variant, work / f"android-{variant}", max_seq_len=args.window)
+        for name, windows in sets.items():
             if variant == "fp32":
-                fp32_pte = got
-            row["pte"] = metrics(got, windows, None if variant == "fp32" else fp32_eager)
-            row["pte_vs_eager"] = {"max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(got, eager))),
-                                   "pte_size_bytes": pte.stat().st_size}
-        results[variant] = row
-        print(json.dumps(row), flush=True)
+                fp32_eager[name] = eager[name]
+            ref = None if variant == "fp32" else fp32_eager[name]
+            row = {"eager": metrics(eager[name], windows, ref)}
+            if pte is not None:
+                got = teacher_forced_logits(ExecuTorchBackend(pte), windows)
+                row["pte"] = metrics(got, windows, ref)
+                row["pte_vs_eager"] = {"max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(got, eager[name]))),
+                                       "pte_size_bytes": pte.stat().st_size}
+            results[name][variant] = row
+            print(name, json.dumps(row), flush=True)
     cal = {v: json.loads((qckpts[v] / "quantization_config.json").read_text())["calibration"] for v in ("gptq", "qat")}
     for v in cal.values():
         v.pop("layers", None)
     return {"run": common.new_run(["quant_quality"]), "date": common.utc_now(), "machine": common.machine_info(args.threads),
-            "preset": args.preset, "window": args.window, "windows": len(windows), "tokens_scored": results["fp32"]["eager"]["tokens"],
-            "heldout": "calibration_data/text/heldout_{zh,en}.txt", "results": results, "checkpoints": cal,
+            "preset": args.preset, "window": args.window, "text_sets": TEXT_SETS,
+            "windows": {name: len(w) for name, w in sets.items()}, "results": results, "checkpoints": cal,
             "checkpoint_seconds": qseconds, "qat": {"steps": args.qat_steps, "lr": args.qat_lr, "seed": args.qat_seed}}
 
 
@@ -188,7 +204,25 @@ def recovered(res: dict, where: str, variant: str) -> float | None:
 
 
 def render(data: dict) -> str:
-    res = data["results"]
+    lines = [f"### INT4 quality on held-out text ({data['preset']}, trained)", "",
+             f"Measured {data['date']} with `{data['run']['command']}`.", "",
+             f"Teacher-forced windows of {data['window']} tokens; INT4 = torchao 8da4w (int8 dynamic activations, "
+             "int4 weights in groups of 32, lm_head included; token embedding int8; vision/audio int8 per channel). "
+             "\"run by\": the eager model, or the exported `model.pte` run by ExecuTorch's runtime.", ""]
+    for name, res in data["results"].items():
+        lines += [f"**{name}**: {data['text_sets'][name]}, {data['windows'][name]} windows "
+                  f"({res['fp32']['eager']['tokens']} scored tokens).", "", render_table(res), ""]
+    g, q = data["checkpoints"]["gptq"], data["checkpoints"]["qat"]
+    lines += ["Targets: calibration recovers >= 50% of round-to-nearest's perplexity gap, QAT >= 70%.", "",
+              f"GPTQ: {g['samples']} samples ({g['with_image']} with a screenshot, {g['with_audio']} with speech), "
+              f"{g['tokens']} tokens, {g['seconds']:.0f} s; summed layer output MSE {g['summed_output_mse']:.4g} vs "
+              f"round-to-nearest {g['summed_rtn_output_mse']:.4g}.",
+              f"QAT: {q['steps']} steps, lr {q['lr']}, seed {q['seed']}, {q['samples']} samples, distillation loss "
+              f"{q['loss_first']:.4f} -> {q['loss_last']:.4f}, {q['seconds']:.0f} s."]
+    return "\n".join(lines)
+
+
+def render_table(res: dict) -> str:
     rows = []
     for v in VARIANTS:
         r = res[v]
@@ -203,24 +237,13 @@ def render(data: dict) -> str:
                          f"{100 * rec:.0f}%" if rec is not None else "—"])
     table = common.markdown_table(["variant", "run by", "perplexity", "KL vs fp32 (nats/token)", "top-1 vs fp32",
                                    "recovered of RTN's gap"], rows)
-    lines = [f"### INT4 quality on held-out text ({data['preset']}, trained)", "",
-             f"Measured {data['date']} with `{data['run']['command']}`.", "",
-             f"{data['windows']} windows of {data['window']} tokens ({data['tokens_scored']} scored tokens) from "
-             f"`{data['heldout']}`, teacher-forced; INT4 = torchao 8da4w (int8 dynamic activations, int4 weights in "
-             "groups of 32; lm_head included; token embedding int8; vision/audio int8 per channel).", "", table, ""]
+    gap = res["rtn"]["eager"]["ppl"] - res["fp32"]["eager"]["ppl"]
+    table += f"\n\nRound-to-nearest's perplexity gap (eager): {gap:+.3f}."
     if "pte" in res["fp32"]:
         worst = max(abs(res[v]["pte"]["ppl"] - res[v]["eager"]["ppl"]) for v in VARIANTS)
-        lines.append(f"Eager vs `.pte`: largest perplexity difference {worst:.4f}; largest logit difference "
-                     f"{max(res[v]['pte_vs_eager']['max_abs_logit_diff'] for v in VARIANTS):.2e}.")
-    g, q = data["checkpoints"]["gptq"], data["checkpoints"]["qat"]
-    gap = res["rtn"]["eager"]["ppl"] - res["fp32"]["eager"]["ppl"]
-    lines += ["", f"Round-to-nearest's perplexity gap: {gap:+.3f}. Targets: calibration recovers >= 50%, QAT >= 70%.",
-              f"GPTQ: {g['samples']} samples ({g['with_image']} with a screenshot, {g['with_audio']} with speech), "
-              f"{g['tokens']} tokens, {g['seconds']:.0f} s; summed layer output MSE {g['summed_output_mse']:.4g} vs "
-              f"round-to-nearest {g['summed_rtn_output_mse']:.4g}.",
-              f"QAT: {q['steps']} steps, lr {q['lr']}, seed {q['seed']}, {q['samples']} samples, distillation loss "
-              f"{q['loss_first']:.4f} -> {q['loss_last']:.4f}, {q['seconds']:.0f} s."]
-    return "\n".join(lines)
+        table += (f" Eager vs `.pte`: largest perplexity difference {worst:.4f}, largest logit difference "
+                  f"{max(res[v]['pte_vs_eager']['max_abs_logit_diff'] for v in VARIANTS):.2e}.")
+    return table
 
 
 def main(argv=None) -> int:

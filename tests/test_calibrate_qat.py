@@ -204,3 +204,39 @@ def test_qat_resumes_to_the_same_result(tmp_path, monkeypatch):
 def test_resume_without_state_is_refused(tmp_path):
     with pytest.raises(AutoglmError, match="nothing to resume"):
         run_qat(ModelRequest(), QATOptions(out=tmp_path / "q", steps=2, resume=True, **QAT_FAST))
+
+
+# ----------------------------------------------------------------------------- MoE + the ExecuTorch round trip
+
+def test_calibrate_a_moe_checkpoint_with_audio(tmp_path):
+    """Experts see only their routed tokens; one that sees none falls back to round-to-nearest (recorded)."""
+    from android_fixtures import moe_request, write_moe_checkpoints
+
+    ckpt, asr = write_moe_checkpoints(tmp_path)
+    request = moe_request(ckpt, asr)
+    out = run_calibrate(request, CalibrateOptions(out=tmp_path / "q", **FAST))
+    qc = qcheckpoint.load(out)
+    experts = [f for f in qc.linears if ".experts." in f]
+    assert experts and all(qc.config["calibration"]["layers"][f]["method"] in ("gptq", "rtn") for f in experts)
+    assert any(f.startswith("audio.") for f in qc.linears)
+    src = request.open()
+    qcheckpoint.check_matches(qc, src)
+    qcheckpoint.load_into_model(qc, src.model)
+    report = apply_recipe(src.model, QuantRecipe(), fixed=qc.linears)
+    assert sorted(report.calibrated) == sorted(qc.linears)  # the 8da8w fallback layer too
+
+
+def test_android_export_of_a_calibrated_checkpoint_round_trips(gptq_checkpoint, tmp_path):
+    """export -> ExecuTorch runtime -> parity gate -> manifest -> `validate` rebuilds the same references."""
+    out = tmp_path / "android"
+    result = runner.invoke(app, ["android", "--quantized-checkpoint", str(gptq_checkpoint), "--out", str(out),
+                                 "--max-seq-len", "32"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    q = manifest["quantization"]
+    assert q["quantized_checkpoint"]["method"] == "gptq" and q["quantized_checkpoint"]["layers"] == len(qcheckpoint.load(gptq_checkpoint).linears)
+    assert manifest["source"]["quantized_checkpoint"] == str(gptq_checkpoint)
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"]
+    result = runner.invoke(app, ["validate", str(out)])
+    assert result.exit_code == 0, result.output
