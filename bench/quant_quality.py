@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gptq", type=Path, default=None, help="existing calibrated checkpoint (default: run calibrate)")
     p.add_argument("--qat", type=Path, default=None, help="existing QAT checkpoint (default: run qat)")
     p.add_argument("--qat-steps", type=int, default=300)
-    p.add_argument("--qat-lr", type=float, default=1e-4)
+    p.add_argument("--qat-lr", type=float, default=3e-5)
     p.add_argument("--qat-seed", type=int, default=0)
     p.add_argument("--no-pte", action="store_true", help="eager only (skip the four ExecuTorch exports)")
     p.add_argument("--threads", type=int, default=2)

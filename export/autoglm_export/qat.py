@@ -44,7 +44,7 @@ class QATOptions:
     out: Path = Path("dist/qat")
     recipe: QuantRecipe = QuantRecipe()
     steps: int = 200
-    lr: float = 1e-4
+    lr: float = 3e-5
     seed: int = 0
     top_k: int = 64  # teacher probabilities kept per position (sparse distillation)
     save_every: int = 50
@@ -104,11 +104,18 @@ def teacher_targets(model, samples: list[Sample], spec, top_k: int) -> list[tupl
 
 
 def distillation_loss(student_logits: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """KL(teacher || student) over the teacher's top-k support (teacher renormalised on it), mean per position."""
+    """KL(teacher || student) per position, on the teacher's top-k tokens plus one bucket for the rest.
+
+    Exact KL of the two distributions coarsened to k + 1 outcomes: zero when the student matches the
+    teacher, and the tail bucket keeps the student from piling mass onto the top-k (a plain top-k
+    cross-entropy would reward that and sharpen the model).
+    """
     idx, t_logp = target
-    t_logp = t_logp - torch.logsumexp(t_logp, dim=-1, keepdim=True)
     s_logp = F.log_softmax(student_logits.float(), dim=-1).gather(-1, idx)
-    return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
+    t_tail = torch.log1p(-t_logp.exp().sum(-1).clamp(max=1 - 1e-6))
+    s_tail = torch.log1p(-s_logp.exp().sum(-1).clamp(max=1 - 1e-6))
+    top = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    return (top + t_tail.exp() * (t_tail - s_tail)).mean()
 
 
 # ----------------------------------------------------------------------------- torchao QAT
@@ -274,7 +281,8 @@ def run_qat(request: ModelRequest, opts: QATOptions) -> Path:
         "recipe": opts.recipe.to_dict(),
         "calibration": {
             "data": str(cal.root), "samples": len(samples), "tokens": int(sum(len(s.token_ids) for s in samples)),
-            "steps": opts.steps, "lr": opts.lr, "seed": opts.seed, "top_k": opts.top_k, "train_encoders": opts.train_encoders, "loss": "KL(teacher || student) on teacher top-k",
+            "steps": opts.steps, "lr": opts.lr, "seed": opts.seed, "top_k": opts.top_k, "train_encoders": opts.train_encoders,
+            "loss": "KL(teacher || student) over the teacher's top-k tokens + one tail bucket",
             "loss_first": first, "loss_last": last, "log": str(log_path), "seconds": round(time.perf_counter() - t0, 1),
         },
     }
