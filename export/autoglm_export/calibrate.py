@@ -72,14 +72,16 @@ class Sample:
 
 # ----------------------------------------------------------------------------- samples
 
-def build_samples(src: ModelSource, cal: CalibrationSet, opts: CalibrateOptions) -> list[Sample]:
-    """Prompts with their screenshot / speech through the chat template, then windows of plain text."""
+def build_samples(src: ModelSource, cal: CalibrationSet, max_prompts: int | None = None, text_windows: int = 32,
+                  seq_len: int = 256) -> list[Sample]:
+    """Prompts with their screenshot / speech through the chat template, then ``text_windows``
+    windows of ``seq_len`` tokens of plain calibration text (shared by ``calibrate`` and ``qat``)."""
     if src.tokenizer_path is None:
         raise ExportError(f"{src.label}: no tokenizer.json next to the weights; calibration needs it")
     spec, tok = src.spec, Tokenizer(src.tokenizer_path)
     limit = spec.max_context
     samples: list[Sample] = []
-    for p in cal.prompts[: opts.max_prompts]:
+    for p in cal.prompts[:max_prompts]:
         parts, pixels, feats = [], None, None
         if p.image is not None:
             parts.append({"type": "image"})
@@ -94,9 +96,9 @@ def build_samples(src: ModelSource, cal: CalibrationSet, opts: CalibrateOptions)
             log.warning("calibration prompt %s is %d tokens, over the context %d; skipped", p.id, len(enc.input_ids), limit)
             continue
         samples.append(Sample(np.asarray(enc.input_ids), np.asarray(enc.position_ids), pixels, feats))
-    window = min(opts.seq_len, limit)
+    window = min(seq_len, limit)
     stream = np.asarray([i for line in cal.texts for i in tok.encode(line + "\n")], dtype=np.int64)
-    for k in range(min(opts.text_windows, len(stream) // window)):
+    for k in range(min(text_windows, len(stream) // window)):
         ids = stream[k * window:(k + 1) * window]
         samples.append(Sample(ids, np.tile(np.arange(window), (3, 1))))
     if not samples:
@@ -228,7 +230,7 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     with stages.stage("load model"):
         src = request.open()
     with stages.stage("build calibration samples"):
-        samples = build_samples(src, cal, opts)
+        samples = build_samples(src, cal, opts.max_prompts, opts.text_windows, opts.seq_len)
     n_img = sum(s.pixels is not None for s in samples)
     n_aud = sum(s.features is not None for s in samples)
     tokens = sum(len(s.token_ids) for s in samples)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .calibrate import CalibrateOptions, Sample, build_samples
+from .calibrate import Sample, build_samples
 from .calibration import load_calibration_set
 from .errors import ExportError
 from .pipeline import ModelRequest, Stages, model_summary
@@ -220,9 +220,8 @@ def run_qat(request: ModelRequest, opts: QATOptions) -> Path:
     cal = load_calibration_set(opts.data)
     with stages.stage("load model"):
         src = request.open()
-    copts = CalibrateOptions(data=opts.data, max_prompts=opts.max_prompts, text_windows=opts.text_windows, seq_len=opts.seq_len)
     with stages.stage("build training samples"):
-        samples = build_samples(src, cal, copts)
+        samples = build_samples(src, cal, opts.max_prompts, opts.text_windows, opts.seq_len)
     model, spec = src.model, src.spec
     summary = model_summary(src)
     with stages.stage(f"teacher targets (fp model, top-{opts.top_k})"):
