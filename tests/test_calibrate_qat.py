@@ -227,7 +227,11 @@ def test_calibrate_a_moe_checkpoint_with_audio(tmp_path):
 
 
 def test_android_export_of_a_calibrated_checkpoint_round_trips(gptq_checkpoint, tmp_path):
-    """export -> ExecuTorch runtime -> parity gate -> manifest -> `validate` rebuilds the same references."""
+    """export -> ExecuTorch runtime -> parity gate -> manifest -> `validate` rebuilds the same references
+    (and refuses once the checkpoint has changed)."""
+    ckpt = tmp_path / "gptq"
+    shutil.copytree(gptq_checkpoint, ckpt)
+    gptq_checkpoint = ckpt
     out = tmp_path / "android"
     result = runner.invoke(app, ["android", "--quantized-checkpoint", str(gptq_checkpoint), "--out", str(out),
                                  "--max-seq-len", "32"])
@@ -240,3 +244,9 @@ def test_android_export_of_a_calibrated_checkpoint_round_trips(gptq_checkpoint, 
     assert parity["passed"]
     result = runner.invoke(app, ["validate", str(out)])
     assert result.exit_code == 0, result.output
+    qc = qcheckpoint.load(ckpt)
+    q = qc.linears["text.lm_head"]
+    q.codes[0, 0] = 0 if int(q.codes[0, 0]) else 1
+    qcheckpoint.save(qc, ckpt, force=True)
+    result = runner.invoke(app, ["validate", str(out)])
+    assert result.exit_code == 1 and "changed since this bundle was exported" in result.stderr

@@ -35,8 +35,8 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
-from .onnx_export import bundle_checkpoint, checkpoint_block_size, checkpoint_layers, component_of
-from .pipeline import (ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references,
+from .onnx_export import checkpoint_block_size, checkpoint_layers, component_of
+from .pipeline import (ModelRequest, References, Stages, base_manifest, bundle_checkpoint, check_against_transformers, fp32_references,
                        gate_on_parity, parity_failed_path, quantized_checkpoint_info)
 from .source import ModelSource
 from .targets.coreml import (COMPUTE_UNITS, CONVERTERS, PACKAGES, CoreMLRecipe, PackageInfo, apply_coreml_quantization,

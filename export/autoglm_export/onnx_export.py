@@ -25,7 +25,7 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
-from .pipeline import (ModelRequest, References, Stages, base_manifest, check_against_transformers, fp32_references,
+from .pipeline import (ModelRequest, References, Stages, base_manifest, bundle_checkpoint, check_against_transformers, fp32_references,
                        gate_on_parity, parity_failed_path, quantized_checkpoint_info)
 from .validate import COMPONENTS
 from .quantize import QuantReport
@@ -113,17 +113,6 @@ def checkpoint_quant(quant: OnnxQuant, layers: dict[str, dict], path) -> OnnxQua
         raise ExportError(f"--quant {quant.scheme} with --quantized-checkpoint {path}: the checkpoint's integer weights "
                           "would be dropped; use --quant int4 (the default) or leave out --quantized-checkpoint")
     return replace(quant, block_size=checkpoint_block_size(layers, quant.block_size, path))
-
-
-def bundle_checkpoint(manifest: dict, src: ModelSource, request: ModelRequest):
-    """The quantized checkpoint a bundle was exported with (``source.quantized_checkpoint``), opened
-    for ``validate``; refused when its weights are no longer the ones the bundle recorded."""
-    qc = request.open_quantized(src)
-    recorded = (manifest.get("quantization", {}).get("quantized_checkpoint") or {}).get("sha256")
-    if qc is not None and recorded and qc.config.get("files") != recorded:
-        raise ExportError(f"{qc.path}: the quantized checkpoint changed since this bundle was exported (sha256 of its "
-                          "weights differs from the manifest's quantization.quantized_checkpoint); re-export the bundle")
-    return qc
 
 
 @dataclass

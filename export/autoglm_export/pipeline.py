@@ -123,6 +123,17 @@ def quantize_with_references(src: ModelSource, recipe: QuantRecipe, max_seq_len:
     return References(probes, outputs, report, quantized_checkpoint_info(qc))
 
 
+def bundle_checkpoint(manifest: dict, src: ModelSource, request: ModelRequest):
+    """The quantized checkpoint a bundle was exported with (``source.quantized_checkpoint``), opened
+    for ``validate``; refused when its weights are no longer the ones the bundle recorded."""
+    qc = request.open_quantized(src)
+    recorded = (manifest.get("quantization", {}).get("quantized_checkpoint") or {}).get("sha256")
+    if qc is not None and recorded and qc.config.get("files") != recorded:
+        raise ExportError(f"{qc.path}: the quantized checkpoint changed since this bundle was exported (sha256 of its "
+                          "weights differs from the manifest's quantization.quantized_checkpoint); re-export the bundle")
+    return qc
+
+
 def quantized_checkpoint_info(qc) -> dict | None:
     if qc is None:
         return None

@@ -9,7 +9,7 @@ from autoglm_runtime.backends import backend_for_bundle
 from autoglm_runtime.bundle import open_bundle
 from autoglm_runtime.parity import ParityReport
 
-from .pipeline import ModelRequest, Stages, quant_kinds, quantize_with_references
+from .pipeline import ModelRequest, Stages, bundle_checkpoint, quant_kinds, quantize_with_references
 from .quantize import QuantRecipe
 from .validate import compare, run_components
 
@@ -33,6 +33,6 @@ def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_chec
     recipe = QuantRecipe(**manifest["quantization"]["recipe"])
     max_seq_len = manifest.get("max_seq_len") or shape["max_context"]
     src = request.open()
-    refs = quantize_with_references(src, recipe, max_seq_len, Stages(), qc=request.open_quantized(src))
+    refs = quantize_with_references(src, recipe, max_seq_len, Stages(), qc=bundle_checkpoint(manifest, src, request))
     got = run_components(backend_for_bundle(bundle), refs.probes, max_seq_len)
     return compare(manifest["target"], got, refs.outputs, quant_kinds(recipe))
