@@ -108,6 +108,20 @@ def build_samples(src: ModelSource, cal: CalibrationSet, max_prompts: int | None
 
 # ----------------------------------------------------------------------------- block-wise forward
 
+def spliced_embeds(model, sample: Sample, spec, vision=None, audio=None) -> torch.Tensor:
+    """[1, S, D] token embeddings with the image / audio placeholder rows replaced by encoder outputs."""
+    ids = torch.from_numpy(sample.token_ids)[None]
+    embeds = model.token_embedding(ids)
+    if vision is None and audio is None:
+        return embeds
+    embeds = embeds.clone()
+    if vision is not None:
+        embeds[0, ids[0] == spec.image_token_id] = vision
+    if audio is not None:
+        embeds[0, ids[0] == spec.audio_token_id] = audio
+    return embeds
+
+
 class _StopForward(Exception):
     """Raised by a hook right after the block being calibrated: nothing later needs to run."""
 
@@ -141,14 +155,9 @@ def _run_sample(model, sample: Sample, spec, tower: str, cached: dict | None) ->
             if sample.features is not None:
                 model.audio_encoder(torch.from_numpy(sample.features))
             return
-        ids = torch.from_numpy(sample.token_ids)[None]
-        embeds = model.token_embedding(ids).clone()
-        if sample.pixels is not None:
-            embeds[0, ids[0] == spec.image_token_id] = cached["vision"]
-        if sample.features is not None:
-            embeds[0, ids[0] == spec.audio_token_id] = cached["audio"]
+        embeds = spliced_embeds(model, sample, spec, cached["vision"], cached["audio"])
         model.reset_cache()
-        n = ids.shape[1]
+        n = embeds.shape[1]
         model.text_decoder(embeds, torch.arange(n), torch.from_numpy(sample.position_ids))
 
 

@@ -35,7 +35,8 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .errors import ExportError
-from .onnx_export import checkpoint_block_size, checkpoint_layers, component_of
+from .onnx_export import checkpoint_block_size, component_of
+from .quantize.qcheckpoint import read_layers
 from .pipeline import (ModelRequest, References, Stages, base_manifest, bundle_checkpoint, check_against_transformers, fp32_references,
                        gate_on_parity, parity_failed_path, quantized_checkpoint_info)
 from .source import ModelSource
@@ -185,7 +186,7 @@ def export_ios(request: ModelRequest, opts: IOSOptions) -> tuple[Path, ParityRep
     opts.check()
     recipe = opts.recipe
     if request.quantized_checkpoint is not None:  # option conflicts fail before the model is loaded
-        recipe = checkpoint_recipe(recipe, checkpoint_layers(request.quantized_checkpoint), request.quantized_checkpoint)
+        recipe = checkpoint_recipe(recipe, read_layers(request.quantized_checkpoint), request.quantized_checkpoint)
     elif recipe.block_size is None:
         recipe = replace(recipe, block_size=32)
     from autoglm_runtime.backends.coreml_backend import default_engine

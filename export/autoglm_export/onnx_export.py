@@ -15,7 +15,6 @@ checkpoint's int4 group size and must equal it; ``--quant fp32`` is refused (it 
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +28,7 @@ from .pipeline import (ModelRequest, References, Stages, base_manifest, bundle_c
                        gate_on_parity, parity_failed_path, quantized_checkpoint_info)
 from .validate import COMPONENTS
 from .quantize import QuantReport
+from .quantize.qcheckpoint import read_layers
 from .source import ModelSource
 from .targets.onnx import (EXTERNAL_DATA_THRESHOLD, OPSET, QUANT_SCHEMES, cache_names, cache_shape,
                            checkpoint_layers_report, export_onnx_files, fake_quantize_int4, int4_layers, linear_modules)
@@ -77,19 +77,6 @@ def quant_kinds(quant: OnnxQuant, fixed: dict | None = None) -> dict[str, str]:
         return {c: quant.kind(c) for c in COMPONENTS}
     quantized = {component_of(fqn) for fqn in fixed}
     return {c: "weight_only" if c in quantized else "fp32" for c in COMPONENTS}
-
-
-def checkpoint_layers(path: Path) -> dict[str, dict]:
-    """A quantized checkpoint's per-layer table (``{fqn: {"bits", "group_size", "shape"}}``), read from
-    its config alone, so that option conflicts fail before the model is loaded. ``{}`` when it can't
-    be read: the full load (``ModelRequest.open_quantized``) then names the problem."""
-    from .quantize.qcheckpoint import CONFIG_NAME
-
-    try:
-        layers = json.loads((Path(path) / CONFIG_NAME).read_text())["layers"]
-        return {f: {"bits": int(v["bits"]), "group_size": int(v["group_size"])} for f, v in layers.items()}
-    except Exception:
-        return {}
 
 
 def checkpoint_block_size(layers: dict[str, dict], block_size: int | None, path) -> int:
@@ -167,7 +154,7 @@ def export_onnx(request: ModelRequest, opts: OnnxOptions) -> tuple[Path, ParityR
     check_destination(opts.out, opts.force)
     quant = opts.quant
     if request.quantized_checkpoint is not None:  # option conflicts fail before the model is loaded
-        quant = checkpoint_quant(quant, checkpoint_layers(request.quantized_checkpoint), request.quantized_checkpoint)
+        quant = checkpoint_quant(quant, read_layers(request.quantized_checkpoint), request.quantized_checkpoint)
     elif quant.block_size is None:
         quant = replace(quant, block_size=32)
     stages = Stages()

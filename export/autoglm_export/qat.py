@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .calibrate import Sample, build_samples
+from .calibrate import Sample, build_samples, spliced_embeds
 from .calibration import load_calibration_set
 from .errors import ExportError
 from .pipeline import ModelRequest, Stages, model_summary
@@ -79,16 +79,11 @@ def _fresh_cache(model) -> None:
 
 def sample_logits(model, sample: Sample, spec) -> torch.Tensor:
     """[S, vocab] logits of one sample through the full multimodal path (differentiable)."""
-    ids = torch.from_numpy(sample.token_ids)[None]
-    embeds = model.token_embedding(ids)
-    if sample.pixels is not None or sample.features is not None:
-        embeds = embeds.clone()
-        if sample.pixels is not None:
-            embeds[0, ids[0] == spec.image_token_id] = model.vision_encoder(torch.from_numpy(sample.pixels))
-        if sample.features is not None:
-            embeds[0, ids[0] == spec.audio_token_id] = model.audio_encoder(torch.from_numpy(sample.features))
+    vision = model.vision_encoder(torch.from_numpy(sample.pixels)) if sample.pixels is not None else None
+    audio = model.audio_encoder(torch.from_numpy(sample.features)) if sample.features is not None else None
+    embeds = spliced_embeds(model, sample, spec, vision, audio)
     _fresh_cache(model)
-    n = ids.shape[1]
+    n = embeds.shape[1]
     return model.text_decoder(embeds, torch.arange(n), torch.from_numpy(sample.position_ids))[0]
 
 
@@ -124,22 +119,17 @@ def _schemes(model: nn.Module, recipe: QuantRecipe) -> dict[str, tuple[int, int]
     return {fqn: (bits, group) for fqn, (_, bits, group) in qcheckpoint.quantizable_linears(model, recipe).items()}
 
 
-def _base_config(bits: int, group: int):
-    """The PTQ config the export applies to such a layer: QAT must simulate exactly its numerics."""
-    from .quantize.recipes import _linear_config
-
-    return _linear_config("8da8w" if bits == 8 else "8da4w", group)
-
-
 def apply_qat(model: nn.Module, schemes: dict[str, tuple[int, int]], step: str) -> None:
     """torchao's QATConfig prepare / convert on exactly the recipe's linears, one config per (bits, group)."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
+    from .quantize.recipes import linear_config
+
     kinds = sorted({(bits, group if bits == 4 else 0) for bits, group in schemes.values()})
     for bits, group in kinds:
         chosen = {fqn for fqn, (b, g) in schemes.items() if b == bits and (bits == 8 or g == group)}
-        quantize_(model, QATConfig(_base_config(bits, group), step=step),
+        quantize_(model, QATConfig(linear_config("8da8w" if bits == 8 else "8da4w", group), step=step),
                   lambda m, fqn, chosen=chosen: isinstance(m, nn.Linear) and fqn in chosen)
 
 

@@ -71,10 +71,12 @@ class QuantizedCheckpoint:
 
 def linear_scheme(fqn: str, layer: nn.Linear, recipe) -> tuple[int, int] | None:
     """(bits, group_size) the recipe gives this linear, with the 8da4w -> int8 per-channel fallback; None: fp32."""
+    from .recipes import applied_scheme
+
     scheme = recipe.encoder if fqn.startswith(("vision.", "audio.")) else recipe.linear
     if scheme == "fp32":
         return None
-    if scheme == "8da4w" and layer.in_features % recipe.group_size == 0:
+    if applied_scheme(scheme, layer.in_features, recipe.group_size) == "8da4w":
         return 4, recipe.group_size
     return 8, layer.in_features
 
@@ -151,6 +153,16 @@ def read_recipe(path: Path) -> dict:
         raise CheckpointError(f"--quantized-checkpoint {path}: missing {CONFIG_NAME}") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise CheckpointError(f"{cfg_path}: not a quantization config (no recipe)") from None
+
+
+def read_layers(path: Path) -> dict[str, dict]:
+    """Only the per-layer table (``{fqn: {"bits", "group_size"}}``), so option conflicts fail before the
+    model is loaded. ``{}`` when it can't be read: the full ``load`` then names the problem."""
+    try:
+        layers = json.loads((Path(path) / CONFIG_NAME).read_text())["layers"]
+        return {f: {"bits": int(v["bits"]), "group_size": int(v["group_size"])} for f, v in layers.items()}
+    except Exception:  # noqa: BLE001 - reported by load()
+        return {}
 
 
 def load(path: Path) -> QuantizedCheckpoint:

@@ -79,7 +79,13 @@ class QuantReport:
         return out
 
 
-def _linear_config(scheme: str, group_size: int):
+def applied_scheme(scheme: str, in_features: int, group_size: int) -> str:
+    """The scheme a linear actually gets: 8da4w falls back to 8da8w when the group doesn't divide its input."""
+    return "8da8w" if scheme == "8da4w" and in_features % group_size else scheme
+
+
+def linear_config(scheme: str, group_size: int):
+    """torchao's PTQ config for a linear scheme (also the base config of QAT)."""
     from torchao.quantization import Int8DynamicActivationIntxWeightConfig
     from torchao.quantization.granularity import PerAxis, PerGroup
 
@@ -125,15 +131,13 @@ def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int
     for fqn, mod in root.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
-        if scheme == "8da4w" and mod.in_features % group_size:
-            chosen[fqn] = "8da8w"
+        chosen[fqn] = applied_scheme(scheme, mod.in_features, group_size)
+        if chosen[fqn] != scheme:
             report.fallbacks.append(f"{prefix}.{fqn}")
             log.warning("%s.%s: in_features %d is not a multiple of group size %d; using 8da8w (int8 per-channel)",
                         prefix, fqn, mod.in_features, group_size)
-        else:
-            chosen[fqn] = scheme
     for target in sorted(set(chosen.values())):
-        quantize_(root, _linear_config(target, group_size), lambda m, fqn, t=target: isinstance(m, nn.Linear) and chosen.get(fqn) == t)
+        quantize_(root, linear_config(target, group_size), lambda m, fqn, t=target: isinstance(m, nn.Linear) and chosen.get(fqn) == t)
     modules = dict(root.named_modules())
     for fqn, target in chosen.items():
         name = f"{prefix}.{fqn}"
