@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autoglm_runtime.spec import COMPONENTS  # noqa: F401  (re-exported: the export side names components from here)
+
 from .model.autoglm import AutoGLM
 
-COMPONENTS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
 TOWER_COMPONENTS = {"vision": "vision_encoder", "audio": "audio_encoder", "text": "text_decoder"}
 
 

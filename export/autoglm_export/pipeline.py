@@ -33,7 +33,7 @@ from autoglm_runtime.bundle import open_bundle
 from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
-from .checks.parity import compare
+from .checks.against_references import compare
 from .checks.probes import build_probes, run_components
 from .checks.against_transformers import check_against_transformers
 from .errors import ExportError

@@ -53,10 +53,11 @@ from typing import Any
 
 import numpy as np
 
+from .spec import COMPONENTS
+
 REFERENCES = ("quantized_eager", "fp32")
 TIE_MARGIN = 0.01  # top-1 vs runner-up gap, as a fraction of the logit scale, below which a position is a tie
 QUANT_KINDS = ("fp32", "int8_dynamic", "weight_only", "weight_only_fp16", "fp16")
-COMPONENTS = ("text_decoder", "vision_encoder", "audio_encoder", "token_embedding")
 LOGIT_COMPONENTS = ("text_decoder",)
 
 

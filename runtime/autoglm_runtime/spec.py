@@ -7,6 +7,10 @@ from typing import Any
 
 from .preprocess import AudioSpec, ImageSpec
 
+# The four components every bundle has (audio_encoder only with an audio tower), in data-flow order.
+COMPONENTS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
+REQUIRED_COMPONENTS = ("vision_encoder", "token_embedding", "text_decoder")
+
 
 @dataclass(frozen=True)
 class ModelSpec:

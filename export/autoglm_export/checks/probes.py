@@ -7,7 +7,7 @@
    on those inputs: encoder embeddings, token embeddings, and teacher-forced decoder logits over
    prefill chunks followed by single-token decode steps through the KV cache.
 
-``checks.parity.compare`` then judges the outputs.
+``checks.against_references.compare`` then judges the outputs.
 """
 
 from __future__ import annotations

@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
+from ..spec import COMPONENTS, REQUIRED_COMPONENTS
 
-COMPONENTS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
-REQUIRED = ("vision_encoder", "token_embedding", "text_decoder")
 RESET_METHOD = "reset_cache"
 METADATA_PREFIXES = ("get_", "use_", "enable_")
 
@@ -130,7 +129,7 @@ class ExecuTorchBackend:
 
     def __init__(self, pte_path: str | Path):
         self.program = ExecuTorchProgram(pte_path)
-        missing = [m for m in REQUIRED if not self.program.has(m)]
+        missing = [m for m in REQUIRED_COMPONENTS if not self.program.has(m)]
         if missing:
             raise BundleError(f"{self.program.path}: the program lacks method(s) {', '.join(missing)}")
         self.meta = self.program.metadata()

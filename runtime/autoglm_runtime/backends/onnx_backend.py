@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
+from ..spec import COMPONENTS, REQUIRED_COMPONENTS
 
-COMPONENTS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
-REQUIRED = ("vision_encoder", "token_embedding", "text_decoder")
 PAST, PRESENT = "past_", "present_"
 
 
@@ -114,7 +113,7 @@ class OnnxBackend:
     def __init__(self, files: dict[str, str | Path], threads: int | None = None, io_binding: bool = True):
         """``files``: component name -> .onnx path (audio_encoder optional). ``io_binding``: keep the
         KV cache in place between calls (see the module docstring); may be changed between calls."""
-        missing = [c for c in REQUIRED if c not in files]
+        missing = [c for c in REQUIRED_COMPONENTS if c not in files]
         if missing:
             raise BundleError(f"no ONNX model for {', '.join(missing)}")
         self.models = {c: OnnxModel(p, threads) for c, p in files.items() if c in COMPONENTS}

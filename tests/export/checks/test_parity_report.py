@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from autoglm_export.bundle import BundleWriter
 from autoglm_export.cli import app
-from autoglm_export.checks.parity import compare
+from autoglm_export.checks.against_references import compare
 from autoglm_runtime.preprocess import ImageSpec
 from autoglm_runtime.spec import ModelSpec
 
