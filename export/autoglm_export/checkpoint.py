@@ -1,15 +1,21 @@
 """Lazy safetensors loading and the Hugging Face name -> module name table.
 
-Tensors are read one at a time from memory-mapped files and assigned straight into a model built
-on the meta device, so a checkpoint is never held in memory twice. Only safetensors are read:
-there is no pickle path at all.
+Tensors are assigned straight into a model built on the meta device, so a checkpoint is never
+held in memory twice. Two ways to read one:
+- as stored (``dtype=None``): a zero-copy view of a private memory map of the shard; pages come
+  in from the page cache when first used and the process holds each weight once, as file pages;
+- converted (``dtype=torch.float32``): read with plain file reads in small chunks straight into the
+  converted tensor, so only the converted copy is resident (never the stored bytes as well).
+Only safetensors are read: there is no pickle path at all.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -37,6 +43,13 @@ GLMASR_KEY_TABLE: tuple[tuple[str, str], ...] = (
 )
 # GlmAsr's own language model is not ours to load.
 GLMASR_IGNORED = ("model.language_model.", "language_model.", "lm_head.")
+# safetensors dtype names -> torch dtypes.
+ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+READ_CHUNK_BYTES = 64 << 20  # converted reads: at most this much of the stored bytes at once
 
 
 def _list_names(names: list[str], limit: int = 8) -> str:
@@ -50,6 +63,11 @@ class SafetensorsCheckpoint:
 
     directory: Path
     key_to_file: dict[str, Path] = field(default_factory=dict)
+    # shard -> (offset of its data section, {key: (dtype, shape, begin, end)})
+    headers: dict[Path, tuple[int, dict[str, tuple[str, tuple[int, ...], int, int]]]] = field(default_factory=dict)
+    # Shards in the directory that the index does not list (named when tensors turn out missing).
+    unlisted: list[str] = field(default_factory=list)
+    _maps: dict[Path, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, directory: str | Path) -> "SafetensorsCheckpoint":
@@ -63,12 +81,14 @@ class SafetensorsCheckpoint:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as exc:
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"{index}: not a valid safetensors index ({exc})") from None
             for key, fname in weight_map.items():
                 ckpt.key_to_file[key] = directory / fname
-            for shard in sorted(set(ckpt.key_to_file.values())):
+            listed = set(ckpt.key_to_file.values())
+            for shard in sorted(listed):
                 ckpt._check_shard(shard, [k for k, f in ckpt.key_to_file.items() if f == shard])
+            ckpt.unlisted = sorted(p.name for p in directory.glob("*.safetensors") if p not in listed)
         else:
             files = sorted(directory.glob("*.safetensors"))
             if not files:
@@ -78,8 +98,7 @@ class SafetensorsCheckpoint:
                     ckpt.key_to_file[key] = shard
         return ckpt
 
-    @staticmethod
-    def _check_shard(path: Path, expected_keys: list[str] | None) -> list[str]:
+    def _check_shard(self, path: Path, expected_keys: list[str] | None) -> list[str]:
         """Open a shard and verify its header against the file size (catches truncation early)."""
         if not path.exists():
             raise CheckpointError(f"{path}: shard listed in the index is missing")
@@ -92,27 +111,87 @@ class SafetensorsCheckpoint:
             absent = sorted(set(expected_keys) - set(keys))
             if absent:
                 raise CheckpointError(f"{path}: index lists tensors the shard lacks: {_list_names(absent)}")
+        self.headers[path] = _read_header(path)
         return keys
 
     def keys(self) -> list[str]:
         return list(self.key_to_file)
 
-    def shape(self, key: str) -> tuple[int, ...]:
-        with safe_open(str(self.key_to_file[key]), framework="pt") as f:
-            return tuple(f.get_slice(key).get_shape())
+    def _entry(self, key: str) -> tuple[str, tuple[int, ...], int, int]:
+        return self.headers[self.key_to_file[key]][1][key]
 
-    def tensors(self, keys: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield tensors grouped by shard so each file is opened once."""
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._entry(key)[1]
+
+    def dtype_name(self, key: str) -> str:
+        return self._entry(key)[0]
+
+    def nbytes(self, key: str) -> int:
+        _, _, begin, end = self._entry(key)
+        return end - begin
+
+    def tensors(self, keys: list[str], dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield tensors grouped by shard. ``dtype=None``: zero-copy memory-mapped views as stored;
+        otherwise floating tensors are read and converted to ``dtype`` chunk by chunk."""
         by_file: dict[Path, list[str]] = {}
         for key in keys:
             by_file.setdefault(self.key_to_file[key], []).append(key)
         for path, file_keys in by_file.items():
-            try:
-                with safe_open(str(path), framework="pt") as f:
-                    for key in file_keys:
-                        yield key, f.get_tensor(key)
-            except SafetensorError as exc:
-                raise CheckpointError(f"{path}: cannot read tensor data ({exc})") from None
+            start, entries = self.headers[path]
+            with open(path, "rb") as f:
+                for key in file_keys:
+                    name, shape, begin, end = entries[key]
+                    stored = _torch_dtype(name, path, key)
+                    if dtype is None:
+                        yield key, self._view(path, start + begin, start + end, stored, shape)
+                    else:
+                        target = dtype if stored.is_floating_point else stored
+                        yield key, _read(f, path, key, start + begin, end - begin, stored, shape, target)
+
+    def _view(self, path: Path, begin: int, end: int, dtype: torch.dtype, shape) -> torch.Tensor:
+        buf = self._maps.get(path)
+        if buf is None:
+            with open(path, "rb") as f:
+                # ACCESS_COPY: a private mapping, so in-place edits of a weight never reach the file.
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            buf = self._maps[path] = torch.frombuffer(mm, dtype=torch.uint8)  # keeps mm alive
+        raw = buf[begin:end]
+        if begin % dtype.itemsize:  # unaligned data (foreign writer): fall back to a copy
+            raw = raw.clone()
+        return raw.view(dtype).reshape(shape)
+
+
+def _torch_dtype(name: str, path: Path, key: str) -> torch.dtype:
+    if name not in ST_DTYPES:
+        raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {name}")
+    return ST_DTYPES[name]
+
+
+def _read_header(path: Path) -> tuple[int, dict[str, tuple[str, tuple[int, ...], int, int]]]:
+    """(data offset, key -> (dtype, shape, begin, end)) of a shard safe_open already validated."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return 8 + n, {k: (v["dtype"], tuple(v["shape"]), *v["data_offsets"]) for k, v in header.items()}
+
+
+def _read(f, path: Path, key: str, offset: int, nbytes: int, stored: torch.dtype, shape, dtype: torch.dtype):
+    """Read one tensor into a new ``dtype`` tensor, converting READ_CHUNK_BYTES at a time."""
+    out = torch.empty(math.prod(shape), dtype=dtype)
+    item = stored.itemsize
+    step = max(READ_CHUNK_BYTES // item, 1) * item
+    raw = torch.empty(min(step, nbytes), dtype=torch.uint8)
+    f.seek(offset)
+    done = 0
+    while done < nbytes:
+        n = min(step, nbytes - done)
+        got = f.readinto(raw[:n].numpy())
+        if got != n:
+            raise CheckpointError(f"{path}: tensor {key} ends early (file truncated while reading)")
+        out[done // item : (done + n) // item].copy_(raw[:n].view(stored))
+        done += n
+    return out.reshape(shape)
 
 
 def map_key(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
@@ -140,9 +219,11 @@ def load_weights(
     scope: str,
     ignored_prefixes: tuple[str, ...] = (),
     num_text_layers: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = torch.float32,
 ) -> list[str]:
     """Assign every parameter/persistent buffer under ``scope`` from ``ckpt``; strict on all sides.
+
+    ``dtype``: floating tensors are converted to it; ``None`` keeps them as stored, memory-mapped.
 
     Returns the checkpoint keys deliberately skipped (e.g. MTP layers), for logging.
     """
@@ -178,13 +259,17 @@ def load_weights(
     ]
     if mis_shaped:
         problems.append(f"mis-shaped tensors: {_list_names(mis_shaped)}")
+    if missing and ckpt.unlisted:
+        index = ckpt.directory / "model.safetensors.index.json"
+        raise CheckpointError(f"{index}: does not list shard(s) {_list_names(ckpt.unlisted)}; "
+                              f"missing tensors: {_list_names(missing)}")
     if problems:
         raise CheckpointError(f"{ckpt.directory}: checkpoint does not match the model; " + "; ".join(problems))
 
     reverse = {key: name for name, key in mapped.items()}
     state = {}
-    for key, tensor in ckpt.tensors(list(mapped.values())):
-        state[reverse[key]] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    for key, tensor in ckpt.tensors(list(mapped.values()), dtype):
+        state[reverse[key]] = tensor
     if tied:
         state["text.lm_head.weight"] = state["text.embed_tokens.weight"]
     model.load_state_dict(state, strict=False, assign=True)

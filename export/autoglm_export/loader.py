@@ -32,13 +32,14 @@ def load_model(
     checkpoint: str | Path,
     shape: ExportShape,
     audio_checkpoint: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = torch.float32,
 ) -> AutoGLM:
+    """``dtype``: floating weights are converted to it as they are read (only the converted copy is
+    ever resident); ``None`` keeps them as stored (bf16 for real checkpoints), memory-mapped."""
     checkpoint = Path(checkpoint)
     audio_checkpoint = Path(audio_checkpoint) if audio_checkpoint is not None else None
     cfg = load_config(checkpoint, audio_checkpoint)
-    with torch.device("meta"):  # no allocation: weights are assigned tensor by tensor below
-        model = AutoGLM(cfg, shape)
+    model = meta_model(cfg, shape)
     skipped = load_weights(
         model,
         SafetensorsCheckpoint.open(checkpoint),
@@ -63,6 +64,12 @@ def load_model(
     if leftovers:  # a bug, not a user error: prepare() forgot a constant
         raise RuntimeError(f"tensors left on the meta device after loading: {leftovers[:5]}")
     return model.eval()
+
+
+def meta_model(cfg: ModelConfig, shape: ExportShape) -> AutoGLM:
+    """The model with every weight on the meta device: shapes and counts, no memory."""
+    with torch.device("meta"):  # no allocation: a loader assigns weights tensor by tensor
+        return AutoGLM(cfg, shape)
 
 
 def random_model(cfg: ModelConfig, shape: ExportShape, seed: int = 0) -> AutoGLM:

@@ -12,10 +12,10 @@ class KVCache(nn.Module):
         self.shape = (1, num_kv_heads, max_context, head_dim)
         self.allocate(dtype)
 
-    def allocate(self, dtype=torch.float32) -> None:
+    def allocate(self, dtype=torch.float32, device="cpu") -> None:
         # Non-persistent: never part of a checkpoint; exporters see them as mutable buffers.
-        self.register_buffer("k_cache", torch.zeros(self.shape, dtype=dtype, device="cpu"), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(self.shape, dtype=dtype, device="cpu"), persistent=False)
+        self.register_buffer("k_cache", torch.zeros(self.shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(self.shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, cache_position: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """k, v [1, kv_heads, S, D] written at cache_position [S]; returns the whole cache."""
