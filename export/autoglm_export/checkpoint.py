@@ -67,6 +67,7 @@ class SafetensorsCheckpoint:
     headers: dict[Path, tuple[int, dict[str, tuple[str, tuple[int, ...], int, int]]]] = field(default_factory=dict)
     # Shards in the directory that the index does not list (named when tensors turn out missing).
     unlisted: list[str] = field(default_factory=list)
+    unindexed: dict[str, str] = field(default_factory=dict)  # key -> shard file name holding it
     _maps: dict[Path, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -87,8 +88,14 @@ class SafetensorsCheckpoint:
                 ckpt.key_to_file[key] = directory / fname
             listed = set(ckpt.key_to_file.values())
             for shard in sorted(listed):
-                ckpt._check_shard(shard, [k for k, f in ckpt.key_to_file.items() if f == shard])
+                keys = ckpt._check_shard(shard, [k for k, f in ckpt.key_to_file.items() if f == shard])
+                ckpt.unindexed.update({k: shard.name for k in keys if k not in weight_map})
             ckpt.unlisted = sorted(p.name for p in directory.glob("*.safetensors") if p not in listed)
+            for name in ckpt.unlisted:
+                try:  # best effort, only to name the shard when tensors turn out missing
+                    ckpt.unindexed.update({k: name for k in _read_header(directory / name)[1]})
+                except (OSError, ValueError, KeyError, struct.error):
+                    pass
         else:
             files = sorted(directory.glob("*.safetensors"))
             if not files:
@@ -211,22 +218,27 @@ def _shape_matches(stored: tuple[int, ...], wanted: tuple[int, ...]) -> bool:
 _LAYER_RE = re.compile(r"^text\.layers\.(\d+)\.")
 
 
-def load_weights(
+@dataclass
+class WeightPlan:
+    """Which checkpoint key fills which module tensor, checked on names and shapes only."""
+
+    mapped: dict[str, str]  # module name -> checkpoint key
+    skipped: list[str]  # checkpoint keys deliberately not loaded (MTP layers, GlmAsr's LLM)
+    tied: bool  # lm_head shares the token embedding
+
+
+def match_weights(
     model: torch.nn.Module,
     ckpt: SafetensorsCheckpoint,
     table: tuple[tuple[str, str], ...],
     *,
-    scope: str,
+    scope: str | tuple[str, ...],
     ignored_prefixes: tuple[str, ...] = (),
     num_text_layers: int | None = None,
-    dtype: torch.dtype | None = torch.float32,
-) -> list[str]:
-    """Assign every parameter/persistent buffer under ``scope`` from ``ckpt``; strict on all sides.
+) -> WeightPlan:
+    """Map every parameter/persistent buffer under ``scope`` to a checkpoint key; strict on all sides.
 
-    ``dtype``: floating tensors are converted to it; ``None`` keeps them as stored, memory-mapped.
-
-    Returns the checkpoint keys deliberately skipped (e.g. MTP layers), for logging.
-    """
+    Reads headers only, so it works on a model still on the meta device (``info``)."""
     expected = {k: v for k, v in model.state_dict(keep_vars=True).items() if k.startswith(scope)}
     mapped: dict[str, str] = {}
     unexpected, skipped = [], []
@@ -247,6 +259,8 @@ def load_weights(
     missing = sorted(set(expected) - set(mapped) - ({"text.lm_head.weight"} if tied else set()))
     if tied and "text.embed_tokens.weight" not in mapped:
         missing.append("text.lm_head.weight")
+    if missing and (ckpt.unindexed or ckpt.unlisted):
+        _raise_unindexed(ckpt, table, missing)
     problems = []
     if missing:
         problems.append(f"missing tensors: {_list_names(missing)}")
@@ -259,18 +273,44 @@ def load_weights(
     ]
     if mis_shaped:
         problems.append(f"mis-shaped tensors: {_list_names(mis_shaped)}")
-    if missing and ckpt.unlisted:
-        index = ckpt.directory / "model.safetensors.index.json"
-        raise CheckpointError(f"{index}: does not list shard(s) {_list_names(ckpt.unlisted)}; "
-                              f"missing tensors: {_list_names(missing)}")
     if problems:
         raise CheckpointError(f"{ckpt.directory}: checkpoint does not match the model; " + "; ".join(problems))
+    return WeightPlan(mapped, skipped, tied)
 
-    reverse = {key: name for name, key in mapped.items()}
+
+def _raise_unindexed(ckpt: SafetensorsCheckpoint, table, missing: list[str]) -> None:
+    """Missing tensors that sit in a shard the index does not list: name the index and the shard."""
+    index = ckpt.directory / "model.safetensors.index.json"
+    found = {map_key(key, table): fname for key, fname in ckpt.unindexed.items()}
+    hits = [f"{name} (in {found[name]})" for name in missing if name in found]
+    if hits:
+        raise CheckpointError(f"{index}: does not list tensors its shards hold: {_list_names(hits, 4)}")
+    raise CheckpointError(f"{index}: does not list shard(s) {_list_names(ckpt.unlisted)}; "
+                          f"missing tensors: {_list_names(missing, 4)}")
+
+
+def load_weights(
+    model: torch.nn.Module,
+    ckpt: SafetensorsCheckpoint,
+    table: tuple[tuple[str, str], ...],
+    *,
+    scope: str | tuple[str, ...],
+    ignored_prefixes: tuple[str, ...] = (),
+    num_text_layers: int | None = None,
+    dtype: torch.dtype | None = torch.float32,
+) -> list[str]:
+    """Assign every parameter/persistent buffer under ``scope`` from ``ckpt`` (see ``match_weights``).
+
+    ``dtype``: floating tensors are converted to it; ``None`` keeps them as stored, memory-mapped.
+    Returns the checkpoint keys deliberately skipped (e.g. MTP layers), for logging.
+    """
+    plan = match_weights(model, ckpt, table, scope=scope, ignored_prefixes=ignored_prefixes,
+                         num_text_layers=num_text_layers)
+    reverse = {key: name for name, key in plan.mapped.items()}
     state = {}
-    for key, tensor in ckpt.tensors(list(mapped.values()), dtype):
+    for key, tensor in ckpt.tensors(list(plan.mapped.values()), dtype):
         state[reverse[key]] = tensor
-    if tied:
+    if plan.tied:
         state["text.lm_head.weight"] = state["text.embed_tokens.weight"]
     model.load_state_dict(state, strict=False, assign=True)
-    return skipped
+    return plan.skipped

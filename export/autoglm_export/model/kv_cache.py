@@ -10,7 +10,7 @@ class KVCache(nn.Module):
     def __init__(self, max_context: int, num_kv_heads: int, head_dim: int, dtype=torch.float32):
         super().__init__()
         self.shape = (1, num_kv_heads, max_context, head_dim)
-        self.allocate(dtype)
+        self.allocate(dtype, device=None)  # None: the ambient device, meta while a loader builds the model
 
     def allocate(self, dtype=torch.float32, device="cpu") -> None:
         # Non-persistent: never part of a checkpoint; exporters see them as mutable buffers.
