@@ -61,22 +61,49 @@ def hf_config(text_layers: int, vision_depth: int, vocab_size: int):
     ids = special_ids(vocab_size)
     eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"], ids["</answer>"]]
     cfg = Glm4vConfig(
-        text_config=dict(
-            vocab_size=vocab_size, hidden_size=4096, intermediate_size=13696, num_hidden_layers=text_layers,
-            num_attention_heads=32, num_key_value_heads=2, attention_bias=True, rms_norm_eps=1e-5,
-            max_position_embeddings=65536, hidden_act="silu", eos_token_id=eos, pad_token_id=ids["<|endoftext|>"],
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
-                             "mrope_section": [8, 12, 12]},
-        ),
-        vision_config=dict(
-            depth=vision_depth, hidden_size=1536, num_heads=12, intermediate_size=13696, out_hidden_size=4096,
-            patch_size=14, image_size=336, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
-            hidden_act="silu", rms_norm_eps=1e-5,
-        ),
-        image_token_id=ids["<|image|>"], image_start_token_id=ids["<|begin_of_image|>"],
-        image_end_token_id=ids["<|end_of_image|>"], video_token_id=ids["<|video|>"],
-        video_start_token_id=ids["<|begin_of_video|>"], video_end_token_id=ids["<|end_of_video|>"],
-        tie_word_embeddings=False, eos_token_id=eos, pad_token_id=ids["<|endoftext|>"],
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": 4096,
+            "intermediate_size": 13696,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 2,
+            "attention_bias": True,
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 65536,
+            "hidden_act": "silu",
+            "eos_token_id": eos,
+            "pad_token_id": ids["<|endoftext|>"],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": [8, 12, 12],
+            },
+        },
+        vision_config={
+            "depth": vision_depth,
+            "hidden_size": 1536,
+            "num_heads": 12,
+            "intermediate_size": 13696,
+            "out_hidden_size": 4096,
+            "patch_size": 14,
+            "image_size": 336,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "in_channels": 3,
+            "hidden_act": "silu",
+            "rms_norm_eps": 1e-5,
+        },
+        image_token_id=ids["<|image|>"],
+        image_start_token_id=ids["<|begin_of_image|>"],
+        image_end_token_id=ids["<|end_of_image|>"],
+        video_token_id=ids["<|video|>"],
+        video_start_token_id=ids["<|begin_of_video|>"],
+        video_end_token_id=ids["<|end_of_video|>"],
+        tie_word_embeddings=False,
+        eos_token_id=eos,
+        pad_token_id=ids["<|endoftext|>"],
     )
     cfg.architectures = ["Glm4vForConditionalGeneration"]
     cfg.dtype = "bfloat16"
@@ -140,8 +167,7 @@ def write_shard(path: Path, tensors, seed: int) -> int:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for name, shape in tensors:
-            for chunk in tensor_chunks(name, shape, seed):
-                f.write(chunk.view(torch.int16).numpy().data)
+            f.writelines(chunk.view(torch.int16).numpy().data for chunk in tensor_chunks(name, shape, seed))
         f.flush()
         os.fsync(f.fileno())
     return offset
@@ -165,11 +191,20 @@ def padded_tokenizer(vocab_size: int) -> str:
 
 def preprocessor_config() -> dict:
     return {
-        "image_processor_type": "Glm4vImageProcessor", "processor_class": "Glm4vProcessor",
-        "do_resize": True, "size": {"shortest_edge": 12544, "longest_edge": 9633792}, "resample": 3,
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
-        "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+        "image_processor_type": "Glm4vImageProcessor",
+        "processor_class": "Glm4vProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": 12544, "longest_edge": 9633792},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "do_convert_rgb": True,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
     }
 
 
@@ -180,8 +215,9 @@ def _inside_git_worktree(path: Path) -> bool:
     return False
 
 
-def make(out: Path, text_layers: int, vision_depth: int, vocab_size: int, seed: int, shard_bytes: int,
-         log=print) -> dict:
+def make(
+    out: Path, text_layers: int, vision_depth: int, vocab_size: int, seed: int, shard_bytes: int, log=print
+) -> dict:
     cfg, eos = hf_config(text_layers, vision_depth, vocab_size)
     specs = tensor_specs(cfg)
     shards = plan_shards(specs, shard_bytes)
@@ -189,8 +225,14 @@ def make(out: Path, text_layers: int, vision_depth: int, vocab_size: int, seed: 
     tmp.mkdir(parents=True)
     try:
         cfg.to_json_file(tmp / "config.json", use_diff=False)
-        gen = {"eos_token_id": eos, "pad_token_id": eos[0], "do_sample": True, "temperature": 1.0,
-               "top_p": 1e-05, "top_k": 2}  # the real generation_config's sampling fields
+        gen = {
+            "eos_token_id": eos,
+            "pad_token_id": eos[0],
+            "do_sample": True,
+            "temperature": 1.0,
+            "top_p": 1e-05,
+            "top_k": 2,
+        }  # the real generation_config's sampling fields
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
         (tmp / "tokenizer.json").write_text(padded_tokenizer(vocab_size), encoding="utf-8")
@@ -217,8 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output directory (must not exist; not in a git work tree)")
     ap.add_argument("--text-layers", type=int, default=40, help="decoder layers (real: 40)")
     ap.add_argument("--vision-depth", type=int, default=24, help="vision blocks (real: 24)")
-    ap.add_argument("--vocab-size", type=int, default=REAL_VOCAB,
-                    help="embedding rows (real: 151552); the specials start 223 ids before the end")
+    ap.add_argument(
+        "--vocab-size",
+        type=int,
+        default=REAL_VOCAB,
+        help="embedding rows (real: 151552); the specials start 223 ids before the end",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shard-gb", type=float, default=5.0, help="maximum shard size in GB (1e9 bytes)")
     ap.add_argument("--allow-git-tree", action="store_true", help="allow --out inside a git work tree (tests)")
@@ -236,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     stats = make(out, args.text_layers, args.vision_depth, args.vocab_size, args.seed, int(args.shard_gb * 1e9))
-    print(f"wrote {out}: {stats['params'] / 1e9:.3f} B params, {stats['tensors']} tensors, "
-          f"{stats['bytes'] / 1e9:.2f} GB bf16 in {stats['shards']} shards, {time.perf_counter() - t0:.1f} s")
+    print(
+        f"wrote {out}: {stats['params'] / 1e9:.3f} B params, {stats['tensors']} tensors, "
+        f"{stats['bytes'] / 1e9:.2f} GB bf16 in {stats['shards']} shards, {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 

@@ -92,7 +92,11 @@ def estimate_bundle_bytes(
     embed = embedding_bytes(text.embed_tokens.num_embeddings, text.embed_tokens.embedding_dim, embedding, group)
     # The embedding is its own component; a tied lm_head is stored again, quantized, in the decoder.
     decoder = _module_bytes(text, linear, group, frozenset({id(text.embed_tokens.weight)}))
-    components = {"token_embedding": embed, "text_decoder": decoder, "vision_encoder": _module_bytes(model.vision, encoder, group)}
+    components = {
+        "token_embedding": embed,
+        "text_decoder": decoder,
+        "vision_encoder": _module_bytes(model.vision, encoder, group),
+    }
     if model.audio is not None:
         components["audio_encoder"] = _module_bytes(model.audio, encoder, group)
     kv = kv_cache_bytes(cfg.text, shape.max_context, FP32)

@@ -82,9 +82,10 @@ def check_checkpoint(model: AutoGLM, checkpoint: str | Path, audio_checkpoint: s
 
 
 def _weight_sources(cfg: ModelConfig, checkpoint: Path, audio_checkpoint):
-    yield checkpoint, dict(table=GLM4V_KEY_TABLE, scope=("text.", "vision."), num_text_layers=cfg.text.num_hidden_layers)
+    """(checkpoint, match_weights arguments) for the model's weights, then the audio tower's."""
+    yield checkpoint, {"table": GLM4V_KEY_TABLE, "scope": ("text.", "vision."), "num_text_layers": cfg.text.num_hidden_layers}
     if audio_checkpoint is not None:
-        yield Path(audio_checkpoint), dict(table=GLMASR_KEY_TABLE, scope="audio.", ignored_prefixes=GLMASR_IGNORED)
+        yield Path(audio_checkpoint), {"table": GLMASR_KEY_TABLE, "scope": "audio.", "ignored_prefixes": GLMASR_IGNORED}
 
 
 def meta_model(cfg: ModelConfig, shape: ExportShape) -> AutoGLM:
