@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -257,3 +258,12 @@ def test_info_on_the_9b_preset_is_instant():
     )
     assert time.perf_counter() - t0 < 60  # was OOM-killed at 22 GB; about 3 s on 2 cores
     assert "total    10292.78 M params" in out.stderr and "40960 bytes/token fp16" in out.stderr
+
+
+def test_tool_checks_free_space_before_writing(tmp_path, monkeypatch):
+    tool = _tool()
+    real = shutil.disk_usage
+    monkeypatch.setattr(tool.shutil, "disk_usage", lambda p: real(p)._replace(free=10**9))
+    with pytest.raises(SystemExit, match=r"error: .* needs 20\.6\d GB, only 1\.00 GB free"):
+        tool.make(tmp_path / "ckpt", 40, 24, 151552, 0, 5 * 10**9)
+    assert list(tmp_path.iterdir()) == []

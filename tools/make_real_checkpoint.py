@@ -221,6 +221,12 @@ def make(
     cfg, eos = hf_config(text_layers, vision_depth, vocab_size)
     specs = tensor_specs(cfg)
     shards = plan_shards(specs, shard_bytes)
+    needed = sum(math.prod(shape) * 2 for _, shape in specs) + (50 << 20)  # + tokenizer and configs
+    free = shutil.disk_usage(out.parent).free
+    if free < needed:
+        raise SystemExit(
+            f"error: {out.parent}: the checkpoint needs {needed / 1e9:.2f} GB, only {free / 1e9:.2f} GB free"
+        )
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
