@@ -231,14 +231,7 @@ def make(
     tmp.mkdir(parents=True)
     try:
         cfg.to_json_file(tmp / "config.json", use_diff=False)
-        gen = {
-            "eos_token_id": eos,
-            "pad_token_id": eos[0],
-            "do_sample": True,
-            "temperature": 1.0,
-            "top_p": 1e-05,
-            "top_k": 2,
-        }  # the real generation_config's sampling fields
+        gen = {"eos_token_id": eos, "pad_token_id": eos[0]}  # only what glm4v.md records of the real file
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(), indent=2) + "\n")
         (tmp / "tokenizer.json").write_text(padded_tokenizer(vocab_size), encoding="utf-8")
