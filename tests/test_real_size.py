@@ -267,3 +267,32 @@ def test_tool_checks_free_space_before_writing(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"error: .* needs 20\.6\d GB, only 1\.00 GB free"):
         tool.make(tmp_path / "ckpt", 40, 24, 151552, 0, 5 * 10**9)
     assert list(tmp_path.iterdir()) == []
+
+
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MADV_PAGEOUT is Linux-only")
+def test_release_pages_returns_memory_and_keeps_values(real_width):
+    """Streaming over a checkpoint larger than memory: read a weight, give its pages back, read it again."""
+    from autoglm_export.checkpoint import release_pages
+    from autoglm_export.source import open_source
+
+    src = open_source(real_width, dtype=None, preset="autoglm-phone-9b", max_context=64)
+    params = list(src.model.parameters())
+    sums = [float(p.detach().sum()) for p in params]
+    edited = src.model.text.layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        edited[0, :1024] = 7.0  # copy-on-write pages: release must keep them
+    touched = _rss()
+    advised = release_pages(params)
+    size = sum(p.numel() * p.element_size() for p in params)
+    assert advised > 0.99 * size
+    assert touched - _rss() > 0.8 * size, f"only {(touched - _rss()) / 1e9:.2f} GB of {size / 1e9:.2f} GB returned"
+    assert bool((edited[0, :1024] == 7.0).all())
+    edited_index = next(i for i, p in enumerate(params) if p is edited)
+    assert [float(p.detach().sum()) for i, p in enumerate(params) if i != edited_index] == [
+        s for i, s in enumerate(sums) if i != edited_index
+    ]

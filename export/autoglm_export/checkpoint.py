@@ -11,12 +11,14 @@ Only safetensors are read: there is no pickle path at all.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import mmap
+import sys
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,6 +201,30 @@ def _read(f, path: Path, key: str, offset: int, nbytes: int, stored: torch.dtype
         out[done // item : (done + n) // item].copy_(raw[:n].view(stored))
         done += n
     return out.reshape(shape)
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4: reclaim these pages now; the contents are kept (reread on access)
+
+
+def release_pages(tensors: Iterable[torch.Tensor]) -> int:
+    """Ask the kernel to take back the resident pages of weights loaded as stored (``dtype=None``).
+
+    Non-destructive, unlike MADV_DONTNEED: an untouched page comes back from the file when read
+    again and an edited (copied-on-write) one is kept. For passes over a checkpoint larger than
+    memory, layer by layer, so resident memory stays near one layer instead of growing to the file
+    size. Returns the bytes advised; 0 where the OS has no MADV_PAGEOUT (a hint, never an error).
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    page, advised = mmap.PAGESIZE, 0
+    for t in tensors:
+        start = -(-t.data_ptr() // page) * page  # whole pages inside the tensor only
+        end = (t.data_ptr() + t.numel() * t.element_size()) // page * page
+        if end > start and madvise(start, end - start, MADV_PAGEOUT) == 0:
+            advised += end - start
+    return advised
 
 
 def map_key(key: str, table: tuple[tuple[str, str], ...]) -> str | None:
