@@ -76,24 +76,13 @@ def info(
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = "tiny",
 ):
-    """Print the model configuration, component shapes and parameter counts."""
+    """Print the model configuration, component shapes, parameter counts and memory sizes (no weights are read)."""
+    from .describe import describe
     from .source import open_source
 
-    src = open_source(checkpoint, audio_checkpoint, preset)
-    cfg, model = src.config, src.model
-    console.print(f"[bold]{src.label}[/] ({cfg.model_type})")
-    for name, module in (("text", model.text), ("vision", model.vision), ("audio", model.audio)):
-        if module is not None:
-            console.print(f"  {name:7s} {sum(p.numel() for p in module.parameters()) / 1e6:9.2f} M params")
-    t = cfg.text
-    console.print(
-        f"  decoder: hidden {t.hidden_size}, layers {t.num_hidden_layers}, heads {t.num_attention_heads}/"
-        f"{t.num_key_value_heads} kv, head_dim {t.head_dim}, rotary {t.rotary_dim} mrope {list(t.mrope_section)}"
-        + (f", MoE {t.n_routed_experts} experts top-{t.num_experts_per_tok}" if t.is_moe else "")
-    )
-    s = src.spec
-    console.print(f"  context {s.max_context}, image {s.image.height}x{s.image.width} -> {s.image_tokens} tokens"
-                  + (f", audio {s.audio.num_frames} frames -> {s.audio_tokens} tokens" if s.audio else ""))
+    src = open_source(checkpoint, audio_checkpoint, preset, weights=False)  # meta device: seconds at any size
+    for line in describe(src, preset):
+        console.print(line, highlight=False)
 
 
 def _open_backend(bundle: Optional[Path], checkpoint, audio_checkpoint, preset, max_context):

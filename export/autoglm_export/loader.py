@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .checkpoint import GLM4V_KEY_TABLE, GLMASR_IGNORED, GLMASR_KEY_TABLE, SafetensorsCheckpoint, load_weights
+from .checkpoint import (
+    GLM4V_KEY_TABLE,
+    GLMASR_IGNORED,
+    GLMASR_KEY_TABLE,
+    SafetensorsCheckpoint,
+    load_weights,
+    match_weights,
+)
 from .config import ModelConfig, load_audio_config, load_model_config
 from .errors import CheckpointError
 from .model.autoglm import AutoGLM, ExportShape
@@ -32,37 +40,58 @@ def load_model(
     checkpoint: str | Path,
     shape: ExportShape,
     audio_checkpoint: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = torch.float32,
 ) -> AutoGLM:
+    """``dtype``: floating weights are converted to it as they are read (only the converted copy is
+    ever resident); ``None`` keeps them as stored (bf16 for real checkpoints), memory-mapped."""
     checkpoint = Path(checkpoint)
     audio_checkpoint = Path(audio_checkpoint) if audio_checkpoint is not None else None
     cfg = load_config(checkpoint, audio_checkpoint)
-    with torch.device("meta"):  # no allocation: weights are assigned tensor by tensor below
-        model = AutoGLM(cfg, shape)
-    skipped = load_weights(
-        model,
-        SafetensorsCheckpoint.open(checkpoint),
-        GLM4V_KEY_TABLE,
-        scope=("text.", "vision."),
-        num_text_layers=cfg.text.num_hidden_layers,
-        dtype=dtype,
-    )
-    if skipped:
-        log.info("skipped %d checkpoint tensors not used at inference (e.g. %s)", len(skipped), skipped[0])
-    if audio_checkpoint is not None:
-        load_weights(
-            model,
-            SafetensorsCheckpoint.open(audio_checkpoint),
-            GLMASR_KEY_TABLE,
-            scope="audio.",
-            ignored_prefixes=GLMASR_IGNORED,
-            dtype=dtype,
-        )
+    model = meta_model(cfg, shape)
+    for path, kwargs in _weight_sources(cfg, checkpoint, audio_checkpoint):
+        skipped = load_weights(model, SafetensorsCheckpoint.open(path), dtype=dtype, **kwargs)
+        if skipped:
+            log.info("%s: skipped %d tensors not used at inference (e.g. %s)", path, len(skipped), skipped[0])
     model.prepare()
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:  # a bug, not a user error: prepare() forgot a constant
         raise RuntimeError(f"tensors left on the meta device after loading: {leftovers[:5]}")
     return model.eval()
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    path: Path
+    shards: int
+    tensors: int  # tensors the model uses
+    nbytes: int  # their stored bytes
+    dtypes: tuple[str, ...]
+    skipped: int  # tensors present but not used (MTP layers, GlmAsr's LLM)
+
+
+def check_checkpoint(model: AutoGLM, checkpoint: str | Path, audio_checkpoint: str | Path | None = None) -> list[CheckpointSummary]:
+    """Check names and shapes of the checkpoint(s) against ``model`` (meta is fine): headers only, no weights."""
+    out = []
+    for path, kwargs in _weight_sources(model.cfg, Path(checkpoint), audio_checkpoint):
+        ckpt = SafetensorsCheckpoint.open(path)
+        plan = match_weights(model, ckpt, **kwargs)
+        keys = list(plan.mapped.values())
+        out.append(CheckpointSummary(path, len(ckpt.headers), len(keys), sum(ckpt.nbytes(k) for k in keys),
+                                     tuple(sorted({ckpt.dtype_name(k) for k in keys})), len(plan.skipped)))
+    return out
+
+
+def _weight_sources(cfg: ModelConfig, checkpoint: Path, audio_checkpoint):
+    """(checkpoint, match_weights arguments) for the model's weights, then the audio tower's."""
+    yield checkpoint, {"table": GLM4V_KEY_TABLE, "scope": ("text.", "vision."), "num_text_layers": cfg.text.num_hidden_layers}
+    if audio_checkpoint is not None:
+        yield Path(audio_checkpoint), {"table": GLMASR_KEY_TABLE, "scope": "audio.", "ignored_prefixes": GLMASR_IGNORED}
+
+
+def meta_model(cfg: ModelConfig, shape: ExportShape) -> AutoGLM:
+    """The model with every weight on the meta device: shapes and counts, no memory."""
+    with torch.device("meta"):  # no allocation: a loader assigns weights tensor by tensor
+        return AutoGLM(cfg, shape)
 
 
 def random_model(cfg: ModelConfig, shape: ExportShape, seed: int = 0) -> AutoGLM:

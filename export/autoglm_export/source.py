@@ -6,12 +6,13 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
 from autoglm_runtime.preprocess import AudioSpec, ImageSpec
 from autoglm_runtime.spec import ModelSpec
 
 from .config import ModelConfig, parse_audio_config, parse_model_config
 from .errors import CheckpointError
-from .loader import load_model, random_model
+from .loader import load_config, load_model, meta_model, random_model
 from .model.autoglm import AutoGLM, ExportShape
 from .presets import get_preset
 
@@ -79,8 +80,14 @@ def open_source(
     image_hw: tuple[int, int] | None = None,
     audio_frames: int | None = None,
     with_audio: bool = True,
+    dtype: torch.dtype | None = torch.float32,
+    weights: bool = True,
 ) -> ModelSource:
-    """A checkpoint directory wins over the preset; the preset still supplies default shapes."""
+    """A checkpoint directory wins over the preset; the preset still supplies default shapes.
+
+    ``dtype``: what a checkpoint's floating weights become (``None``: as stored, memory-mapped).
+    ``weights=False``: config only, the model stays on the meta device (sizes, shapes, ``info``).
+    """
     p = get_preset(preset)
     shape = ExportShape(
         max_context=max_context or p.shape.max_context,
@@ -92,7 +99,10 @@ def open_source(
         if audio_checkpoint is None and with_audio:
             audio_checkpoint = p.audio_checkpoint
     if checkpoint is not None:
-        model = load_model(checkpoint, shape, audio_checkpoint)
+        if weights:
+            model = load_model(checkpoint, shape, audio_checkpoint, dtype=dtype)
+        else:
+            model = meta_model(load_config(Path(checkpoint), audio_checkpoint and Path(audio_checkpoint)), shape)
         tok = Path(checkpoint) / "tokenizer.json"
         tokenizer_path = tok if tok.exists() else None
         label = preset if checkpoint == p.checkpoint else str(checkpoint)
@@ -101,5 +111,5 @@ def open_source(
     cfg = parse_model_config(p.config, f"preset {preset}")
     if with_audio and p.audio_config is not None:
         cfg = replace(cfg, audio=parse_audio_config(p.audio_config, f"preset {preset} audio"))
-    model = random_model(cfg, shape)
+    model = random_model(cfg, shape) if weights else meta_model(cfg, shape)
     return ModelSource(model, build_spec(model, None, None), preset)

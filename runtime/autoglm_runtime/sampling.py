@@ -21,13 +21,33 @@ class SamplingConfig:
 
 
 class Sampler:
-    def __init__(self, config: SamplingConfig):
+    """``allowed``: which ids may be produced (True per id), usually the tokenizer's ids. A model's
+    embedding is often padded past its tokenizer (GLM-4.1V: 151552 rows, 151352 tokens); those rows
+    get logits like any other but name no token, so they are masked out before choosing."""
+
+    def __init__(self, config: SamplingConfig, allowed: np.ndarray | None = None):
         self.config = config
         self.rng = np.random.default_rng(config.seed)
+        self.allowed = None if allowed is None else np.asarray(allowed, dtype=bool)
+        self._masks: dict[int, np.ndarray] = {}
+
+    def _mask(self, n: int) -> np.ndarray:
+        """allowed cut or padded (with False) to ``n`` logits."""
+        mask = self._masks.get(n)
+        if mask is None:
+            mask = np.zeros(n, dtype=bool)
+            m = min(n, len(self.allowed))
+            mask[:m] = self.allowed[:m]
+            if not mask.any():
+                raise ValueError(f"none of the {n} logits is an allowed token id")
+            self._masks[n] = mask
+        return mask
 
     def __call__(self, logits: np.ndarray) -> int:
         """logits [vocab] -> token id."""
         logits = np.asarray(logits, dtype=np.float64)
+        if self.allowed is not None:
+            logits = np.where(self._mask(len(logits)), logits, -np.inf)
         if self.config.temperature == 0:
             return int(np.argmax(logits))
         z = logits / self.config.temperature

@@ -160,7 +160,7 @@ class Session:
         audios = [audio] if audio is not None else []
         prepared = self.prepare(messages, images, audios, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens)
 
-        sampler = Sampler(sampling)
+        sampler = Sampler(sampling, allowed=self.tokenizer.known_ids())  # never a padded embedding row
         stream = StreamDecoder(self.tokenizer, skip_special_tokens=True)
         eos = set(self.spec.eos_token_ids)
         t0 = time.perf_counter()

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer as _HFTokenizer
 
 from autoglm_runtime.errors import InputError
@@ -80,6 +81,7 @@ class Tokenizer:
         decoder = json.loads(self._tk.to_str()).get("decoder") or {}
         self._byte_level = decoder.get("type") == "ByteLevel"
         self._bytes_cache: dict[int, bytes] = {}
+        self._known: np.ndarray | None = None
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
@@ -88,6 +90,14 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         return self._tk.get_vocab_size(with_added_tokens=True)
+
+    def known_ids(self) -> np.ndarray:
+        """Boolean mask over 0..max id: True where the tokenizer has a token (ids may have holes)."""
+        if self._known is None:
+            ids = np.fromiter(self._tk.get_vocab(with_added_tokens=True).values(), dtype=np.int64)
+            self._known = np.zeros(int(ids.max()) + 1 if ids.size else 0, dtype=bool)
+            self._known[ids] = True
+        return self._known
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`. Special-token strings inside it (e.g. "<|user|>") become their ids."""

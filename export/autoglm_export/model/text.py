@@ -117,14 +117,18 @@ class TextDecoder(nn.Module):
         self.prepare()
 
     def prepare(self) -> None:
-        """(Re)create the derived constants and the KV cache on CPU (the model may be built on meta)."""
+        """(Re)create the derived constants and the KV cache on CPU (the model may be built on meta).
+
+        While the weights are still on meta (built for loading or for ``info``) the cache stays on
+        meta too: at 9B and 8192 tokens it is 1.3 GB that loading would only replace."""
         cfg = self.cfg
         self.register_buffer("inv_freq", inverse_frequencies(cfg.rotary_dim, cfg.rope_theta), persistent=False)
         self.register_buffer("rope_selector", plane_selector(cfg.mrope_section), persistent=False)
         self.register_buffer("key_positions", torch.arange(self.max_context), persistent=False)
-        dtype = self.lm_head.weight.dtype if self.lm_head.weight.device.type != "meta" else torch.float32
+        weight = self.lm_head.weight
+        dtype = torch.float32 if weight.is_meta else weight.dtype
         for layer in self.layers:
-            layer.self_attn.kv_cache.allocate(dtype)
+            layer.self_attn.kv_cache.allocate(dtype, "meta" if weight.is_meta else "cpu")
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.embed_tokens(token_ids)
