@@ -15,9 +15,9 @@ RUNTIME = ROOT / "runtime" / "autoglm_runtime"
 # Lowest first; a module may import its own layer or lower ones, never a higher one.
 LAYERS = [
     ("errors", "config", "checkpoint", "loader", "presets", "model", "source", "request", "stages", "summary",
-     "calibration", "components", "bundle", "__init__"),
+     "calibration", "components", "bundle", "sizes", "describe", "__init__"),
     ("quantize",),
-    ("targets", "checks"),
+    ("targets", "checks", "disk"),
     ("pipeline",),
     ("cli", "options"),
 ]

@@ -23,7 +23,7 @@ from autoglm_export.cli import app
 from autoglm_export.config import parse_model_config
 from autoglm_export.presets import PRESETS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 TOOL = ROOT / "tools" / "make_real_checkpoint.py"
 ENV = {
     **os.environ,
