@@ -232,6 +232,16 @@ def test_tiny_int4_bundle(tiny_int4):
     assert counts["text_decoder"] == layers * 6 + 1  # q k v o gate_up down per layer, plus lm_head
 
 
+def test_graphs_carry_no_paths_of_the_exporting_checkout(tiny_int4):
+    """Reproducible across checkouts: no exporter stack traces (absolute source paths) in the files."""
+    out, _ = tiny_int4
+    checkout = str(Path(__file__).resolve().parents[3]).encode()
+    for comp in FILES:
+        assert checkout not in (out / f"{comp}.onnx").read_bytes(), comp
+        graph = onnx.load(out / f"{comp}.onnx", load_external_data=False).graph
+        assert not [n.name for n in graph.node if any(p.key == "pkg.torch.onnx.stack_trace" for p in n.metadata_props)]
+
+
 def test_run_bundle_generates_with_onnxruntime(tiny_int4, tmp_path):
     out, _ = tiny_int4
     image = tmp_path / "shot.png"

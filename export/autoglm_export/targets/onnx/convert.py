@@ -378,6 +378,17 @@ def name_dynamic_dims(model, name: str = "seq") -> None:
                 d.dim_param = name
 
 
+def drop_stack_traces(model) -> None:
+    """Remove the exporter's per-node Python stack traces: they hold this checkout's absolute file
+    paths and line numbers, so the same export from another folder gave different bytes (and
+    shipped the exporting machine's paths). Name scopes stay: ``linear_matmuls`` reads them."""
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+        if len(keep) != len(node.metadata_props):
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+
+
 def gemm_to_matmul(model) -> int:
     """Rewrite ``Gemm(A, B_const[, C])`` (alpha = beta = 1, no transA) to ``MatMul(A, B') [+ Add C]``.
 
@@ -541,6 +552,7 @@ def export_onnx_files(model: AutoGLM, out_dir: Path, quant: str = "int4", block_
         proto = program.model_proto
         del program
         name_dynamic_dims(proto)
+        drop_stack_traces(proto)
         out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
         record = OnnxFile(name, f"{name}.onnx", None, [], [])
         if quant == "int4" and fixed is not None:
