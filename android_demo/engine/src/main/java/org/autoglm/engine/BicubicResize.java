@@ -5,6 +5,11 @@ package org.autoglm.engine;
  * a separable filter whose support grows with the downscale factor (antialiasing), fixed-point
  * coefficients with 22 fraction bits, a horizontal pass then a vertical pass, each rounded and
  * clipped to uint8. The runtime resizes with Pillow, so the same integers come out here.
+ *
+ * <p>Pillow up to 12.x always runs the horizontal pass first (its Resample.c). Pillow 13.0.0, which
+ * the Python runtime here uses, runs the vertical pass first for some sizes (observed, e.g. 412x915
+ * to 84x168; its rule is not mirrored here), which moves edge pixels by a few levels. Both orders
+ * are implemented so the tests can show the arithmetic is otherwise exact.
  */
 public final class BicubicResize {
   private static final int PRECISION_BITS = 32 - 8 - 2;
@@ -82,8 +87,20 @@ public final class BicubicResize {
    * @return the resized image in the same layout
    */
   public static int[] resize(int[] rgb, int width, int height, int outWidth, int outHeight) {
-    int[] cur = rgb;
-    int curW = width;
+    return resize(rgb, width, height, outWidth, outHeight, false);
+  }
+
+  /** As {@link #resize(int[], int, int, int, int)}, choosing which pass runs first. */
+  public static int[] resize(
+      int[] rgb, int width, int height, int outWidth, int outHeight, boolean verticalFirst) {
+    if (verticalFirst) {
+      int[] tall = vertical(rgb, width, height, outHeight);
+      return horizontal(tall, width, outHeight, outWidth);
+    }
+    return vertical(horizontal(rgb, width, height, outWidth), outWidth, height, outHeight);
+  }
+
+  private static int[] horizontal(int[] cur, int width, int height, int outWidth) {
     if (outWidth != width) {
       Taps t = precompute(width, outWidth);
       int[] out = new int[outWidth * height * 3];
@@ -106,9 +123,12 @@ public final class BicubicResize {
           out[o + 2] = clip8(s2);
         }
       }
-      cur = out;
-      curW = outWidth;
+      return out;
     }
+    return cur;
+  }
+
+  private static int[] vertical(int[] cur, int curW, int height, int outHeight) {
     if (outHeight != height) {
       Taps t = precompute(height, outHeight);
       int[] out = new int[curW * outHeight * 3];
@@ -130,7 +150,7 @@ public final class BicubicResize {
           out[o + 2] = clip8(s2);
         }
       }
-      cur = out;
+      return out;
     }
     return cur;
   }

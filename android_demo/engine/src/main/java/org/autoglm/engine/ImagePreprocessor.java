@@ -8,9 +8,16 @@ package org.autoglm.engine;
  */
 public final class ImagePreprocessor {
   private final ImageSpec spec;
+  private final boolean verticalFirst;
 
   public ImagePreprocessor(ImageSpec spec) {
+    this(spec, false);
+  }
+
+  /** verticalFirst: run the resize's vertical pass first (see BicubicResize). */
+  public ImagePreprocessor(ImageSpec spec, boolean verticalFirst) {
     this.spec = spec;
+    this.verticalFirst = verticalFirst;
   }
 
   /** argb: width*height pixels, row-major, 0xAARRGGBB (Android's Bitmap.getPixels layout). */
@@ -22,7 +29,7 @@ public final class ImagePreprocessor {
     }
     int[] rgb = toRgb(argb);
     if (width != spec.width || height != spec.height) {
-      rgb = BicubicResize.resize(rgb, width, height, spec.width, spec.height);
+      rgb = BicubicResize.resize(rgb, width, height, spec.width, spec.height, verticalFirst);
     }
     return patchify(normalize(rgb));
   }

@@ -47,16 +47,24 @@ public final class Vocabulary {
   }
 
   public static Vocabulary read(File tokenizerJson) {
+    String text;
     try {
-      String text = new String(Files.readAllBytes(tokenizerJson.toPath()), StandardCharsets.UTF_8);
-      return new Vocabulary(JsonParser.parseString(text).getAsJsonObject(), tokenizerJson.getPath());
+      text = new String(Files.readAllBytes(tokenizerJson.toPath()), StandardCharsets.UTF_8);
     } catch (IOException e) {
       throw new EngineException(tokenizerJson + ": cannot read: " + e.getMessage(), e);
+    }
+    return parse(text, tokenizerJson.getPath());
+  }
+
+  /** From tokenizer.json text; `where` names it in errors. */
+  public static Vocabulary parse(String json, String where) {
+    try {
+      return new Vocabulary(JsonParser.parseString(json).getAsJsonObject(), where);
     } catch (RuntimeException e) {
       if (e instanceof EngineException) {
         throw e;
       }
-      throw new EngineException(tokenizerJson + ": not a tokenizer.json: " + e.getMessage(), e);
+      throw new EngineException(where + ": not a tokenizer.json: " + e.getMessage(), e);
     }
   }
 
