@@ -55,6 +55,8 @@ public final class BundleManifest {
   public final ChatTemplate chatTemplate;
   public final Map<String, Integer> specialTokens;
   public final Map<String, Method> methods;
+  /** Every file the export wrote, with its size in bytes (manifest "files"). */
+  public final Map<String, Long> files;
 
   private BundleManifest(File root, JsonObject m) {
     this.root = root;
@@ -102,6 +104,11 @@ public final class BundleManifest {
       }
     }
     methods = Collections.unmodifiableMap(ms);
+    Map<String, Long> fs = new LinkedHashMap<>();
+    for (Map.Entry<String, JsonElement> e : objectAt(m, "files").entrySet()) {
+      fs.put(e.getKey(), e.getValue().getAsJsonObject().get("bytes").getAsLong());
+    }
+    files = Collections.unmodifiableMap(fs);
     program = m.has("program") ? stringAt(m, "program") : "model.pte";
     // Longest chunk one token_embedding / text_decoder call takes (the exported dynamic bound).
     maxSeqLen = m.has("max_seq_len") ? intAt(m, "max_seq_len") : maxContext;
@@ -135,6 +142,23 @@ public final class BundleManifest {
       return new BundleManifest(bundleDir, el.getAsJsonObject());
     } catch (IllegalStateException | UnsupportedOperationException | NumberFormatException e) {
       throw new EngineException(new File(bundleDir, MANIFEST) + ": malformed: " + e.getMessage());
+    }
+  }
+
+  /**
+   * Every listed file exists with the exported size (a cheap check; hashing a multi-GB model on a
+   * phone takes long, so sha256 is left to `autoglm-export validate` on the host).
+   */
+  public void checkFiles() {
+    for (Map.Entry<String, Long> e : files.entrySet()) {
+      File f = new File(root, e.getKey());
+      if (!f.isFile()) {
+        throw new EngineException(f + ": missing (listed in manifest.json); push the whole bundle folder");
+      }
+      if (f.length() != e.getValue()) {
+        throw new EngineException(f + ": " + f.length() + " bytes but manifest.json says " + e.getValue()
+            + (f.length() < e.getValue() ? " (truncated copy?)" : ""));
+      }
     }
   }
 

@@ -20,6 +20,30 @@ public class BundleManifestTest {
   }
 
   @Test
+  public void exportedFilesAreAllThere() {
+    BundleManifest.read(GoldenTrace.bundle()).checkFiles();
+  }
+
+  @Test
+  public void aTruncatedFileIsNamed() throws Exception {
+    File dir = java.nio.file.Files.createTempDirectory("bundle").toFile();
+    BundleManifest m = BundleManifest.read(GoldenTrace.bundle());
+    for (String name : m.files.keySet()) {
+      java.nio.file.Files.copy(m.file(name).toPath(), new File(dir, name).toPath());
+    }
+    java.nio.file.Files.copy(m.file("manifest.json").toPath(), new File(dir, "manifest.json").toPath());
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(new File(dir, "tokenizer.json"), "rw")) {
+      f.setLength(f.length() - 1);
+    }
+    try {
+      BundleManifest.read(dir).checkFiles();
+      fail();
+    } catch (EngineException e) {
+      assertTrue(e.getMessage(), e.getMessage().contains("tokenizer.json") && e.getMessage().contains("truncated"));
+    }
+  }
+
+  @Test
   public void missingBundleIsOneLine() {
     try {
       BundleManifest.read(new File("/no/such/bundle"));
