@@ -1,6 +1,7 @@
 package org.autoglm.engine;
 
 import java.util.Arrays;
+import java.util.List;
 
 /**
  * {@link Engine} over the methods of an ExecuTorch bundle's model.pte, called exactly as the Python
@@ -8,11 +9,11 @@ import java.util.Arrays;
  * max_seq_len tokens (their exported dynamic bound), reset_cache before each prompt.
  */
 public final class ExecuTorchProgramEngine implements Engine {
-  public static final String VISION_ENCODER = "vision_encoder";
-  public static final String AUDIO_ENCODER = "audio_encoder";
-  public static final String TOKEN_EMBEDDING = "token_embedding";
-  public static final String TEXT_DECODER = "text_decoder";
-  public static final String RESET_CACHE = "reset_cache";
+  public static final String VISION_ENCODER = ModelNames.METHOD_VISION_ENCODER;
+  public static final String AUDIO_ENCODER = ModelNames.METHOD_AUDIO_ENCODER;
+  public static final String TOKEN_EMBEDDING = ModelNames.METHOD_TOKEN_EMBEDDING;
+  public static final String TEXT_DECODER = ModelNames.METHOD_TEXT_DECODER;
+  public static final String RESET_CACHE = ModelNames.METHOD_RESET_CACHE;
 
   private final MethodRunner runner;
   private final BundleManifest manifest;
@@ -22,11 +23,25 @@ public final class ExecuTorchProgramEngine implements Engine {
       throw new EngineException(
           manifest.root + ": a " + manifest.target + " bundle, not an ExecuTorch one (dist/android)");
     }
-    for (String m : new String[] {VISION_ENCODER, TOKEN_EMBEDDING, TEXT_DECODER}) {
-      manifest.method(m); // fails with the list of methods the bundle has
+    // ExecuTorch takes inputs by position: the exported order must be the one this engine passes.
+    expect(manifest, VISION_ENCODER, ModelNames.INPUT_PIXEL_VALUES);
+    expect(manifest, TOKEN_EMBEDDING, ModelNames.INPUT_TOKEN_IDS);
+    expect(manifest, TEXT_DECODER, ModelNames.INPUT_INPUTS_EMBEDS, ModelNames.INPUT_CACHE_POSITION,
+        ModelNames.INPUT_POSITION_IDS);
+    if (manifest.methods.containsKey(AUDIO_ENCODER)) {
+      expect(manifest, AUDIO_ENCODER, ModelNames.INPUT_INPUT_FEATURES);
     }
     this.runner = runner;
     this.manifest = manifest;
+  }
+
+  private static void expect(BundleManifest manifest, String method, String... inputs) {
+    List<String> got = manifest.method(method).inputs; // fails with the list of methods there are
+    if (!got.equals(Arrays.asList(inputs))) {
+      throw new EngineException(
+          manifest.root + ": " + method + " takes " + got + ", this app passes " + Arrays.asList(inputs)
+              + "; re-export the bundle or update the app");
+    }
   }
 
   @Override

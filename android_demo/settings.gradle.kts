@@ -13,5 +13,5 @@ dependencyResolutionManagement {
     }
 }
 rootProject.name = "AutoGLMDemo"
-include ':engine'
-include ':app'
+include(":engine")
+include(":app")
