@@ -50,7 +50,11 @@ def digest(a: np.ndarray) -> str:
 
 
 def _plain(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+    """A JSON-safe scalar: strict JSON has no infinities (causal masks hold -inf), so they become strings."""
+    v = v.item() if isinstance(v, np.generic) else v
+    if isinstance(v, float) and not np.isfinite(v):
+        return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
 
 
 def describe(a: np.ndarray, name: str | None = None, samples: int = SAMPLES) -> dict[str, Any]:
@@ -260,5 +264,5 @@ def _keep_component_inputs(backend: Any, store: dict[str, np.ndarray]) -> None:
 def write_trace(trace: dict[str, Any], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(trace, ensure_ascii=False, indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps(trace, ensure_ascii=False, indent=1, allow_nan=False), encoding="utf-8")
     tmp.replace(out)

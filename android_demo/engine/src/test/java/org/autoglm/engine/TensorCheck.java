@@ -12,6 +12,15 @@ import com.google.gson.JsonObject;
 final class TensorCheck {
   private TensorCheck() {}
 
+  /** A sample: a number, or "inf" / "-inf" / "nan" (strict JSON has no infinities). */
+  static double value(JsonElement e) {
+    if (e.getAsJsonPrimitive().isString()) {
+      String s = e.getAsString();
+      return s.equals("nan") ? Double.NaN : s.startsWith("-") ? Double.NEGATIVE_INFINITY : Double.POSITIVE_INFINITY;
+    }
+    return e.getAsDouble();
+  }
+
   /**
    * Shape and dtype exactly; int64 tensors value by value; float32 tensors bit-exact by digest, or
    * else every recorded sample and the statistics within atol + rtol * |expected|.
@@ -47,8 +56,8 @@ final class TensorCheck {
     JsonArray samples = expected.getAsJsonArray("samples");
     for (JsonElement s : samples) {
       int i = s.getAsJsonArray().get(0).getAsInt();
-      double want = s.getAsJsonArray().get(1).getAsDouble();
-      if (Math.abs(got[i] - want) > atol + rtol * Math.abs(want)) {
+      double want = value(s.getAsJsonArray().get(1));
+      if (Double.isInfinite(want) ? got[i] != want : Math.abs(got[i] - want) > atol + rtol * Math.abs(want)) {
         fail(what + ": element " + i + " is " + got[i] + ", the trace has " + want
             + " (tolerance " + atol + " + " + rtol + " x |expected|)");
       }
