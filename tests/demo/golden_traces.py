@@ -16,7 +16,6 @@ import wave
 from pathlib import Path
 
 import numpy as np
-
 from autoglm_runtime.backends import backend_for_bundle
 from autoglm_runtime.bundle import open_bundle
 from autoglm_runtime.preprocess import load_wav
@@ -28,20 +27,39 @@ DATA = ROOT / "calibration_data"
 # A system prompt long enough that the prompt runs past max_seq_len: prefill and embedding chunk.
 AGENT_SYSTEM = (
     "You are a phone agent. Read the task, look at the screen and answer with one action. "
-    "Actions: do(action=\"Tap\", element=[x, y]), do(action=\"Swipe\", start=[x1, y1], end=[x2, y2]), "
-    "do(action=\"Type\", text=\"...\"), do(action=\"Launch\", app=\"...\"), do(action=\"Back\"), "
-    "do(action=\"Home\"), do(action=\"Wait\"), finish(message=\"...\"). Coordinates run from 0 to 999 "
+    'Actions: do(action="Tap", element=[x, y]), do(action="Swipe", start=[x1, y1], end=[x2, y2]), '
+    'do(action="Type", text="..."), do(action="Launch", app="..."), do(action="Back"), '
+    'do(action="Home"), do(action="Wait"), finish(message="..."). Coordinates run from 0 to 999 '
     "across the screen's width and height. Think first, then answer. 先思考，再回答。"
 )
 
 REQUESTS = [
-    {"name": "text-zh", "prompt": "请帮我打开微信并且发送消息给李四，告诉他明天的会议改到下午三点。", "max_new_tokens": 24},
-    {"name": "text-zh-long-system", "prompt": "请帮我打开微信并且发送消息给李四，告诉他明天的会议改到下午三点。", "system": AGENT_SYSTEM,
-     "thinking": False, "max_new_tokens": 24},
-    {"name": "image-en", "prompt": "Search Taobao for a waterproof phone case under 50 yuan.",
-     "image": "chrome-search-en.png", "max_new_tokens": 24},
-    {"name": "image-audio-zh", "prompt": "打开设置", "image": "didi-ride-zh.png",
-     "audio": "speech-44k-stereo.wav", "thinking": False, "max_new_tokens": 24},
+    {
+        "name": "text-zh",
+        "prompt": "请帮我打开微信并且发送消息给李四，告诉他明天的会议改到下午三点。",
+        "max_new_tokens": 24,
+    },
+    {
+        "name": "text-zh-long-system",
+        "prompt": "请帮我打开微信并且发送消息给李四，告诉他明天的会议改到下午三点。",
+        "system": AGENT_SYSTEM,
+        "thinking": False,
+        "max_new_tokens": 24,
+    },
+    {
+        "name": "image-en",
+        "prompt": "Search Taobao for a waterproof phone case under 50 yuan.",
+        "image": "chrome-search-en.png",
+        "max_new_tokens": 24,
+    },
+    {
+        "name": "image-audio-zh",
+        "prompt": "打开设置",
+        "image": "didi-ride-zh.png",
+        "audio": "speech-44k-stereo.wav",
+        "thinking": False,
+        "max_new_tokens": 24,
+    },
 ]
 
 
@@ -68,14 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     inputs.mkdir(parents=True, exist_ok=True)
     for name in ("chrome-search-en.png", "didi-ride-zh.png"):
         shutil.copyfile(DATA / "screenshots" / name, inputs / name)
-    write_stereo_44k(DATA / "speech" / "zh-wechat-send.wav", inputs / "speech-44k-stereo.wav")
+    write_stereo_44k(
+        DATA / "speech" / "zh-wechat-send.wav", inputs / "speech-44k-stereo.wav"
+    )
     bundle = open_bundle(args.bundle)
     for req in REQUESTS:
         if req.get("audio") and not bundle.spec.has_audio:
             continue
         trace = trace_request(
             bundle,
-            backend_for_bundle(bundle),  # a fresh backend per request: the recorder hooks one instance
+            backend_for_bundle(
+                bundle
+            ),  # a fresh backend per request: the recorder hooks one instance
             req["prompt"],
             image=inputs / req["image"] if req.get("image") else None,
             audio=inputs / req["audio"] if req.get("audio") else None,
@@ -85,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         trace["name"] = req["name"]
         write_trace(trace, args.out / f"{req['name']}.json")
-        print(f"{args.out / req['name']}.json: {len(trace['prompt']['input_ids'])} prompt tokens, "
-              f"{len(trace['calls'])} calls, generated {trace['generated']['token_ids']}")
+        print(
+            f"{args.out / req['name']}.json: {len(trace['prompt']['input_ids'])} prompt tokens, "
+            f"{len(trace['calls'])} calls, generated {trace['generated']['token_ids']}"
+        )
     return 0
 
 
