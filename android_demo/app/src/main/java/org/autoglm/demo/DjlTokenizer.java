@@ -20,6 +20,9 @@ public final class DjlTokenizer implements Tokenizer {
           HuggingFaceTokenizer.builder()
               .optTokenizerPath(tokenizerJson.toPath())
               .optAddSpecialTokens(false)
+              // A system prompt is kilobytes of text: never cut or pad it.
+              .optTruncation(false)
+              .optPadding(false)
               .build();
     } catch (IOException | RuntimeException e) {
       throw new EngineException(tokenizerJson + ": cannot load: " + e.getMessage(), e);
