@@ -15,7 +15,10 @@ let package = Package(
     targets: [
         .target(
             name: "AutoGLMKit",
-            dependencies: [.product(name: "Tokenizers", package: "swift-transformers")]
+            dependencies: [
+                .product(name: "Tokenizers", package: "swift-transformers"),
+                .product(name: "Hub", package: "swift-transformers"),
+            ]
         ),
         .testTarget(name: "AutoGLMKitTests", dependencies: ["AutoGLMKit"]),
     ]

@@ -25,7 +25,9 @@ struct CameraPicker: UIViewControllerRepresentable {
                                    didFinishPickingMediaWithInfo info: [UIImagePickerController.InfoKey: Any]) {
             if let image = info[.originalImage] as? UIImage {
                 // Redraw upright: a camera UIImage carries its rotation as imageOrientation.
-                let upright = UIGraphicsImageRenderer(size: image.size).image { _ in image.draw(at: .zero) }
+                let format = UIGraphicsImageRendererFormat()
+                format.scale = image.scale  // keep the photo's pixel size
+                let upright = UIGraphicsImageRenderer(size: image.size, format: format).image { _ in image.draw(at: .zero) }
                 parent.onImage(upright)
             }
             parent.dismiss()

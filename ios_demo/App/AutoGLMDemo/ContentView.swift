@@ -1,5 +1,6 @@
 import PhotosUI
 import SwiftUI
+import UIKit
 
 /// One screen: a screenshot (photo library or camera), an optional recording and a task; the
 /// answer streams in with load time, prefill / decode speed and memory below.

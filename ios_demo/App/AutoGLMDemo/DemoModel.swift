@@ -1,5 +1,6 @@
 import AutoGLMKit
 import CoreGraphics
+import CoreML
 import Foundation
 import ImageIO
 
@@ -38,7 +39,7 @@ final class DemoModel: ObservableObject {
             generator = Generator(manifest: manifest, engine: engine, tokenizer: tokenizer, vocab: vocab)
             self.manifest = manifest
             ready = true
-            status = String(format: "%@ (%@ cache), context %d, loaded in %.0f ms\n%@", url.lastPathComponent,
+            status = String(format: "%@ (%@ cache), context %ld, loaded in %.0f ms\n%@", url.lastPathComponent,
                             manifest.kvCache, manifest.maxContext, Date().timeIntervalSince(start) * 1000, MemoryUsage.describe())
         } catch {
             status = "No bundle at \(url.path). Copy dist/ios there (see README).\n\(error.localizedDescription)"
@@ -113,7 +114,7 @@ final class DemoModel: ObservableObject {
                 let r = try generator.generate(req, onText: { delta in
                     Task { @MainActor in self.answer += delta }
                 })
-                let line = String(format: "%d prompt tokens, %d generated (%@)\npreprocess+embed %.0f ms, prefill %.0f ms (%.1f tok/s), decode %.1f tok/s\n%@",
+                let line = String(format: "%ld prompt tokens, %ld generated (%@)\npreprocess+embed %.0f ms, prefill %.0f ms (%.1f tok/s), decode %.1f tok/s\n%@",
                                   r.promptTokens, r.tokenIds.count, r.stopReason, r.preprocessSeconds * 1000,
                                   r.prefillSeconds * 1000, r.prefillTokensPerSecond, r.decodeTokensPerSecond, MemoryUsage.describe())
                 await MainActor.run { self.stats = line; self.busy = false }

@@ -31,7 +31,7 @@ public struct Vocabulary {
         var extra = 0
         for b in 0..<256 {
             let printable = (33...126).contains(b) || (0xA1...0xAC).contains(b) || (0xAE...0xFF).contains(b)
-            let scalar = Unicode.Scalar(printable ? b : 256 + extra)!
+            let scalar = Unicode.Scalar(UInt32(printable ? b : 256 + extra))!
             if !printable { extra += 1 }
             table[Character(scalar)] = UInt8(b)
         }

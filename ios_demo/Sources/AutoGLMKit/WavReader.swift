@@ -38,7 +38,7 @@ public enum WavReader {
 
     private static func decode(_ b: [UInt8], _ off: Int, _ size: Int, _ f: (tag: Int, ch: Int, rate: Int, align: Int, bits: Int),
                                _ fail: (String) -> AutoGLMError) throws -> (samples: [Float], sampleRate: Int) {
-        guard f.tag == 1 || f.tag == 3 else { throw fail(String(format: "unsupported encoding (format tag 0x%04X)", f.tag)) }
+        guard f.tag == 1 || f.tag == 3 else { throw fail("unsupported encoding (format tag 0x\(String(f.tag, radix: 16, uppercase: true)))") }
         let width = f.bits / 8
         guard f.ch >= 1, f.bits % 8 == 0, f.align == f.ch * width else { throw fail("inconsistent fmt chunk") }
         guard (AudioPreprocessor.minRate...AudioPreprocessor.maxRate).contains(f.rate) else {
