@@ -2,6 +2,7 @@ package org.autoglm.engine;
 
 import static org.junit.Assert.assertEquals;
 import static org.junit.Assert.assertTrue;
+import static org.junit.Assert.fail;
 
 import com.google.gson.JsonArray;
 import com.google.gson.JsonElement;
@@ -38,6 +39,9 @@ final class ReplayRunner implements MethodRunner {
       JsonObject w = want.get(i).getAsJsonObject();
       String name = w.get("name").getAsString();
       boolean exact = TensorCheck.check(where + " input " + name, w, inputs[i], atol(name), 1e-4);
+      if (!exact && atol(name) == EXACT) {
+        fail(where + " input " + name + ": differs from the trace, which it must equal bit for bit");
+      }
       if (inputs[i].dtype() == Tensor.DType.FLOAT32) {
         if (exact) {
           exactFloatInputs++;
@@ -62,11 +66,16 @@ final class ReplayRunner implements MethodRunner {
    * positions, embeddings spliced from replayed outputs) should be exact.
    */
   static double atol(String input) {
-    if (input.equals("pixel_values")) {
+    if (input.equals(ModelNames.INPUT_PIXEL_VALUES)) {
       return 8 / 255.0 / 0.26;
     }
-    return 2e-4;
+    if (input.equals(ModelNames.INPUT_INPUT_FEATURES)) {
+      return 2e-4;
+    }
+    return EXACT;
   }
+
+  static final double EXACT = 0;
 
   int remaining() {
     return calls.size() - next;
