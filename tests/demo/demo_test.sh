@@ -40,8 +40,11 @@ wait "$android_pid" || { tail -5 "$OUT/export-android.log"; exit 1; }
 
 step "golden traces"
 rm -rf "$OUT/traces"
-"$PY" tests/demo/golden_traces.py "$OUT/android" "$OUT/traces/android" 2>/dev/null | grep -v '^\['
-"$PY" tests/demo/golden_traces.py "$OUT/ios" "$OUT/traces/ios" 2>/dev/null | grep -v '^\['
+mkdir -p "$OUT/traces"
+for target in android ios; do  # runtime logs go to a file, shown if tracing fails
+  "$PY" tests/demo/golden_traces.py "$OUT/$target" "$OUT/traces/$target" 2> "$OUT/traces/$target.log" \
+    || { tail -5 "$OUT/traces/$target.log"; exit 1; }
+done
 
 if [ "${1:-}" = "--traces-only" ]; then step "bundles and traces in $OUT"; exit 0; fi
 
