@@ -3,7 +3,7 @@
 # Linux without an Android SDK, Xcode or a device. Installs what it needs; see android_demo/README.md.
 #   1. Debian's junit4 + gson (and a JDK if javac is missing); tree-sitter grammars from PyPI
 #   2. fresh bundles of the embedded tiny model: android, ios (iOS 18), ios --min-ios 17
-#   3. golden traces of a few requests through the Python runtime, for both targets
+#   3. golden traces of a few requests through the Python runtime, for the three bundles
 #   4. javac the Android engine and run its JUnit tests (replaying the android traces)
 #   5. tree-sitter parse of every .java/.kts/.swift file; model names vs the fresh manifests
 # With --traces-only it stops after 3 (what `swift test` on a Mac needs: make demo-traces).
@@ -41,7 +41,7 @@ wait "$android_pid" || { tail -5 "$OUT/export-android.log"; exit 1; }
 step "golden traces"
 rm -rf "$OUT/traces"
 mkdir -p "$OUT/traces"
-for target in android ios; do  # runtime logs go to a file, shown if tracing fails
+for target in android ios ios17; do  # runtime logs go to a file, shown if tracing fails
   "$PY" tests/demo/golden_traces.py "$OUT/$target" "$OUT/traces/$target" 2> "$OUT/traces/$target.log" \
     || { tail -5 "$OUT/traces/$target.log"; exit 1; }
 done

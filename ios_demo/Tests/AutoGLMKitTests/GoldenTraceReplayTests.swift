@@ -9,25 +9,29 @@ import XCTest
 /// AUTOGLM_BUNDLE / AUTOGLM_TRACES override the default folders.
 final class GoldenTraceReplayTests: XCTestCase {
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../..").standardized
-    static var bundle: URL {
-        ProcessInfo.processInfo.environment["AUTOGLM_BUNDLE"].map { URL(fileURLWithPath: $0) }
-            ?? repo.appendingPathComponent("build/demo/ios")
-    }
-    static var traces: URL {
-        ProcessInfo.processInfo.environment["AUTOGLM_TRACES"].map { URL(fileURLWithPath: $0) }
-            ?? repo.appendingPathComponent("build/demo/traces/ios")
+    /// (bundle, traces) pairs: the iOS 18 stateful bundle and the iOS 17 explicit-cache one.
+    static var cases: [(bundle: URL, traces: URL)] {
+        let env = ProcessInfo.processInfo.environment
+        if let b = env["AUTOGLM_BUNDLE"], let t = env["AUTOGLM_TRACES"] {
+            return [(URL(fileURLWithPath: b), URL(fileURLWithPath: t))]
+        }
+        return ["ios", "ios17"].map {
+            (repo.appendingPathComponent("build/demo/\($0)"), repo.appendingPathComponent("build/demo/traces/\($0)"))
+        }
     }
 
     func testEveryTrace() throws {
-        let files = try FileManager.default.contentsOfDirectory(at: Self.traces, includingPropertiesForKeys: nil)
-            .filter { $0.pathExtension == "json" }.sorted { $0.path < $1.path }
-        XCTAssertFalse(files.isEmpty, "no traces in \(Self.traces.path): run make demo-traces")
-        for f in files { try replay(f) }
+        for c in Self.cases {
+            let files = try FileManager.default.contentsOfDirectory(at: c.traces, includingPropertiesForKeys: nil)
+                .filter { $0.pathExtension == "json" }.sorted { $0.path < $1.path }
+            XCTAssertFalse(files.isEmpty, "no traces in \(c.traces.path): run make demo-traces")
+            for f in files { try replay(f, bundle: c.bundle) }
+        }
     }
 
-    func replay(_ file: URL) throws {
+    func replay(_ file: URL, bundle: URL) throws {
         let trace = try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as! [String: Any]
-        let manifest = try BundleManifest.read(bundle: Self.bundle)
+        let manifest = try BundleManifest.read(bundle: bundle)
         let prompt = trace["prompt"] as! [String: Any]
         let runner = ReplayRunner(trace: trace, manifest: manifest)
         let generator = Generator(manifest: manifest, engine: try CoreMLEngine(manifest: manifest, runner: runner),
