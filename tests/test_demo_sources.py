@@ -65,3 +65,15 @@ def test_swift_constants_and_categories(tmp_path):
     assert check_sources.constants(path, root) == {"functionPrefill": "prefill"}
     assert check_sources.category("functionPrefill") == "function"
     assert check_sources.category("METHOD_RESET_CACHE") == "method"
+
+
+def test_manifest_vocabulary_holds_keys_and_string_values():
+    assert check_sources.json_strings(
+        {"coreml": {"kv_cache": "state", "shape": [1, "x"]}}
+    ) == {
+        "coreml",
+        "kv_cache",
+        "state",
+        "shape",
+        "x",
+    }

@@ -8,7 +8,9 @@
    ModelNames.swift) exists in freshly exported bundles' manifest.json: ExecuTorch METHOD_ / INPUT_ /
    OUTPUT_ names in dist/android's methods; Core ML component / function / input / output / state
    names in the Core ML package table of at least one of the dist/ios bundles given (iOS 18 and 17).
-3. No other string literal in the app sources is a near miss (edit distance 1-2) of a manifest
+3. Every snake_case key that BundleManifest.java / BundleManifest.swift reads exists in those
+   manifests (as a key or a value): a renamed manifest field breaks the apps.
+4. No other string literal in the app sources is a near miss (edit distance 1-2) of a manifest
    name: a typo that bypasses ModelNames.
 
 Exit status 1 with one line per problem.
@@ -135,6 +137,15 @@ def category(constant: str) -> str:
     return re.split(r"(?=[A-Z])", constant, maxsplit=1)[0]
 
 
+def json_strings(value) -> set[str]:
+    """Every key and string value of a JSON document."""
+    if isinstance(value, dict):
+        return set(value) | set().union(*(json_strings(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(json_strings(v) for v in value)) if value else set()
+    return {value} if isinstance(value, str) else set()
+
+
 def json_keys(value) -> set[str]:
     if isinstance(value, dict):
         return set(value) | set().union(*(json_keys(v) for v in value.values()))
@@ -205,10 +216,26 @@ def main(argv: list[str] | None = None) -> int:
     problems: list[str] = []
     counts: dict[str, int] = {}
     checked = 0
+    keys_checked = 0
     for path in sources():
         counts[path.suffix] = counts.get(path.suffix, 0) + 1
         root = parse(path)
         problems += syntax_errors(path, root)
+        if path.stem == "BundleManifest":
+            vocab = set().union(
+                *(
+                    json_strings(load(p))
+                    for p in ([args.android] if path.suffix == ".java" else args.ios)
+                )
+            )
+            for text, line in string_literals(root):
+                if not re.fullmatch(r"[a-z][a-z0-9]*_[a-z0-9_]*|[a-z]+", text):
+                    continue
+                keys_checked += 1
+                if text not in vocab:
+                    problems.append(
+                        f"{path.relative_to(ROOT)}:{line}: reads {text!r}, which the fresh manifests do not have"
+                    )
         if path.stem == "ModelNames":
             consts = constants(path, root)
             checked += len(consts)
@@ -239,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = ", ".join(f"{n} {ext}" for ext, n in sorted(counts.items()))
     print(
         f"parsed {summary} file(s); {checked} model names checked against "
-        f"{len(android) + len(ios)} manifests: {'FAILED' if problems else 'ok'}"
+        f"{len(android) + len(ios)} manifests, {keys_checked} manifest keys read: {'FAILED' if problems else 'ok'}"
     )
     return 1 if problems else 0
 
