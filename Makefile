@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: install test android parity calibrate qat android-calibrated quant-quality help
+.PHONY: install test android parity calibrate qat android-calibrated quant-quality demo-test demo-traces help
 
 help:
 	@echo "make install  - create .venv with pinned dependencies (torch==2.13.0 CPU)"
@@ -18,6 +18,8 @@ help:
 	@echo "make calibrate - GPTQ-calibrate the tiny model on calibration_data/ -> dist/quantized"
 	@echo "make qat      - quantization-aware training of the tiny model -> dist/qat"
 	@echo "make android-calibrated - export dist/quantized to dist/android-calibrated"
+	@echo "make demo-test - export the tiny model, golden traces, javac + JUnit of android_demo's engine, parse + name-check both apps"
+	@echo "make demo-traces - only the bundles and golden traces in build/demo (for swift test on a Mac)"
 	@echo "make quant-quality - fp32 / RTN / GPTQ / QAT quality table (bench/quant_quality.py) into BENCHMARKS.md"
 
 $(STAMP): pyproject.toml
@@ -26,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first, exactly pinned, so no other requirement can pull a CUDA build.
 	$(PIP) install --quiet $(FIND_LINKS) torch==2.13.0
-	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,targets]"
+	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,targets,demo]"
 	$(PY) -c "import torch, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('installed torch', torch.__version__, 'numpy', numpy.__version__)"
 	touch $(STAMP)
 
@@ -56,3 +58,10 @@ android-calibrated: calibrate
 
 quant-quality: $(STAMP)
 	$(PY) bench/quant_quality.py --markdown
+
+# android_demo/ and ios_demo/: what Linux can build and check (tests/demo/demo_test.sh says what).
+demo-test: $(STAMP)
+	PY=$(PY) bash tests/demo/demo_test.sh
+
+demo-traces: $(STAMP)
+	PY=$(PY) bash tests/demo/demo_test.sh --traces-only

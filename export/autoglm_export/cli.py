@@ -354,6 +354,31 @@ def parity_report(
         raise typer.Exit(1)
 
 
+@app.command()
+@guarded
+def trace(
+    bundle: Path = typer.Argument(..., help="Bundle directory (dist/android, dist/ios, ...)."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
+    out: Path = typer.Option(..., "--out", help="Trace file to write (JSON)."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Image file (PNG/JPEG/...)."),
+    audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
+    thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."),
+):
+    """Record what the runtime does for one greedy request (prompt, ids, positions, tensors, model calls, top-k) as a golden trace."""
+    from autoglm_runtime.backends import backend_for_bundle
+    from autoglm_runtime.bundle import open_bundle
+    from autoglm_runtime.trace import trace_request, write_trace
+
+    b = open_bundle(bundle)
+    result = trace_request(b, backend_for_bundle(b), prompt, image=image, audio=audio, system=system,
+                           max_new_tokens=max_new_tokens, enable_thinking=thinking)
+    write_trace(result, out)
+    console.print(f"wrote {out}: {len(result['calls'])} model calls, {len(result['steps'])} tokens "
+                  f"({result['generated']['stop_reason']})", highlight=False)
+
+
 def main() -> None:
     app()
 

@@ -1,5 +1,5 @@
 """Image + text logits and audio embeddings match transformers, through our real loading code,
-prompt building and preprocessing (autoglm_export.verify)."""
+prompt building and preprocessing (autoglm_export.checks.against_transformers)."""
 
 from __future__ import annotations
 
