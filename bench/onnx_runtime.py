@@ -190,15 +190,14 @@ def measure_and_report(
     dec = backend.models["text_decoder"]
     hidden = dec.inputs["inputs_embeds"].shape[-1]
     n_prefill, n_decode = args.prefill_tokens, args.decode_tokens
-    if (
-        n_prefill + max(n_decode, ROUND_STEPS + 2) > backend.max_context
-    ):  # the IO-binding rounds decode from n_prefill too
+    # The IO-binding rounds decode from n_prefill too.
+    if n_prefill + max(n_decode, ROUND_STEPS + 2) > backend.max_context:
         console.print(
             f"[red]--prefill-tokens + max(--decode-tokens, {ROUND_STEPS + 2}) must fit max_context {backend.max_context}[/red]"
         )
         return 2
     audio = backend.models.get("audio_encoder")
-    common_kw = workload(
+    kw = workload(
         args,
         hidden=hidden,
         pixel_shape=tuple(backend.models["vision_encoder"].inputs["pixel_values"].shape),
@@ -210,7 +209,7 @@ def measure_and_report(
         f"onnxruntime {onnxruntime.__version__}, {args.threads} intra-op threads; measuring {bundle} "
         f"({total_bytes / 1e6:.1f} MB)"
     )
-    result = measure_backend(backend, label="onnxruntime (IO-bound KV cache)", budget_s=1e9, **common_kw)
+    result = measure_backend(backend, label="onnxruntime (IO-bound KV cache)", budget_s=1e9, **kw)
     result.update(
         load_s=load_s, rss_after_load_bytes=rss_loaded - rss0, rss_after_runs_bytes=current_rss_bytes() - rss0
     )
@@ -220,7 +219,7 @@ def measure_and_report(
     if not args.no_int8_probe:
         console.print(f"int8-activation probe: the decoder with accuracy_level {INT8_ACCURACY_LEVEL}")
         try:
-            probe = int8_probe(paths, backend, args, common_kw, console)
+            probe = int8_probe(paths, backend, args, kw, console)
         except Exception as e:  # noqa: BLE001 - a probe failure must not cost the benchmark
             probe = {"error": f"{type(e).__name__}: {e}"}
             console.print(f"[yellow]int8 probe failed: {probe['error']}[/yellow]")

@@ -112,7 +112,7 @@ def int8_decoder(src: Path, dst: Path) -> int:
     return count
 
 
-def int8_probe(paths: dict, reference, args, common_kw: dict, console) -> dict:
+def int8_probe(paths: dict, reference, args, kw: dict, console) -> dict:
     """Prefill and decode with the int8-activation decoder, and how far its logits move from the shipped one's."""
     from autoglm_runtime.backends.onnx_backend import OnnxBackend
 
@@ -122,7 +122,7 @@ def int8_probe(paths: dict, reference, args, common_kw: dict, console) -> dict:
         if not count:
             return {"error": "no MatMulNBits in the decoder (fp32 export)"}
         backend = OnnxBackend({**paths, "text_decoder": patched}, threads=args.threads)
-        n, hidden = common_kw["n_prefill"], common_kw["hidden"]
+        n, hidden = kw["n_prefill"], kw["hidden"]
         embeds = np.random.default_rng(3).standard_normal((1, n, hidden), dtype=np.float32)
         pos, ids = text_positions(0, n)
         reference.reset()
@@ -131,7 +131,7 @@ def int8_probe(paths: dict, reference, args, common_kw: dict, console) -> dict:
         got = backend.text_decoder(embeds, pos, ids)
         reference.reset()
         result = measure_backend(
-            backend, label=f"int8 activations (accuracy_level {INT8_ACCURACY_LEVEL})", budget_s=60.0, **common_kw
+            backend, label=f"int8 activations (accuracy_level {INT8_ACCURACY_LEVEL})", budget_s=60.0, **kw
         )
         del backend
     result.update(
