@@ -151,7 +151,7 @@ def export_pte(request, variant: str, out: Path, max_seq_len: int) -> Path:
     return path / "model.pte"
 
 
-def make_checkpoints(args, work: Path) -> dict[str, Path]:
+def make_checkpoints(args, work: Path) -> tuple[dict[str, Path], dict[str, float]]:
     from autoglm_export.quantize.calibrate import CalibrateOptions, run_calibrate
     from autoglm_export.quantize.qat import QATOptions, run_qat
     from autoglm_export.request import ModelRequest
