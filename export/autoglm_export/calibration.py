@@ -84,6 +84,38 @@ def load_speech(path: str | Path, sampling_rate: int = 16000) -> np.ndarray:
     return audio if rate == sampling_rate else resample(audio, rate, sampling_rate)
 
 
+# ------------------------------------------------------------------------------- synthetic stand-ins
+# For an installed package without the repository's calibration_data/: inputs with the right kind
+# of content (a phone screen, a voiced sound), drawn from a seed.
+
+
+def synthetic_screenshot(height: int = 1200, width: int = 540, seed: int = 0):
+    """A phone-screen-like picture (status bar, list rows, a button) drawn with PIL."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    img = Image.new("RGB", (width, height), (245, 245, 245))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([0, 0, width, 40], fill=(30, 30, 30))
+    for row in range(8):
+        y = 80 + row * 120
+        color = tuple(int(c) for c in rng.integers(60, 220, 3))
+        draw.ellipse([20, y, 100, y + 80], fill=color)
+        draw.text((120, y + 20), f"Contact {row}  消息 {row}", fill=(20, 20, 20))
+    draw.rounded_rectangle([width // 4, height - 140, 3 * width // 4, height - 60], 20, fill=(7, 193, 96))
+    return img
+
+
+def synthetic_speech(spec_rate: int = 16000, seconds: float = 2.0, seed: int = 0) -> np.ndarray:
+    """A voiced chirp with harmonics and a little noise: speech-like spectra without a recording."""
+    t = np.arange(int(spec_rate * seconds)) / spec_rate
+    f0 = 120 + 60 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / spec_rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t) ** 2)
+    noise = 0.02 * np.random.default_rng(seed).standard_normal(t.size)
+    return (0.2 * voiced + noise).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------------------ files
 
 
@@ -133,7 +165,7 @@ def _read_prompts(root: Path) -> list[CalibrationPrompt]:
 
 
 def _media(root: Path, d: dict, where: str, flag: str, key: str, default: str) -> Path | None:
-    """The file a prompt pairs with; the boolean flag stays the switch (validate.py reads only the flag)."""
+    """The file a prompt pairs with, when its boolean flag is set."""
     if not d.get(flag):
         if key in d:
             raise ExportError(f"{where}: names a {key} {d[key]!r} but '{flag}' is not true")

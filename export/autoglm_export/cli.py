@@ -14,6 +14,10 @@ from rich.console import Console
 
 from autoglm_runtime.errors import AutoglmError
 
+from . import options as opt
+from .options import parse_hw
+from .request import ModelRequest
+
 app = typer.Typer(
     help="Export AutoGLM-Phone-9B-family models to phones (ExecuTorch, Core ML, ONNX), with parity checks.",
     no_args_is_help=True,
@@ -21,21 +25,6 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True, soft_wrap=True)
-
-CheckpointOpt = typer.Option(None, "--checkpoint", help="Hugging Face checkpoint directory (glm4v / glm4v_moe, safetensors).")
-AudioCheckpointOpt = typer.Option(None, "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower.")
-PresetOpt = typer.Option("tiny", "--preset", help="Model preset used when no --checkpoint is given: tiny, small, autoglm-phone-9b.")
-QuantizedCheckpointOpt = typer.Option(None, "--quantized-checkpoint",
-                                      help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from).")
-CalibrationDataOpt = typer.Option(None, "--calibration-data", help="Calibration set directory (default: the repository's calibration_data/).")
-# calibrate and qat share their recipe and sample options.
-CalQuantOpt = typer.Option("8da4w", "--quant", help="Text decoder linears: 8da4w or 8da8w.")
-CalGroupSizeOpt = typer.Option(32, "--group-size", help="int4 weight group size: 32, 64, 128 (256).")
-CalQuantEncoderOpt = typer.Option("8da8w", "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32.")
-MaxPromptsOpt = typer.Option(None, "--max-prompts", help="Use at most this many calibration prompts.")
-TextWindowsOpt = typer.Option(32, "--text-windows", help="Text-only samples of --seq-len tokens from the calibration text.")
-SeqLenOpt = typer.Option(256, "--seq-len", help="Tokens per text-only sample.")
-
 
 def guarded(fn):
     """User errors become one line on stderr and exit code 1; nothing else is swallowed."""
@@ -51,16 +40,6 @@ def guarded(fn):
     return wrapper
 
 
-def parse_hw(value: Optional[str]) -> Optional[tuple[int, int]]:
-    if value is None:
-        return None
-    try:
-        h, w = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise typer.BadParameter(f"expected HxW such as 336x168, got '{value}'") from None
-    return h, w
-
-
 def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint=None):
     """A torchao QuantRecipe; options left unset come from a quantized checkpoint when one is given."""
     from .quantize import QuantRecipe
@@ -69,6 +48,15 @@ def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_c
     base = read_recipe(quantized_checkpoint) if quantized_checkpoint is not None else {}
     return QuantRecipe(linear=quant or base.get("linear", "8da4w"), group_size=group_size or int(base.get("group_size", 32)),
                        encoder=quant_encoder or base.get("encoder", "8da8w"), embedding=quant_embedding)
+
+
+def _export(target: str, request, options) -> None:
+    from .pipeline import export_bundle
+
+    path, report = export_bundle(target, request, options)
+    if report is not None:
+        console.print("\n".join(report.lines()), highlight=False)
+    console.print(f"[green]bundle written to {path}[/]")
 
 
 @app.callback()
@@ -84,9 +72,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 @app.command()
 @guarded
 def info(
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
 ):
     """Print the model configuration, component shapes and parameter counts."""
     from .source import open_source
@@ -133,9 +121,9 @@ def run(
     image: Optional[Path] = typer.Option(None, "--image", help="Image file (PNG/JPEG/...)."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
     system: Optional[str] = typer.Option(None, "--system", help="System message."),
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
@@ -171,128 +159,114 @@ def run(
 @app.command()
 @guarded
 def android(
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
-    out: Path = typer.Option(Path("dist/android"), "--out", help="Bundle directory (written atomically)."),
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
+    out: opt.BundleOut = Path("dist/android"),
     quant: Optional[str] = typer.Option(None, "--quant", help="Text decoder linears: 8da4w (default: int8 dynamic act, int4 weights), 8da8w, fp32."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="int4 weight group size: 32 (default), 64, 128 (256)."),
     quant_encoder: Optional[str] = typer.Option(None, "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w (default), fp32."),
     quant_embedding: str = typer.Option("8", "--quant-embedding", help="Token embedding: 4, 8 or none."),
-    quantized_checkpoint: Optional[Path] = QuantizedCheckpointOpt,
+    quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Longest text_decoder call (prefill chunk)."),
-    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
-    audio_frames: Optional[int] = typer.Option(None, "--audio-frames", help="Mel frames per audio clip (100 per second)."),
+    max_context: opt.MaxContext = None,
+    image_size: opt.ImageSize = None,
+    audio_frames: opt.AudioFrames = None,
     backend: str = typer.Option("xnnpack", "--backend", help="xnnpack or qnn (needs QNN_SDK_ROOT)."),
     soc: Optional[str] = typer.Option(None, "--soc", help="Snapdragon SoC for qnn, e.g. SM8650."),
-    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the bundle with ExecuTorch and gate on parity."),
+    validate: opt.Validate = True,
     custom_ops: bool = typer.Option(True, "--custom-ops/--no-custom-ops", help="Use ExecuTorch's update_cache/custom_sdpa kernels in the decoder."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
+    force: opt.Force = False,
 ):
     """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
-    from .android import AndroidOptions, export_android
-    from .pipeline import ModelRequest
+    from .targets.executorch.export import ExecuTorchOptions
 
     recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint)
     request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
                            quantized_checkpoint)
-    opts = AndroidOptions(out=out, recipe=recipe, max_seq_len=max_seq_len, backend=backend, soc=soc,
-                          validate=validate, force=force, custom_ops=custom_ops)
-    path, report = export_android(request, opts)
-    if report is not None:
-        console.print("\n".join(report.lines()), highlight=False)
-    console.print(f"[green]bundle written to {path}[/]")
+    _export("executorch", request, ExecuTorchOptions(out=out, recipe=recipe, max_seq_len=max_seq_len, backend=backend,
+                                                     soc=soc, validate=validate, force=force, custom_ops=custom_ops))
 
 
 @app.command()
 @guarded
 def onnx(
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
-    out: Path = typer.Option(Path("dist/onnx"), "--out", help="Bundle directory (written atomically)."),
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
+    out: opt.BundleOut = Path("dist/onnx"),
     quant: str = typer.Option("int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="int4 block size along the input dimension: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256."),
-    quantized_checkpoint: Optional[Path] = QuantizedCheckpointOpt,
+    block_size: opt.BlockSize = None,
+    quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."),
-    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
-    audio_frames: Optional[int] = typer.Option(None, "--audio-frames", help="Mel frames per audio clip (100 per second)."),
-    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the bundle with onnxruntime and gate on parity."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
+    max_context: opt.MaxContext = None,
+    image_size: opt.ImageSize = None,
+    audio_frames: opt.AudioFrames = None,
+    validate: opt.Validate = True,
+    force: opt.Force = False,
 ):
     """Export an ONNX bundle: one .onnx per component + tokenizer.json + manifest.json + parity.json."""
-    from .onnx_export import OnnxOptions, OnnxQuant, export_onnx
-    from .pipeline import ModelRequest
+    from .targets.onnx.export import OnnxOptions
+    from .targets.onnx.recipe import OnnxQuant
 
     request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
-                           quantized_checkpoint=quantized_checkpoint)
-    opts = OnnxOptions(out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len, validate=validate, force=force)
-    path, report = export_onnx(request, opts)
-    if report is not None:
-        console.print("\n".join(report.lines()), highlight=False)
-    console.print(f"[green]bundle written to {path}[/]")
+                           quantized_checkpoint)
+    _export("onnx", request, OnnxOptions(out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len,
+                                         validate=validate, force=force))
 
 
 @app.command()
 @guarded
 def ios(
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
-    out: Path = typer.Option(Path("dist/ios"), "--out", help="Bundle directory (written atomically)."),
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
+    out: opt.BundleOut = Path("dist/ios"),
     min_ios: int = typer.Option(18, "--min-ios", help="18: KV cache as Core ML state, int4, prefill/decode functions. 17: cache as inputs/outputs, int8."),
     quant: Optional[str] = typer.Option(None, "--quant", help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16. With --quantized-checkpoint: the token embedding only."),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="int4 block size along the input channels: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256."),
-    quantized_checkpoint: Optional[Path] = QuantizedCheckpointOpt,
-    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
+    block_size: opt.BlockSize = None,
+    quantized_checkpoint: opt.QuantizedCheckpoint = None,
+    max_context: opt.MaxContext = None,
     prefill_chunk: int = typer.Option(64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."),
-    image_size: Optional[str] = typer.Option(None, "--image-size", help="Export image resolution HxW, multiples of 28."),
-    audio_frames: Optional[int] = typer.Option(None, "--audio-frames", help="Mel frames per audio clip (100 per second)."),
+    image_size: opt.ImageSize = None,
+    audio_frames: opt.AudioFrames = None,
     compute_units: str = typer.Option("all", "--compute-units", help="all, cpu_and_gpu, cpu_and_ne (recorded for the app; used by MLModel validation on macOS)."),
-    validate: bool = typer.Option(True, "--validate/--no-validate", help="Run the packages (MIL interpreter on Linux, MLModel on macOS) and gate on parity."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing bundle."),
+    validate: opt.Validate = True,
+    force: opt.Force = False,
 ):
     """Export Core ML packages for iPhone: *.mlpackage + tokenizer.json + manifest.json + parity.json."""
-    from .ios_export import IOSOptions, export_ios
-    from .pipeline import ModelRequest
-    from .targets.coreml import CoreMLRecipe
+    from .targets.coreml.export import CoreMLOptions
+    from .targets.coreml.recipe import CoreMLRecipe
 
     recipe = CoreMLRecipe(weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios)
     request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
-                           quantized_checkpoint=quantized_checkpoint)
-    opts = IOSOptions(out=out, recipe=recipe, prefill_chunk=prefill_chunk, compute_units=compute_units,
-                      validate=validate, force=force)
-    path, report = export_ios(request, opts)
-    if report is not None:
-        console.print("\n".join(report.lines()), highlight=False)
-    console.print(f"[green]bundle written to {path}[/]")
+                           quantized_checkpoint)
+    _export("coreml", request, CoreMLOptions(out=out, recipe=recipe, prefill_chunk=prefill_chunk,
+                                             compute_units=compute_units, validate=validate, force=force))
 
 
 @app.command()
 @guarded
 def calibrate(
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
-    out: Path = typer.Option(Path("dist/quantized"), "--out", help="Quantized checkpoint directory (written atomically)."),
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
+    out: opt.QuantizedOut = Path("dist/quantized"),
     method: str = typer.Option("gptq", "--method", help="gptq (activation-aware, block by block) or rtn (round-to-nearest, for comparison)."),
-    quant: str = CalQuantOpt,
-    group_size: int = CalGroupSizeOpt,
-    quant_encoder: str = CalQuantEncoderOpt,
-    data: Optional[Path] = CalibrationDataOpt,
-    max_prompts: Optional[int] = MaxPromptsOpt,
-    text_windows: int = TextWindowsOpt,
-    seq_len: int = SeqLenOpt,
+    quant: opt.CalibrationQuant = "8da4w",
+    group_size: opt.CalibrationGroupSize = 32,
+    quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
+    data: opt.CalibrationData = None,
+    max_prompts: opt.MaxPrompts = None,
+    text_windows: opt.TextWindows = 32,
+    seq_len: opt.SeqLen = 256,
     damp: float = typer.Option(0.01, "--damp", help="GPTQ dampening, a fraction of the mean Hessian diagonal."),
-    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing quantized checkpoint."),
+    max_context: opt.MaxContext = None,
+    force: opt.Force = False,
 ):
     """Post-training quantization with calibration (GPTQ) through the full multimodal path; writes a quantized checkpoint."""
-    from .calibrate import CalibrateOptions, run_calibrate
-    from .pipeline import ModelRequest
     from .quantize import QuantRecipe
+    from .quantize.calibrate import CalibrateOptions, run_calibrate
 
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
     opts = CalibrateOptions(out=out, recipe=recipe, method=method, data=data, max_prompts=max_prompts,
@@ -304,10 +278,10 @@ def calibrate(
 @app.command()
 @guarded
 def qat(
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
-    out: Path = typer.Option(Path("dist/qat"), "--out", help="Quantized checkpoint directory (written atomically)."),
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
+    out: opt.QuantizedOut = Path("dist/qat"),
     steps: int = typer.Option(200, "--steps", help="Training steps (one calibration sample each)."),
     lr: float = typer.Option(3e-5, "--lr", help="Peak AdamW learning rate (warmup then cosine; 3e-5 was best of 1e-5..2e-4 on tiny)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample order and of torch."),
@@ -315,20 +289,19 @@ def qat(
     save_every: int = typer.Option(50, "--save-every", help="Save resumable training state every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from <out>.qat-state/ (same options and seed)."),
     train_encoders: bool = typer.Option(False, "--train-encoders", help="Also update the vision/audio towers (default: frozen, still fake-quantized)."),
-    quant: str = CalQuantOpt,
-    group_size: int = CalGroupSizeOpt,
-    quant_encoder: str = CalQuantEncoderOpt,
-    data: Optional[Path] = CalibrationDataOpt,
-    max_prompts: Optional[int] = MaxPromptsOpt,
-    text_windows: int = TextWindowsOpt,
-    seq_len: int = SeqLenOpt,
-    max_context: Optional[int] = typer.Option(None, "--max-context-len", help="KV-cache length (default: preset's)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing quantized checkpoint."),
+    quant: opt.CalibrationQuant = "8da4w",
+    group_size: opt.CalibrationGroupSize = 32,
+    quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
+    data: opt.CalibrationData = None,
+    max_prompts: opt.MaxPrompts = None,
+    text_windows: opt.TextWindows = 32,
+    seq_len: opt.SeqLen = 256,
+    max_context: opt.MaxContext = None,
+    force: opt.Force = False,
 ):
     """Quantization-aware training (torchao QATConfig) distilled from the fp model; writes a quantized checkpoint."""
-    from .pipeline import ModelRequest
-    from .qat import QATOptions, run_qat
     from .quantize import QuantRecipe
+    from .quantize.qat import QATOptions, run_qat
 
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
     opts = QATOptions(out=out, recipe=recipe, steps=steps, lr=lr, seed=seed, top_k=top_k, save_every=save_every,
@@ -341,11 +314,11 @@ def qat(
 @guarded
 def validate(
     bundle: Path = typer.Argument(..., help="Bundle directory to check."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Compare against this checkpoint instead of the one in the manifest."),
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
+    checkpoint: opt.ReferenceCheckpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
 ):
     """Re-run the parity checks of an existing bundle against freshly built references."""
-    from .revalidate import validate_bundle
+    from .pipeline import validate_bundle
 
     report = validate_bundle(bundle, checkpoint, audio_checkpoint)
     console.print("\n".join(report.lines()), highlight=False)
@@ -358,13 +331,13 @@ def validate(
 @app.command()
 @guarded
 def verify(
-    checkpoint: Optional[Path] = CheckpointOpt,
-    audio_checkpoint: Optional[Path] = AudioCheckpointOpt,
-    preset: str = PresetOpt,
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
 ):
     """Check our re-implementation against transformers on an image+text prompt (needs transformers)."""
+    from .checks.against_transformers import verify_against_transformers
     from .source import open_source
-    from .verify import verify_against_transformers
 
     report = verify_against_transformers(open_source(checkpoint, audio_checkpoint, preset))
     for line in report.lines():
@@ -381,7 +354,7 @@ def parity_report(
     out: Path = typer.Option(Path("parity-report.md"), "--out", help="Markdown report; the HTML page goes next to it."),
 ):
     """Combine the bundles' parity.json into parity-report.md + .html; exit 1 on any failing or missing bundle."""
-    from .report import write_report
+    from .checks.report import write_report
 
     results = write_report(bundles, out)
     for r in results:

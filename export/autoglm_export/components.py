@@ -12,6 +12,14 @@ from torch import nn
 
 from .model.autoglm import AutoGLM
 
+COMPONENTS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
+TOWER_COMPONENTS = {"vision": "vision_encoder", "audio": "audio_encoder", "text": "text_decoder"}
+
+
+def component_of(fqn: str) -> str:
+    """The component whose program / graph / package runs a module, by the module's fqn."""
+    return TOWER_COMPONENTS[fqn.split(".", 1)[0]]
+
 
 class _Entry(nn.Module):
     """Binds one method of the shared model as ``forward`` (weights are not copied).

@@ -89,7 +89,12 @@ class DecoderLayer(nn.Module):
             self.post_mlp_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, cos, sin, cache_position, mask):
-        h = self.self_attn(self.input_layernorm(x), cos, sin, cache_position, mask)
+        return self.residual_tail(x, self.self_attn(self.input_layernorm(x), cos, sin, cache_position, mask))
+
+    def residual_tail(self, x, attn_out):
+        """Everything after attention: (sandwich-normed) residual, MLP, (sandwich-normed) residual.
+        Shared by the export wrappers that bring their own attention (ONNX, Core ML)."""
+        h = attn_out
         if self.sandwich:
             h = self.post_self_attn_layernorm(h)
         x = x + h

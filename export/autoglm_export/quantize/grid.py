@@ -9,6 +9,9 @@ int4: q in [-8, 7]; int8: q in [-128, 127]. ``group_size == in_features`` means 
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 
 BITS = (4, 8)
@@ -56,3 +59,14 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     lo = (packed & 0x0F).to(torch.int8) - 8
     hi = (packed >> 4).to(torch.int8) - 8
     return torch.stack([lo, hi], dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
+
+
+# Block sizes along the input dimension that every target's int4 format takes (ONNX MatMulNBits:
+# a power of two from 16; Core ML per-block; torchao groups are a subset, 32..256).
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+
+
+def array_digest(a: np.ndarray) -> tuple:
+    """(dtype, shape, blake2b of the bytes): compares weights by value without keeping a copy of them."""
+    a = np.ascontiguousarray(a)
+    return a.dtype.str, a.shape, hashlib.blake2b(memoryview(a).cast("B"), digest_size=20).digest()

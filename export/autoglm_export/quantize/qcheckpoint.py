@@ -14,7 +14,7 @@ the Hugging Face checkpoint's. The grid is ``grid.py``'s (torchao's symmetric ru
 each target stores the same integers: ExecuTorch's IntxUnpackedToInt8Tensor, ONNX MatMulNBits
 (code + 8 with the default zero point 8), Core ML constexpr_blockwise_shift_scale.
 The model the weights belong to is not stored: the exporter opens it as usual (--checkpoint or
---preset) and ``check_matches`` compares its fingerprint (``pipeline.model_summary``) first.
+--preset) and ``check_matches`` compares its fingerprint (``summary.model_summary``) first.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def load(path: Path) -> QuantizedCheckpoint:
 
 def check_matches(qc: QuantizedCheckpoint, src) -> None:
     """The checkpoint must belong to the model being exported: same architecture summary."""
-    from ..pipeline import model_summary
+    from ..summary import model_summary
 
     ours, theirs = model_summary(src), qc.config.get("model", {})
     for key in sorted(set(ours) | set(theirs)):
@@ -256,3 +256,27 @@ def recipe_matches(qc: QuantizedCheckpoint, linear: str, encoder: str, group_siz
         raise ExportError(f"{qc.path}: quantized as linear={r['linear']} encoder={r['encoder']} group={r['group_size']}; "
                           f"the export asked for linear={linear} encoder={encoder} group={group_size}. "
                           "Drop the quantization options (the checkpoint sets them) or re-run calibrate/qat")
+
+
+def block_size_for(layers: dict[str, dict], block_size: int | None, path) -> int:
+    """The int4 block size an export uses for a quantized checkpoint with these layers
+    (``{fqn: {"bits", "group_size"}}``): its group size (``--block-size``, when given, must equal
+    it); ``block_size`` or 32 when it has no int4 layers."""
+    from .grid import BLOCK_SIZES
+
+    groups = sorted({int(v["group_size"]) for v in layers.values() if int(v["bits"]) == 4})
+    if not groups:
+        return block_size or 32
+    if len(groups) > 1:
+        raise ExportError(f"{path}: int4 layers in groups of {groups}; the export takes one block size")
+    if block_size is not None and block_size != groups[0]:
+        raise ExportError(f"--block-size {block_size}: the quantized checkpoint {path} has int4 groups of {groups[0]}; "
+                          f"drop --block-size (it defaults to the checkpoint's) or re-run calibrate/qat with --group-size {block_size}")
+    if groups[0] not in BLOCK_SIZES:
+        raise ExportError(f"{path}: int4 groups of {groups[0]}; this target takes blocks of {', '.join(map(str, BLOCK_SIZES))}")
+    return groups[0]
+
+
+def layer_formats(linears: dict) -> dict[str, dict]:
+    """``read_layers``' shape of an opened checkpoint's linears: ``{fqn: {"bits", "group_size"}}``."""
+    return {fqn: {"bits": q.bits, "group_size": q.group_size} for fqn, q in linears.items()}

@@ -1,15 +1,123 @@
-"""Export targets, registered by name. Adding a target means adding one module that registers."""
+"""Export targets: one folder each (``executorch/``, ``coreml/``, ``onnx/``), one ``Target`` each.
+
+Every target folder has the same modules:
+- ``export.py``: the target's options and its ``Target`` (registered here by name);
+- ``lower.py`` / ``convert.py``: the backend work (programs, graphs, packages) from the eager model;
+- ``twin.py``: the quantized eager twin, the eager model holding exactly the artifact's weights
+  (the "quantized_eager" parity reference).
+
+``pipeline.export_bundle`` runs the shared steps in one order for every target; a ``Target`` only
+supplies what differs.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
-TARGETS: dict[str, Callable] = {}
+from ..errors import ExportError
+from ..quantize import QuantReport
+
+TARGET_MODULES = {"executorch": "executorch.export", "coreml": "coreml.export", "onnx": "onnx.export"}
+TARGETS: dict[str, "Target"] = {}
 
 
-def register_target(name: str):
-    def deco(fn):
-        TARGETS[name] = fn
-        return fn
+def register_target(cls):
+    """Class decorator: one instance per target, found by ``get_target(name)``."""
+    TARGETS[cls.name] = cls()
+    return cls
 
-    return deco
+
+def get_target(name: str) -> "Target":
+    if name not in TARGET_MODULES:
+        raise ExportError(f"unknown target '{name}': expected one of {', '.join(TARGET_MODULES)}")
+    if name not in TARGETS:
+        importlib.import_module(f"{__name__}.{TARGET_MODULES[name]}")  # registers it
+    return TARGETS[name]
+
+
+@dataclass
+class ExportOptions:
+    """Options every target has; each target's options extend these."""
+
+    out: Path
+    validate: bool = True
+    force: bool = False
+
+
+@dataclass
+class Job:
+    """One export (or re-validation) in progress: what the pipeline hands each ``Target`` step."""
+
+    src: object  # source.ModelSource
+    options: ExportOptions
+    stages: object  # stages.Stages
+    qc: object | None = None  # quantize.qcheckpoint.QuantizedCheckpoint, already loaded into the model
+    bundle: object | None = None  # bundle.BundleWriter (None when re-validating a bundle)
+    quant_report: QuantReport | None = None
+    artifacts: dict = field(default_factory=dict)  # what convert() wrote, for the manifest and backend
+
+    @property
+    def fixed(self) -> dict | None:
+        """The quantized checkpoint's linears (fqn -> QuantizedLinear), or None."""
+        return self.qc.linears if self.qc is not None else None
+
+
+class Target:
+    """What differs per target. ``pipeline.export_bundle`` calls these in its one documented order."""
+
+    name: ClassVar[str]  # registry key and the manifest's "target"
+    command: ClassVar[str]  # the CLI command users know (android, ios, onnx)
+    # Which weights ``convert`` reads: "original" (the converter rounds them itself, then ``twin``
+    # applies the same rounding to the eager model) or "twin" (the backend lowers the quantized twin).
+    converts: ClassVar[str] = "original"
+    parity_name: ClassVar[str]  # name of the parity report's target
+
+    def resolve(self, options, quantized_checkpoint: Path | None):
+        """Options made final before anything is loaded (conflicts with a quantized checkpoint fail here)."""
+        return options
+
+    def check(self, src, options) -> None:
+        """Options checked against the loaded model (shape limits)."""
+
+    def chunk(self, options) -> int:
+        """Longest text_decoder call of the parity probes (the prefill chunk)."""
+        raise NotImplementedError
+
+    def twin(self, job: Job) -> QuantReport:
+        """The eager model made the artifact's quantized twin, in place."""
+        raise NotImplementedError
+
+    def convert(self, job: Job) -> None:
+        """Write the artifacts into ``job.bundle`` and record them in ``job.artifacts``."""
+        raise NotImplementedError
+
+    def quant_kinds(self, options, fixed: dict | None) -> dict[str, str]:
+        """Parity kind per component (decides the thresholds)."""
+        raise NotImplementedError
+
+    def backend(self, root: Path, manifest_fields: dict, options):
+        """A runtime backend over the artifacts in ``root`` (the temp bundle, or a published one)."""
+        raise NotImplementedError
+
+    def recipe(self, options):
+        """The quantization recipe (``to_dict`` goes into the manifest)."""
+        raise NotImplementedError
+
+    def runtime_name(self, options) -> str:
+        """What runs the artifacts in the parity gate, for the log."""
+        raise NotImplementedError
+
+    def parity_info(self, options, backend) -> dict:
+        """Context recorded in parity.json's ``info``."""
+        return {}
+
+    def manifest_fields(self, job: Job) -> dict:
+        """The target's own manifest entries (beside ``summary.base_manifest``'s)."""
+        raise NotImplementedError
+
+    def options_from_manifest(self, manifest: dict):
+        """The options a published bundle was exported with (for ``validate BUNDLE``)."""
+        raise NotImplementedError

@@ -1,0 +1,156 @@
+"""Our re-authored fp32 model against transformers (the "PyTorch original") on one prompt.
+
+The prompt holds text and an image, built by the runtime's own prompt and preprocessing code,
+so the check covers tokens, placeholder expansion, M-RoPE positions, the vision tower, the
+splice of image embeddings and the decoder. Audio has no transformers counterpart inside
+Glm4v, so the audio tower is compared with ``GlmAsr``'s encoder + projector directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from autoglm_runtime.parity import FAITHFUL_FP32, Metrics, compare_arrays
+from autoglm_runtime.preprocess import preprocess_audio, preprocess_image
+from autoglm_runtime.prompt import Message, encode_chat
+from autoglm_runtime.splice import splice
+from autoglm_runtime.tokenizer import Tokenizer
+
+from ..calibration import synthetic_screenshot
+from ..errors import ExportError
+from ..source import ModelSource
+
+log = logging.getLogger(__name__)
+
+# fp32 re-implementation vs fp32 original: differences are summation order only.
+TRANSFORMERS_MATCH = FAITHFUL_FP32
+
+
+@dataclass
+class Comparison:
+    name: str
+    metrics: Metrics
+    failures: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def line(self) -> str:
+        return f"{'ok' if self.passed else 'FAIL':4s} {self.name}: {self.metrics.summary()}" + (
+            f" ({'; '.join(self.failures)})" if self.failures else "")
+
+
+@dataclass
+class TransformersReport:
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.comparisons)
+
+    def lines(self) -> list[str]:
+        return [c.line() for c in self.comparisons]
+
+
+def compare(name: str, ours: torch.Tensor, ref: torch.Tensor, logits: bool = False) -> Comparison:
+    metrics = compare_arrays(name, ours.detach().double().numpy(), ref.detach().double().numpy(), logits=logits)
+    limits = TRANSFORMERS_MATCH if logits else TRANSFORMERS_MATCH.features_only()
+    return Comparison(name, metrics, metrics.check(limits))
+
+
+def _load_reference(src: ModelSource):
+    try:
+        from transformers import AutoConfig, Glm4vForConditionalGeneration, Glm4vMoeForConditionalGeneration
+    except ImportError:
+        raise ExportError("verification needs transformers: pip install 'autoglm-export[reference]'") from None
+    if src.checkpoint is None:
+        raise ExportError(f"{src.label} has no checkpoint directory to compare against")
+    cls = Glm4vMoeForConditionalGeneration if src.config.model_type == "glm4v_moe" else Glm4vForConditionalGeneration
+    config = AutoConfig.from_pretrained(src.checkpoint)
+    config._attn_implementation = "eager"
+    return cls.from_pretrained(src.checkpoint, config=config, dtype=torch.float32).eval()
+
+
+@torch.no_grad()
+def verify_against_transformers(src: ModelSource, prompt: str = "打开微信，给张三发消息：明天见。Open WeChat.") -> TransformersReport:
+    """Image + text logits (and audio embeddings when present) vs transformers at fp32."""
+    if src.tokenizer_path is None:
+        raise ExportError(f"{src.checkpoint}: no tokenizer.json, cannot build a verification prompt")
+    report = TransformersReport()
+    hf = _load_reference(src)
+    ours, spec = src.model, src.spec
+    tok = Tokenizer(src.tokenizer_path)
+    messages = [Message("user", [{"type": "image"}, {"type": "text", "text": prompt}])]
+    inputs = encode_chat(tok, messages, image_grids=spec.image.grid_thw, spatial_merge_size=spec.image.merge_size)
+    pixels = torch.from_numpy(preprocess_image(synthetic_screenshot(), spec.image))
+    ids = torch.from_numpy(inputs.input_ids)[None]
+
+    ref = hf(
+        input_ids=ids,
+        pixel_values=pixels,
+        image_grid_thw=torch.tensor([spec.image.grid_thw]),
+        mm_token_type_ids=torch.from_numpy(inputs.mm_token_types.astype(np.int64))[None],
+    ).logits
+    ours.reset_cache()
+    embeds = splice(ours.token_embedding(ids), ids[0], spec, ours.vision_encoder(pixels))
+    got = ours.text_decoder(embeds, torch.arange(ids.shape[1]), torch.from_numpy(inputs.position_ids))
+    ours.reset_cache()
+    report.comparisons.append(compare("image+text logits vs transformers", got, ref, logits=True))
+    report.comparisons.append(
+        compare("vision embeddings vs transformers", ours.vision_encoder(pixels),
+                torch.cat(hf.get_image_features(pixels, torch.tensor([spec.image.grid_thw])).pooler_output))
+    )
+    if ours.audio is not None and src.audio_checkpoint is not None:
+        report.comparisons.append(_verify_audio(src))
+    return report
+
+
+def _verify_audio(src: ModelSource) -> Comparison:
+    from transformers import GlmAsrForConditionalGeneration
+
+    hf = GlmAsrForConditionalGeneration.from_pretrained(src.audio_checkpoint, dtype=torch.float32).eval()
+    rate = src.spec.audio.sampling_rate
+    t = np.arange(int(1.5 * rate)) / rate
+    wave = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) + 0.05 * np.random.default_rng(0).standard_normal(t.size))
+    feats = torch.from_numpy(preprocess_audio(wave.astype(np.float32), src.spec.audio))
+    mask = torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long)
+    ref = hf.get_audio_features(feats, mask).pooler_output
+    got = src.model.audio_encoder(feats)
+    n = min(len(ref), len(got))  # transformers drops trailing frames that don't fill a merge group
+    return compare("audio embeddings vs transformers", got[:n], ref[:n])
+
+
+# Holding transformers' copy next to ours doubles memory: only done for models below this size.
+REFERENCE_CHECK_MAX_PARAMS = 2_000_000_000
+
+
+def check_against_transformers(src: ModelSource, stages) -> dict | None:
+    """The export's first check, before anything is quantized: our fp32 model vs transformers on an
+    image+text prompt, when transformers and the checkpoint are there and both copies fit in memory.
+
+    Closes the chain: exported program ~ quantized eager ~(quantization cost) fp32 eager ~ transformers.
+    """
+    params = sum(p.numel() for p in src.model.parameters())
+    if src.checkpoint is None or src.tokenizer_path is None:
+        log.info("reference check skipped: %s has no checkpoint/tokenizer for transformers to load", src.label)
+        return None
+    if params > REFERENCE_CHECK_MAX_PARAMS:
+        log.info("reference check skipped for %.1fB params (memory); run `autoglm-export verify` separately", params / 1e9)
+        return None
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        log.info("reference check skipped: transformers is not installed")
+        return None
+    with stages.stage("check fp32 model against transformers"):
+        report = verify_against_transformers(src)
+    for line in report.lines():
+        log.info("  %s", line)
+    if not report.passed:
+        raise ExportError("our fp32 model does not match transformers on this checkpoint; nothing exported")
+    return {"passed": True, "comparisons": report.lines()}

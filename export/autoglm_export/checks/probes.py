@@ -1,0 +1,148 @@
+"""The parity probes and running any backend on them (the first half of every parity check).
+
+1. ``build_probes``: calibration prompts (text + their committed screenshot and speech clip) turned
+   into exact component inputs by the runtime's own prompt/preprocessing code, plus a short greedy
+   continuation from the fp32 model so the decoder is checked through prefill *and* decode.
+2. ``run_components``: run any backend (eager torch, ExecuTorch, onnxruntime, Core ML interpreter)
+   on those inputs: encoder embeddings, token embeddings, and teacher-forced decoder logits over
+   prefill chunks followed by single-token decode steps through the KV cache.
+
+``checks.parity.compare`` then judges the outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from autoglm_runtime.positions import decode_positions
+from autoglm_runtime.preprocess import preprocess_audio, preprocess_image
+from autoglm_runtime.prompt import Message, encode_chat
+from autoglm_runtime.spec import ModelSpec
+from autoglm_runtime.splice import splice
+from autoglm_runtime.tokenizer import Tokenizer
+
+from ..calibration import load_calibration_set, load_image, load_speech, synthetic_screenshot, synthetic_speech
+from ..components import COMPONENTS
+from ..errors import ExportError
+
+# When the calibration set is not there (an installed package without the repository's
+# calibration_data/): the same kinds of case, with synthetic media.
+FALLBACK_CASES = [
+    ("zh-wechat-send", "打开微信，给张三发消息：明天上午十点开会。", True, True),
+    ("en-taobao-search", "Search Taobao for a phone case and open the first result.", True, False),
+    ("zh-settings-wifi", "打开设置，把无线网络切换到“Office-5G”。", False, False),
+]
+
+
+@dataclass
+class ProbeCase:
+    case_id: str
+    text: str
+    image: object | None  # RGB array or PIL image, when the case has one
+    audio: np.ndarray | None
+
+
+def probe_cases(limit: int) -> list[ProbeCase]:
+    """The first ``limit`` calibration prompts with their committed media (synthetic ones without the set)."""
+    try:
+        prompts = load_calibration_set().prompts[:limit]
+    except ExportError:
+        return [ProbeCase(cid, text, synthetic_screenshot(seed=i) if img else None,
+                          synthetic_speech(seed=i) if aud else None)
+                for i, (cid, text, img, aud) in enumerate(FALLBACK_CASES[:limit])]
+    return [ProbeCase(p.id, p.text, load_image(p.image) if p.image is not None else None,
+                      load_speech(p.audio) if p.audio is not None else None) for p in prompts]
+
+
+@dataclass
+class Probe:
+    """One calibration case, as exact component inputs."""
+
+    case_id: str
+    token_ids: np.ndarray  # [S] expanded prompt ids
+    position_ids: np.ndarray  # [3, S]
+    rope_delta: int
+    pixels: np.ndarray | None
+    audio_features: np.ndarray | None
+    prompt_embeds: np.ndarray | None = None  # [1, S, D] from the fp32 reference (images/audio spliced in)
+    continuation: list[int] | None = None  # greedy tokens of the fp32 reference
+    continuation_embeds: np.ndarray | None = None  # [1, K, D]
+
+
+def build_probes(spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int = 3, decode_steps: int = 6) -> list[Probe]:
+    tok = Tokenizer(tokenizer_path)
+    probes = []
+    for case in probe_cases(cases):
+        parts: list[dict] = []
+        pixels = feats = None
+        if case.image is not None:
+            parts.append({"type": "image"})
+            pixels = preprocess_image(case.image, spec.image)
+        if case.audio is not None and spec.has_audio:
+            parts.append({"type": "audio"})
+            feats = preprocess_audio(case.audio, spec.audio)
+        parts.append({"type": "text", "text": case.text})
+        inputs = encode_chat(tok, [Message("user", parts)], image_grids=spec.image.grid_thw,
+                             spatial_merge_size=spec.image.merge_size, audio_tokens_per_clip=spec.audio_tokens)
+        probe = Probe(case.case_id, inputs.input_ids, inputs.position_ids, inputs.rope_delta, pixels, feats)
+        _complete_with_reference(probe, spec, fp32_backend, decode_steps)
+        probes.append(probe)
+    return probes
+
+
+def _splice(backend, probe: Probe, spec: ModelSpec) -> np.ndarray:
+    return splice(backend.token_embedding(probe.token_ids[None]), probe.token_ids, spec,
+                  backend.vision_encoder(probe.pixels) if probe.pixels is not None else None,
+                  backend.audio_encoder(probe.audio_features) if probe.audio_features is not None else None)
+
+
+def _complete_with_reference(probe: Probe, spec: ModelSpec, backend, steps: int) -> None:
+    """Fix the decoder's inputs once, from the fp32 reference: every backend then sees the same."""
+    probe.prompt_embeds = _splice(backend, probe, spec)
+    backend.reset()
+    n = len(probe.token_ids)
+    logits = backend.text_decoder(probe.prompt_embeds, np.arange(n), probe.position_ids)[0, -1]
+    tokens = []
+    for k in range(steps):
+        tokens.append(int(np.argmax(logits)))
+        e = backend.token_embedding(np.array([[tokens[-1]]]))
+        logits = backend.text_decoder(e, np.array([n + k]), decode_positions(n + k, probe.rope_delta, 1))[0, -1]
+    probe.continuation = tokens
+    probe.continuation_embeds = backend.token_embedding(np.array([tokens]))
+    backend.reset()
+
+
+def decoder_trace(backend, probe: Probe, max_seq_len: int) -> np.ndarray:
+    """Teacher-forced logits [S + K, vocab]: prefill in chunks of max_seq_len, then K single-token steps."""
+    backend.reset()
+    n = len(probe.token_ids)
+    rows = []
+    for start in range(0, n, max_seq_len):
+        end = min(start + max_seq_len, n)
+        rows.append(backend.text_decoder(probe.prompt_embeds[:, start:end], np.arange(start, end),
+                                         probe.position_ids[:, start:end])[0])
+    for k in range(len(probe.continuation)):
+        # As in generation: an embedding call between decoder steps. Its output is discarded (all
+        # backends get the same fp32 embeddings), but a runtime whose methods share memory with
+        # the KV cache is caught here.
+        backend.token_embedding(np.array([[probe.continuation[k]]]))
+        rows.append(backend.text_decoder(probe.continuation_embeds[:, k : k + 1], np.array([n + k]),
+                                         decode_positions(n + k, probe.rope_delta, 1))[0])
+    backend.reset()
+    return np.concatenate(rows, axis=0)
+
+
+def run_components(backend, probes: list[Probe], max_seq_len: int) -> dict[str, np.ndarray]:
+    """Every component's outputs over all probes, concatenated along the row axis."""
+    out: dict[str, list[np.ndarray]] = {c: [] for c in COMPONENTS}
+    for probe in probes:
+        if probe.pixels is not None:
+            out["vision_encoder"].append(backend.vision_encoder(probe.pixels))
+        if probe.audio_features is not None:
+            out["audio_encoder"].append(backend.audio_encoder(probe.audio_features))
+        out["token_embedding"].append(backend.token_embedding(probe.token_ids[None])[0])
+        out["text_decoder"].append(decoder_trace(backend, probe, max_seq_len))
+    return {c: np.concatenate(v, axis=0) for c, v in out.items() if v}

@@ -1,0 +1,56 @@
+"""Command-line options, each defined once (typer ``Annotated`` aliases) and shared by the commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# ---- the model: what to load, at which static shapes
+Checkpoint = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Hugging Face checkpoint directory (glm4v / glm4v_moe, safetensors).")]
+AudioCheckpoint = Annotated[Optional[Path], typer.Option(
+    "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower.")]
+Preset = Annotated[str, typer.Option(
+    "--preset", help="Model preset used when no --checkpoint is given: tiny, small, autoglm-phone-9b.")]
+MaxContext = Annotated[Optional[int], typer.Option("--max-context-len", help="KV-cache length (default: preset's).")]
+ImageSize = Annotated[Optional[str], typer.Option(
+    "--image-size", help="Export image resolution HxW, multiples of 28 (default: the preset's).")]
+AudioFrames = Annotated[Optional[int], typer.Option(
+    "--audio-frames", help="Mel frames per audio clip, 100 per second (default: the preset's).")]
+QuantizedCheckpoint = Annotated[Optional[Path], typer.Option(
+    "--quantized-checkpoint",
+    help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from).")]
+ReferenceCheckpoint = Annotated[Optional[Path], typer.Option(
+    "--checkpoint", help="Compare against this checkpoint instead of the one in the manifest.")]
+
+# ---- the bundle
+BundleOut = Annotated[Path, typer.Option("--out", help="Bundle directory (written atomically).")]
+Validate = Annotated[bool, typer.Option(
+    "--validate/--no-validate", help="Run the bundle with its target's runtime and publish it only if parity holds.")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing bundle or quantized checkpoint.")]
+BlockSize = Annotated[Optional[int], typer.Option(
+    "--block-size",
+    help="int4 block size along the input dimension: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256.")]
+
+# ---- calibrate and qat: the recipe and the samples
+QuantizedOut = Annotated[Path, typer.Option("--out", help="Quantized checkpoint directory (written atomically).")]
+CalibrationQuant = Annotated[str, typer.Option("--quant", help="Text decoder linears: 8da4w or 8da8w.")]
+CalibrationGroupSize = Annotated[int, typer.Option("--group-size", help="int4 weight group size: 32, 64, 128 (256).")]
+CalibrationQuantEncoder = Annotated[str, typer.Option("--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32.")]
+CalibrationData = Annotated[Optional[Path], typer.Option(
+    "--calibration-data", help="Calibration set directory (default: the repository's calibration_data/).")]
+MaxPrompts = Annotated[Optional[int], typer.Option("--max-prompts", help="Use at most this many calibration prompts.")]
+TextWindows = Annotated[int, typer.Option("--text-windows", help="Text-only samples of --seq-len tokens from the calibration text.")]
+SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per text-only sample.")]
+
+
+def parse_hw(value: Optional[str]) -> Optional[tuple[int, int]]:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"expected HxW such as 336x168, got '{value}'") from None
+    return h, w

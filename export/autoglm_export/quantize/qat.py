@@ -1,0 +1,286 @@
+"""``autoglm-export qat``: quantization-aware training with torchao, distilled from the fp model.
+
+checkpoint -> calibration samples (as ``calibrate``) -> teacher targets: the fp model's top-k
+next-token distributions on every sample (computed once, so only one model is ever in memory) ->
+``quantize_(QATConfig(base, step="prepare"))``: every linear the recipe quantizes gets torchao's fake
+quantization (int8 per-token activations, int4 per-group / int8 per-channel weights, exactly the PTQ
+config's numerics) -> AdamW on the KL divergence to the teacher (text decoder parameters; the towers
+too with ``train_encoders``) -> ``QATConfig(step="convert")`` ->
+the integers torchao chose are written as a quantized checkpoint (the same format as ``calibrate``).
+
+Resumable: every ``save_every`` steps the parameters, AdamW moments and the step count go to
+``<out>.qat-state/`` (safetensors + JSON, never pickle); ``--resume`` continues from there. Sample
+order depends only on (seed, step), so a resumed run sees what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..calibration import load_calibration_set
+from ..errors import ExportError
+from ..request import ModelRequest
+from ..stages import Stages
+from ..summary import model_summary
+from . import qcheckpoint
+from .qcheckpoint import QuantizedLinear
+from .recipes import QuantRecipe
+from .samples import Sample, build_samples, spliced_embeds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QATOptions:
+    out: Path = Path("dist/qat")
+    recipe: QuantRecipe = QuantRecipe()
+    steps: int = 200
+    lr: float = 3e-5
+    seed: int = 0
+    top_k: int = 64  # teacher probabilities kept per position (sparse distillation)
+    save_every: int = 50
+    resume: bool = False
+    train_encoders: bool = False  # towers stay frozen (still fake-quantized) unless asked
+    data: Path | None = None
+    max_prompts: int | None = None
+    text_windows: int = 32
+    seq_len: int = 256
+    force: bool = False
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ExportError(f"--steps {self.steps}: expected at least 1")
+        if not 0 < self.lr < 1:
+            raise ExportError(f"--lr {self.lr}: expected a learning rate between 0 and 1")
+        if self.top_k < 1:
+            raise ExportError(f"--top-k {self.top_k}: expected at least 1")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out.with_name(self.out.name + ".qat-state")
+
+
+# ----------------------------------------------------------------------------- forward / loss
+
+def _fresh_cache(model) -> None:
+    # A new zero cache per sample: the in-place cache writes of the last step must not link graphs.
+    for layer in model.text.layers:
+        layer.self_attn.kv_cache.allocate(torch.float32)
+
+
+def sample_logits(model, sample: Sample, spec) -> torch.Tensor:
+    """[S, vocab] logits of one sample through the full multimodal path (differentiable)."""
+    vision = model.vision_encoder(torch.from_numpy(sample.pixels)) if sample.pixels is not None else None
+    audio = model.audio_encoder(torch.from_numpy(sample.features)) if sample.features is not None else None
+    embeds = spliced_embeds(model, sample, spec, vision, audio)
+    _fresh_cache(model)
+    n = embeds.shape[1]
+    return model.text_decoder(embeds, torch.arange(n), torch.from_numpy(sample.position_ids))[0]
+
+
+@torch.no_grad()
+def teacher_targets(model, samples: list[Sample], spec, top_k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample: (top-k token ids [S, k], their teacher log-probabilities [S, k])."""
+    out = []
+    for s in samples:
+        logp = F.log_softmax(sample_logits(model, s, spec).float(), dim=-1)
+        vals, idx = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
+        out.append((idx, vals))
+    return out
+
+
+def distillation_loss(student_logits: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """KL(teacher || student) per position, on the teacher's top-k tokens plus one bucket for the rest.
+
+    Exact KL of the two distributions coarsened to k + 1 outcomes: zero when the student matches the
+    teacher, and the tail bucket keeps the student from piling mass onto the top-k (a plain top-k
+    cross-entropy would reward that and sharpen the model).
+    """
+    idx, t_logp = target
+    s_logp = F.log_softmax(student_logits.float(), dim=-1).gather(-1, idx)
+    t_tail = torch.log1p(-t_logp.exp().sum(-1).clamp(max=1 - 1e-6))
+    s_tail = torch.log1p(-s_logp.exp().sum(-1).clamp(max=1 - 1e-6))
+    top = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    return (top + t_tail.exp() * (t_tail - s_tail)).mean()
+
+
+# ----------------------------------------------------------------------------- torchao QAT
+
+def _schemes(model: nn.Module, recipe: QuantRecipe) -> dict[str, tuple[int, int]]:
+    return {fqn: (bits, group) for fqn, (_, bits, group) in qcheckpoint.quantizable_linears(model, recipe).items()}
+
+
+def apply_qat(model: nn.Module, schemes: dict[str, tuple[int, int]], step: str) -> None:
+    """torchao's QATConfig prepare / convert on exactly the recipe's linears, one config per (bits, group)."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    from .recipes import linear_config
+
+    kinds = sorted({(bits, group if bits == 4 else 0) for bits, group in schemes.values()})
+    for bits, group in kinds:
+        chosen = {fqn for fqn, (b, g) in schemes.items() if b == bits and (bits == 8 or g == group)}
+        quantize_(model, QATConfig(linear_config("8da8w" if bits == 8 else "8da4w", group), step=step),
+                  lambda m, fqn, chosen=chosen: isinstance(m, nn.Linear) and fqn in chosen)
+
+
+def converted_linears(model: nn.Module, schemes: dict[str, tuple[int, int]]) -> dict[str, QuantizedLinear]:
+    """The integers torchao's convert step chose, in the quantized-checkpoint layout."""
+    modules = dict(model.named_modules())
+    out = {}
+    for fqn, (bits, group) in schemes.items():
+        w = modules[fqn].weight
+        if not hasattr(w, "qdata"):
+            raise ExportError(f"{fqn}: torchao's convert step left it unquantized ({type(w).__name__})")
+        if int(w.zero_point.abs().max()) != 0:
+            raise ExportError(f"{fqn}: non-zero weight zero point after convert; expected symmetric weights")
+        out[fqn] = QuantizedLinear(w.qdata.detach().to(torch.int8).clone(), w.scale.detach().float().clone(), bits)
+        if out[fqn].group_size != group:
+            raise ExportError(f"{fqn}: converted with group {out[fqn].group_size}, recipe says {group}")
+    return out
+
+
+# ----------------------------------------------------------------------------- resumable state
+
+def _save_state(model, opt, step: int, losses: list[float], opts: QATOptions) -> None:
+    from safetensors.torch import save_file
+
+    names = {p: n for n, p in model.named_parameters()}
+    tensors = {f"param.{n}": p.detach().contiguous() for n, p in model.named_parameters()}
+    for p, st in opt.state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensors[f"adam.{key}.{names[p]}"] = st[key].contiguous()
+    tmp = opts.state_dir.with_name(opts.state_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "state.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses, "lr": opts.lr, "seed": opts.seed,
+                                                "steps": opts.steps, "recipe": opts.recipe.to_dict()}))
+    shutil.rmtree(opts.state_dir, ignore_errors=True)
+    tmp.rename(opts.state_dir)
+
+
+def _load_state(model, opt, opts: QATOptions) -> tuple[int, list[float]]:
+    from safetensors import safe_open
+
+    meta_path = opts.state_dir / "state.json"
+    if not meta_path.is_file():
+        raise ExportError(f"--resume: no training state at {opts.state_dir} (nothing to resume)")
+    meta = json.loads(meta_path.read_text())
+    if meta["recipe"] != opts.recipe.to_dict() or meta["seed"] != opts.seed:
+        raise ExportError(f"--resume: {opts.state_dir} was trained with recipe {meta['recipe']} seed {meta['seed']}; "
+                          "pass the same options or start over without --resume")
+    params = dict(model.named_parameters())
+    with safe_open(str(opts.state_dir / "state.safetensors"), "pt") as f, torch.no_grad():
+        for n, p in params.items():
+            p.copy_(f.get_tensor(f"param.{n}"))
+        for n, p in params.items():
+            key = f"adam.exp_avg.{n}"
+            if key in f.keys():
+                opt.state[p] = {"step": torch.tensor(float(meta["step"])), "exp_avg": f.get_tensor(key),
+                                "exp_avg_sq": f.get_tensor(f"adam.exp_avg_sq.{n}")}
+    return int(meta["step"]), list(meta["losses"])
+
+
+# ----------------------------------------------------------------------------- command
+
+def _lr_at(step: int, opts: QATOptions) -> float:
+    warmup = max(1, opts.steps // 10)
+    if step < warmup:
+        return opts.lr * (step + 1) / warmup
+    return opts.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, opts.steps - warmup)))
+
+
+def run_qat(request: ModelRequest, opts: QATOptions) -> Path:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    opts.check()
+    if opts.out.exists() and not opts.force:
+        raise ExportError(f"{opts.out} exists; pass --force to overwrite")
+    stages = Stages()
+    cal = load_calibration_set(opts.data)
+    with stages.stage("load model"):
+        src = request.open()
+    with stages.stage("build training samples"):
+        samples = build_samples(src, cal, opts.max_prompts, opts.text_windows, opts.seq_len)
+    model, spec = src.model, src.spec
+    summary = model_summary(src)
+    with stages.stage(f"teacher targets (fp model, top-{opts.top_k})"):
+        targets = teacher_targets(model, samples, spec, opts.top_k)
+    schemes = _schemes(model, opts.recipe)
+    with stages.stage(f"prepare: fake quantization on {len(schemes)} linears"):
+        apply_qat(model, schemes, "prepare")
+    torch.manual_seed(opts.seed)
+    # The decoder learns to absorb the towers' (fake-)quantization error; updating the towers too
+    # moved the spliced embeddings enough to spike the loss on the tiny model's random towers.
+    trainable = model if opts.train_encoders else model.text
+    params = [p for p in trainable.parameters() if p.dtype.is_floating_point]
+    model.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.0)
+    start, losses = (_load_state(model, opt, opts) if opts.resume else (0, []))
+    if start:
+        log.info("  resumed from %s at step %d", opts.state_dir, start)
+    log_path = opts.out.with_name(opts.out.name + ".qat-log.jsonl")
+    model.train()
+    t0 = time.perf_counter()
+    with stages.stage(f"train {opts.steps} steps (lr {opts.lr}, seed {opts.seed})"), log_path.open("a" if start else "w") as logf, \
+            Progress(TextColumn("[bold]qat"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                     TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task("", total=opts.steps, completed=start, loss=losses[-1] if losses else float("nan"))
+        for step in range(start, opts.steps):
+            i = int(np.random.default_rng([opts.seed, step]).integers(len(samples)))
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, opts)
+            loss = distillation_loss(sample_logits(model, samples[i], spec), targets[i])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            losses.append(round(loss.item(), 6))
+            logf.write(json.dumps({"step": step + 1, "sample": i, "loss": losses[-1], "lr": _lr_at(step, opts)}) + "\n")
+            bar.update(task, advance=1, loss=losses[-1])
+            if (step + 1) % opts.save_every == 0 and step + 1 < opts.steps:
+                _save_state(model, opt, step + 1, losses, opts)
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    _fresh_cache(model)
+    with stages.stage("convert (torchao QATConfig step=convert)"):
+        apply_qat(model, schemes, "convert")
+        linears = converted_linears(model, schemes)
+    window = max(1, min(10, len(losses) // 2))
+    first, last = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
+    log.info("  distillation loss: first %d steps %.4f -> last %d steps %.4f", window, first, window, last)
+    config = {
+        "method": "qat",
+        "created_by": f"autoglm-export {__version__}",
+        "source": {"label": src.label, **request.to_dict()},
+        "model": summary,
+        "recipe": opts.recipe.to_dict(),
+        "calibration": {
+            "data": str(cal.root), "samples": len(samples), "tokens": int(sum(len(s.token_ids) for s in samples)),
+            "steps": opts.steps, "lr": opts.lr, "seed": opts.seed, "top_k": opts.top_k, "train_encoders": opts.train_encoders,
+            "loss": "KL(teacher || student) over the teacher's top-k tokens + one tail bucket",
+            "loss_first": first, "loss_last": last, "log": str(log_path), "seconds": round(time.perf_counter() - t0, 1),
+        },
+    }
+    with stages.stage(f"write {opts.out}"):
+        qc = qcheckpoint.from_model(model, linears, config)
+        qcheckpoint.save(qc, opts.out, force=opts.force)
+    shutil.rmtree(opts.state_dir, ignore_errors=True)
+    log.info("wrote %s (%d quantized linears); loss log %s", opts.out, len(linears), log_path)
+    return opts.out

@@ -1,0 +1,657 @@
+"""Core ML recipe: one converter per component, each written the same way (apple/ml-stable-diffusion style).
+
+    convert_vision_encoder / convert_audio_encoder / convert_token_embedding / convert_text_decoder
+        1. wrap the component in a Core-ML-friendly torch module (weights shared with the model),
+        2. torch.jit.trace it with example inputs,
+        3. ct.convert to an fp16 ML program for the deployment target,
+        4. compress the weights (``ct.optimize.coreml.linear_quantize_weights``),
+        5. save the ``.mlpackage`` and describe its functions (inputs / outputs / states) for the manifest.
+
+The parity gate is not here: ``pipeline.export_bundle`` runs every package through a runtime
+(our MIL interpreter on Linux, ``MLModel.predict`` on macOS) against the eager references.
+
+Weights (``CoreMLRecipe``):
+
+- ``int4`` (iOS 18 only): symmetric int4, one fp16 scale per block of ``block_size`` input channels
+  of each output row (``constexpr_blockwise_shift_scale``). A linear whose input width is not a
+  multiple of the block falls back to int8 per output channel, and is named in the report.
+- ``int8``: symmetric int8, one scale per output row (iOS 17: ``constexpr_affine_dequantize``).
+- ``fp16``: no compression.
+- a quantized checkpoint (``calibrate`` / ``qat``; the converters' ``fixed``): each linear it
+  quantized keeps its integers exactly (``apply_checkpoint_codes``: int4 blocks incl. -8, or int8
+  per-channel, with its scales rounded to fp16), each linear it left fp32 stays fp16; coremltools
+  rounds nothing but the token embedding table (per the recipe). ``checkpoint_weight`` is the
+  eager twin's weight: codes times the fp16 scales, rounded to fp16 as the constexpr op's output.
+
+Compressed: the weight of every ``linear`` op (all nn.Linear of the towers and the decoder,
+lm_head included) and, in the TokenEmbedding package, the table of its ``gather`` (blocks along
+the hidden axis). Never compressed: biases and norms (1-D), the audio tower's two convolutions,
+the vision position embeddings, rotary tables, and the MoE router's weight (routing must not flip).
+``quantize_like_coreml`` does the same arithmetic in torch for the eager reference; a test checks
+it against the integers and scales inside the saved packages.
+
+fp16 safety: every RMSNorm is traced as ``layer_norm([x, -x])[..., :D] * weight`` (exactly equal),
+so no package squares the residual stream in fp16 (``x**2`` overflows fp16 once |x| > 256).
+
+Decoder (one package, ``TextDecoder.mlpackage``):
+
+- iOS 18: the KV cache is Core ML state (``keyCache`` / ``valueCache``, fp16,
+  ``[layers, 1, kv_heads, max_context, head_dim]``) and the package has two functions sharing
+  weights: ``prefill`` (exactly ``prefill_chunk`` tokens) and ``decode`` (one token).
+- iOS 17: no states, no multifunction: one function ``main`` for 1..prefill_chunk tokens takes the
+  whole cache as inputs ``key_cache`` / ``value_cache`` and returns only the new rows as
+  ``key_update`` / ``value_update`` ``[layers, 1, kv_heads, S, head_dim]``; the app writes them at
+  slots ``end - S .. end - 1``.
+
+Decoder inputs: ``inputs_embeds [1, S, hidden]`` fp16, ``position_ids [3, S]`` int32 (the 3-plane
+M-RoPE ids from ``autoglm_runtime.positions``) and ``causal_mask [1, 1, S, end]`` fp16 (0 where
+query i may attend to slot j, -inf elsewhere). ``end`` (the mask's last dimension, flexible up to
+max_context) says where the call writes: its S tokens go to cache slots ``end - S .. end - 1``, and
+attention reads slots ``0 .. end - 1``. Rotary cos/sin are looked up in fp16 tables of every
+position < max_context inside the graph (angles computed in fp32 at export; an fp16 angle of a
+position in the thousands would be off by whole radians). Output ``logits [1, S, vocab]`` fp16.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoglm_runtime.backends.coreml_backend import causal_mask
+
+from ...errors import ExportError
+from ...model.autoglm import AutoGLM
+from ...model.moe import TopKRouter
+from ...model.rope import apply_rotary
+from ...model.text import RMSNorm as TextRMSNorm
+from ...model.vision import RMSNorm as VisionRMSNorm
+from ...quantize.grid import array_digest
+from .recipe import CoreMLRecipe
+from .twin import checkpoint_scales16
+
+log = logging.getLogger(__name__)
+
+PACKAGES = {
+    "vision_encoder": "VisionEncoder.mlpackage",
+    "audio_encoder": "AudioEncoder.mlpackage",
+    "token_embedding": "TokenEmbedding.mlpackage",
+    "text_decoder": "TextDecoder.mlpackage",
+}
+STATE_NAMES = ("keyCache", "valueCache")
+
+
+# --------------------------------------------------------------------------- Core ML helpers
+
+
+def _ct():
+    try:
+        import coremltools as ct
+    except ImportError as e:
+        raise ExportError(f"autoglm-export ios needs coremltools ({e}); install autoglm-export[targets]") from None
+    return ct
+
+
+def _op_config(scheme: str, block_size: int):
+    from coremltools.optimize.coreml import OpLinearQuantizerConfig
+
+    if scheme == "int4":
+        return OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                       block_size=block_size, weight_threshold=0)
+    return OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0)
+
+
+# op type -> (the const input that holds the weight, the axis blocks run along)
+_WEIGHT_INPUTS = {"linear": ("weight", 1), "gather": ("x", 1)}
+
+
+def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "linear", skip: set[str] = frozenset()):
+    """int4 per-block (int8 per-channel for weights the block doesn't divide) or int8 per-channel,
+    on the weight const of every ``op_type`` op (one pass over the program)."""
+    from coremltools.optimize.coreml import OptimizationConfig, linear_quantize_weights
+
+    if scheme == "fp16":
+        return mlmodel
+    arg, axis = _WEIGHT_INPUTS[op_type]
+    per_name: dict = {name: None for name in skip}
+    int8 = _op_config("int8", block_size)
+    for fn in mlmodel._mil_program.functions.values():
+        for op in fn.operations:
+            if op.op_type != "const":
+                continue
+            users = {child.op_type for child in op.outputs[0].child_ops}
+            if op_type in users and len(users) > 1:
+                # coremltools dedups equal constants (e.g. all-zero biases), so one const can feed a linear
+                # and a layer_norm; its config lookup then fails on the conflict. Such consts are shared
+                # 1-D vectors in practice (never compressed): leave them alone.
+                per_name[op.name] = None
+                if op.outputs[0].rank > 1:
+                    log.warning("%s feeds %s: left uncompressed", op.name, ", ".join(sorted(users)))
+        if scheme == "int4":
+            for op in fn.operations:
+                w = op.inputs.get(arg) if op.op_type == op_type else None
+                if w is not None and w.op is not None and w.op.op_type == "const" and w.op.name not in per_name \
+                        and w.rank == 2 and w.shape[axis] % block_size:
+                    per_name[w.op.name] = int8
+    config = OptimizationConfig(op_type_configs={op_type: _op_config(scheme, block_size)}, op_name_configs=per_name)
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        return linear_quantize_weights(mlmodel, config)
+
+
+def _sanitized(fqn: str) -> str:
+    return fqn.replace(".", "_")
+
+
+
+def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
+    """Replace the fp16 weight const of every ``linear`` op that is a quantized checkpoint's layer by
+    a constexpr op holding the checkpoint's integers, unchanged (coremltools' round-to-nearest never
+    sees them): ``constexpr_blockwise_shift_scale(data=codes int4|int8 [out, in], scale=fp16 [out,
+    in / group])`` on iOS 18 (no offset: symmetric; int4 data may be -8, which coremltools' own
+    ``linear_symmetric`` never produces but the op allows), ``constexpr_affine_dequantize(int8,
+    zero_point 0, fp16 scale [out], axis 0)`` on iOS 17 (int8 per-channel only).
+
+    ``layers``: fqn -> ``QuantizedLinear`` of this package's component. The program's const is found
+    by value (the converted model already holds ``codes * scales``, cast to fp16), so it does not
+    depend on coremltools' const naming; the name only breaks ties between equal weights. Every
+    layer must be found. Linears that are not in ``layers`` keep their fp16 weights.
+    """
+    if not layers:
+        return mlmodel
+    from coremltools.converters.mil.mil import types
+    from coremltools.models.utils import _apply_graph_pass
+    from coremltools.optimize._utils import QuantParams
+    from coremltools.optimize.coreml._quantization_passes import linear_quantize_weights as _QuantizePass
+
+    if min_ios < 18 and any(q.bits == 4 for q in layers.values()):
+        raise ExportError("int4 quantized-checkpoint layers need --min-ios 18 (constexpr_blockwise_shift_scale)")
+    by_value: dict = {}
+    for fqn, q in layers.items():
+        by_value.setdefault(array_digest(q.dequantize().to(torch.float16).numpy()), []).append(fqn)
+    params = {}
+    for fqn, q in layers.items():
+        dtype = types.nptype_from_builtin(types.int4 if q.bits == 4 else types.int8)
+        params[fqn] = QuantParams(data=q.codes.numpy().astype(dtype), scale=checkpoint_scales16(q, fqn).numpy(),
+                                  offset=None, nbits=np.uint8(q.bits))
+    found: dict[str, list[str]] = {}
+
+    def pick(fqns: list[str], const_name: str) -> str:
+        first = layers[fqns[0]]
+        if all(torch.equal(layers[f].codes, first.codes) and torch.equal(layers[f].scales, first.scales) for f in fqns):
+            return fqns[0]
+        named = [f for f in fqns if const_name.endswith(_sanitized(f) + "_weight_to_fp16")]
+        if len(named) != 1:
+            raise ExportError(f"{const_name}: equal fp16 weights in {', '.join(fqns)} with different integer codes; "
+                              "cannot tell which checkpoint layer it is")
+        return named[0]
+
+    class CheckpointCodes(_QuantizePass):
+        def __init__(self):
+            super().__init__(config=None)
+            self.consts: dict[str, str] = {}
+
+        def apply(self, prog):
+            def find(block):
+                for op in block.operations:
+                    for b in op.blocks:
+                        find(b)
+                    w = op.inputs.get("weight") if op.op_type == "linear" else None
+                    if w is None or w.op is None or w.op.op_type != "const" or w.rank != 2:
+                        continue
+                    val = np.asarray(w.val)
+                    fqns = by_value.get(array_digest(val)) if val.dtype == np.float16 else None
+                    if fqns:
+                        fqn = pick(fqns, w.op.name)
+                        self.consts[w.op.name] = fqn
+                        found.setdefault(fqn, []).append(w.op.name)
+
+            for fn in prog.functions.values():
+                find(fn)
+            super().apply(prog)
+
+        def is_valid_op(self, op):
+            return op.op_type == "const" and op.name in self.consts
+
+        def transform_op(self, op):
+            new_var = self._create_constexpr_var(op, params[self.consts[op.name]])
+            op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new_var,
+                                                            no_check_var_types=True)
+            op.enclosing_block.remove_ops([op])
+
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        out = _apply_graph_pass(mlmodel, CheckpointCodes())
+    missing = sorted(set(layers) - set(found))
+    if missing:
+        raise ExportError(f"quantized-checkpoint layers not found among the converted program's linear weights: "
+                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return out
+
+
+def _compress_linears(ml, recipe: CoreMLRecipe, fixed: dict | None, prefix: str, skip: set[str] = frozenset()):
+    """The linears of one package: round-to-nearest per ``recipe``, or a quantized checkpoint's integers
+    (``fixed``, every fqn; the ones under ``prefix`` belong to this package) and nothing else."""
+    if fixed is None:
+        return compress_weights(ml, recipe.weights, recipe.block_size, skip=skip)
+    return apply_checkpoint_codes(ml, {f: q for f, q in fixed.items() if f.startswith(prefix + ".")}, recipe.min_ios)
+
+
+class _quiet_coremltools:
+    """coremltools logs a warning per skipped weight and draws progress bars: keep the CLI readable."""
+
+    def __enter__(self):
+        self.loggers = [logging.getLogger(n) for n in ("coremltools",)]
+        self.levels = [lg.level for lg in self.loggers]
+        for lg in self.loggers:
+            lg.setLevel(logging.ERROR)
+        self.tqdm = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
+        return self
+
+    def __exit__(self, *exc):
+        for lg, level in zip(self.loggers, self.levels):
+            lg.setLevel(level)
+        if self.tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = self.tqdm
+
+
+def _convert(traced, *, inputs, outputs, states=None, recipe: CoreMLRecipe):
+    ct = _ct()
+    target = ct.target.iOS18 if recipe.min_ios >= 18 else ct.target.iOS17
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        try:
+            return ct.convert(traced, inputs=inputs, outputs=outputs, states=states or None,
+                              minimum_deployment_target=target, compute_precision=ct.precision.FLOAT16,
+                              convert_to="mlprogram", compute_units=ct.ComputeUnit.CPU_ONLY)
+        except Exception as e:  # coremltools raises bare ValueError/RuntimeError/NotImplementedError
+            raise ExportError(f"Core ML conversion failed: {type(e).__name__}: {e}") from e
+
+
+def _rms_norm_as_layer_norm(norm: nn.Module):
+    """RMSNorm(x) == LayerNorm([x, -x])[..., :D] * weight, exactly: the concatenation has mean 0 and
+    variance mean(x^2). One fused ``layer_norm`` op computes its statistics internally, while the
+    literal ``x.pow(2).mean()`` squares x in fp16, which overflows once |x| > 256 (an LLM's
+    residual stream has such outliers). The trick Apple uses for Llama on Core ML."""
+
+    def forward(x):
+        d = x.shape[-1]
+        y = F.layer_norm(torch.cat([x, -x], dim=-1), (2 * d,), eps=norm.eps)
+        return norm.weight * y[..., :d]
+
+    return forward
+
+
+def _is_rms_norm(mod: nn.Module) -> bool:
+    return isinstance(mod, (TextRMSNorm, VisionRMSNorm))
+
+
+def _trace(module: nn.Module, example: tuple):
+    norms = [m for m in module.modules() if _is_rms_norm(m)]
+    try:
+        for m in norms:  # instance-level override, for the trace only
+            m.forward = _rms_norm_as_layer_norm(m)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape-derived Python ints are expected
+            return torch.jit.trace(module.eval(), example, check_trace=False)
+    finally:
+        for m in norms:
+            del m.forward
+
+
+def _tensor(name: str, shape, dtype):
+    return _ct().TensorType(name=name, shape=shape, dtype=dtype)
+
+
+_DTYPES = {"FLOAT16": "float16", "FLOAT32": "float32", "INT32": "int32", "DOUBLE": "float64"}
+
+
+def _feature(desc) -> dict:
+    """A spec FeatureDescription -> {"name", "shape", "dtype"[, "shape_range"]} (flexible dims as [lo, hi])."""
+    kind = desc.type.WhichOneof("Type")
+    arr = desc.type.multiArrayType if kind == "multiArrayType" else desc.type.stateType.arrayType
+    from coremltools.proto import FeatureTypes_pb2
+
+    out = {"name": desc.name, "shape": [int(s) for s in arr.shape],
+           "dtype": _DTYPES.get(FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType), "?")}
+    if kind == "multiArrayType" and arr.WhichOneof("ShapeFlexibility") == "shapeRange":
+        ranges = [[int(r.lowerBound), int(r.upperBound)] for r in arr.shapeRange.sizeRanges]
+        if any(lo != hi for lo, hi in ranges):
+            out["shape_range"] = ranges
+    return out
+
+
+def describe_package(path: str | Path) -> dict:
+    """Functions of a saved package with their input / output / state names, shapes and dtypes."""
+    from coremltools.models.utils import load_spec
+
+    spec = load_spec(str(path))
+    d = spec.description
+    if len(d.functions):
+        functions = {f.name: {"inputs": [_feature(i) for i in f.input], "outputs": [_feature(o) for o in f.output],
+                              "states": [_feature(s) for s in f.state]} for f in d.functions}
+        default = d.defaultFunctionName
+    else:
+        functions = {"main": {"inputs": [_feature(i) for i in d.input], "outputs": [_feature(o) for o in d.output],
+                              "states": [_feature(s) for s in d.state]}}
+        default = "main"
+    return {"functions": functions, "default_function": default, "specification_version": int(spec.specificationVersion)}
+
+
+def load_mil_program(path: str | Path):
+    """The MIL program of a saved package, read back from disk (weights from its weight file)."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load
+
+    with _quiet_coremltools():  # the reader logs every var of a multifunction program at INFO
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        spec = model.get_spec()
+        return load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+
+
+def op_counts(path: str | Path) -> dict[str, dict[str, int]]:
+    """Per function, how many ops of each type the saved program has (consts left out)."""
+    prog = load_mil_program(path)
+    out = {}
+    for fname, fn in prog.functions.items():
+        counts = Counter()
+
+        def walk(block):
+            for op in block.operations:
+                counts[op.op_type] += 1
+                for b in op.blocks:
+                    walk(b)
+
+        walk(fn)
+        counts.pop("const", None)
+        out[fname] = dict(sorted(counts.items()))
+    return out
+
+
+def package_bytes(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+@dataclass
+class PackageInfo:
+    component: str
+    file: str  # bundle-relative name, e.g. TextDecoder.mlpackage
+    functions: dict = field(default_factory=dict)
+    default_function: str = "main"
+    ops: dict = field(default_factory=dict)
+    bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "default_function": self.default_function, "functions": self.functions,
+                "ops": self.ops, "bytes": self.bytes, **self.extra}
+
+
+def _finish(component: str, mlmodel, path: Path, extra: dict | None = None) -> PackageInfo:
+    path = Path(path)
+    if mlmodel is not None:
+        mlmodel.save(str(path))
+    d = describe_package(path)
+    return PackageInfo(component, path.name, d["functions"], d["default_function"], op_counts(path), package_bytes(path),
+                       dict(extra or {}, specification_version=d["specification_version"]))
+
+
+# --------------------------------------------------------------------------- encoders and embedding
+
+
+class VisionWrapper(nn.Module):
+    def __init__(self, model: AutoGLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model.vision_encoder(pixel_values)
+
+
+class AudioWrapper(VisionWrapper):
+    def forward(self, input_features):
+        return self.model.audio_encoder(input_features)
+
+
+class EmbeddingWrapper(VisionWrapper):
+    def forward(self, token_ids):
+        return self.model.token_embedding(token_ids)
+
+
+def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
+    """pixel_values [patches, 3*T*p*p] fp16 -> image_embeds [image_tokens, hidden] fp16."""
+    v = model.vision
+    example = (torch.zeros(v.num_patches, v.patch_dim),)
+    ml = _convert(_trace(VisionWrapper(model), example), recipe=recipe,
+                  inputs=[_tensor("pixel_values", example[0].shape, np.float16)],
+                  outputs=[_tensor("image_embeds", None, np.float16)])
+    return _finish("vision_encoder", _compress_linears(ml, recipe, fixed, "vision"), path)
+
+
+def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
+    """input_features [1, mel_bins, frames] fp16 -> audio_embeds [audio_tokens, hidden] fp16."""
+    if model.audio is None:
+        raise ExportError("this model has no audio tower")
+    example = (torch.zeros(1, model.cfg.audio.num_mel_bins, model.shape.audio_frames),)
+    ml = _convert(_trace(AudioWrapper(model), example), recipe=recipe,
+                  inputs=[_tensor("input_features", example[0].shape, np.float16)],
+                  outputs=[_tensor("audio_embeds", None, np.float16)])
+    return _finish("audio_encoder", _compress_linears(ml, recipe, fixed, "audio"), path)
+
+
+def convert_token_embedding(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
+    """token_ids [1, S] int32 (S = 1..max_context) -> embeds [1, S, hidden] fp16: a gather of the table."""
+    ct = _ct()
+    example = (torch.zeros(1, 4, dtype=torch.int32),)
+    seq = ct.RangeDim(lower_bound=1, upper_bound=model.shape.max_context, default=1, symbol="seq")
+    ml = _convert(_trace(EmbeddingWrapper(model), example), recipe=recipe,
+                  inputs=[_tensor("token_ids", (1, seq), np.int32)],
+                  outputs=[_tensor("embeds", None, np.float16)])
+    return _finish("token_embedding", compress_weights(ml, recipe.embedding_scheme, recipe.block_size, op_type="gather"), path)
+
+
+# --------------------------------------------------------------------------- text decoder
+
+
+class _DecoderBase(nn.Module):
+    """The GLM-4.1V decoder stack with a Core-ML-friendly attention; every weight is the model's own.
+
+    Rotary: fp16-safe tables ``cos/sin [max_context, rotary_dim/2]`` computed in fp32, indexed by
+    each plane's position id and mixed with the M-RoPE plane selector (exact: 0/1 weights).
+    """
+
+    def __init__(self, model: AutoGLM):
+        super().__init__()
+        text = model.text
+        self.text = text
+        self.cfg = text.cfg
+        self.max_context = model.shape.max_context
+        attn = text.layers[0].self_attn
+        self.n_heads, self.n_kv_heads, self.head_dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
+        self.interleaved = attn.interleaved
+        angles = torch.arange(self.max_context, dtype=torch.float64)[:, None] * text.inv_freq.double()[None, :]
+        self.register_buffer("rope_cos_table", angles.cos().float(), persistent=False)
+        self.register_buffer("rope_sin_table", angles.sin().float(), persistent=False)
+        self.register_buffer("rope_plane", text.rope_selector.clone()[:, None, :], persistent=False)  # [3, 1, R/2]
+
+    @property
+    def cache_shape(self) -> tuple[int, ...]:
+        return (len(self.text.layers), 1, self.n_kv_heads, self.max_context, self.head_dim)
+
+    def rotary(self, position_ids):
+        pos = position_ids.long()
+        cos = (F.embedding(pos, self.rope_cos_table) * self.rope_plane).sum(0)  # [S, R/2]
+        sin = (F.embedding(pos, self.rope_sin_table) * self.rope_plane).sum(0)
+        if self.interleaved:
+            return cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+        return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+
+    def qkv(self, attn, h, seq, cos, sin):
+        q = attn.q_proj(h).view(1, seq, self.n_heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved), v
+
+    def attend(self, attn, q, keys, values, mask, seq):
+        # coremltools 9.0 ignores enable_gqa: repeat K/V heads explicitly (query head h reads kv head h // groups).
+        groups = self.n_heads // self.n_kv_heads
+        if groups > 1:
+            keys = keys.repeat_interleave(groups, dim=1)
+            values = values.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # scale=None: fused SDPA on iOS 18
+        return attn.o_proj(out.transpose(1, 2).reshape(1, seq, self.n_heads * self.head_dim))
+
+
+class StatefulDecoder(_DecoderBase):
+    """iOS 18: the KV cache is Core ML state (``keyCache`` / ``valueCache``), written with slice updates."""
+
+    def __init__(self, model: AutoGLM):
+        super().__init__(model)
+        self.register_buffer("keyCache", torch.zeros(self.cache_shape, dtype=torch.float16))
+        self.register_buffer("valueCache", torch.zeros(self.cache_shape, dtype=torch.float16))
+
+    def forward(self, inputs_embeds, position_ids, causal_mask):
+        seq = inputs_embeds.shape[1]
+        end = causal_mask.shape[-1]
+        begin = end - seq
+        cos, sin = self.rotary(position_ids)
+        x = inputs_embeds
+        for i, layer in enumerate(self.text.layers):
+            attn = layer.self_attn
+            q, k, v = self.qkv(attn, layer.input_layernorm(x), seq, cos, sin)
+            self.keyCache[i : i + 1, :, :, begin:end, :] = k.unsqueeze(0).to(torch.float16)
+            self.valueCache[i : i + 1, :, :, begin:end, :] = v.unsqueeze(0).to(torch.float16)
+            keys = self.keyCache[i, :, :, :end, :].to(q.dtype)
+            values = self.valueCache[i, :, :, :end, :].to(q.dtype)
+            x = layer.residual_tail(x, self.attend(attn, q, keys, values, causal_mask, seq))
+        return self.text.lm_head(self.text.norm(x))
+
+
+class ExplicitCacheDecoder(_DecoderBase):
+    """iOS 17: the cache comes in as inputs; the new rows go out (the app writes them at end-S..end-1)."""
+
+    def forward(self, inputs_embeds, position_ids, causal_mask, key_cache, value_cache):
+        seq = inputs_embeds.shape[1]
+        end = causal_mask.shape[-1]
+        begin = end - seq
+        cos, sin = self.rotary(position_ids)
+        x = inputs_embeds
+        new_k, new_v = [], []
+        for i, layer in enumerate(self.text.layers):
+            attn = layer.self_attn
+            q, k, v = self.qkv(attn, layer.input_layernorm(x), seq, cos, sin)
+            new_k.append(k.to(torch.float16))
+            new_v.append(v.to(torch.float16))
+            keys = torch.slice_scatter(key_cache[i, :, :, :end, :], new_k[-1], dim=2, start=begin, end=end).to(q.dtype)
+            values = torch.slice_scatter(value_cache[i, :, :, :end, :], new_v[-1], dim=2, start=begin, end=end).to(q.dtype)
+            x = layer.residual_tail(x, self.attend(attn, q, keys, values, causal_mask, seq))
+        return self.text.lm_head(self.text.norm(x)), torch.stack(new_k), torch.stack(new_v)
+
+
+def _decoder_example(model: AutoGLM, seq: int, end: int):
+    hidden = model.cfg.text.hidden_size
+    return (torch.zeros(1, seq, hidden), torch.arange(seq, dtype=torch.int32).expand(3, seq).contiguous(),
+            torch.from_numpy(causal_mask(end - seq, seq).astype(np.float32)))
+
+
+def _router_weights(mlmodel) -> set[str]:
+    """Const names of the MoE routers' weights: the linears whose output (through casts) feeds a sigmoid.
+
+    The router's ``F.linear(x.float(), weight.float())`` traces to an anonymous const, so it is
+    found by structure, not by name. Kept fp16: an int4 router could flip expert choices.
+    """
+    names = set()
+    for fn in mlmodel._mil_program.functions.values():
+        for op in fn.operations:
+            if op.op_type != "linear" or op.weight.op is None or op.weight.op.op_type != "const":
+                continue
+            frontier, seen = list(op.outputs[0].child_ops), 0
+            while frontier and seen < 8:
+                child = frontier.pop()
+                seen += 1
+                if child.op_type == "sigmoid":
+                    names.add(op.weight.op.name)
+                elif child.op_type == "cast":
+                    frontier.extend(child.outputs[0].child_ops)
+    return names
+
+
+def _decoder_inputs(model: AutoGLM, seq, end_lo: int) -> list:
+    ct = _ct()
+    hidden = model.cfg.text.hidden_size
+    end = ct.RangeDim(lower_bound=end_lo, upper_bound=model.shape.max_context, default=end_lo, symbol="end")
+    return [_tensor("inputs_embeds", (1, seq, hidden), np.float16), _tensor("position_ids", (3, seq), np.int32),
+            _tensor("causal_mask", (1, 1, seq, end), np.float16)]
+
+
+def _compress_decoder(ml, recipe: CoreMLRecipe, model: AutoGLM, fixed: dict | None = None):
+    routers = _router_weights(ml)
+    expected = sum(isinstance(m, TopKRouter) for m in model.text.modules())
+    if len(routers) != expected:
+        raise ExportError(f"found {len(routers)} MoE router weights in the converted decoder, expected {expected}")
+    return _compress_linears(ml, recipe, fixed, "text", skip=routers)
+
+
+def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefill_chunk: int, workdir: Path,
+                         fixed: dict | None = None) -> PackageInfo:
+    """iOS 18: multifunction ``prefill`` (``prefill_chunk`` tokens) + ``decode`` (1 token) over one state.
+    iOS 17: one function ``main`` (1..prefill_chunk tokens) with the cache as explicit inputs/outputs."""
+    ct = _ct()
+    ctx = model.shape.max_context
+    if not 1 <= prefill_chunk <= ctx:
+        raise ExportError(f"--prefill-chunk {prefill_chunk} must be between 1 and the context length {ctx}")
+    workdir = Path(workdir)
+    extra = {"prefill_chunk": prefill_chunk, "max_context": ctx, "mask_value": "-inf",
+             "rotary": "position_ids index fp16 cos/sin tables inside the graph"}
+    if recipe.min_ios >= 18:
+        wrapper = StatefulDecoder(model)
+        states = [ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES]
+        parts = {}
+        for fname, seq in (("prefill", prefill_chunk), ("decode", 1)):
+            example = _decoder_example(model, seq, min(ctx, seq + 2))
+            ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=_decoder_inputs(model, seq, seq),
+                          outputs=[_tensor("logits", None, np.float16)], states=states)
+            ml = _compress_decoder(ml, recipe, model, fixed)
+            parts[fname] = workdir / f"TextDecoder-{fname}.mlpackage"
+            ml.save(str(parts[fname]))
+        desc = ct.utils.MultiFunctionDescriptor()
+        for fname, part in parts.items():
+            desc.add_function(str(part), src_function_name="main", target_function_name=fname)
+        desc.default_function_name = "decode"
+        with warnings.catch_warnings(), _quiet_coremltools():
+            warnings.simplefilter("ignore")
+            ct.utils.save_multifunction(desc, str(path))
+        extra.update({"kv_cache": "state", "state_names": list(STATE_NAMES), "cache_shape": list(wrapper.cache_shape),
+                      "separate_function_bytes": {f: package_bytes(p) for f, p in parts.items()}})
+        return _finish("text_decoder", None, path, extra)
+
+    wrapper = ExplicitCacheDecoder(model)
+    seq = ct.RangeDim(lower_bound=1, upper_bound=prefill_chunk, default=1, symbol="seq")
+    n = min(2, prefill_chunk)
+    example = _decoder_example(model, n, min(ctx, n + 2)) + (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2
+    inputs = _decoder_inputs(model, seq, 1) + [_tensor("key_cache", wrapper.cache_shape, np.float16),
+                                               _tensor("value_cache", wrapper.cache_shape, np.float16)]
+    outputs = [_tensor(n_, None, np.float16) for n_ in ("logits", "key_update", "value_update")]
+    ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=inputs, outputs=outputs)
+    ml = _compress_decoder(ml, recipe, model, fixed)
+    extra.update({"kv_cache": "inputs_outputs", "cache_inputs": ["key_cache", "value_cache"],
+                  "cache_outputs": ["key_update", "value_update"], "cache_shape": list(wrapper.cache_shape)})
+    return _finish("text_decoder", ml, path, extra)
+
+
+CONVERTERS = {
+    "vision_encoder": convert_vision_encoder,
+    "audio_encoder": convert_audio_encoder,
+    "token_embedding": convert_token_embedding,
+}

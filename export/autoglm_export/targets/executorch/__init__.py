@@ -1,0 +1,1 @@
+"""ExecuTorch (Android): one multi-method ``model.pte`` lowered to XNNPACK (or QNN)."""

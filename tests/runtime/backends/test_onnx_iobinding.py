@@ -1,0 +1,81 @@
+"""``OnnxBackend`` keeps the KV cache in IO-bound buffers; that must not change a single bit.
+
+One tiny int4 export (no validation: only the backend is under test), then the same prefill
+chunks and decode steps through the bound path and through ``InferenceSession.run`` with the
+cache as numpy feeds, including switching between the two in mid-conversation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from autoglm_export.pipeline import export_bundle  # noqa: E402
+from autoglm_export.targets.onnx.export import OnnxOptions  # noqa: E402
+from autoglm_export.request import ModelRequest  # noqa: E402
+from autoglm_runtime.backends.onnx_backend import OnnxBackend  # noqa: E402
+from autoglm_runtime.bundle import open_bundle  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("iobinding") / "onnx"
+    path, _ = export_bundle("onnx", ModelRequest(), OnnxOptions(out=out, validate=False))
+    return open_bundle(path)
+
+
+def _conversation(backend: OnnxBackend, hidden: int, modes: list[bool]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """A 9-token prefill in two chunks, then one decode step per entry of ``modes`` (io_binding on/off)
+    with greedy tokens; returns every call's logits and a copy of the final cache."""
+    rng = np.random.default_rng(0)
+    embeds = rng.standard_normal((1, 9, hidden)).astype(np.float32)
+    backend.io_binding = modes[0]
+    backend.reset()
+    logits = []
+    for start, stop in ((0, 5), (5, 9)):
+        pos = np.arange(start, stop)
+        logits.append(backend.text_decoder(embeds[:, start:stop], pos, np.stack([pos, pos // 2, pos % 3])))
+    token = np.array([[int(logits[-1][0, -1].argmax())]])
+    for step, mode in enumerate(modes):
+        backend.io_binding = mode
+        pos = np.array([9 + step])
+        logits.append(backend.text_decoder(backend.token_embedding(token), pos, np.stack([pos] * 3)))
+        token = np.array([[int(logits[-1][0, -1].argmax())]])
+    return logits, {k: v.copy() for k, v in backend.cache.items()}
+
+
+def test_bound_decode_equals_unbound_bit_for_bit(bundle):
+    backend = OnnxBackend.from_bundle(bundle)
+    assert backend.io_binding  # the default
+    hidden = bundle.spec.hidden_size
+    unbound, unbound_cache = _conversation(backend, hidden, [False] * 6)
+    bound, bound_cache = _conversation(backend, hidden, [True] * 6)
+    mixed, mixed_cache = _conversation(backend, hidden, [True, True, False, True, False, False])
+    for got in (bound, mixed):
+        assert len(got) == len(unbound)
+        for a, b in zip(got, unbound):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+    for cache in (bound_cache, mixed_cache):
+        assert cache.keys() == unbound_cache.keys()
+        for name in cache:
+            np.testing.assert_array_equal(cache[name], unbound_cache[name])
+    assert not any(c[0, :, 15:].any() for c in unbound_cache.values())  # 15 positions written, no more
+
+
+def test_bound_logits_are_fresh_arrays_and_reset_clears_the_bound_cache(bundle):
+    backend = OnnxBackend.from_bundle(bundle)
+    hidden = bundle.spec.hidden_size
+    x = np.ones((1, 1, hidden), np.float32)
+    first = backend.text_decoder(x, np.array([0]), np.zeros((3, 1), np.int64))
+    kept = first.copy()
+    second = backend.text_decoder(x, np.array([1]), np.ones((3, 1), np.int64))
+    assert second is not first
+    np.testing.assert_array_equal(first, kept)  # the next call did not write into the caller's logits
+    assert any(c.any() for c in backend.cache.values())
+    backend.reset()
+    assert not any(c.any() for c in backend.cache.values())
+    np.testing.assert_array_equal(backend.text_decoder(x, np.array([0]), np.zeros((3, 1), np.int64)), kept)
