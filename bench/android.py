@@ -211,8 +211,9 @@ def run_onnx_leg(onnx_args: argparse.Namespace, run: dict, android: dict, consol
 
 def time_pte(pte: Path, threads: int, kw: dict, console):
     """The .pte through ExecuTorchBackend: load time and RSS, then ``measure_backend``."""
-    from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend
     from executorch.extension.pybindings import portable_lib
+
+    from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend
 
     portable_lib._unsafe_reset_threadpool(threads)
     et_threads = portable_lib._threadpool_get_thread_count()
@@ -236,6 +237,7 @@ def time_eager_and_linears(args, model, recipe, hidden: int, kw: dict, console) 
     """Eager fp32, then quantize in place (the byte model needs the per-layer schemes), the linears-alone
     probe on the quantized weights, eager quantized, and eager quantized with the ExecuTorch attention."""
     import torch
+
     from autoglm_export.quantize import apply_recipe
     from autoglm_runtime.backends.torch_backend import TorchBackend
 
@@ -260,7 +262,7 @@ def time_eager_and_linears(args, model, recipe, hidden: int, kw: dict, console) 
                 console.print(
                     f"  linears alone: {probe['ms']['median']:.2f} ms ({probe['subgraphs']} XNNPACK subgraphs)"
                 )
-        except Exception as e:  # noqa: BLE001 - a failed probe is recorded, not fatal
+        except Exception as e:  # a failed probe is recorded, not fatal
             probe = {"error": f"{type(e).__name__}: {e}"}
             console.print(f"[yellow]linears probe failed: {probe['error']}[/yellow]")
         gc.collect()
@@ -277,7 +279,7 @@ def time_eager_and_linears(args, model, recipe, hidden: int, kw: dict, console) 
                     prepare(model)
                 with torch.inference_mode():
                     eager[key] = measure_backend(TorchBackend(model), label=label, budget_s=args.slow_budget_s, **kw)
-            except Exception as e:  # noqa: BLE001 - a failed probe is recorded, not fatal
+            except Exception as e:  # a failed probe is recorded, not fatal
                 eager[key] = {"label": label, "error": f"{type(e).__name__}: {e}"}
                 console.print(f"[yellow]{label} failed: {eager[key]['error']}[/yellow]")
     return {
@@ -302,6 +304,7 @@ def measure_and_report(
     run: dict,
 ) -> int:
     import torch
+
     from autoglm_export.source import open_source
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -334,7 +337,7 @@ def measure_and_report(
     if not args.no_profile:  # a second, ETDump-enabled load of the program
         try:
             profile = profile_decode_step(pte, hidden, n_prefill + n_decode // 2)
-        except Exception as e:  # noqa: BLE001 - a profiling failure must not cost the benchmark
+        except Exception as e:  # a profiling failure must not cost the benchmark
             profile = {"error": f"{type(e).__name__}: {e}"}
             console.print(f"[yellow]ETDump profile failed: {profile['error']}[/yellow]")
         gc.collect()

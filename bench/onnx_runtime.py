@@ -170,6 +170,7 @@ def measure_and_report(
     executorch: dict | None,
 ) -> int:
     import onnxruntime
+
     from autoglm_runtime.backends.onnx_backend import OnnxBackend
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -220,7 +221,7 @@ def measure_and_report(
         console.print(f"int8-activation probe: the decoder with accuracy_level {INT8_ACCURACY_LEVEL}")
         try:
             probe = int8_probe(paths, backend, args, kw, console)
-        except Exception as e:  # noqa: BLE001 - a probe failure must not cost the benchmark
+        except Exception as e:  # a probe failure must not cost the benchmark
             probe = {"error": f"{type(e).__name__}: {e}"}
             console.print(f"[yellow]int8 probe failed: {probe['error']}[/yellow]")
     del backend, dec, audio
@@ -230,7 +231,7 @@ def measure_and_report(
         try:
             position = min(n_prefill + n_decode // 2, backend_max_context(manifest) - PROFILE_STEPS - 2)
             profile = profile_decode(paths["text_decoder"], args.threads, hidden, position, steps=PROFILE_STEPS)
-        except Exception as e:  # noqa: BLE001 - a failed probe is recorded, not fatal
+        except Exception as e:  # a failed probe is recorded, not fatal
             profile = {"error": f"{type(e).__name__}: {e}"}
             console.print(f"[yellow]profile failed: {profile['error']}[/yellow]")
     peak_rss = peak_rss_bytes()  # before the bandwidth probe's 1 GiB array

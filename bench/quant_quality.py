@@ -80,7 +80,7 @@ def heldout_windows(
 
     tok = Tokenizer(tokenizer_path)
     out = []
-    for lang, lines in sorted(lines_by_lang.items()):
+    for _, lines in sorted(lines_by_lang.items()):
         stream = np.asarray([i for line in lines for i in tok.encode(line + "\n")], dtype=np.int64)
         out += [stream[k * window : (k + 1) * window] for k in range(len(stream) // window)][: max_windows // 2]
     return out
@@ -125,6 +125,7 @@ def metrics(logits: list[np.ndarray], windows: list[np.ndarray], reference: list
 
 def open_variant(variant: str, preset: str, qckpts: dict):
     """The eager model of one variant (quantized in place), plus the request that exports it."""
+    from autoglm_export.pipeline import open_quantized
     from autoglm_export.quantize import QuantRecipe, apply_recipe, qcheckpoint
     from autoglm_export.request import ModelRequest
 
@@ -132,7 +133,7 @@ def open_variant(variant: str, preset: str, qckpts: dict):
     src = request.open()
     if variant == "fp32":
         return src, request
-    qc = request.open_quantized(src)
+    qc = open_quantized(request, src)
     if qc is not None:
         qcheckpoint.load_into_model(qc, src.model)
     apply_recipe(src.model, QuantRecipe(), fixed=qc.linears if qc is not None else None)
@@ -171,6 +172,7 @@ def make_checkpoints(args, work: Path) -> tuple[dict[str, Path], dict[str, float
 
 def measure(args) -> dict:
     import torch
+
     from autoglm_export.request import ModelRequest
     from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend
     from autoglm_runtime.backends.torch_backend import TorchBackend
