@@ -16,27 +16,34 @@ import time
 from pathlib import Path
 
 import torch
+from harness import backend_timing, results
+from harness.console import print_metric_table
+from harness.load import LoadMonitor, describe_load
+from harness.machine import machine_info, memory_bandwidth
+from harness.markdown import machine_line, markdown_table, section_head, update_markdown_section
+from harness.memory import current_rss_bytes, peak_rss_bytes
+from harness.paths import default_results, repo_relative
+from harness.timing import Timing, time_runs
+from harness.units import GB, fmt_count, fmt_mb
 from rich.console import Console
-from rich.table import Table
-
-try:  # run as a script (bench/ is on sys.path) or as a module from the repository root
-    from . import common
-except ImportError:
-    import common
 
 DTYPES = {"fp32": torch.float32}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="small", help="model preset (tiny, small, ...); random weights unless it ships a checkpoint")
+    p.add_argument(
+        "--preset", default="small", help="model preset (tiny, small, ...); random weights unless it ships a checkpoint"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (also used by the bandwidth probe)")
     p.add_argument("--prefill-tokens", type=int, default=64, help="prompt length for prefill")
     p.add_argument("--decode-tokens", type=int, default=64, help="decode steps measured after the prefill")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs before each measurement")
     p.add_argument("--runs", type=int, default=5, help="timed runs for prefill and the encoders (median reported)")
-    p.add_argument("--out", type=Path, default=None, help="JSON result path (default bench/results/eager-<preset>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON result path (default bench/results/eager-<preset>.json)"
+    )
     p.add_argument("--markdown", action="store_true", help="write/replace this run's section in BENCHMARKS.md")
     p.add_argument("--profile", action="store_true", help="also print the top ops of one prefill and one decode step")
     return p.parse_args()
@@ -61,13 +68,15 @@ def decode_weight_bytes(text) -> int:
 
 
 def kv_cache_bytes(text) -> int:
-    return sum(b.numel() * b.element_size() for name, b in text.named_buffers() if name.endswith(("k_cache", "v_cache")))
+    return sum(
+        b.numel() * b.element_size() for name, b in text.named_buffers() if name.endswith(("k_cache", "v_cache"))
+    )
 
 
 def text_positions(start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cache_position [S] and text-only M-RoPE position_ids [3, S] (the same position on all planes)."""
-    cache_position = torch.arange(start, start + length)
-    return cache_position, cache_position.expand(3, length)
+    """``harness.backend_timing.text_positions`` as torch tensors."""
+    cache_position, position_ids = backend_timing.text_positions(start, length)
+    return torch.from_numpy(cache_position), torch.from_numpy(position_ids)
 
 
 def profile_top_ops(fn, label: str, console: Console) -> None:
@@ -83,11 +92,11 @@ def profile_top_ops(fn, label: str, console: Console) -> None:
 def main() -> int:
     args = parse_args()
     console = Console()
-    out = args.out or common.REPO / "bench" / "results" / f"eager-{args.preset}.json"
-    out_str = str(out.resolve().relative_to(common.REPO)) if out.resolve().is_relative_to(common.REPO) else str(out)
-    load = common.LoadMonitor()
+    out = args.out or default_results("eager", args.preset)
+    out_str = repo_relative(out)
+    load = LoadMonitor()
     torch.set_num_threads(args.threads)
-    rss_start = common.current_rss_bytes()
+    rss_start = current_rss_bytes()
 
     from autoglm_export.source import open_source
 
@@ -100,8 +109,8 @@ def main() -> int:
         model.prepare()
     model.eval()
     build_s = time.perf_counter() - start
-    rss_after_build = common.current_rss_bytes()
-    peak_after_build = common.peak_rss_bytes()
+    rss_after_build = current_rss_bytes()
+    peak_after_build = peak_rss_bytes()
 
     text, cfg, shape = model.text, model.cfg, model.shape
     n_prefill, n_decode = args.prefill_tokens, args.decode_tokens
@@ -126,7 +135,7 @@ def main() -> int:
         def prefill() -> torch.Tensor:
             return model.text_decoder(model.token_embedding(prompt), prefill_pos, prefill_ids)
 
-        prefill_t = common.time_runs(prefill, warmup=args.warmup, runs=args.runs, setup=model.reset_cache)
+        prefill_t = time_runs(prefill, warmup=args.warmup, runs=args.runs, setup=model.reset_cache)
 
         # ---- decode: greedy, one token per step through the static KV cache, each step timed
         def decode(steps: int) -> list[float]:
@@ -142,37 +151,33 @@ def main() -> int:
             return times
 
         decode(min(4, n_decode))  # warmup
-        decode_t = common.Timing(decode(n_decode))
+        decode_t = Timing(decode(n_decode))
 
         # ---- encoders at the export shapes
         vision = model.vision
         pixels = torch.randn(vision.num_patches, vision.patch_dim, generator=generator)
-        vision_t = common.time_runs(lambda: model.vision_encoder(pixels), warmup=args.warmup, runs=args.runs)
+        vision_t = time_runs(lambda: model.vision_encoder(pixels), warmup=args.warmup, runs=args.runs)
         audio_t = None
         if model.audio is not None:
             mel = torch.randn(1, model.audio.cfg.num_mel_bins, model.audio.num_frames, generator=generator)
-            audio_t = common.time_runs(lambda: model.audio_encoder(mel), warmup=args.warmup, runs=args.runs)
+            audio_t = time_runs(lambda: model.audio_encoder(mel), warmup=args.warmup, runs=args.runs)
 
         if args.profile:
             profile_top_ops(lambda: (model.reset_cache(), prefill()), f"prefill of {n_prefill} tokens", console)
             pos, ids = text_positions(n_prefill, 1)
             token = prompt[:, :1]
-            profile_top_ops(lambda: model.text_decoder(model.token_embedding(token), pos, ids), "one decode step", console)
+            profile_top_ops(
+                lambda: model.text_decoder(model.token_embedding(token), pos, ids), "one decode step", console
+            )
 
-    peak_rss = common.peak_rss_bytes()  # before the bandwidth probe allocates its 1 GiB array
-    bandwidth = common.memory_bandwidth(args.threads)
+    peak_rss = peak_rss_bytes()  # before the bandwidth probe allocates its 1 GiB array
+    bandwidth = memory_bandwidth(args.threads)
     load_info = load.stop()
 
     decode_ms = decode_t.median * 1e3
-    floor_ms = per_token_bytes / (bandwidth["best_gbps"] * common.GB) * 1e3
-    results = {
-        "benchmark": "eager",
-        "command": common.command_line(),
-        "date": common.utc_now(),
-        "machine": common.machine_info(args.threads),
-        "load": load_info,
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "out": out_str,
+    floor_ms = per_token_bytes / (bandwidth["best_gbps"] * GB) * 1e3
+    record = {
+        **results.header("eager", args, out_str, machine=machine_info(args.threads), load=load_info),
         "model": {
             "preset": args.preset,
             "label": source.label,
@@ -207,26 +212,23 @@ def main() -> int:
             "ratio_to_floor": decode_ms / floor_ms,
         },
         "vision_encoder": {"ms_per_image": vision_t.to_dict(), "input": [vision.num_patches, vision.patch_dim]},
-        "audio_encoder": None if audio_t is None else {
+        "audio_encoder": None
+        if audio_t is None
+        else {
             "ms_per_clip": audio_t.to_dict(),
             "input": [1, model.audio.cfg.num_mel_bins, model.audio.num_frames],
         },
         "bandwidth": bandwidth,
     }
 
-    rows = summary_rows(results)
-    table = Table(title=f"Eager PyTorch ({args.dtype}), preset {args.preset}, {args.threads} threads")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for metric, value in rows:
-        table.add_row(metric, value)
-    console.print(table)
-    console.print(common.describe_load(load_info))
+    rows = summary_rows(record)
+    print_metric_table(console, f"Eager PyTorch ({args.dtype}), preset {args.preset}, {args.threads} threads", rows)
+    console.print(describe_load(load_info))
 
-    common.write_json(out, results)
+    results.write_json(out, record)
     console.print(f"wrote {out}")
     if args.markdown:
-        path = common.update_markdown_section(f"eager:{args.preset}:{args.dtype}", markdown_section(results, rows))
+        path = update_markdown_section(f"eager:{args.preset}:{args.dtype}", markdown_section(record, rows))
         console.print(f"updated {path}")
     return 0
 
@@ -237,41 +239,63 @@ def summary_rows(r: dict) -> list[tuple[str, str]]:
     bw = r["bandwidth"]
     rows = [
         ("model build (random init or checkpoint load)", f"{r['build_s']:.1f} s"),
-        ("params: text / vision / audio", f"{common.fmt_count(p['text'])} / {common.fmt_count(p['vision'])} / {common.fmt_count(p['audio'])}"),
-        ("text decoder weights", common.fmt_mb(m["text_decoder_weight_bytes"])),
-        ("decoder weights read per decode step", common.fmt_mb(m["decode_weight_bytes_per_token"])),
-        ("peak RSS (build + all runs)", common.fmt_mb(mem["peak_rss_bytes"])),
-        (f"prefill, {r['prefill']['tokens']} tokens", f"{r['prefill']['tokens_per_s']:.0f} tokens/s ({r['prefill']['ms']['median']:.0f} ms)"),
-        (f"decode, median of {dec['tokens']} steps", f"{dec['ms_per_token']['median']:.1f} ms/token ({dec['tokens_per_s']:.1f} tokens/s)"),
+        (
+            "params: text / vision / audio",
+            f"{fmt_count(p['text'])} / {fmt_count(p['vision'])} / {fmt_count(p['audio'])}",
+        ),
+        ("text decoder weights", fmt_mb(m["text_decoder_weight_bytes"])),
+        ("decoder weights read per decode step", fmt_mb(m["decode_weight_bytes_per_token"])),
+        ("peak RSS (build + all runs)", fmt_mb(mem["peak_rss_bytes"])),
+        (
+            f"prefill, {r['prefill']['tokens']} tokens",
+            f"{r['prefill']['tokens_per_s']:.0f} tokens/s ({r['prefill']['ms']['median']:.0f} ms)",
+        ),
+        (
+            f"decode, median of {dec['tokens']} steps",
+            f"{dec['ms_per_token']['median']:.1f} ms/token ({dec['tokens_per_s']:.1f} tokens/s)",
+        ),
         ("decode bandwidth floor", f"{dec['bandwidth_floor_ms']:.1f} ms/token"),
         ("decode / floor", f"{dec['ratio_to_floor']:.2f}x"),
-        (f"vision encoder, {m['image_hw'][0]}x{m['image_hw'][1]} ({m['image_tokens']} tokens)", f"{r['vision_encoder']['ms_per_image']['median']:.1f} ms/image"),
+        (
+            f"vision encoder, {m['image_hw'][0]}x{m['image_hw'][1]} ({m['image_tokens']} tokens)",
+            f"{r['vision_encoder']['ms_per_image']['median']:.1f} ms/image",
+        ),
     ]
     if r["audio_encoder"] is not None:
-        rows.append((f"audio encoder, {m['audio_frames']} frames ({m['audio_tokens']} tokens)", f"{r['audio_encoder']['ms_per_clip']['median']:.1f} ms/clip"))
-    rows.append((f"memory bandwidth, {bw['threads']} threads (sum / gemv)", f"{bw['sum_gbps']:.1f} / {bw['gemv_gbps']:.1f} GB/s"))
+        rows.append(
+            (
+                f"audio encoder, {m['audio_frames']} frames ({m['audio_tokens']} tokens)",
+                f"{r['audio_encoder']['ms_per_clip']['median']:.1f} ms/clip",
+            )
+        )
+    rows.append(
+        (
+            f"memory bandwidth, {bw['threads']} threads (sum / gemv)",
+            f"{bw['sum_gbps']:.1f} / {bw['gemv_gbps']:.1f} GB/s",
+        )
+    )
     return rows
 
 
 def markdown_section(r: dict, rows: list[tuple[str, str]]) -> str:
     mach = r["machine"]
-    return "\n".join([
-        f"## Eager PyTorch ({r['model']['dtype']}), preset `{r['model']['preset']}`",
-        "",
-        f"- Command: `{r['command']}`",
-        f"- Date: {r['date']}",
-        f"- Machine: {mach['cpu_model']}, {mach['logical_cores']} cores, {mach['memory_bytes'] / 2**30:.0f} GiB; "
-        f"torch {mach['torch']}, {mach['threads']} threads",
-        f"- Load: {common.describe_load(r['load'])}",
-        f"- Raw results: `{r['out']}`",
-        "",
-        common.markdown_table(["Metric", "Value"], [list(row) for row in rows]),
-        "",
-        "Prefill and the encoders: median of the timed runs after warmup; prefill starts from an empty "
-        "cache each run. Decode: median over the steps after the prefill, greedy. Floor: decoder weights "
-        "read per step (all layers + lm_head + one embedding row) / the faster bandwidth probe; peak RSS "
-        "excludes the bandwidth probe's 1 GiB array.",
-    ])
+    return "\n".join(
+        [
+            *section_head(f"## Eager PyTorch ({r['model']['dtype']}), preset `{r['model']['preset']}`", r),
+            machine_line(mach, f"torch {mach['torch']}, {mach['threads']} threads"),
+            f"- Load: {describe_load(r['load'])}",
+            f"- Raw results: `{r['out']}`",
+            "",
+            markdown_table(["Metric", "Value"], [list(row) for row in rows]),
+            "",
+            (
+                "Prefill and the encoders: median of the timed runs after warmup; prefill starts from an empty "
+                "cache each run. Decode: median over the steps after the prefill, greedy. Floor: decoder weights "
+                "read per step (all layers + lm_head + one embedding row) / the faster bandwidth probe; peak RSS "
+                "excludes the bandwidth probe's 1 GiB array."
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":

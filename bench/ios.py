@@ -3,32 +3,29 @@ and the time to load and run the packages through our MIL interpreter (what vali
 
     .venv/bin/python bench/ios.py --preset small --out bench/results/ios-small.json --markdown
 
-The export runs in a subprocess (``autoglm-export ios --no-validate``: ``small`` has no tokenizer
-for parity probes) so its peak RSS is measured alone. The interpreter run feeds the same kinds of
-inputs validation does (one image, one audio clip, a prompt prefilled in chunks, decode steps);
-it measures Linux-side verification cost, not iPhone speed, which can't be measured here.
+The export runs in a subprocess (``export_bundle("coreml", ...)`` with validation off, as
+``autoglm-export ios --no-validate``: ``small`` has no tokenizer for parity probes) so its peak RSS is
+measured alone (``harness.bundles``). The interpreter run feeds the same kinds of inputs validation
+does (one image, one audio clip, a prompt prefilled in chunks, decode steps); it measures Linux-side
+verification cost, not iPhone speed, which can't be measured here.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import results
+from harness.bundles import ExportFailed, add_worker_flag, export_or_reuse, run_export_worker
+from harness.machine import machine_info
+from harness.markdown import markdown_table, section_head, update_markdown_section
+from harness.units import fmt_count, fmt_mb
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--quant", default="int4")
@@ -37,17 +34,22 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--markdown", action="store_true")
-    args = ap.parse_args()
+    add_worker_flag(ap)
+    return ap.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="autoglm-bench-ios-"))
-    bundle_dir = work / "ios"
-    cmd = [str(ROOT / ".venv/bin/autoglm-export"), "ios", "--preset", args.preset, "--quant", args.quant,
-           "--min-ios", args.min_ios, "--no-validate", "--force", "--out", str(bundle_dir)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    export_s = time.perf_counter() - t0
-    export_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
 
+def request_and_options(out: Path, args: argparse.Namespace) -> tuple:
+    """What the export child runs: ``autoglm-export ios --quant Q --min-ios N --no-validate --force``."""
+    from autoglm_export.request import ModelRequest
+    from autoglm_export.targets.coreml.export import CoreMLOptions
+    from autoglm_export.targets.coreml.recipe import CoreMLRecipe
+
+    recipe = CoreMLRecipe(weights=args.quant, block_size=None, min_ios=int(args.min_ios))
+    return ModelRequest(preset=args.preset), CoreMLOptions(out=out, recipe=recipe, validate=False, force=True)
+
+
+def run_interpreter(bundle_dir: Path, prompt_tokens: int, decode_tokens: int) -> tuple[dict, float, dict]:
+    """Load the packages and run them once each way: seconds per call, the whole load + run, the manifest."""
     from autoglm_runtime.backends.coreml_backend import CoreMLBackend
     from autoglm_runtime.bundle import open_bundle
 
@@ -62,9 +64,11 @@ def main() -> int:
     times["vision_encoder_first_call_s"] = time.perf_counter() - t
     if spec.audio is not None:
         t = time.perf_counter()
-        backend.audio_encoder(rng.standard_normal((1, spec.audio.num_mel_bins, spec.audio.num_frames)).astype(np.float32))
+        backend.audio_encoder(
+            rng.standard_normal((1, spec.audio.num_mel_bins, spec.audio.num_frames)).astype(np.float32)
+        )
         times["audio_encoder_first_call_s"] = time.perf_counter() - t
-    n = args.prompt_tokens
+    n = prompt_tokens
     ids = rng.integers(0, spec.vocab_size, (1, n))
     embeds = backend.token_embedding(ids)
     pos = np.broadcast_to(np.arange(n), (3, n)).copy()
@@ -73,44 +77,88 @@ def main() -> int:
     backend.text_decoder(embeds, np.arange(n), pos)
     times["prefill_s"] = time.perf_counter() - t
     steps = []
-    for k in range(args.decode_tokens):
+    for k in range(decode_tokens):
         e = backend.token_embedding(np.array([[int(ids[0, k])]]))
         t = time.perf_counter()
         backend.text_decoder(e, np.array([n + k]), np.full((3, 1), n + k))
         steps.append(time.perf_counter() - t)
     times["decode_step_median_s"] = float(np.median(steps))
-    load_and_run_s = time.perf_counter() - t1
+    return times, time.perf_counter() - t1, bundle.manifest
 
-    packages = bundle.manifest["coreml"]["packages"]
+
+def markdown_section(result: dict, export_s: float, load_and_run_s: float) -> str:
+    rows = [
+        [c, p["file"], fmt_mb(p["bytes"]), fmt_count(p["parameters"]), p["bits_per_weight"]]
+        for c, p in result["packages"].items()
+    ]
+    table = markdown_table(["component", "package", "size", "weights", "bits/weight"], rows)
+    return "\n".join(
+        [
+            *section_head(
+                f"## Core ML (iOS {result['min_ios']}, {result['quant']}), preset `{result['preset']}`", result
+            ),
+            f"- Machine: {result['machine']['cpu_model']}, torch/coremltools as pinned in pyproject.toml",
+            "",
+            table,
+            "",
+            (
+                f"- export (`autoglm-export ios --no-validate`, subprocess): {export_s:.0f} s wall, "
+                f"{result['export_peak_rss_bytes'] / 1e9:.2f} GB peak RSS"
+            ),
+            f"- load + run through the MIL interpreter (what validation costs on Linux): {load_and_run_s:.1f} s; "
+            + ", ".join(f"{k} {v:.2f}" for k, v in result["interpreter"].items()),
+            "- Device speed (iPhone GPU / Neural Engine) cannot be measured on this machine.",
+        ]
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    if args.export_worker is not None:
+        return run_export_worker(args.export_worker, "coreml", request_and_options)
+
+    from rich.console import Console
+
+    console = Console(stderr=True)  # stdout carries the section
+    try:
+        with export_or_reuse(
+            None,
+            None,
+            script=Path(__file__),
+            args=args,
+            what="Core ML",
+            detail=f"{args.quant}, iOS {args.min_ios}",
+            console=console,
+        ) as bundle:
+            times, load_and_run_s, manifest = run_interpreter(bundle.path, args.prompt_tokens, args.decode_tokens)
+    except ExportFailed:
+        return 1
+    export = bundle.export
+    packages = manifest["coreml"]["packages"]
     result = {
-        "command": common.command_line(), "date": common.utc_now(), "machine": common.machine_info(2),
-        "preset": args.preset, "quant": args.quant, "min_ios": args.min_ios,
-        "export_s": round(export_s, 1), "export_peak_rss_bytes": export_rss,
-        "interpreter_load_and_run_s": round(load_and_run_s, 1), "interpreter": {k: round(v, 3) for k, v in times.items()},
-        "packages": {c: {k: p.get(k) for k in ("file", "bytes", "parameters", "weight_bytes", "bits_per_weight")}
-                     for c, p in packages.items()},
+        "command": results.command_line(),
+        "date": results.utc_now(),
+        "machine": machine_info(2),
+        "preset": args.preset,
+        "quant": args.quant,
+        "min_ios": args.min_ios,
+        "export_s": round(export["wall_s"], 1),
+        "export_peak_rss_bytes": export["peak_rss_bytes"],
+        "interpreter_load_and_run_s": round(load_and_run_s, 1),
+        "interpreter": {k: round(v, 3) for k, v in times.items()},
+        "packages": {
+            c: {k: p.get(k) for k in ("file", "bytes", "parameters", "weight_bytes", "bits_per_weight")}
+            for c, p in packages.items()
+        },
     }
     if args.out:
-        common.write_json(args.out, result)
-    rows = [[c, p["file"], common.fmt_mb(p["bytes"]), common.fmt_count(p["parameters"]), p["bits_per_weight"]]
-            for c, p in result["packages"].items()]
-    table = common.markdown_table(["component", "package", "size", "weights", "bits/weight"], rows)
-    body = "\n".join([
-        f"## Core ML (iOS {args.min_ios}, {args.quant}), preset `{args.preset}`", "",
-        f"- Command: `{result['command']}`", f"- Date: {result['date']}",
-        f"- Machine: {common.cpu_model()}, torch/coremltools as pinned in pyproject.toml", "",
-        table, "",
-        f"- export (`autoglm-export ios --no-validate`, subprocess): {export_s:.0f} s wall, "
-        f"{export_rss / 1e9:.2f} GB peak RSS",
-        f"- load + run through the MIL interpreter (what validation costs on Linux): {load_and_run_s:.1f} s; "
-        + ", ".join(f"{k} {v:.2f}" for k, v in result["interpreter"].items()),
-        "- Device speed (iPhone GPU / Neural Engine) cannot be measured on this machine.",
-    ])
+        results.write_json(args.out, result)
+    body = markdown_section(result, export["wall_s"], load_and_run_s)
     print(body)
     if args.markdown:
-        common.update_markdown_section(f"ios:{args.preset}", body)
+        update_markdown_section(f"ios:{args.preset}", body)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

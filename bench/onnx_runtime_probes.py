@@ -1,0 +1,145 @@
+"""Where ONNX Runtime decode time goes: IO binding vs the numpy round trip, onnxruntime's per-op profile of
+decode steps, and the decoder with int8 activations (a probe, not what is exported)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from harness.backend_timing import measure_backend, text_positions
+
+INT8_ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations (per-block dynamic quantization), int32 accumulation
+ROUND_STEPS = 16  # decode steps per mode in each IO-binding round (after 2 untimed)
+PROFILE_STEPS = 24
+
+
+def io_binding_rounds(backend, hidden: int, start: int, rounds: int, steps: int = ROUND_STEPS) -> list[dict]:
+    """Decode steps (text_decoder only) with the cache IO-bound, then through numpy, ``rounds`` times.
+
+    Both modes at the same positions, seconds apart, so the machine's drift hits both alike.
+    """
+    x = np.random.default_rng(2).standard_normal((1, 1, hidden), dtype=np.float32)
+    out = []
+    for _ in range(rounds):
+        r = {}
+        for mode, key in ((True, "bound_ms"), (False, "unbound_ms")):
+            backend.io_binding = mode
+            backend.reset()
+            times = []
+            for i in range(steps + 2):
+                p, pid = text_positions(start + i, 1)
+                t0 = time.perf_counter()
+                backend.text_decoder(x, p, pid)
+                times.append(time.perf_counter() - t0)
+            r[key] = float(np.median(times[2:])) * 1e3
+        out.append(r)
+    backend.io_binding = True
+    backend.reset()
+    return out
+
+
+# ---------------------------------------------------------------- 5. onnxruntime's profile of decode steps
+
+
+def profile_decode(
+    decoder: Path, threads: int, hidden: int, position: int, steps: int = PROFILE_STEPS, skip: int = 2
+) -> dict:
+    """onnxruntime's profiler on a separate text_decoder session: time per op type per decode step.
+
+    The profiler records every kernel call with its op type; runs are told apart by their
+    ``model_run`` events. The timers add overhead per node, so read shares, not absolute ms.
+    """
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "decode")
+        session = ort.InferenceSession(str(decoder), opts, providers=["CPUExecutionProvider"])
+        cache = {i.name: np.zeros(i.shape, np.float32) for i in session.get_inputs() if i.name.startswith("past_")}
+        x = np.random.default_rng(1).standard_normal((1, 1, hidden), dtype=np.float32)
+        for i in range(steps + skip):  # the cache content does not matter for timing: the graph reads all of it
+            p, pid = text_positions(position + i, 1)
+            session.run(None, {"inputs_embeds": x, "cache_position": p, "position_ids": pid, **cache})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: e["ts"])[skip:]
+    per_op: dict[str, list] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not any(r["ts"] <= e["ts"] <= r["ts"] + r["dur"] for r in runs):
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        per_op.setdefault(op, [0, 0.0])
+        per_op[op][0] += 1
+        per_op[op][1] += e["dur"] / 1e3
+    n = max(len(runs), 1)
+    ops = {k: {"calls": v[0] // n, "ms": v[1] / n} for k, v in sorted(per_op.items(), key=lambda kv: -kv[1][1])}
+    return {
+        "steps": len(runs),
+        "position": position,
+        "run_ms_median": float(np.median([r["dur"] for r in runs])) / 1e3,
+        "kernels_ms": sum(v["ms"] for v in ops.values()),
+        "ops": ops,
+        "note": "onnxruntime profiler (enable_profiling) on a separate session, zero KV cache, seq 1; "
+        "kernel times summed per op type, per step",
+    }
+
+
+# ---------------------------------------------------------------- 6. int8 activations (accuracy_level 4)
+
+
+def int8_decoder(src: Path, dst: Path) -> int:
+    """Copy the decoder graph with ``accuracy_level=4`` on every MatMulNBits; returns how many."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    count = 0
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            kept = [a for a in node.attribute if a.name != "accuracy_level"]
+            node.ClearField("attribute")
+            node.attribute.extend(kept + [helper.make_attribute("accuracy_level", INT8_ACCURACY_LEVEL)])
+            count += 1
+    if count:
+        from autoglm_export.targets.onnx.convert import save_model
+
+        save_model(model, dst)
+    return count
+
+
+def int8_probe(paths: dict, reference, args, kw: dict, console) -> dict:
+    """Prefill and decode with the int8-activation decoder, and how far its logits move from the shipped one's."""
+    from autoglm_runtime.backends.onnx_backend import OnnxBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        patched = Path(tmp) / "text_decoder.onnx"
+        count = int8_decoder(paths["text_decoder"], patched)
+        if not count:
+            return {"error": "no MatMulNBits in the decoder (fp32 export)"}
+        backend = OnnxBackend({**paths, "text_decoder": patched}, threads=args.threads)
+        n, hidden = kw["n_prefill"], kw["hidden"]
+        embeds = np.random.default_rng(3).standard_normal((1, n, hidden), dtype=np.float32)
+        pos, ids = text_positions(0, n)
+        reference.reset()
+        backend.reset()
+        want = reference.text_decoder(embeds, pos, ids)
+        got = backend.text_decoder(embeds, pos, ids)
+        reference.reset()
+        result = measure_backend(
+            backend, label=f"int8 activations (accuracy_level {INT8_ACCURACY_LEVEL})", budget_s=60.0, **kw
+        )
+        del backend
+    result.update(
+        {
+            "matmul_nbits": count,
+            "logits_rel_max_abs": float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-12)),
+            "top1_agreement": float((got.argmax(-1) == want.argmax(-1)).mean()),
+            "compared_positions": n,
+        }
+    )
+    return result
