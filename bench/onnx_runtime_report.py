@@ -235,8 +235,8 @@ def markdown_section(r: dict, rows, cmp) -> str:
         ]
     lines += [
         (
-            "How: the export runs in a subprocess (`export_onnx`, validation off); every number goes through "
-            "`OnnxBackend` (onnxruntime CPUExecutionProvider) with bench/android.py's `measure`: prefill feeds random "
+            "How: the export runs in a subprocess (`export_bundle("onnx", ...)`, validation off); every number goes through "
+            "`OnnxBackend` (onnxruntime CPUExecutionProvider) with bench/harness/backend_timing.py's `measure_backend`: prefill feeds random "
             "embeddings through `text_decoder` in chunks of max_seq_len from an empty cache (median of runs); decode is "
             "greedy, one token per step, median over the steps. Floor: the decoder graph's initializer bytes (what one "
             "step reads) plus one fp32 embedding row, over the faster bandwidth probe of this run."
