@@ -223,7 +223,7 @@ def markdown_section(r: dict, rows, cols) -> str:
         ]
     lines += [
         (
-            "How: the export runs in a subprocess (`export_bundle("executorch", ...)`, validation off); prefill feeds random "
+            "How: the export runs in a subprocess (`export_bundle('executorch', ...)`, validation off); prefill feeds random "
             "embeddings through `text_decoder` in chunks of max_seq_len from an empty cache (median of runs); "
             "decode is greedy, one token per step, median over the steps. Every runtime is driven through the "
             "same numpy backend interface (`ExecuTorchBackend`, `TorchBackend`). Floor: decoder weights one "

@@ -235,7 +235,7 @@ def markdown_section(r: dict, rows, cmp) -> str:
         ]
     lines += [
         (
-            "How: the export runs in a subprocess (`export_bundle("onnx", ...)`, validation off); every number goes through "
+            "How: the export runs in a subprocess (`export_bundle('onnx', ...)`, validation off); every number goes through "
             "`OnnxBackend` (onnxruntime CPUExecutionProvider) with bench/harness/backend_timing.py's `measure_backend`: prefill feeds random "
             "embeddings through `text_decoder` in chunks of max_seq_len from an empty cache (median of runs); decode is "
             "greedy, one token per step, median over the steps. Floor: the decoder graph's initializer bytes (what one "
