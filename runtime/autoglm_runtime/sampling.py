@@ -1,4 +1,11 @@
-"""Next-token selection: greedy, or temperature + nucleus (top-p) sampling."""
+"""Next-token selection: greedy, or temperature + nucleus (top-p) sampling, after optional
+frequency / presence penalties.
+
+Penalties follow OpenAI's definition, as vLLM implements it: with c[j] the number of times token j
+was already generated in this completion (prompt tokens do not count),
+``logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty``, applied to the raw
+logits before temperature, top-p or greedy selection.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +13,54 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's documented range
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self):
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        lo, hi = PENALTY_RANGE
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value}")
 
 
 class Sampler:
+    """One completion's sampler: it remembers the tokens it picked, for the penalties."""
+
     def __init__(self, config: SamplingConfig):
         self.config = config
         self.rng = np.random.default_rng(config.seed)
+        self.counts: np.ndarray | None = None  # per-token count of generated tokens, sized on first use
+
+    def penalized(self, logits: np.ndarray) -> np.ndarray:
+        """The logits after frequency / presence penalties (float64, a copy when penalties apply)."""
+        logits = np.asarray(logits, dtype=np.float64)
+        cfg = self.config
+        if self.counts is None or not (cfg.frequency_penalty or cfg.presence_penalty):
+            return logits
+        return logits - cfg.frequency_penalty * self.counts - cfg.presence_penalty * (self.counts > 0)
 
     def __call__(self, logits: np.ndarray) -> int:
         """logits [vocab] -> token id."""
-        logits = np.asarray(logits, dtype=np.float64)
+        token = self._select(self.penalized(logits))
+        if self.counts is None:
+            self.counts = np.zeros(np.shape(logits)[-1], dtype=np.float64)
+        self.counts[token] += 1
+        return token
+
+    def _select(self, logits: np.ndarray) -> int:
         if self.config.temperature == 0:
             return int(np.argmax(logits))
         z = logits / self.config.temperature
