@@ -118,9 +118,10 @@ class Session:
         return messages
 
     def encode(
-        self, messages: Sequence[Message], *, enable_thinking: bool | None = None, max_new_tokens: int = 0
+        self, messages: Sequence[Message], *, enable_thinking: bool | None = None, max_new_tokens: int | None = 0
     ) -> PromptInputs:
-        """Tokenize a chat (no backend call); InputError if it and max_new_tokens overrun the context."""
+        """Tokenize a chat (no backend call); InputError if it and max_new_tokens overrun the context
+        (``max_new_tokens=None``: no context check, the caller does its own)."""
         spec = self.spec
         inputs = encode_chat(
             self.tokenizer,
@@ -131,7 +132,7 @@ class Session:
             enable_thinking=enable_thinking,
         )
         n = len(inputs.input_ids)
-        if n + max_new_tokens > spec.max_context:
+        if max_new_tokens is not None and n + max_new_tokens > spec.max_context:
             asked = f" + max_new_tokens {max_new_tokens}" if max_new_tokens else ""
             raise InputError(f"prompt of {n} tokens{asked} exceeds the context limit of {spec.max_context} tokens")
         return inputs

@@ -51,6 +51,12 @@ from .textstream import ReasoningSplitter
 
 log = logging.getLogger(__name__)
 
+# Module level: FastAPI resolves the (string) annotation in this module's namespace.
+BEARER = HTTPBearer(
+    auto_error=False, description="the server's --api-key, when it has one"
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
+
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in (
@@ -103,13 +109,8 @@ def create_app(
     app.state.config = config
     app.add_middleware(BodySizeLimit, limit=config.max_body_bytes)
     _install_error_handlers(app)
-    bearer = HTTPBearer(
-        auto_error=False, description="the server's --api-key, when it has one"
-    )
 
-    async def authorized(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    ) -> None:
+    async def authorized(credentials: BearerCredentials) -> None:
         if config.api_key is None:
             return
         given = credentials.credentials if credentials is not None else ""
@@ -235,7 +236,7 @@ def _check_model(name: str | None, config: ServerConfig) -> str:
 def _encode(session: Session, messages, thinking: bool | None, requested: int | None):
     limit = session.spec.max_context
     try:
-        inputs = session.encode(messages, enable_thinking=thinking)
+        inputs = session.encode(messages, enable_thinking=thinking, max_new_tokens=None)
     except InputError as e:
         raise bad_request(str(e), "messages") from None
     n = len(inputs.input_ids)
@@ -250,7 +251,7 @@ def _encode(session: Session, messages, thinking: bool | None, requested: int | 
         raise bad_request(
             f"this model's maximum context length is {limit} tokens; you requested {n + requested} "
             f"({n} in the messages, {requested} in the completion)",
-            "max_tokens",
+            "messages" if n >= limit else "max_tokens",
             "context_length_exceeded",
         )
     return inputs
