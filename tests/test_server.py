@@ -925,6 +925,7 @@ def test_load_queue_limit_and_memory(onnx_bundle):
             load(url, clients=4, requests_each=45)
         )  # 180 more: 200 after the warm-up
         after_200 = server.memory_info().rss
+        print(f"server RSS after 20 requests {after_20 / 2**20:.1f} MiB, after 200 {after_200 / 2**20:.1f} MiB")
         assert abs(after_200 - after_20) < 6 * 2**20, (after_20, after_200)
     with serve_command(onnx_bundle, "--max-queue", "4") as (url, _):
         outcomes = asyncio.run(load(url, clients=16, requests_each=4))

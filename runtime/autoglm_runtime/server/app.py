@@ -123,6 +123,9 @@ def create_app(
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
+    # Only a server with a key documents (and checks) bearer authentication.
+    auth = [Depends(authorized)] if config.api_key is not None else []
+
     def model_card() -> ModelCard:
         return ModelCard(
             id=config.model_name,
@@ -146,7 +149,7 @@ def create_app(
         response_model=ModelList,
         responses=ERROR_RESPONSES,
         tags=["openai"],
-        dependencies=[Depends(authorized)],
+        dependencies=auth,
     )
     async def list_models() -> ModelList:
         return ModelList(data=[model_card()])
@@ -156,7 +159,7 @@ def create_app(
         response_model=ModelCard,
         responses=ERROR_RESPONSES,
         tags=["openai"],
-        dependencies=[Depends(authorized)],
+        dependencies=auth,
     )
     async def retrieve_model(model: str) -> ModelCard:
         _check_model(model, config)
@@ -173,7 +176,7 @@ def create_app(
             },
         },
         tags=["openai"],
-        dependencies=[Depends(authorized)],
+        dependencies=auth,
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         arrived = time.monotonic()
