@@ -204,6 +204,9 @@ class Engine:
             out = stop.push(text.push(token))
             if out:
                 job.emit(Text(out))
+                # Hand the GIL to the event loop so it sends this token now: with a small model
+                # the decode loop is mostly Python and would otherwise hold it for several steps.
+                time.sleep(0)
             if stop.stopped:
                 finish = "stop"
                 break
