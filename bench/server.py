@@ -64,14 +64,31 @@ def open_model(bundle: Path, tokenizer: Path | None):
     from autoglm_runtime.tokenizer import Tokenizer
 
     b = open_bundle(bundle)
-    tok_path, spec = tokenizer or b.tokenizer_path, b.spec
-    if tok_path is None:
-        tok_path = TINY_TOKENIZER
+    backend, spec = backend_for_bundle(b), b.spec
+    tok_path = tokenizer or b.tokenizer_path or TINY_TOKENIZER
     if tok_path != b.tokenizer_path:
+        stand_in = Tokenizer(tok_path)
         spec = dataclasses.replace(
-            spec, image_token_id=Tokenizer(tok_path).token_to_id("<|image|>")
+            spec, image_token_id=stand_in.token_to_id("<|image|>")
         )
-    return backend_for_bundle(b), tok_path, spec, b.manifest.get("max_seq_len")
+        backend = WithinVocab(backend, stand_in.vocab_size)
+    return backend, tok_path, spec, b.manifest.get("max_seq_len")
+
+
+class WithinVocab:
+    """A bundle's backend whose logits past a stand-in tokenizer's vocabulary are masked, so a
+    random-weight model only samples tokens the tokenizer can print."""
+
+    def __init__(self, inner, vocab: int):
+        self.inner, self.vocab, self.name = inner, vocab, inner.name
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def text_decoder(self, embeds, cache_position, position_ids):
+        logits = self.inner.text_decoder(embeds, cache_position, position_ids)
+        logits[..., self.vocab :] = -1e9
+        return logits
 
 
 def screenshot(shade: int = 0):
@@ -472,7 +489,7 @@ def main() -> None:
         target = backend_name(args)
         label = f"preset `{args.preset}`, {target} bundle"
         model = open_model(args.bundle, args.tokenizer)
-        backend, tok, spec, _ = model
+        _, tok, spec, _ = model
         system = system_prompt(tok, args.system_tokens or spec.max_context // 3)
         monitor = LoadMonitor()
         with child_server(args, prefix_reuse=False) as (url, _):

@@ -190,7 +190,12 @@ class Engine:
     def _generate(self, job: Job) -> None:
         session = self.session
         t0 = time.perf_counter()
-        prepared = session.embed(job.inputs, job.images, job.audios)
+        try:
+            prepared = session.embed(job.inputs, job.images, job.audios)
+        except (
+            InputError
+        ) as e:  # media the handler could decode but preprocessing refused
+            raise APIError(400, str(e), "invalid_request_error") from None
         eos = set(session.spec.eos_token_ids)
         text = StreamDecoder(session.tokenizer, skip_special_tokens=True)
         stop = StopMatcher(job.stop)
@@ -234,9 +239,9 @@ class Engine:
 def _as_api_error(e: Exception) -> APIError:
     if isinstance(e, APIError):
         return e
-    if isinstance(e, InputError):
-        return APIError(400, str(e), "invalid_request_error")
-    if isinstance(e, AutoglmError):
+    if isinstance(
+        e, AutoglmError
+    ):  # past the request's checks, a runtime error is the server's
         log.error("backend error: %s", e)
         return APIError(500, f"the model failed: {e}", "server_error")
     log.exception("generation failed")
