@@ -365,12 +365,16 @@ def markdown(result: dict) -> str:
             f"- Command: `{result['run_info']['command']}`",
             f"- Date: {result['date']}",
             f"- Bundle: {result['label']}; tokenizer: {result['tokenizer']}",
-            f"- Machine: {m['cpu_model']}, {m['usable_cores']} cores; the server in its own process, the client "
-            "in the benchmark's",
+            (
+                f"- Machine: {m['cpu_model']}, {m['usable_cores']} cores; the server in its own process, the client "
+                "in the benchmark's"
+            ),
             f"- Load while timing: {describe_load(result['load'])} (the server process included)",
-            f"- Prompt: system prompt + one {result['image']} screenshot + a task, greedy, max_tokens "
-            f"{result['max_tokens']}; median of {result['runs']} runs after {result['warmup']} warm-up, `run` and the "
-            "server alternating; times from the call (`run`) or the request (server) to the first / last token's text",
+            (
+                f"- Prompt: system prompt + one {result['image']} screenshot + a task, greedy, max_tokens "
+                f"{result['max_tokens']}; median of {result['runs']} runs after {result['warmup']} warm-up, `run` and the "
+                "server alternating; times from the call (`run`) or the request (server) to the first / last token's text"
+            ),
             "",
             markdown_table(
                 [
@@ -383,9 +387,11 @@ def markdown(result: dict) -> str:
                 rows,
             ),
             "",
-            "Second turn of a phone agent (system prompt, the first turn as text history, a new screenshot): "
-            "time to first token with and without prefix reuse (the KV cache of the longest common token "
-            "prefix with the previous request is kept; only the rest is prefilled).",
+            (
+                "Second turn of a phone agent (system prompt, the first turn as text history, a new screenshot): "
+                "time to first token with and without prefix reuse (the KV cache of the longest common token "
+                "prefix with the previous request is kept; only the rest is prefilled)."
+            ),
             "",
             markdown_table(
                 [

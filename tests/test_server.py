@@ -292,7 +292,7 @@ def test_streamed_text_equals_run(target, onnx_bundle, android_bundle, tmp_path)
     ]
     backend, tok, spec, chunk = open_backend(bundle)
     with served(backend, tok, spec, chunk) as url:
-        text, chunks = stream_text(
+        text, _chunks = stream_text(
             client(url),
             messages=[{"role": "user", "content": parts}],
             temperature=0,
@@ -485,6 +485,7 @@ def test_prefix_reuse_through_the_server(onnx_bundle):
             )
             results[reuse] = (r1, r2)
     (a1, a2), (b1, b2) = results[True], results[False]
+    assert a1.choices[0].message.content == b1.choices[0].message.content
     assert a2.choices[0].message.content == b2.choices[0].message.content
     assert b2.usage.prompt_tokens_details.cached_tokens == 0
     cached = a2.usage.prompt_tokens_details.cached_tokens
@@ -583,12 +584,12 @@ def test_openai_style_errors(tiny):
 
 
 def test_api_key_size_limits_and_bind_warning(tiny):
-    config = dict(
-        api_key="s3cret",
-        max_body_bytes=300_000,
-        max_image_bytes=100_000,
-        max_image_pixels=1_000_000,
-    )
+    config = {
+        "api_key": "s3cret",
+        "max_body_bytes": 300_000,
+        "max_image_bytes": 100_000,
+        "max_image_pixels": 1_000_000,
+    }
     with served(
         TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec, **config
     ) as url:
@@ -925,7 +926,9 @@ def test_load_queue_limit_and_memory(onnx_bundle):
             load(url, clients=4, requests_each=45)
         )  # 180 more: 200 after the warm-up
         after_200 = server.memory_info().rss
-        print(f"server RSS after 20 requests {after_20 / 2**20:.1f} MiB, after 200 {after_200 / 2**20:.1f} MiB")
+        print(
+            f"server RSS after 20 requests {after_20 / 2**20:.1f} MiB, after 200 {after_200 / 2**20:.1f} MiB"
+        )
         assert abs(after_200 - after_20) < 6 * 2**20, (after_20, after_200)
     with serve_command(onnx_bundle, "--max-queue", "4") as (url, _):
         outcomes = asyncio.run(load(url, clients=16, requests_each=4))
