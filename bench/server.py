@@ -331,14 +331,31 @@ def med(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def ms_range(values: list) -> str:
+    """Median, and the fastest / slowest run, in ms."""
+    return (
+        f"{med(values) * 1e3:.1f} ms ({min(values) * 1e3:.0f}-{max(values) * 1e3:.0f})"
+    )
+
+
+def spread_ms(values: list) -> float:
+    return (max(values) - min(values)) * 1e3
+
+
 def overhead(run: dict, served: dict) -> str:
     """What the numbers say about the server's cost, in one paragraph."""
     first = (med(served["ttft_s"]) - med(run["ttft_s"])) * 1e3
     last = (med(served["total_s"]) - med(run["total_s"])) * 1e3
     text = (
-        f"The server's cost over `run`: {first:+.1f} ms to the first token (HTTP, JSON, the PNG "
+        f"The server's cost over `run` (medians): {first:+.1f} ms to the first token (HTTP, JSON, the "
         f"screenshot's base64 and PNG decoding; `run` is handed the image), {last:+.1f} ms to the last."
     )
+    spread = max(spread_ms(run["ttft_s"]), spread_ms(served["ttft_s"]))
+    if abs(first) < spread:
+        text += (
+            f" Under this load both are within the run-to-run spread ({spread:.0f} ms between the "
+            "fastest and slowest first token of one path)."
+        )
     if med(served["tokens_per_s"]) > 1.2 * med(run["tokens_per_s"]):
         text += (
             " Its decode rate reads higher than `run`'s although the work is the same: at a few ms "
@@ -360,9 +377,9 @@ def markdown(result: dict) -> str:
     rows = [
         [
             name,
-            f"{med(x['ttft_s']) * 1e3:.1f} ms",
+            ms_range(x["ttft_s"]),
             f"{med(x['tokens_per_s']):.1f}",
-            f"{med(x['total_s']) * 1e3:.0f} ms",
+            ms_range(x["total_s"]),
             f"{med(x['prompt_tokens']):.0f} / {med(x['tokens']):.0f}",
         ]
         for name, x in (
@@ -373,13 +390,13 @@ def markdown(result: dict) -> str:
     turn_rows = [
         [
             "off (`--no-prefix-reuse`)",
-            f"{med(plain['ttft_s']) * 1e3:.1f} ms",
+            ms_range(plain["ttft_s"]),
             f"{med(plain['prompt_tokens']):.0f}",
             f"{med(plain['cached_tokens']):.0f}",
         ],
         [
             "on (default)",
-            f"{med(reuse['ttft_s']) * 1e3:.1f} ms",
+            ms_range(reuse["ttft_s"]),
             f"{med(reuse['prompt_tokens']):.0f}",
             f"{med(reuse['cached_tokens']):.0f}",
         ],
@@ -405,9 +422,9 @@ def markdown(result: dict) -> str:
             markdown_table(
                 [
                     "path",
-                    "time to first token",
+                    "time to first token (min-max)",
                     "decode tokens/s",
-                    "time to last token",
+                    "time to last token (min-max)",
                     "prompt / generated tokens",
                 ],
                 rows,
@@ -424,7 +441,7 @@ def markdown(result: dict) -> str:
             markdown_table(
                 [
                     "prefix reuse",
-                    "time to first token",
+                    "time to first token (min-max)",
                     "prompt tokens",
                     "reused (cached) tokens",
                 ],
