@@ -821,6 +821,7 @@ def test_queue_full_gets_429_and_timeouts_get_504(tiny):
             error_of(refused)["type"] == "rate_limit_error"
             and error_of(refused)["code"] == "queue_full"
         )
+        assert refused.headers["retry-after"] == "1"
     with served(slow, tiny.tokenizer_path, tiny.spec, request_timeout=0.4) as url:
         r = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 200})
         assert r.status_code == 504 and error_of(r)["code"] == "request_timeout"

@@ -184,6 +184,9 @@ def create_app(
         refuse_unsupported(body)
         stops = stop_strings(body)
         sampling = sampling_config(body)
+        _admit(
+            engine
+        )  # refuse before decoding any media when the queue is already full
         conv = await run_in_threadpool(to_conversation, body, spec, config)
         requested = body.max_completion_tokens or body.max_tokens
         inputs = await run_in_threadpool(
@@ -200,15 +203,7 @@ def create_app(
             deadline=arrived + config.request_timeout,
             loop=asyncio.get_running_loop(),
         )
-        try:
-            engine.submit(job)
-        except QueueFull as e:
-            raise APIError(
-                429,
-                f"the server is busy: {e}; retry later",
-                "rate_limit_error",
-                "queue_full",
-            ) from None
+        _admit(engine, job)
         reply = Reply(model, body.return_reasoning)
         if body.stream:
             include_usage = bool(
@@ -222,6 +217,23 @@ def create_app(
         return await _complete(job, engine, reply, request)
 
     return app
+
+
+def _admit(engine: Engine, job: Job | None = None) -> None:
+    """Queue ``job`` (or only check there is room): 429 when the queue is full."""
+    try:
+        if job is None:
+            engine.check_room()
+        else:
+            engine.submit(job)
+    except QueueFull as e:
+        raise APIError(
+            429,
+            f"the server is busy: {e}; retry later",
+            "rate_limit_error",
+            "queue_full",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def _check_model(name: str | None, config: ServerConfig) -> str:

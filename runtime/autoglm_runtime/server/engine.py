@@ -141,16 +141,24 @@ class Engine:
     def running(self) -> int:
         return int(self._running is not None)
 
+    def check_room(self) -> None:
+        """QueueFull when a job submitted now would be refused (call without the lock held)."""
+        with self._cond:
+            self._check_room()
+
+    def _check_room(self) -> None:
+        if self._closed:
+            raise QueueFull("the server is shutting down")
+        busy = self._running is not None or self._waiting
+        if busy and len(self._waiting) >= self.max_queue:
+            raise QueueFull(
+                f"{len(self._waiting)} requests are already waiting (the server's --max-queue)"
+            )
+
     def submit(self, job: Job) -> None:
         """Queue a job; QueueFull when max_queue jobs already wait behind the running one."""
         with self._cond:
-            if self._closed:
-                raise QueueFull("the server is shutting down")
-            busy = self._running is not None or self._waiting
-            if busy and len(self._waiting) >= self.max_queue:
-                raise QueueFull(
-                    f"{len(self._waiting)} requests are already waiting (the server's --max-queue)"
-                )
+            self._check_room()
             self._waiting.append(job)
             self._cond.notify()
 
