@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# torch first, exactly pinned, so no other requirement can pull a CUDA build.
 	$(PIP) install --quiet $(FIND_LINKS) torch==2.13.0
-	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,targets,demo]"
+	$(PIP) install --quiet $(FIND_LINKS) -e ".[dev,targets,serve,demo]"
 	$(PY) -c "import torch, numpy; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('installed torch', torch.__version__, 'numpy', numpy.__version__)"
 	touch $(STAMP)
 

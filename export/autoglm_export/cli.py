@@ -379,6 +379,50 @@ def trace(
                   f"({result['generated']['stop_reason']})", highlight=False)
 
 
+@app.command()
+@guarded
+def serve(
+    bundle: Optional[Path] = typer.Argument(None, help="Bundle directory (dist/android, dist/onnx, dist/ios). Without it: the eager PyTorch model."),
+    checkpoint: opt.Checkpoint = None,
+    audio_checkpoint: opt.AudioCheckpoint = None,
+    preset: opt.Preset = "tiny",
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but loopback without --api-key prints a warning."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: a free one, printed at start)."),
+    model_name: str = typer.Option("autoglm-phone-9b", "--model-name", help="The model id clients send (GET /v1/models)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="AUTOGLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."),
+    max_queue: int = typer.Option(16, "--max-queue", min=0, help="Requests that may wait behind the running one; more get 429."),
+    request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.001, help="Seconds from arrival to the last token (504 after)."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001, help="Largest request body (413 beyond)."),
+    max_image_mb: float = typer.Option(20.0, "--max-image-mb", min=0.001, help="Largest image or audio file in a request (413 beyond)."),
+    allow_media_path: list[Path] = typer.Option([], "--allow-media-path", help="Directory whose files requests may name as image_url (repeatable). Default: none."),
+    allow_media_url: list[str] = typer.Option([], "--allow-media-url", help="http(s) URL prefix requests may name as image_url (repeatable). Default: none."),
+    prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help="Keep the KV cache of the prefix shared with the previous request."),
+    max_context: Optional[int] = typer.Option(None, "--max-context", help="KV-cache length for the eager model (default: preset's)."),
+):
+    """Serve a bundle (or the eager model) over an OpenAI-compatible HTTP API: /v1/chat/completions, /v1/models, /health, /docs."""
+    try:
+        from autoglm_runtime.server import ServerConfig
+        from autoglm_runtime.server import serve as run_server
+    except ImportError as e:
+        raise typer.BadParameter(f"serving needs the serve extra ({e}): pip install 'autoglm-export[serve]'") from None
+
+    mb = 1 << 20
+    try:
+        config = ServerConfig(model_name=model_name, api_key=api_key, max_queue=max_queue, request_timeout=request_timeout,
+                              max_body_bytes=int(max_body_mb * mb), max_image_bytes=int(max_image_mb * mb),
+                              max_audio_bytes=int(max_image_mb * mb), allowed_media_paths=tuple(allow_media_path),
+                              allowed_media_urls=tuple(allow_media_url), prefix_reuse=prefix_reuse)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    backend, tokenizer, spec, chunk = _open_backend(bundle, checkpoint, audio_checkpoint, preset, max_context)
+    try:
+        run_server(backend, tokenizer, spec, config, host=host, port=port, prefill_chunk=chunk,
+                   announce=lambda line: console.print(line, highlight=False))
+    except OSError as e:
+        console.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {e.strerror or e}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()
 

@@ -1,4 +1,11 @@
-"""Next-token selection: greedy, or temperature + nucleus (top-p) sampling."""
+"""Next-token selection: greedy, or temperature + nucleus (top-p) sampling, after optional
+frequency / presence penalties.
+
+Penalties follow OpenAI's definition, as vLLM implements it: with c[j] the number of times token j
+was already generated in this completion (prompt tokens do not count),
+``logit[j] -= c[j] * frequency_penalty + (c[j] > 0) * presence_penalty``, applied to the raw
+logits before temperature, top-p or greedy selection.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +13,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
+PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's documented range
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 0.0  # 0 means greedy
     top_p: float = 1.0
     seed: int | None = 0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self):
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        lo, hi = PENALTY_RANGE
+        for name in ("frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value}")
 
 
 class Sampler:
-    """``allowed``: which ids may be produced (True per id), usually the tokenizer's ids. A model's
+    """One completion's sampler: it remembers the tokens it picked, for the penalties.
+
+    ``allowed``: which ids may be produced (True per id), usually the tokenizer's ids. A model's
     embedding is often padded past its tokenizer (GLM-4.1V: 151552 rows, 151352 tokens); those rows
     get logits like any other but name no token, so they are masked out before choosing."""
 
@@ -30,6 +48,7 @@ class Sampler:
         self.rng = np.random.default_rng(config.seed)
         self.allowed = None if allowed is None else np.asarray(allowed, dtype=bool)
         self._masks: dict[int, np.ndarray] = {}
+        self.counts: np.ndarray | None = None  # per-token count of generated tokens, sized on first use
 
     def _mask(self, n: int) -> np.ndarray:
         """allowed cut or padded (with False) to ``n`` logits."""
@@ -43,11 +62,26 @@ class Sampler:
             self._masks[n] = mask
         return mask
 
+    def penalized(self, logits: np.ndarray) -> np.ndarray:
+        """The logits after frequency / presence penalties (float64, a copy when penalties apply)."""
+        logits = np.asarray(logits, dtype=np.float64)
+        cfg = self.config
+        if self.counts is None or not (cfg.frequency_penalty or cfg.presence_penalty):
+            return logits
+        return logits - cfg.frequency_penalty * self.counts - cfg.presence_penalty * (self.counts > 0)
+
     def __call__(self, logits: np.ndarray) -> int:
         """logits [vocab] -> token id."""
-        logits = np.asarray(logits, dtype=np.float64)
+        scores = self.penalized(logits)
         if self.allowed is not None:
-            logits = np.where(self._mask(len(logits)), logits, -np.inf)
+            scores = np.where(self._mask(len(scores)), scores, -np.inf)
+        token = self._select(scores)
+        if self.counts is None:
+            self.counts = np.zeros(np.shape(logits)[-1], dtype=np.float64)
+        self.counts[token] += 1
+        return token
+
+    def _select(self, logits: np.ndarray) -> int:
         if self.config.temperature == 0:
             return int(np.argmax(logits))
         z = logits / self.config.temperature

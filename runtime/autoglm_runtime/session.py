@@ -2,6 +2,15 @@
 
 The same loop drives every backend (eager torch, ExecuTorch, onnxruntime, Core ML), so any
 difference in output comes from the backend, never from the loop.
+
+Prefix reuse (``Session(..., reuse_prefix=True)``): the session remembers what each KV-cache slot
+holds (a key per row: the token id, or a digest of the image / audio item for media rows, plus
+the row's 3 M-RoPE positions) and a prefill keeps the longest common prefix with the cache,
+running the decoder from there. That is exact because every backend's decoder writes the
+keys/values of ``cache_position`` and row i attends to slots ``0..cache_position[i]`` only: the
+slots below the restart position are exactly what a full prefill would have written (up to float
+rounding of a different chunking), and whatever lies beyond is overwritten before any query can
+see it. At least the prompt's last token is always re-run, for its logits.
 """
 
 from __future__ import annotations
@@ -9,7 +18,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from hashlib import blake2b
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,9 +39,10 @@ class GenerationResult:
     token_ids: list[int]
     prompt_tokens: int
     stop_reason: str  # "eos" or "max_new_tokens"
-    prefill_s: float = 0.0
+    prefill_s: float = 0.0  # until the first token was sampled
     decode_s: float = 0.0
     logits: list[np.ndarray] = field(default_factory=list, repr=False)  # per step, when requested
+    reused_tokens: int = 0  # prompt tokens whose KV cache was kept from the previous call (prefix reuse)
 
     @property
     def decode_ms_per_token(self) -> float:
@@ -43,16 +54,47 @@ class GenerationResult:
 class PreparedPrompt:
     inputs: PromptInputs
     embeds: np.ndarray  # [1, S, hidden] with image/audio embeddings spliced in
+    row_keys: np.ndarray | None = None  # [S, 4] int64: what each row's KV depends on (see module docstring)
+
+
+KEY_COLUMNS = 4  # token id or media digest, then the 3 M-RoPE positions
+
+
+def _media_key(features: np.ndarray) -> int:
+    """A negative int64 naming one preprocessed image / audio clip (token ids are >= 0)."""
+    digest = blake2b(np.ascontiguousarray(features).tobytes(), digest_size=8).digest()
+    return -1 - (int.from_bytes(digest, "little") >> 2)
+
+
+def _row_keys(inputs: PromptInputs, media_rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    keys = np.empty((len(inputs.input_ids), KEY_COLUMNS), dtype=np.int64)
+    keys[:, 0] = inputs.input_ids
+    keys[:, 1:] = inputs.position_ids.T
+    for rows, key in media_rows:
+        keys[rows, 0] = key
+    return keys
 
 
 class Session:
-    def __init__(self, backend, tokenizer: Tokenizer | str | Path | None, spec: ModelSpec, prefill_chunk: int | None = None):
+    def __init__(
+        self,
+        backend,
+        tokenizer: Tokenizer | str | Path | None,
+        spec: ModelSpec,
+        prefill_chunk: int | None = None,
+        reuse_prefix: bool = False,
+    ):
         if tokenizer is None:
             raise InputError("this model has no tokenizer.json; generation needs one next to the weights")
         self.backend = backend
         self.tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
         self.spec = spec
         self.prefill_chunk = prefill_chunk
+        self.reuse_prefix = reuse_prefix
+        # What the backend's KV cache holds: keys of slots 0.._cached_len-1 (tracked always, used with reuse_prefix).
+        self._cached_keys = np.zeros((spec.max_context, KEY_COLUMNS), dtype=np.int64)
+        self._cached_len = 0
+        self.reused_tokens = 0  # of the last prefill
         tok_image = self.tokenizer.token_to_id("<|image|>")
         if tok_image != spec.image_token_id:
             raise InputError(
@@ -75,15 +117,11 @@ class Session:
         messages.append(Message("user", parts))
         return messages
 
-    def prepare(
-        self,
-        messages: Sequence[Message],
-        images: Sequence[ImageSource] = (),
-        audios: Sequence = (),
-        *,
-        enable_thinking: bool | None = None,
-        max_new_tokens: int = 0,
-    ) -> PreparedPrompt:
+    def encode(
+        self, messages: Sequence[Message], *, enable_thinking: bool | None = None, max_new_tokens: int | None = 0
+    ) -> PromptInputs:
+        """Tokenize a chat (no backend call); InputError if it and max_new_tokens overrun the context
+        (``max_new_tokens=None``: no context check, the caller does its own)."""
         spec = self.spec
         inputs = encode_chat(
             self.tokenizer,
@@ -94,47 +132,122 @@ class Session:
             enable_thinking=enable_thinking,
         )
         n = len(inputs.input_ids)
-        if n + max_new_tokens > spec.max_context:
-            raise InputError(
-                f"prompt of {n} tokens + max_new_tokens {max_new_tokens} exceeds the context limit of "
-                f"{spec.max_context} tokens"
-            )
+        if max_new_tokens is not None and n + max_new_tokens > spec.max_context:
+            asked = f" + max_new_tokens {max_new_tokens}" if max_new_tokens else ""
+            raise InputError(f"prompt of {n} tokens{asked} exceeds the context limit of {spec.max_context} tokens")
+        return inputs
+
+    def embed(self, inputs: PromptInputs, images: Sequence[ImageSource] = (), audios: Sequence = ()) -> PreparedPrompt:
+        """Token embeddings with the image / audio features spliced in."""
+        spec = self.spec
         if len(inputs.image_grids) != len(images) or len(inputs.audio_tokens) != len(audios):
             raise InputError(
                 f"messages have {len(inputs.image_grids)} image and {len(inputs.audio_tokens)} audio parts, "
                 f"but {len(images)} images and {len(audios)} audio clips were given"
             )
         embeds = self.backend.token_embedding(inputs.input_ids[None, :])
-        if images:
-            image_rows = np.flatnonzero(inputs.input_ids == spec.image_token_id)
-            feats = [self.backend.vision_encoder(preprocess_image(img, spec.image)) for img in images]
-            embeds[0, image_rows] = np.concatenate(feats, axis=0)
-        if audios:
-            audio_rows = np.flatnonzero(inputs.input_ids == spec.audio_token_id)
-            feats = [self.backend.audio_encoder(preprocess_audio(a, spec.audio)) for a in audios]
-            embeds[0, audio_rows] = np.concatenate(feats, axis=0)
-        return PreparedPrompt(inputs, embeds)
+        media_rows: list[tuple[np.ndarray, int]] = []
+        for token_id, counts, items, encode in (
+            (spec.image_token_id, [spec.image_tokens] * len(images), [preprocess_image(i, spec.image) for i in images],
+             self.backend.vision_encoder),
+            (spec.audio_token_id, inputs.audio_tokens, [preprocess_audio(a, spec.audio) for a in audios],
+             self.backend.audio_encoder),
+        ):
+            if not items:
+                continue
+            rows = np.flatnonzero(inputs.input_ids == token_id)
+            embeds[0, rows] = np.concatenate([encode(x) for x in items], axis=0)
+            starts = np.cumsum([0, *counts])
+            media_rows += [(rows[starts[k] : starts[k + 1]], _media_key(x)) for k, x in enumerate(items)]
+        return PreparedPrompt(inputs, embeds, _row_keys(inputs, media_rows))
+
+    def prepare(
+        self,
+        messages: Sequence[Message],
+        images: Sequence[ImageSource] = (),
+        audios: Sequence = (),
+        *,
+        enable_thinking: bool | None = None,
+        max_new_tokens: int = 0,
+    ) -> PreparedPrompt:
+        inputs = self.encode(messages, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens)
+        return self.embed(inputs, images, audios)
+
+    # ---- what the KV cache holds
+    def reusable_prefix(self, prepared: PreparedPrompt) -> int:
+        """How many leading rows of ``prepared`` the KV cache already holds (never the last row)."""
+        keys = prepared.row_keys
+        n = min(self._cached_len, len(prepared.inputs.input_ids) - 1)
+        if keys is None or n <= 0:
+            return 0
+        same = (self._cached_keys[:n] == keys[:n]).all(axis=1)
+        return n if same.all() else int(np.argmin(same))
+
+    def forget_cache(self) -> None:
+        """Trust nothing in the KV cache (the next prefill starts from slot 0)."""
+        self._cached_len = 0
+
+    def _record(self, start: int, keys: np.ndarray | None) -> None:
+        """Slots start..start+len(keys)-1 now hold ``keys``; later slots are stale."""
+        if keys is None:
+            self._cached_len = 0
+            return
+        self._cached_keys[start : start + len(keys)] = keys
+        self._cached_len = start + len(keys)
 
     # ---- decoding
     def prefill(self, prepared: PreparedPrompt) -> np.ndarray:
-        """Run the whole prompt through the decoder (in chunks if configured); returns logits [S, vocab]."""
-        self.backend.reset()
+        """Run the prompt through the decoder (in chunks if configured); returns logits [S - reused, vocab].
+
+        Without prefix reuse the cache is reset and every row runs (``reused_tokens`` is 0). With it,
+        rows the cache already holds are skipped; ``self.reused_tokens`` says how many.
+        """
         embeds, positions = prepared.embeds, prepared.inputs.position_ids
         n = embeds.shape[1]
+        start = self.reusable_prefix(prepared) if self.reuse_prefix else 0
+        if start == 0:
+            self.backend.reset()
+        self._cached_len = start  # a failure part-way leaves only the kept prefix trusted
         chunk = self.prefill_chunk or n
         outs = []
-        for start in range(0, n, chunk):
-            end = min(start + chunk, n)
-            outs.append(
-                self.backend.text_decoder(embeds[:, start:end], np.arange(start, end, dtype=np.int64), positions[:, start:end])[0]
-            )
+        for begin in range(start, n, chunk):
+            end = min(begin + chunk, n)
+            cache_position = np.arange(begin, end, dtype=np.int64)
+            outs.append(self.backend.text_decoder(embeds[:, begin:end], cache_position, positions[:, begin:end])[0])
+        self._record(start, None if prepared.row_keys is None else prepared.row_keys[start:])
+        self.reused_tokens = start
         return np.concatenate(outs, axis=0)
 
     def step(self, token_id: int, cache_position: int, rope_delta: int) -> np.ndarray:
         """Feed one token at cache_position; returns logits [vocab]."""
         embeds = self.backend.token_embedding(np.array([[token_id]], dtype=np.int64))
         pos = decode_positions(cache_position, rope_delta, 1)
-        return self.backend.text_decoder(embeds, np.array([cache_position], dtype=np.int64), pos)[0, -1]
+        self._cached_len = min(self._cached_len, cache_position)
+        logits = self.backend.text_decoder(embeds, np.array([cache_position], dtype=np.int64), pos)[0, -1]
+        if self._cached_len == cache_position:
+            self._record(cache_position, np.array([[token_id, *pos[:, 0]]], dtype=np.int64))
+        return logits
+
+    def tokens(
+        self, prepared: PreparedPrompt, max_new_tokens: int, sampler: Sampler, kept_logits: list | None = None
+    ) -> Iterator[int]:
+        """Prefill, then yield up to max_new_tokens sampled tokens, the last one an EOS if one came.
+
+        The decoder runs for the next token only when the caller asks for it, so a caller may stop
+        at any token (a stop string, a cancelled request) without wasted work; the cache stays
+        consistent either way.
+        """
+        eos = set(self.spec.eos_token_ids)
+        n_prompt = len(prepared.inputs.input_ids)
+        logits = self.prefill(prepared)[-1]
+        for i in range(max_new_tokens):
+            if kept_logits is not None:
+                kept_logits.append(logits)
+            token = sampler(logits)
+            yield token
+            if token in eos or i + 1 == max_new_tokens:
+                return
+            logits = self.step(token, n_prompt + i, prepared.inputs.rope_delta)
 
     def generate(
         self,
@@ -160,21 +273,16 @@ class Session:
         audios = [audio] if audio is not None else []
         prepared = self.prepare(messages, images, audios, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens)
 
-        sampler = Sampler(sampling, allowed=self.tokenizer.known_ids())  # never a padded embedding row
         stream = StreamDecoder(self.tokenizer, skip_special_tokens=True)
         eos = set(self.spec.eos_token_ids)
-        t0 = time.perf_counter()
-        logits = self.prefill(prepared)[-1]
-        prefill_s = time.perf_counter() - t0
-        n_prompt = len(prepared.inputs.input_ids)
         tokens: list[int] = []
         kept: list[np.ndarray] = []
         stop = "max_new_tokens"
-        t1 = time.perf_counter()
-        for i in range(max_new_tokens):
-            if keep_logits:
-                kept.append(logits)
-            token = sampler(logits)
+        t0 = time.perf_counter()
+        first = None
+        sampler = Sampler(sampling, allowed=self.tokenizer.known_ids())  # never a padded embedding row
+        for token in self.tokens(prepared, max_new_tokens, sampler, kept if keep_logits else None):
+            first = first or time.perf_counter()
             tokens.append(token)
             if on_token:
                 on_token(token)
@@ -184,11 +292,11 @@ class Session:
             delta = stream.push(token)
             if delta and on_text:
                 on_text(delta)
-            if i + 1 < max_new_tokens:
-                logits = self.step(token, n_prompt + i, prepared.inputs.rope_delta)
         tail = stream.finish()
         if tail and on_text:
             on_text(tail)
-        decode_s = time.perf_counter() - t1
+        end = time.perf_counter()
         text = self.tokenizer.decode([t for t in tokens if t not in eos], skip_special_tokens=True)
-        return GenerationResult(text, tokens, n_prompt, stop, prefill_s, decode_s, kept)
+        return GenerationResult(
+            text, tokens, len(prepared.inputs.input_ids), stop, first - t0, end - first, kept, self.reused_tokens
+        )
