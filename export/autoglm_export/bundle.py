@@ -93,6 +93,16 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
 
 
+def staging_dir(parent: Path, prefix: str) -> Path:
+    """A fresh temp folder in ``parent`` with the permissions ``mkdir`` would give it: mkdtemp makes
+    it 0700, and renamed into place that would hide a published bundle from the user's group."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o777 & ~umask)
+    return path
+
+
 class BundleWriter:
     def __init__(self, out_dir: str | Path, force: bool = False):
         self.out_dir = Path(out_dir)
@@ -108,7 +118,7 @@ class BundleWriter:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             # Same folder as out_dir, so publishing is a rename, never a cross-device copy.
-            self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=parent))
+            self.tmp_dir = staging_dir(parent, f".{self.out_dir.name}.tmp-")
         except OSError as e:
             raise ExportError(f"cannot write to {parent}: {e.strerror or e}") from None
         return self

@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
+
+class SamplingError(InputError, ValueError):
+    """Sampling settings out of range (an InputError for the CLI, a ValueError for older callers)."""
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -15,9 +21,9 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
 class Sampler:

@@ -168,6 +168,7 @@ def calibrate_model(model: nn.Module, spec, samples: list[Sample], recipe: Quant
 # ----------------------------------------------------------------------------- command
 
 def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     opts.check()
@@ -185,13 +186,20 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     log.info("  %d samples (%d with a screenshot, %d with speech), %d tokens, from %s", len(samples), n_img, n_aud, tokens, cal.root)
     summary = model_summary(src)  # before any weight changes (the fingerprint the exporters check)
     t0 = time.perf_counter()
+    # A live bar on a terminal; one log line per block otherwise (a bar is invisible in logs and CI).
     with stages.stage(f"{opts.method} block by block"), Progress(
             TextColumn("[bold]calibrate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), transient=True) as bar:
+            TimeElapsedColumn(), transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("", total=None)
-        linears, stats = calibrate_model(
-            src.model, src.spec, samples, opts.recipe, opts.method, opts.damp,
-            progress=lambda done, total, block: bar.update(task, completed=done, total=total, description=block))
+
+        def progress(done: int, total: int, block: str) -> None:
+            if bar.console.is_terminal:
+                bar.update(task, completed=done, total=total, description=block)
+            else:
+                log.info("  %s block %d/%d: %s", opts.method, done, total, block)
+
+        linears, stats = calibrate_model(src.model, src.spec, samples, opts.recipe, opts.method, opts.damp,
+                                         progress=progress)
     gptq = [s for s in stats.values() if s.get("method") == "gptq"]
     mse = sum(s["output_mse"] for s in gptq)
     rtn_mse = sum(s["rtn_output_mse"] for s in gptq)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +105,7 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
     """Write atomically: a temp dir next to ``out_dir``, renamed into place when complete."""
     from safetensors.torch import save_file
 
-    from ..bundle import sha256_file
+    from ..bundle import sha256_file, staging_dir
 
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -115,7 +114,7 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
         if not (out_dir / CONFIG_NAME).is_file():
             raise ExportError(f"{out_dir} exists and is not a quantized checkpoint (no {CONFIG_NAME}); refusing to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = staging_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         tensors: dict[str, torch.Tensor] = {}
         layers = {}
