@@ -93,14 +93,28 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def staging_dir(parent: Path, prefix: str) -> Path:
     """A fresh temp folder in ``parent`` with the permissions ``mkdir`` would give it: mkdtemp makes
     it 0700, and renamed into place that would hide a published bundle from the user's group."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o777 & ~umask)
+    path.chmod(0o777 & ~_umask())
     return path
+
+
+def follow_umask(root: Path) -> None:
+    """Give everything under ``root`` the permissions the user's umask asks for, before publishing:
+    some writers create private files (safetensors: 0600; mkdtemp folders: 0700)."""
+    umask = _umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~umask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~umask)
 
 
 class BundleWriter:
@@ -195,6 +209,7 @@ class BundleWriter:
             open_bundle(self.tmp_dir, verify_hashes=False)
         except BundleError as e:
             raise ExportError(f"refusing to publish an invalid bundle: {e}") from None
+        follow_umask(self.tmp_dir)
         self._publish()
         self.manifest = final
         self.published = True

@@ -105,7 +105,7 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
     """Write atomically: a temp dir next to ``out_dir``, renamed into place when complete."""
     from safetensors.torch import save_file
 
-    from ..bundle import sha256_file, staging_dir
+    from ..bundle import follow_umask, sha256_file, staging_dir
 
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -128,6 +128,7 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
         config = {**qc.config, "format": FORMAT, "version": VERSION, "layers": layers,
                   "files": {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        follow_umask(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
