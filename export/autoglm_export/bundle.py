@@ -111,7 +111,7 @@ def follow_umask(root: Path) -> None:
     """Give everything under ``root`` the permissions the user's umask asks for, before publishing:
     some writers create private files (safetensors: 0600; mkdtemp folders: 0700)."""
     umask = _umask()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         os.chmod(dirpath, 0o777 & ~umask)
         for name in filenames:
             os.chmod(os.path.join(dirpath, name), 0o666 & ~umask)

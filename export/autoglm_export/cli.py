@@ -82,9 +82,7 @@ def _main(
     if not verbose:
         quiet.third_party()
         drop_native_log_lines()  # before logging binds sys.stderr
-    # force: each invocation logs to the stderr of its own (a test runner swaps it per invocation)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr,
-                        force=True)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
     if not verbose:
         quiet.log_levels()
 
@@ -92,7 +90,7 @@ def _main(
 @app.command()
 @guarded
 def info(
-    bundle: Optional[Path] = typer.Argument(None, help="Bundle directory: print its manifest summary instead."),
+    bundle: Path | None = typer.Argument(None, help="Bundle directory: print its manifest summary instead."),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = None,
@@ -139,7 +137,7 @@ def _read_prompt(prompt: str) -> str:
     return text
 
 
-def _one_image(images: Optional[list[Path]]) -> Optional[Path]:
+def _one_image(images: list[Path] | None) -> Path | None:
     if images and len(images) > 1:
         raise InputError(f"--image given {len(images)} times; a prompt takes one image for now")
     return images[0] if images else None
@@ -176,7 +174,7 @@ def _open_backend(bundle: Optional[Path], checkpoint, audio_checkpoint, preset, 
 def run(
     bundle: Optional[Path] = typer.Argument(None, help="Bundle directory (dist/android, ...). Without it: the eager PyTorch model."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="User message; - reads it from standard input."),
-    image: Optional[list[Path]] = typer.Option(None, "--image", help="Image file (PNG/JPEG/...); one per prompt."),
+    image: list[Path] | None = typer.Option(None, "--image", help="Image file (PNG/JPEG/...); one per prompt."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
     system: Optional[str] = typer.Option(None, "--system", help="System message."),
     checkpoint: opt.Checkpoint = None,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, values_of
 
 SUPPORTED_MODEL_TYPES = ("glm4v", "glm4v_moe")
 AUDIO_MODEL_TYPES = ("glmasr",)
@@ -315,16 +315,19 @@ def checked_checkpoint_dir(path: Path) -> Path:
 def load_model_config(checkpoint_dir: Path) -> ModelConfig:
     checkpoint_dir = checked_checkpoint_dir(checkpoint_dir)
     path = checkpoint_dir / "config.json"
-    cfg = parse_model_config(read_json(path), str(path))
+    with values_of(path):
+        cfg = parse_model_config(read_json(path), str(path))
     gen_path = Path(checkpoint_dir) / "generation_config.json"
     if not cfg.eos_token_ids and gen_path.exists():
-        eos = read_json(gen_path).get("eos_token_id")
-        if eos is not None:
-            eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
-            cfg = dataclasses.replace(cfg, eos_token_ids=tuple(int(e) for e in eos_ids))
+        with values_of(gen_path):
+            eos = read_json(gen_path).get("eos_token_id")
+            if eos is not None:
+                eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+                cfg = dataclasses.replace(cfg, eos_token_ids=tuple(int(e) for e in eos_ids))
     return cfg
 
 
 def load_audio_config(checkpoint_dir: Path) -> AudioConfig:
     path = checked_checkpoint_dir(checkpoint_dir) / "config.json"
-    return parse_audio_config(read_json(path), str(path))
+    with values_of(path):
+        return parse_audio_config(read_json(path), str(path))

@@ -34,8 +34,8 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .checks.against_references import compare
-from .checks.probes import build_probes, run_components
 from .checks.against_transformers import check_against_transformers
+from .checks.probes import build_probes, run_components
 from .errors import ExportError
 from .quantize import qcheckpoint
 from .request import ModelRequest

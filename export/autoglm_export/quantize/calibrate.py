@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
 from .. import __version__
 from ..calibration import load_calibration_set
 from ..errors import ExportError
