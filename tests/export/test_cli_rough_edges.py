@@ -197,6 +197,9 @@ def test_third_party_output_is_quiet_by_default_and_verbose_shows_it(monkeypatch
     quiet.third_party()
     quiet.log_levels()
     assert os.environ["TQDM_DISABLE"] == "1"  # transformers' and coremltools' progress bars
+    from tqdm import tqdm
+
+    assert tqdm(range(3)).disable  # already imported before the CLI starts: the constructor's default
     assert logging.getLogger("coremltools").getEffectiveLevel() == logging.ERROR  # "Failed to load _MLModelProxy"
     assert logging.getLogger("executorch.extension").getEffectiveLevel() >= logging.WARNING
     assert logging.getLogger().level == logging.WARNING  # "Looking for libcustom_ops_aot_lib.so" (root, INFO)
