@@ -248,6 +248,15 @@ def test_lowering_announces_each_method():
     assert p.partition("ep") == "ep" and said == ["lowering text_decoder to xnnpack (4/5)"]
 
 
+def test_gptq_reports_each_block_when_not_on_a_terminal(caplog):
+    from autoglm_export.quantize.calibrate import block_progress
+
+    with caplog.at_level(logging.INFO, logger="autoglm_export"), block_progress("gptq") as progress:
+        progress(1, 12, "vision.patch_embed")
+        progress(12, 12, "text.lm_head")
+    assert "gptq block 1/12: vision.patch_embed" in caplog.text and "gptq block 12/12: text.lm_head" in caplog.text
+
+
 # ---- conveniences
 
 def test_version():
