@@ -183,11 +183,12 @@ def test_native_log_lines_are_dropped_by_default():
     code = ("import os, sys; from autoglm_export.native_stderr import drop_native_log_lines; drop_native_log_lines(); "
             "os.write(2, b'[kernel_runtime_context.h:91] No temp allocator provided\\n'); "
             "os.write(2, b'[cpuinfo_utils.cpp:71] Reading file /sys/x\\n'); os.write(2, b'kept native line\\n'); "
-            "print('ours', file=sys.stderr)")
+            "sys.stderr.write('[cpuinfo_utils.cpp:125] via pybind11 into sys.stderr\\n'); "
+            "sys.stderr.write('[ours'); sys.stderr.write('] too\\n'); print('ours', file=sys.stderr)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "export"), str(REPO / "runtime")]))
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60).stderr
-    assert "No temp allocator" not in err and "cpuinfo_utils" not in err
-    assert "kept native line" in err and "ours" in err
+    assert "No temp allocator" not in err and "cpuinfo_utils" not in err and "pybind11" not in err
+    assert "kept native line" in err and "[ours] too" in err and "ours\n" in err
 
 
 def test_third_party_output_is_quiet_by_default_and_verbose_shows_it(monkeypatch):
