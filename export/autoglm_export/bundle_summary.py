@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from autoglm_runtime.bundle import PARITY_NAME, open_bundle
+from autoglm_runtime.bundle import MANIFEST_NAME, PARITY_NAME, open_bundle
+from autoglm_runtime.errors import BundleError
 
 
 def _mb(n: int) -> str:
@@ -21,7 +22,7 @@ def _methods(manifest: dict, spec) -> list[str]:
     components from the runtime spec with the shapes every target shares."""
     methods = manifest.get("methods")
     if isinstance(methods, dict) and methods:
-        return [f"  {name}: " + ", ".join(_shape(i) for i in m.get("inputs", []) if isinstance(i, dict))
+        return [f"  {name}: " + (", ".join(_shape(i) for i in m.get("inputs", []) if isinstance(i, dict)) or "no inputs")
                 for name, m in methods.items() if isinstance(m, dict)]
     img = spec.image
     rows = [f"  vision_encoder: pixel_values [{img.num_patches}, {img.patch_dim}] -> {spec.image_tokens} tokens"]
@@ -50,6 +51,13 @@ def _validation(manifest: dict, root: Path) -> str:
 
 def summarize_bundle(root: Path) -> list[str]:
     bundle = open_bundle(root, verify_hashes=False)  # sizes are checked; hashes are `validate`'s job
+    try:
+        return _summary(root, bundle)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:  # extras the runtime does not need
+        raise BundleError(f"{root / MANIFEST_NAME}: unexpected value ({type(e).__name__}: {e})") from None
+
+
+def _summary(root: Path, bundle) -> list[str]:
     m, spec = bundle.manifest, bundle.spec
     src = m.get("source") or {}
     origin = src.get("checkpoint") or f"preset {src.get('preset', '?')}"

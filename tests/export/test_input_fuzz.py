@@ -69,7 +69,9 @@ def tiny_spec():
 def valid_manifest(tiny_spec) -> dict:
     return {"schema_version": 1, "target": "onnx", "runtime": tiny_spec.to_dict(), "validated": True,
             "export_shape": {"max_context": 512, "image_hw": [168, 84], "audio_frames": 400},
-            "quantization": {"recipe": {"weights": "int4"}}, "files": {}}
+            "quantization": {"recipe": {"weights": "int4"}, "kinds": {"text_decoder": "int8_dynamic"}},
+            "methods": {"text_decoder": {"inputs": [{"name": "inputs_embeds", "shape": [1, "seq", 128], "dtype": "float32"}]}},
+            "max_seq_len": 64, "created_by": "autoglm-export", "source": {"preset": "tiny"}, "files": {}}
 
 
 @FUZZ
@@ -80,9 +82,12 @@ def test_manifest_json(tmp_path, valid_manifest, data):
 
     root = tmp_path / "bundle"
     root.mkdir(exist_ok=True)
-    kind = data.draw(st.sampled_from(["top", "runtime", "bytes"]))
+    kind = data.draw(st.sampled_from(["top", "runtime", "methods", "bytes"]))
     if kind == "top":
         text = json.dumps(data.draw(mutated_json(valid_manifest)))
+    elif kind == "methods":
+        method = data.draw(mutated_json(valid_manifest["methods"]["text_decoder"]))
+        text = json.dumps({**valid_manifest, "methods": {"text_decoder": method}})
     elif kind == "runtime":
         text = json.dumps({**valid_manifest, "runtime": data.draw(mutated_json(valid_manifest["runtime"]))})
     else:
