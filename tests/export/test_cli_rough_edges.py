@@ -60,6 +60,28 @@ def fake_bundle(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def onnx_unvalidated(tmp_path_factory) -> Path:
+    """The tiny model exported to ONNX with --no-validate through the CLI (about 25 s on 2 busy cores)."""
+    out = tmp_path_factory.mktemp("onnx") / "onnx"
+    result = runner.invoke(app, ["onnx", "--no-validate", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "NOT validated (--no-validate)" in result.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def audioless_tiny(tmp_path_factory) -> Path:
+    """The tiny checkpoint without its audio tower (the preset's audio/ folder)."""
+    import shutil
+
+    from autoglm_export.presets import TINY_DIR
+
+    dst = tmp_path_factory.mktemp("noaudio") / "tiny"
+    shutil.copytree(TINY_DIR, dst, ignore=shutil.ignore_patterns("audio"))
+    return dst
+
+
 # ---- tracebacks instead of one error line
 
 def test_top_p_zero_is_one_error_line():
@@ -106,6 +128,28 @@ def test_validate_reports_unchecked_audio_encoder(monkeypatch, fake_bundle):
     line = _error_line(result)
     assert "audio_encoder" in line and "not checked" in line and "passed" not in result.output
     assert "NOT CHECKED  audio_encoder" in result.stderr
+
+
+def test_validate_real_bundle_against_an_audioless_checkpoint(onnx_unvalidated, audioless_tiny):
+    """End to end: the bundle has an audio_encoder, the reference checkpoint has no audio tower."""
+    result = runner.invoke(app, ["validate", str(onnx_unvalidated), "--checkpoint", str(audioless_tiny)])
+    line = _error_line(result)
+    assert "audio_encoder not checked" in line and "--audio-checkpoint" in line
+    assert "parity passed" not in result.output
+    assert "NOT CHECKED  audio_encoder" in result.stderr and "PASS  text_decoder" in result.stderr
+    assert "--no-validate" in result.stderr  # and it says the bundle was never validated at export
+
+
+def test_real_unvalidated_bundle_is_announced_by_run_and_info(onnx_unvalidated):
+    result = runner.invoke(app, ["run", str(onnx_unvalidated), "-p", "hi", "--max-new-tokens", "2"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "exported with --no-validate" in result.stderr and "onnxruntime:" in result.stderr
+    info = runner.invoke(app, ["info", str(onnx_unvalidated)])
+    assert info.exit_code == 0 and "NOT validated" in info.stderr and "text_decoder" in info.stderr
+    umask = os.umask(0)
+    os.umask(umask)
+    assert onnx_unvalidated.stat().st_mode & 0o777 == 0o777 & ~umask  # mkdtemp's 0700 before
+    assert all(f.stat().st_mode & 0o777 == 0o666 & ~umask for f in onnx_unvalidated.iterdir() if f.is_file())
 
 
 def test_bundle_validation_fails_with_an_unchecked_component():
