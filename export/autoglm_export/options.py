@@ -13,7 +13,7 @@ Checkpoint = Annotated[Optional[Path], typer.Option(
 AudioCheckpoint = Annotated[Optional[Path], typer.Option(
     "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower.")]
 Preset = Annotated[str, typer.Option(
-    "--preset", help="Model preset used when no --checkpoint is given: tiny, small, autoglm-phone-9b.")]
+    "--preset", help="Model preset used when no --checkpoint is given: tiny (the default), small, autoglm-phone-9b.")]
 MaxContext = Annotated[Optional[int], typer.Option("--max-context-len", help="KV-cache length (default: preset's).")]
 # Defaults are the preset's ExportShape (presets/__init__.py); spelled out here so --help needs no torch import.
 ImageSize = Annotated[Optional[str], typer.Option(
