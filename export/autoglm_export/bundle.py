@@ -93,6 +93,30 @@ def dump_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
 
 
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def staging_dir(parent: Path, prefix: str) -> Path:
+    """A fresh temp folder in ``parent`` with the permissions ``mkdir`` would give it: mkdtemp makes
+    it 0700, and renamed into place that would hide a published bundle from the user's group."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o777 & ~_umask())
+    return path
+
+
+def follow_umask(root: Path) -> None:
+    """Give everything under ``root`` the permissions the user's umask asks for, before publishing:
+    some writers create private files (safetensors: 0600; mkdtemp folders: 0700)."""
+    umask = _umask()
+    for dirpath, _dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~umask)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~umask)
+
+
 class BundleWriter:
     def __init__(self, out_dir: str | Path, force: bool = False):
         self.out_dir = Path(out_dir)
@@ -108,7 +132,7 @@ class BundleWriter:
         try:
             parent.mkdir(parents=True, exist_ok=True)
             # Same folder as out_dir, so publishing is a rename, never a cross-device copy.
-            self.tmp_dir = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=parent))
+            self.tmp_dir = staging_dir(parent, f".{self.out_dir.name}.tmp-")
         except OSError as e:
             raise ExportError(f"cannot write to {parent}: {e.strerror or e}") from None
         return self
@@ -185,6 +209,7 @@ class BundleWriter:
             open_bundle(self.tmp_dir, verify_hashes=False)
         except BundleError as e:
             raise ExportError(f"refusing to publish an invalid bundle: {e}") from None
+        follow_umask(self.tmp_dir)
         self._publish()
         self.manifest = final
         self.published = True

@@ -5,16 +5,20 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from autoglm_runtime.errors import AutoglmError
+from autoglm_runtime.errors import AutoglmError, InputError
 
+from . import (
+    help_format,  # noqa: F401  (flags without a <bool> type in --help)
+    quiet,
+)
 from . import options as opt
+from .native_stderr import drop_native_log_lines
 from .options import parse_hw
 from .request import ModelRequest
 
@@ -56,49 +60,112 @@ def _export(target: str, request, options) -> None:
     path, report = export_bundle(target, request, options)
     if report is not None:
         console.print("\n".join(report.lines()), highlight=False)
-    console.print(f"[green]bundle written to {path}[/]")
+        console.print(f"[green]bundle written to {path}[/]")
+    else:
+        console.print(f"[yellow]bundle written to {path}, NOT validated (--no-validate): its parity was never checked; "
+                      f"run `autoglm-export validate {path}`[/]", highlight=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"autoglm-export {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")):
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and third-party libraries' own output."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+):
+    if not verbose:
+        quiet.third_party()
+        drop_native_log_lines()  # before logging binds sys.stderr
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
-    if not verbose:  # third-party chatter (torchao's optional CUDA kernels, pytree deprecations in torch.export)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        for name in ("torchao", "torch.utils._pytree", "transformers"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    if not verbose:
+        quiet.log_levels()
 
 
 @app.command()
 @guarded
 def info(
+    bundle: Path | None = typer.Argument(None, help="Bundle directory: print its manifest summary instead."),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,
 ):
-    """Print the model configuration, component shapes, parameter counts and memory sizes (no weights are read)."""
+    """Print the model configuration, component shapes, parameter counts and memory sizes (no weights are read);
+    with BUNDLE: the bundle's methods, shapes, quantization, sizes and validation status."""
     from .describe import describe
     from .source import open_source
 
+    if bundle is not None:
+        from .bundle_summary import summarize_bundle
+
+        _refuse_model_options(bundle, checkpoint=checkpoint, audio_checkpoint=audio_checkpoint, preset=preset)
+        for line in summarize_bundle(bundle):
+            console.print(line, highlight=False)
+        return
+    preset = preset or "tiny"
     src = open_source(checkpoint, audio_checkpoint, preset, weights=False)  # meta device: seconds at any size
     for line in describe(src, preset):
         console.print(line, highlight=False)
 
 
+def _refuse_model_options(bundle: Path, **given) -> None:
+    """Options that choose the eager model mean nothing with a bundle: refuse them rather than ignore them."""
+    names = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+    if names:
+        raise InputError(f"{', '.join(names)}: only for the eager model; the bundle {bundle} runs the model and "
+                         "context it was exported with")
+
+
+def _warn_if_not_validated(manifest: dict, bundle: Path) -> None:
+    if manifest.get("validated") is False:
+        console.print(f"[yellow]warning:[/] {bundle} was exported with --no-validate: its parity was never checked "
+                      f"(`autoglm-export validate {bundle}` checks it)", highlight=False)
+
+
+def _read_prompt(prompt: str) -> str:
+    """``-`` reads the prompt from standard input."""
+    if prompt != "-":
+        return prompt
+    text = sys.stdin.read().strip()
+    if not text:
+        raise InputError("--prompt -: standard input is empty")
+    return text
+
+
+def _one_image(images: list[Path] | None) -> Path | None:
+    if images and len(images) > 1:
+        raise InputError(f"--image given {len(images)} times; a prompt takes one image for now")
+    return images[0] if images else None
+
+
+def _backend_label(backend) -> str:
+    """The stats line's backend: on Linux a Core ML bundle runs through our MIL interpreter, not Core ML."""
+    if getattr(backend, "engine_name", None) == "mil":
+        return f"{backend.name} (our MIL interpreter; Core ML itself runs only on Apple devices)"
+    return backend.name
+
+
 def _open_backend(bundle: Optional[Path], checkpoint, audio_checkpoint, preset, max_context):
     """A bundle directory (its target's backend) or the eager model (torch backend)."""
     if bundle is not None:
+        from autoglm_runtime.backends import backend_for_bundle
         from autoglm_runtime.bundle import open_bundle
 
-        from autoglm_runtime.backends import backend_for_bundle
-
+        _refuse_model_options(bundle, checkpoint=checkpoint, audio_checkpoint=audio_checkpoint, preset=preset,
+                              max_context=max_context)
         b = open_bundle(bundle)
+        _warn_if_not_validated(b.manifest, bundle)
         return backend_for_bundle(b), b.tokenizer_path, b.spec, b.manifest.get("max_seq_len")
     from autoglm_runtime.backends.torch_backend import TorchBackend
 
     from .source import open_source
 
-    src = open_source(checkpoint, audio_checkpoint, preset, max_context=max_context)
+    src = open_source(checkpoint, audio_checkpoint, preset or "tiny", max_context=max_context)
     return TorchBackend(src.model), src.tokenizer_path, src.spec, None
 
 
@@ -106,17 +173,20 @@ def _open_backend(bundle: Optional[Path], checkpoint, audio_checkpoint, preset, 
 @guarded
 def run(
     bundle: Optional[Path] = typer.Argument(None, help="Bundle directory (dist/android, ...). Without it: the eager PyTorch model."),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Image file (PNG/JPEG/...)."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="User message; - reads it from standard input."),
+    image: list[Path] | None = typer.Option(None, "--image", help="Image file (PNG/JPEG/...); one per prompt."),
     audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
     system: Optional[str] = typer.Option(None, "--system", help="System message."),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    preset: opt.Preset = None,
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1,
+                                       help="Most tokens to generate; generation stops earlier at an end-of-turn token."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
-    seed: int = typer.Option(0, "--seed"),
+    top_p: float = typer.Option(1.0, "--top-p", max=1.0,
+                                help="Nucleus sampling, in (0, 1]: sample among the most likely tokens whose probabilities sum to P "
+                                     "(1 = all of them; used when --temperature > 0)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed of sampling (same seed, same output; unused when greedy)."),
     thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."),
     max_context: Optional[int] = typer.Option(None, "--max-context", help="KV-cache length for the eager model (default: preset's)."),
 ):
@@ -124,6 +194,8 @@ def run(
     from autoglm_runtime.sampling import SamplingConfig
     from autoglm_runtime.session import Session
 
+    prompt, image = _read_prompt(prompt), _one_image(image)
+    sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=seed)  # checked before any loading
     backend, tokenizer, spec, chunk = _open_backend(bundle, checkpoint, audio_checkpoint, preset, max_context)
     session = Session(backend, tokenizer, spec, prefill_chunk=chunk)
     result = session.generate(
@@ -132,13 +204,13 @@ def run(
         audio=audio,
         system=system,
         max_new_tokens=max_new_tokens,
-        sampling=SamplingConfig(temperature=temperature, top_p=top_p, seed=seed),
+        sampling=sampling,
         enable_thinking=thinking,
         on_text=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
     )
     sys.stdout.write("\n")
     console.print(
-        f"[dim]{backend.name}: {result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated, "
+        f"[dim]{_backend_label(backend)}: {result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated, "
         f"stop: {result.stop_reason}, prefill {result.prefill_s * 1e3:.0f} ms, "
         f"decode {result.decode_ms_per_token:.1f} ms/token[/]",
         highlight=False,
@@ -153,7 +225,7 @@ def android(
     preset: opt.Preset = "tiny",
     out: opt.BundleOut = Path("dist/android"),
     quant: Optional[str] = typer.Option(None, "--quant", help="Text decoder linears: 8da4w (default: int8 dynamic act, int4 weights), 8da8w, fp32."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", help="int4 weight group size: 32 (default), 64, 128 (256)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help=opt.GROUP_SIZE_HELP + " [default: 32, or the quantized checkpoint's]"),
     quant_encoder: Optional[str] = typer.Option(None, "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w (default), fp32."),
     quant_embedding: str = typer.Option("8", "--quant-embedding", help="Token embedding: 4, 8 or none."),
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
@@ -307,10 +379,18 @@ def validate(
     audio_checkpoint: opt.AudioCheckpoint = None,
 ):
     """Re-run the parity checks of an existing bundle against freshly built references."""
+    from autoglm_runtime.bundle import open_bundle
+
     from .pipeline import validate_bundle
 
+    _warn_if_not_validated(open_bundle(bundle, verify_hashes=False).manifest, bundle)
     report = validate_bundle(bundle, checkpoint, audio_checkpoint)
     console.print("\n".join(report.lines()), highlight=False)
+    if report.unchecked:
+        failing = "" if report.checked_passed else "; checked components also fail parity"
+        console.print(f"[bold red]error:[/] {bundle}: not validated: {', '.join(report.unchecked)} not checked "
+                      f"({'; '.join(report.unchecked.values())}){failing}", highlight=False)
+        raise typer.Exit(1)
     if not report.passed:
         console.print(f"[bold red]error:[/] {bundle} fails parity")
         raise typer.Exit(1)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, values_of
 
 SUPPORTED_MODEL_TYPES = ("glm4v", "glm4v_moe")
 AUDIO_MODEL_TYPES = ("glmasr",)
@@ -288,25 +288,46 @@ def parse_audio_config(raw: dict[str, Any], source: str = "config.json") -> Audi
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: file not found") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (OSError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
+
+
+def checked_checkpoint_dir(path: Path) -> Path:
+    """The checkpoint directory itself must exist: otherwise the error would name its config.json."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a directory (a checkpoint is a directory with config.json and safetensors)")
+    return path
 
 
 def load_model_config(checkpoint_dir: Path) -> ModelConfig:
-    path = Path(checkpoint_dir) / "config.json"
-    cfg = parse_model_config(read_json(path), str(path))
+    checkpoint_dir = checked_checkpoint_dir(checkpoint_dir)
+    path = checkpoint_dir / "config.json"
+    with values_of(path):
+        cfg = parse_model_config(read_json(path), str(path))
     gen_path = Path(checkpoint_dir) / "generation_config.json"
     if not cfg.eos_token_ids and gen_path.exists():
-        eos = read_json(gen_path).get("eos_token_id")
-        if eos is not None:
-            eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
-            cfg = dataclasses.replace(cfg, eos_token_ids=tuple(int(e) for e in eos_ids))
+        with values_of(gen_path):
+            eos = read_json(gen_path).get("eos_token_id")
+            if eos is not None:
+                eos_ids = tuple(eos) if isinstance(eos, list) else (eos,)
+                cfg = dataclasses.replace(cfg, eos_token_ids=tuple(int(e) for e in eos_ids))
     return cfg
 
 
 def load_audio_config(checkpoint_dir: Path) -> AudioConfig:
-    path = Path(checkpoint_dir) / "config.json"
-    return parse_audio_config(read_json(path), str(path))
+    path = checked_checkpoint_dir(checkpoint_dir) / "config.json"
+    with values_of(path):
+        return parse_audio_config(read_json(path), str(path))

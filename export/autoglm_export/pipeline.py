@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autoglm_runtime.backends.torch_backend import TorchBackend
@@ -34,8 +34,8 @@ from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
 from .checks.against_references import compare
-from .checks.probes import build_probes, run_components
 from .checks.against_transformers import check_against_transformers
+from .checks.probes import build_probes, run_components
 from .errors import ExportError
 from .quantize import qcheckpoint
 from .request import ModelRequest
@@ -101,8 +101,8 @@ def parity_failed_path(out: Path) -> Path:
 def gate_on_parity(report: ParityReport, bundle: BundleWriter, out: Path) -> None:
     """The publish gate: log the rows; on failure save them beside ``out`` and raise (the
     BundleWriter then discards the temp bundle); on success put parity.json in the bundle."""
-    for line in report.lines():
-        log.info("  %s", line)
+    for line in report.lines():  # the CLI prints the table once on success; on failure it is the why
+        log.log(logging.DEBUG if report.passed else logging.INFO, "  %s", line)
     if not report.passed:
         failed = parity_failed_path(out)
         failed.write_text(json.dumps(report.to_json(), indent=2))
@@ -163,7 +163,34 @@ def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple
     return options.out, report
 
 
-def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_checkpoint: Path | None = None) -> ParityReport:
+@dataclass
+class BundleValidation(ParityReport):
+    """``validate``'s report: the parity rows, plus the bundle's components the references could not
+    check (a reference checkpoint without the bundle's audio tower). Passes only when none are left out."""
+
+    unchecked: dict[str, str] = field(default_factory=dict)  # component -> why
+
+    @property
+    def checked_passed(self) -> bool:
+        return super().passed
+
+    @property
+    def passed(self) -> bool:
+        return self.checked_passed and not self.unchecked
+
+    def lines(self) -> list[str]:
+        return super().lines() + [f"NOT CHECKED  {c:<16} {why}" for c, why in self.unchecked.items()]
+
+
+def unchecked_components(bundle_spec, reference_spec, audio_checkpoint: Path | None) -> dict[str, str]:
+    """Components the bundle has and the reference model cannot produce."""
+    if bundle_spec.has_audio and not reference_spec.has_audio:
+        hint = "" if audio_checkpoint else "; pass --audio-checkpoint DIR"
+        return {"audio_encoder": f"the reference checkpoint has no audio tower{hint}"}
+    return {}
+
+
+def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_checkpoint: Path | None = None) -> BundleValidation:
     """``autoglm-export validate BUNDLE``: rebuild the references the bundle was gated on and compare again."""
     bundle = open_bundle(bundle_dir)  # checks every file's size and sha256 first
     manifest = bundle.manifest
@@ -183,4 +210,6 @@ def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_chec
     load_quantized_weights(qc, src, stages)
     job.quant_report = target.twin(job)
     references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
-    return check_artifacts(target, job, bundle.root, manifest, probes, references)
+    report = check_artifacts(target, job, bundle.root, manifest, probes, references)
+    return BundleValidation(report.target, report.rows, report.info,
+                            unchecked=unchecked_components(bundle.spec, src.spec, audio_checkpoint))

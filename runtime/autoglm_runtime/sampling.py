@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 PENALTY_RANGE = (-2.0, 2.0)  # OpenAI's documented range
+
+
+class SamplingError(InputError, ValueError):
+    """Sampling settings out of range (an InputError for the CLI, a ValueError for older callers)."""
 
 
 @dataclass(frozen=True)
@@ -26,14 +32,14 @@ class SamplingConfig:
 
     def __post_init__(self):
         if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise SamplingError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
         lo, hi = PENALTY_RANGE
         for name in ("frequency_penalty", "presence_penalty"):
             value = getattr(self, name)
             if not lo <= value <= hi:
-                raise ValueError(f"{name} must be in [{lo:g}, {hi:g}], got {value}")
+                raise SamplingError(f"{name} must be in [{lo:g}, {hi:g}], got {value}")
 
 
 class Sampler:

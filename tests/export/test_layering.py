@@ -15,11 +15,11 @@ RUNTIME = ROOT / "runtime" / "autoglm_runtime"
 # Lowest first; a module may import its own layer or lower ones, never a higher one.
 LAYERS = [
     ("errors", "config", "checkpoint", "loader", "presets", "model", "source", "request", "stages", "summary",
-     "calibration", "components", "bundle", "sizes", "describe", "__init__"),
+     "calibration", "components", "bundle", "bundle_summary", "sizes", "describe", "__init__"),
     ("quantize",),
     ("targets", "checks", "disk"),
     ("pipeline",),
-    ("cli", "options"),
+    ("cli", "options", "help_format", "quiet", "native_stderr"),
 ]
 
 

@@ -14,6 +14,8 @@ from autoglm_runtime.bundle import PARITY_NAME, open_bundle
 from autoglm_runtime.errors import BundleError
 from autoglm_runtime.parity import ParityReport
 
+from ..errors import ExportError
+
 
 @dataclass
 class BundleResult:
@@ -108,6 +110,8 @@ def html_page(results: list[BundleResult], md: str) -> str:
 
 
 def write_report(bundles: list[Path], out_md: Path) -> list[BundleResult]:
+    if not out_md.parent.is_dir():  # before reading the bundles: a typo in --out should not cost a run
+        raise ExportError(f"--out {out_md}: the folder {out_md.parent} does not exist")
     results = [read_bundle(Path(b)) for b in bundles]
     md = markdown(results)
     out_md.write_text(md, encoding="utf-8")

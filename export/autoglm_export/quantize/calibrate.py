@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
-
 
 from .. import __version__
 from ..calibration import load_calibration_set
@@ -167,9 +167,24 @@ def calibrate_model(model: nn.Module, spec, samples: list[Sample], recipe: Quant
 
 # ----------------------------------------------------------------------------- command
 
-def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
+@contextmanager
+def block_progress(method: str):
+    """``progress(done, total, block)`` for calibrate_model: a live bar on a terminal, one log line per
+    block otherwise (a bar is invisible in logs and CI, and GPTQ takes minutes at full size)."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda done, total, block: log.info("  %s block %d/%d: %s", method, done, total, block)
+        return
+    with Progress(TextColumn("[bold]calibrate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                  TimeElapsedColumn(), transient=True, console=console) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda done, total, block: bar.update(task, completed=done, total=total, description=block)
+
+
+def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     opts.check()
     if opts.out.exists() and not opts.force:
         raise ExportError(f"{opts.out} exists; pass --force to overwrite")
@@ -185,13 +200,9 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     log.info("  %d samples (%d with a screenshot, %d with speech), %d tokens, from %s", len(samples), n_img, n_aud, tokens, cal.root)
     summary = model_summary(src)  # before any weight changes (the fingerprint the exporters check)
     t0 = time.perf_counter()
-    with stages.stage(f"{opts.method} block by block"), Progress(
-            TextColumn("[bold]calibrate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            TimeElapsedColumn(), transient=True) as bar:
-        task = bar.add_task("", total=None)
-        linears, stats = calibrate_model(
-            src.model, src.spec, samples, opts.recipe, opts.method, opts.damp,
-            progress=lambda done, total, block: bar.update(task, completed=done, total=total, description=block))
+    with stages.stage(f"{opts.method} block by block"), block_progress(opts.method) as progress:
+        linears, stats = calibrate_model(src.model, src.spec, samples, opts.recipe, opts.method, opts.damp,
+                                         progress=progress)
     gptq = [s for s in stats.values() if s.get("method") == "gptq"]
     mse = sum(s["output_mse"] for s in gptq)
     rtn_mse = sum(s["rtn_output_mse"] for s in gptq)

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ExportError
+from ..config import read_json
+from ..errors import CheckpointError, ExportError, values_of
 from . import grid
 
 FORMAT = "autoglm-export/quantized-checkpoint"
@@ -106,7 +106,7 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
     """Write atomically: a temp dir next to ``out_dir``, renamed into place when complete."""
     from safetensors.torch import save_file
 
-    from ..bundle import sha256_file
+    from ..bundle import follow_umask, sha256_file, staging_dir
 
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -115,7 +115,7 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
         if not (out_dir / CONFIG_NAME).is_file():
             raise ExportError(f"{out_dir} exists and is not a quantized checkpoint (no {CONFIG_NAME}); refusing to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = staging_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         tensors: dict[str, torch.Tensor] = {}
         layers = {}
@@ -129,6 +129,7 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
         config = {**qc.config, "format": FORMAT, "version": VERSION, "layers": layers,
                   "files": {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        follow_umask(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -178,31 +179,32 @@ def load(path: Path) -> QuantizedCheckpoint:
     for p in (cfg_path, weights_path):
         if not p.is_file():
             raise CheckpointError(f"{path}: missing {p.name}; is this a directory written by `autoglm-export calibrate` or `qat`?")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{cfg_path}: invalid JSON ({exc.msg})") from None
+    config = read_json(cfg_path)
     if config.get("format") != FORMAT or config.get("version") != VERSION:
         raise CheckpointError(f"{cfg_path}: format {config.get('format')!r} version {config.get('version')!r}; "
                               f"expected {FORMAT!r} version {VERSION}")
-    expected = config.get("files", {}).get(WEIGHTS_NAME)
+    with values_of(cfg_path):
+        expected = (config.get("files") or {}).get(WEIGHTS_NAME)
+        layers = {str(fqn): (int(layer["bits"]), tuple(int(n) for n in layer["shape"]), int(layer["group_size"]))
+                  for fqn, layer in config["layers"].items()}
+        if any(bits not in (4, 8) or len(shape) != 2 or group <= 0 for bits, shape, group in layers.values()):
+            raise ValueError("layers need bits 4 or 8, a 2-D shape and a positive group_size")
     if expected and sha256_file(weights_path) != expected:
         raise CheckpointError(f"{weights_path}: sha256 does not match {CONFIG_NAME} (corrupt or modified)")
     qc = QuantizedCheckpoint(config=config, path=path)
     try:
         with safe_open(str(weights_path), "pt") as f:
             keys = set(f.keys())
-            for fqn, layer in config["layers"].items():
+            for fqn, (bits, shape, group) in layers.items():
                 for suffix in ("qweight", "scales"):
                     if f"{fqn}.{suffix}" not in keys:
                         raise CheckpointError(f"{weights_path}: missing tensor {fqn}.{suffix} listed in {CONFIG_NAME}")
                 raw, scales = f.get_tensor(f"{fqn}.qweight"), f.get_tensor(f"{fqn}.scales")
-                bits, shape = int(layer["bits"]), tuple(layer["shape"])
                 codes = grid.unpack_int4(raw) if bits == 4 else raw
                 qmin, qmax = grid.qrange(bits)
-                if tuple(codes.shape) != shape or scales.shape != (shape[0], shape[1] // int(layer["group_size"])):
+                if tuple(codes.shape) != shape or scales.shape != (shape[0], shape[1] // group):
                     raise CheckpointError(f"{weights_path}: {fqn} has qweight {tuple(codes.shape)} / scales {tuple(scales.shape)}, "
-                                          f"expected {shape} / {(shape[0], shape[1] // int(layer['group_size']))}")
+                                          f"expected {shape} / {(shape[0], shape[1] // group)}")
                 if codes.dtype != torch.int8 or int(codes.min()) < qmin or int(codes.max()) > qmax:
                     raise CheckpointError(f"{weights_path}: {fqn}.qweight is not int{bits} codes")
                 qc.linears[fqn] = QuantizedLinear(codes, scales.float(), bits)

@@ -7,6 +7,7 @@ its zero padding / truncation to a fixed number of samples, so a fixed-shape exp
 from __future__ import annotations
 
 import dataclasses
+import logging
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -17,6 +18,8 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from ..errors import InputError
+
+log = logging.getLogger(__name__)
 
 MIN_RATE, MAX_RATE = 8000, 192000  # input sample rates we resample from
 
@@ -251,7 +254,12 @@ def preprocess_audio(src: AudioSource, spec: AudioSpec, sampling_rate: int | Non
     else:
         if sampling_rate is not None:
             raise ValueError("sampling_rate is only for array input; a WAV file's own rate is used")
+        name = None
         audio, rate = load_wav(src)
     if rate != spec.sampling_rate:
         audio = resample(audio, rate, spec.sampling_rate)
+    if len(audio) > spec.num_samples:  # the exported encoder's window is fixed: say what is dropped
+        seconds, window = len(audio) / spec.sampling_rate, spec.num_samples / spec.sampling_rate
+        log.warning("audio %s: %.1f s is longer than the model's %.1f s window; only the first %.1f s are used",
+                    src if name is None else name, seconds, window, window)
     return log_mel(audio, spec)[None]

@@ -9,6 +9,7 @@ because an exported vision tower has static shapes.
 from __future__ import annotations
 
 import dataclasses
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -129,7 +130,9 @@ def load_image(src: ImageSource) -> Image.Image:
         with Image.open(src) as img:
             img.load()  # decode now, so truncated/corrupt files fail here with the path attached
             return _to_rgb(ImageOps.exif_transpose(img))
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as e:
+    # Pillow's decoders also raise SyntaxError ("broken PNG file"), struct.error and friends on corrupt data.
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError, struct.error,
+            EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, MemoryError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise InputError(f"cannot read image {src}: {reason}") from None
 

@@ -101,6 +101,20 @@ def _partitioners(backend: str, soc: str | None):
     return [QnnPartitioner(specs)]
 
 
+def _announced(partitioners: list, message: str, progress) -> list:
+    """Partitioners that report ``message`` when lowering reaches their method: lowering is the long,
+    otherwise silent step (minutes at full size), and it takes the methods one by one."""
+    if progress is None:
+        return partitioners
+    for p in partitioners:
+        def partition(exported_program, _partition=p.partition):
+            progress(message)
+            return _partition(exported_program)
+
+        p.partition = partition
+    return partitioners
+
+
 @torch.no_grad()
 def lower(components: list[Component], constant_methods: dict, backend: str = "xnnpack", soc: str | None = None,
           progress=None) -> LoweredProgram:
@@ -126,7 +140,9 @@ def lower(components: list[Component], constant_methods: dict, backend: str = "x
             progress(f"exported {comp.name}")
     out.seconds["torch_export"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    edge = to_edge_transform_and_lower(exported, partitioner=_partitioners(backend, soc), constant_methods=constant_methods)
+    partitioners = {name: _announced(_partitioners(backend, soc), f"lowering {name} to {backend} ({i}/{len(exported)})",
+                                     progress) for i, name in enumerate(exported, 1)}
+    edge = to_edge_transform_and_lower(exported, partitioner=partitioners, constant_methods=constant_methods)
     out.seconds["lower"] = time.perf_counter() - t1
     for comp in components:
         out.delegation[comp.name] = _delegation(edge.exported_program(comp.name))
