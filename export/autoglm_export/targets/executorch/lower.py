@@ -144,6 +144,10 @@ def lower(components: list[Component], constant_methods: dict, backend: str = "x
             do_quant_fusion_and_const_prop=True,
         )
     )
+    if progress:
+        progress("emitted the program")
     out.pte = program.buffer
     out.seconds["emit"] = time.perf_counter() - t2
+    if progress:
+        progress(f"serialised {len(out.pte) / 1e6:.0f} MB")
     return out
