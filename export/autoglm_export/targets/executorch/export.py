@@ -106,8 +106,10 @@ class ExecuTorchTarget(Target):
         for name, d in lowered.delegation.items():
             log.info("  %s: %.0f%% of %d nodes delegated to %s", name, 100 * d["delegated_fraction"],
                      d["delegated_nodes"] + d["non_delegated_nodes"], opts.backend)
-        job.bundle.write_bytes(PTE, lowered.pte)
-        log.info("wrote %s (%.1f MB)", PTE, len(lowered.pte) / 1e6)
+        with job.stages.stage(f"write {PTE}"):
+            size = lowered.write(job.bundle.path(PTE))
+        lowered.program = None  # its serialised copy and lowered graphs are not needed any more: free them
+        log.info("wrote %s (%.1f MB)", PTE, size / 1e6)
         job.artifacts["lowered"] = lowered
 
     def quant_kinds(self, options: ExecuTorchOptions, fixed) -> dict[str, str]:
