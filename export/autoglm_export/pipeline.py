@@ -41,6 +41,7 @@ from .checks.against_transformers import check_against_transformers
 from .disk import check_free_space, estimate_bundle_bytes
 from .errors import ExportError
 from .quantize import qcheckpoint
+from .quantize.recipes import in_row_slices
 from .request import ModelRequest
 from .stages import Stages
 from .stored import fp32_while_running
@@ -158,7 +159,7 @@ def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple
         job.bundle = bundle
         build(target, job)
         if options.validate:
-            with stages.stage("quantized eager reference outputs"):
+            with stages.stage("quantized eager reference outputs"), in_row_slices(src.model):
                 references["quantized_eager"] = run_components(TorchBackend(src.model), probes, chunk)
         if src.tokenizer_path is not None:
             bundle.copy("tokenizer.json", src.tokenizer_path)
@@ -196,5 +197,6 @@ def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_chec
     probes, fp32 = fp32_references(src, chunk, stages)
     load_quantized_weights(qc, src, stages)
     job.quant_report = target.twin(job)
-    references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
+    with in_row_slices(src.model):
+        references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
     return check_artifacts(target, job, bundle.root, manifest, probes, references)

@@ -52,3 +52,25 @@ def test_row_slices_quantize_like_the_whole_matrix(kind):
     assert (a.block_size, a.dtype, a.activation_quantization) == (b.block_size, b.dtype, b.activation_quantization)
     x = torch.tensor([[1, 7, 49]]) if embedding else torch.randn(3, 96)
     assert torch.equal(whole(x), sliced(x))
+
+
+@pytest.mark.parametrize("kind", ["8da4w", "8da8w", "embedding8", "embedding4"])
+def test_quantized_eager_in_row_slices(kind):
+    """The quantized eager reference with bounded memory: an embedding dequantizes only the rows it
+    looks up (exact), a linear computes its outputs in slices of weight rows (float rounding only)."""
+    from autoglm_export.quantize.recipes import in_row_slices
+
+    torch.manual_seed(0)
+    embedding = kind.startswith("embedding")
+    model = nn.Sequential(nn.Embedding(50, 64) if embedding else nn.Linear(96, 50))
+    quantize_module(model[0], _embedding_config(kind[-1], 32) if embedding else linear_config(kind, 32))
+    x = torch.tensor([[1, 7, 49], [0, 3, 3]]) if embedding else torch.randn(2, 3, 96)
+    whole = model(x)
+    with in_row_slices(model, chunk_weights=7 * (64 if embedding else 96)):
+        assert "forward" in model[0].__dict__  # really sliced
+        sliced = model(x)
+    assert "forward" not in model[0].__dict__ and torch.equal(model(x), whole)
+    if embedding:
+        assert torch.equal(sliced, whole)
+    else:
+        torch.testing.assert_close(sliced, whole, rtol=1e-6, atol=1e-6)
