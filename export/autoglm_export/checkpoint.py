@@ -324,18 +324,23 @@ def load_weights(
     ignored_prefixes: tuple[str, ...] = (),
     num_text_layers: int | None = None,
     dtype: torch.dtype | None = torch.float32,
+    keep_stored: frozenset[str] | set[str] = frozenset(),
 ) -> list[str]:
     """Assign every parameter/persistent buffer under ``scope`` from ``ckpt`` (see ``match_weights``).
 
     ``dtype``: floating tensors are converted to it; ``None`` keeps them as stored, memory-mapped.
+    ``keep_stored``: model names kept as stored (memory-mapped) whatever ``dtype`` says.
     Returns the checkpoint keys deliberately skipped (e.g. MTP layers), for logging.
     """
     plan = match_weights(model, ckpt, table, scope=scope, ignored_prefixes=ignored_prefixes,
                          num_text_layers=num_text_layers)
     reverse = {key: name for name, key in plan.mapped.items()}
     state = {}
-    for key, tensor in ckpt.tensors(list(plan.mapped.values()), dtype):
-        state[reverse[key]] = tensor
+    as_stored = [key for name, key in plan.mapped.items() if name in keep_stored]
+    converted = [key for name, key in plan.mapped.items() if name not in keep_stored]
+    for keys, kind in ((as_stored, None), (converted, dtype)):
+        for key, tensor in ckpt.tensors(keys, kind):
+            state[reverse[key]] = tensor
     if plan.tied:
         state["text.lm_head.weight"] = state["text.embed_tokens.weight"]
     model.load_state_dict(state, strict=False, assign=True)

@@ -19,6 +19,7 @@ from .checkpoint import (
 from .config import ModelConfig, load_audio_config, load_model_config
 from .errors import CheckpointError
 from .model.autoglm import AutoGLM, ExportShape
+from .stored import stored_names
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,19 @@ def load_model(
     shape: ExportShape,
     audio_checkpoint: str | Path | None = None,
     dtype: torch.dtype | None = torch.float32,
+    keep_stored: bool = False,
 ) -> AutoGLM:
     """``dtype``: floating weights are converted to it as they are read (only the converted copy is
-    ever resident); ``None`` keeps them as stored (bf16 for real checkpoints), memory-mapped."""
+    ever resident); ``None`` keeps them as stored (bf16 for real checkpoints), memory-mapped.
+    ``keep_stored``: linear weights and the token embedding stay as stored, the rest is ``dtype``
+    (``stored.py``: such a model is made fp32 one module at a time)."""
     checkpoint = Path(checkpoint)
     audio_checkpoint = Path(audio_checkpoint) if audio_checkpoint is not None else None
     cfg = load_config(checkpoint, audio_checkpoint)
     model = meta_model(cfg, shape)
+    stored = stored_names(model) if keep_stored else frozenset()
     for path, kwargs in _weight_sources(cfg, checkpoint, audio_checkpoint):
-        skipped = load_weights(model, SafetensorsCheckpoint.open(path), dtype=dtype, **kwargs)
+        skipped = load_weights(model, SafetensorsCheckpoint.open(path), dtype=dtype, keep_stored=stored, **kwargs)
         if skipped:
             log.info("%s: skipped %d tensors not used at inference (e.g. %s)", path, len(skipped), skipped[0])
     model.prepare()

@@ -4,8 +4,10 @@
 quantized checkpoint:
 
  1. check the destination; ``Target.resolve`` the options (conflicts with a quantized checkpoint
-    fail here, before anything is loaded);
- 2. load the model; ``Target.check`` the options against it;
+    fail here, before anything is loaded); check the disk has room for the bundle's estimated size
+    (``disk.py``, from the config and the recipe, before any weight is read);
+ 2. load the model (a target that ``keeps_stored`` gets the big weights as stored, bf16 and
+    memory-mapped, made fp32 one module at a time: ``stored.py``); ``Target.check`` the options;
  3. open the quantized checkpoint (``--quantized-checkpoint``) and check it belongs to the model;
  4. our fp32 model vs transformers, when it fits (validation only);
  5. fp32 reference outputs on the parity probes (validation only);
@@ -36,10 +38,13 @@ from .bundle import BundleWriter, check_destination
 from .checks.against_references import compare
 from .checks.against_transformers import check_against_transformers
 from .checks.probes import build_probes, run_components
+from .disk import check_free_space, estimate_bundle_bytes
 from .errors import ExportError
 from .quantize import qcheckpoint
+from .quantize.recipes import in_row_slices
 from .request import ModelRequest
 from .stages import Stages
+from .stored import fp32_while_running
 from .summary import base_manifest
 from .targets import Job, Target, get_target
 
@@ -71,7 +76,7 @@ def fp32_references(src, chunk: int, stages: Stages):
     """Probes from the calibration prompts and the unquantized model's outputs on them."""
     if src.tokenizer_path is None:
         raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
-    with stages.stage("fp32 reference outputs"):
+    with stages.stage("fp32 reference outputs"), fp32_while_running(src.model):
         backend = TorchBackend(src.model)
         probes = build_probes(src.spec, src.tokenizer_path, backend)
         return probes, run_components(backend, probes, chunk)
@@ -121,14 +126,24 @@ def check_artifacts(target: Target, job: Job, root: Path, fields: dict, probes, 
     return report
 
 
+def check_disk(target: Target, request: ModelRequest, options) -> None:
+    """Step 1's disk check: the bundle's estimated size (from the config and the recipe, the model on
+    the meta device) must fit beside ``--out`` before anything is loaded."""
+    meta = request.open(weights=False)
+    estimate = estimate_bundle_bytes(meta.config, meta.model.shape, target.size_recipe(options))
+    log.info("bundle estimate: %s", estimate.describe())
+    check_free_space(options.out, estimate.total, what=f"the {target.command} bundle")
+
+
 def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple[Path, ParityReport | None]:
     """Export one bundle (steps in the module docstring); returns its path and the parity report."""
     target = get_target(target) if isinstance(target, str) else target
     check_destination(options.out, options.force)
     options = target.resolve(options, request.quantized_checkpoint)
+    check_disk(target, request, options)
     stages = Stages()
     with stages.stage("load model"):
-        src = request.open()
+        src = request.open(keep_stored=target.keeps_stored)
     target.check(src, options)
     qc = open_quantized(request, src)
     job = Job(src, options, stages, qc)
@@ -144,7 +159,7 @@ def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple
         job.bundle = bundle
         build(target, job)
         if options.validate:
-            with stages.stage("quantized eager reference outputs"):
+            with stages.stage("quantized eager reference outputs"), in_row_slices(src.model):
                 references["quantized_eager"] = run_components(TorchBackend(src.model), probes, chunk)
         if src.tokenizer_path is not None:
             bundle.copy("tokenizer.json", src.tokenizer_path)
@@ -202,14 +217,15 @@ def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_chec
     if checkpoint is not None:
         request = replace(request, checkpoint=Path(checkpoint), audio_checkpoint=audio_checkpoint)
     stages = Stages()
-    src = request.open()
+    src = request.open(keep_stored=target.keeps_stored)
     qc = bundle_checkpoint(manifest, src, request)
     job = Job(src, options, stages, qc)
     chunk = target.chunk(options)
     probes, fp32 = fp32_references(src, chunk, stages)
     load_quantized_weights(qc, src, stages)
     job.quant_report = target.twin(job)
-    references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
+    with in_row_slices(src.model):
+        references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
     report = check_artifacts(target, job, bundle.root, manifest, probes, references)
     return BundleValidation(report.target, report.rows, report.info,
                             unchecked=unchecked_components(bundle.spec, src.spec, audio_checkpoint))

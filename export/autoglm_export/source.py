@@ -82,11 +82,14 @@ def open_source(
     with_audio: bool = True,
     dtype: torch.dtype | None = torch.float32,
     weights: bool = True,
+    keep_stored: bool = False,
 ) -> ModelSource:
     """A checkpoint directory wins over the preset; the preset still supplies default shapes.
 
     ``dtype``: what a checkpoint's floating weights become (``None``: as stored, memory-mapped).
     ``weights=False``: config only, the model stays on the meta device (sizes, shapes, ``info``).
+    ``keep_stored``: a checkpoint's linear weights and token embedding stay as stored, memory-mapped,
+    the rest is ``dtype`` (``stored.py``; a preset without weights is built in fp32 either way).
     """
     p = get_preset(preset)
     shape = ExportShape(
@@ -100,7 +103,7 @@ def open_source(
             audio_checkpoint = p.audio_checkpoint
     if checkpoint is not None:
         if weights:
-            model = load_model(checkpoint, shape, audio_checkpoint, dtype=dtype)
+            model = load_model(checkpoint, shape, audio_checkpoint, dtype=dtype, keep_stored=keep_stored)
         else:
             model = meta_model(load_config(Path(checkpoint), audio_checkpoint and Path(audio_checkpoint)), shape)
         tok = Path(checkpoint) / "tokenizer.json"

@@ -23,6 +23,7 @@ from autoglm_runtime.tokenizer import Tokenizer
 from ..calibration import synthetic_screenshot
 from ..errors import ExportError
 from ..source import ModelSource
+from ..stored import big_weights_only, fp32_while_running, remaining
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,11 @@ def compare(name: str, ours: torch.Tensor, ref: torch.Tensor, logits: bool = Fal
     return Comparison(name, metrics, metrics.check(limits))
 
 
-def _load_reference(src: ModelSource):
+def _load_reference(src: ModelSource, stored_dtype: torch.dtype | None = None):
+    """transformers' model in fp32; with ``stored_dtype`` (the checkpoint's, when ours keeps its weights
+    as stored) its linear and embedding weights stay in that dtype and run through
+    ``fp32_while_running`` (exact: they are the stored values), so the check holds no fp32 copy of all
+    weights either."""
     try:
         from transformers import AutoConfig, Glm4vForConditionalGeneration, Glm4vMoeForConditionalGeneration
     except ImportError:
@@ -73,7 +78,10 @@ def _load_reference(src: ModelSource):
     cls = Glm4vMoeForConditionalGeneration if src.config.model_type == "glm4v_moe" else Glm4vForConditionalGeneration
     config = AutoConfig.from_pretrained(src.checkpoint)
     config._attn_implementation = "eager"
-    return cls.from_pretrained(src.checkpoint, config=config, dtype=torch.float32).eval()
+    if stored_dtype is None:
+        return cls.from_pretrained(src.checkpoint, config=config, dtype=torch.float32).eval()
+    hf = cls.from_pretrained(src.checkpoint, config=config, dtype=stored_dtype)
+    return big_weights_only(hf, hf.get_input_embeddings()).eval()
 
 
 @torch.no_grad()
@@ -82,7 +90,16 @@ def verify_against_transformers(src: ModelSource, prompt: str = "打开微信，
     if src.tokenizer_path is None:
         raise ExportError(f"{src.checkpoint}: no tokenizer.json, cannot build a verification prompt")
     report = TransformersReport()
-    hf = _load_reference(src)
+    stored = remaining(src.model)  # our weights kept as stored (bf16): keep transformers' so too
+    hf = _load_reference(src, src.model.get_parameter(stored[0]).dtype if stored else None)
+    with fp32_while_running(hf):
+        _compare_image_text(src, hf, prompt, report)
+    if src.model.audio is not None and src.audio_checkpoint is not None:
+        report.comparisons.append(_verify_audio(src))
+    return report
+
+
+def _compare_image_text(src: ModelSource, hf, prompt: str, report: TransformersReport) -> None:
     ours, spec = src.model, src.spec
     tok = Tokenizer(src.tokenizer_path)
     messages = [Message("user", [{"type": "image"}, {"type": "text", "text": prompt}])]
@@ -105,9 +122,6 @@ def verify_against_transformers(src: ModelSource, prompt: str = "打开微信，
         compare("vision embeddings vs transformers", ours.vision_encoder(pixels),
                 torch.cat(hf.get_image_features(pixels, torch.tensor([spec.image.grid_thw])).pooler_output))
     )
-    if ours.audio is not None and src.audio_checkpoint is not None:
-        report.comparisons.append(_verify_audio(src))
-    return report
 
 
 def _verify_audio(src: ModelSource) -> Comparison:
@@ -147,7 +161,7 @@ def check_against_transformers(src: ModelSource, stages) -> dict | None:
     except ImportError:
         log.info("reference check skipped: transformers is not installed")
         return None
-    with stages.stage("check fp32 model against transformers"):
+    with stages.stage("check fp32 model against transformers"), fp32_while_running(src.model):
         report = verify_against_transformers(src)
     for line in report.lines():
         log.info("  %s", line)

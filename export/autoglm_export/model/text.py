@@ -125,7 +125,7 @@ class TextDecoder(nn.Module):
         self.register_buffer("inv_freq", inverse_frequencies(cfg.rotary_dim, cfg.rope_theta), persistent=False)
         self.register_buffer("rope_selector", plane_selector(cfg.mrope_section), persistent=False)
         self.register_buffer("key_positions", torch.arange(self.max_context), persistent=False)
-        weight = self.lm_head.weight
+        weight = self.norm.weight  # the compute dtype (linear weights may be kept as stored: stored.py)
         dtype = torch.float32 if weight.is_meta else weight.dtype
         for layer in self.layers:
             layer.self_attn.kv_cache.allocate(dtype, "meta" if weight.is_meta else "cpu")

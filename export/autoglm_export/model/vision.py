@@ -276,7 +276,7 @@ class VisionEncoder(nn.Module):
                 f"pixel_values shape {tuple(pixel_values.shape)} != ({self.num_patches}, {self.patch_dim}) "
                 f"expected for a {self.image_hw[0]}x{self.image_hw[1]} image"
             )
-        x = self.patch_embed.proj(pixel_values.to(self.patch_embed.proj.weight.dtype))
+        x = self.patch_embed.proj(pixel_values.to(self.post_conv_layernorm.weight.dtype))  # the compute dtype
         x = self.post_conv_layernorm(x)
         x = x + self.pos_embed
         for block in self.blocks:

@@ -243,13 +243,23 @@ def load_into_model(qc: QuantizedCheckpoint, model: nn.Module) -> None:
     for name, value in qc.params.items():
         if params[name].shape != value.shape:
             raise CheckpointError(f"{where}: {name} has shape {tuple(value.shape)}, the model expects {tuple(params[name].shape)}")
-        params[name].copy_(value)
+        _overwrite(model, name, params[name], value)
     for fqn, q in qc.linears.items():
         w = params[f"{fqn}.weight"]
         if w.shape != q.codes.shape:
             raise CheckpointError(f"{where}: {fqn} has shape {tuple(q.codes.shape)}, the model expects {tuple(w.shape)}")
-        w.copy_(q.dequantize())
+        _overwrite(model, f"{fqn}.weight", w, q.dequantize())
     model.prepare()  # derived constants (rotary tables, fused norms) follow the new weights
+
+
+def _overwrite(model: nn.Module, name: str, param: torch.Tensor, value: torch.Tensor) -> None:
+    """fp32 parameters are overwritten in place; one kept as stored (bf16, ``stored.py``) is replaced
+    by an fp32 parameter, never rounded to its stored dtype."""
+    if param.dtype == value.dtype:
+        param.copy_(value)
+        return
+    owner, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(owner), attr, nn.Parameter(value.to(torch.float32), requires_grad=False))
 
 
 def recipe_matches(qc: QuantizedCheckpoint, linear: str, encoder: str, group_size: int) -> None:

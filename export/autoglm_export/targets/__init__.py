@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..errors import ExportError
-from ..quantize import QuantReport
+from ..quantize import QuantRecipe, QuantReport
 
 TARGET_MODULES = {"executorch": "executorch.export", "coreml": "coreml.export", "onnx": "onnx.export"}
 TARGETS: dict[str, "Target"] = {}
@@ -74,10 +74,17 @@ class Target:
     # applies the same rounding to the eager model) or "twin" (the backend lowers the quantized twin).
     converts: ClassVar[str] = "original"
     parity_name: ClassVar[str]  # name of the parity report's target
+    # Load linear weights and the token embedding as stored (bf16, memory-mapped; ``stored.py``) and
+    # make them fp32 one module at a time, instead of an fp32 copy of the whole model up front.
+    keeps_stored: ClassVar[bool] = False
 
     def resolve(self, options, quantized_checkpoint: Path | None):
         """Options made final before anything is loaded (conflicts with a quantized checkpoint fail here)."""
         return options
+
+    def size_recipe(self, options) -> QuantRecipe | None:
+        """The bundle's weights as a ``QuantRecipe`` for ``disk.estimate_bundle_bytes`` (None: all fp32)."""
+        return None
 
     def check(self, src, options) -> None:
         """Options checked against the loaded model (shape limits)."""

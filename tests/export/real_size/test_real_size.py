@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from real_width import ENV, ROOT, TOOL, VOCAB
 from safetensors import safe_open
 from typer.testing import CliRunner
 
@@ -23,43 +23,12 @@ from autoglm_export.cli import app
 from autoglm_export.config import parse_model_config
 from autoglm_export.presets import PRESETS
 
-ROOT = Path(__file__).resolve().parents[3]
-TOOL = ROOT / "tools" / "make_real_checkpoint.py"
-ENV = {
-    **os.environ,
-    "PYTHONPATH": os.pathsep.join([str(ROOT / "export"), str(ROOT / "runtime"), os.environ.get("PYTHONPATH", "")]),
-}
-VOCAB = 8192  # real widths everywhere else; specials at 8192 - 223 = 7969 (the real 151329 - 151552 offset)
-
 
 def _tool():
     spec = importlib.util.spec_from_file_location("make_real_checkpoint", TOOL)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-@pytest.fixture(scope="module")
-def real_width(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("realsize") / "ckpt"
-    args = [
-        sys.executable,
-        str(TOOL),
-        "--out",
-        str(out),
-        "--text-layers",
-        "1",
-        "--vision-depth",
-        "1",
-        "--vocab-size",
-        str(VOCAB),
-        "--shard-gb",
-        "0.4",
-    ]
-    t0 = time.perf_counter()
-    subprocess.run(args, check=True, env=ENV, capture_output=True, text=True)
-    assert time.perf_counter() - t0 < 120
-    return out
 
 
 def test_tool_writes_the_presets_config():

@@ -60,3 +60,22 @@ def test_check_free_space_names_dir_estimate_and_free(tmp_path):
         check_free_space(tmp_path / "out", free * 2, what="the 9B bundle")
     msg = str(err.value)
     assert str(tmp_path / "out") in msg and "the 9B bundle" in msg and "free" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("command", ["android", "ios", "onnx"])
+def test_export_checks_disk_before_loading(command, tmp_path, monkeypatch):
+    """Every target's export refuses a destination without room for its estimated bundle, in one line,
+    before any weight is read (``pipeline.check_disk``)."""
+    from typer.testing import CliRunner
+
+    from autoglm_export import disk, source
+    from autoglm_export.cli import app
+
+    monkeypatch.setattr(disk, "free_bytes", lambda path: (tmp_path, 1000))
+    monkeypatch.setattr(source, "load_model", lambda *a, **k: pytest.fail("weights were read before the disk check"))
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(app, [command, "--out", str(out)])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "not enough disk space" in lines[0] and "estimate" in lines[0], result.output
+    assert f"the {command} bundle" in lines[0] and not out.exists()

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from ...components import COMPONENTS, component_of
 from ...errors import ExportError
+from ...quantize import QuantRecipe
 from ...quantize.qcheckpoint import block_size_for, read_layers
+from ...quantize.recipes import int_scheme
 from .. import ExportOptions, Job, Target, register_target
 from .convert import CONVERTERS, PACKAGES, PackageInfo, convert_text_decoder
 from .recipe import COMPUTE_UNITS, CoreMLRecipe
@@ -148,6 +150,12 @@ class CoreMLTarget(Target):
 
     def chunk(self, options: CoreMLOptions) -> int:
         return options.prefill_chunk
+
+    def size_recipe(self, options: CoreMLOptions) -> QuantRecipe:
+        r = options.recipe
+        embedding = {"int4": "4", "int8": "8"}.get(r.embedding_scheme, "none")
+        return QuantRecipe(linear=int_scheme(r.weights, r.block_size), encoder=int_scheme(r.weights, r.block_size),
+                           embedding=embedding, group_size=max(r.block_size or 32, 32))
 
     def recipe(self, options: CoreMLOptions) -> CoreMLRecipe:
         return options.recipe

@@ -15,6 +15,7 @@ from ...components import COMPONENTS, components
 from ...errors import ExportError
 from ...quantize import QuantRecipe
 from ...source import ModelSource
+from ...stages import memory
 from .. import ExportOptions, Job, Target, register_target
 from .attention import executorch_attention
 from .lower import check_backend, lower
@@ -72,6 +73,7 @@ class ExecuTorchTarget(Target):
     name = "executorch"
     command = "android"
     converts = "twin"  # XNNPACK lowers torchao's quantized modules: the twin is the program
+    keeps_stored = True  # torchao quantizes layer by layer from the stored bf16 weights
 
     def resolve(self, options: ExecuTorchOptions, quantized_checkpoint):
         check_backend(options.backend, options.soc, options.recipe.linear)
@@ -81,6 +83,9 @@ class ExecuTorchTarget(Target):
         if not 2 <= options.max_seq_len <= src.spec.max_context:
             raise ExportError(f"--max-seq-len {options.max_seq_len} must be between 2 and the context length "
                               f"{src.spec.max_context}")
+
+    def size_recipe(self, options: ExecuTorchOptions) -> QuantRecipe:
+        return options.recipe
 
     def chunk(self, options: ExecuTorchOptions) -> int:
         return options.max_seq_len
@@ -97,12 +102,14 @@ class ExecuTorchTarget(Target):
         opts, src = job.options, job.src
         with job.stages.stage(f"export + lower ({opts.backend})"), executorch_attention(src.model, opts.uses_custom_ops):
             lowered = lower(components(src.model, opts.max_seq_len), constant_methods(src, opts.max_seq_len),
-                            opts.backend, opts.soc, progress=log.info)
+                            opts.backend, opts.soc, progress=lambda msg: log.info("  %s%s", msg, memory()))
         for name, d in lowered.delegation.items():
             log.info("  %s: %.0f%% of %d nodes delegated to %s", name, 100 * d["delegated_fraction"],
                      d["delegated_nodes"] + d["non_delegated_nodes"], opts.backend)
-        job.bundle.write_bytes(PTE, lowered.pte)
-        log.info("wrote %s (%.1f MB)", PTE, len(lowered.pte) / 1e6)
+        with job.stages.stage(f"write {PTE}"):
+            size = lowered.write(job.bundle.path(PTE))
+        lowered.program = None  # its serialised copy and lowered graphs are not needed any more: free them
+        log.info("wrote %s (%.1f MB)", PTE, size / 1e6)
         job.artifacts["lowered"] = lowered
 
     def quant_kinds(self, options: ExecuTorchOptions, fixed) -> dict[str, str]:

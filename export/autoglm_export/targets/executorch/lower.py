@@ -31,11 +31,18 @@ QNN_HELP = (
 
 @dataclass
 class LoweredProgram:
-    pte: bytes
+    program: object  # executorch ExecutorchProgramManager (None until emitted)
     methods: dict[str, dict] = field(default_factory=dict)  # name -> {"inputs": [...], "outputs": [...]}
     delegation: dict[str, dict] = field(default_factory=dict)
     constant_methods: dict[str, object] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def write(self, path) -> int:
+        """Serialise the .pte straight into ``path`` (ExecuTorch's ``write_to_file``: no contiguous copy
+        of the whole program in memory, unlike ``.buffer``); returns its size in bytes."""
+        with open(path, "wb") as f:
+            self.program.write_to_file(f)
+        return os.path.getsize(path)
 
 
 def check_backend(backend: str, soc: str | None, quant: str) -> None:
@@ -118,24 +125,25 @@ def _announced(partitioners: list, message: str, progress) -> list:
 @torch.no_grad()
 def lower(components: list[Component], constant_methods: dict, backend: str = "xnnpack", soc: str | None = None,
           progress=None) -> LoweredProgram:
-    """torch.export every component, lower with the backend's partitioner, emit the .pte bytes."""
+    """torch.export every component, lower with the backend's partitioner, emit the program (``write`` it)."""
     import executorch.extension.llm.custom_ops  # noqa: F401  (registers llama:: ops if the graph uses them)
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
-    out = LoweredProgram(b"", constant_methods=constant_methods)
+    out = LoweredProgram(None, constant_methods=constant_methods)
     exported = {}
     t0 = time.perf_counter()
     for comp in components:
         comp.module.eval()
-        sample = comp.module(*comp.example_inputs)
+        exported[comp.name] = torch.export.export(comp.module, comp.example_inputs, dynamic_shapes=comp.dynamic_shapes, strict=False)
+        # The output's shape and dtype as traced (no eager run: at 9B one costs minutes and a dequantized lm_head).
+        sample = exported[comp.name].graph.output_node().args[0][0].meta["val"]
         dyn = comp.dynamic_shapes or (None,) * len(comp.example_inputs)
         out.methods[comp.name] = {
             "inputs": [_tensor_spec(n, t, d) for n, t, d in zip(comp.input_names, comp.example_inputs, dyn)],
             # Dynamic components are sequence-shaped: [1, seq, ...] in, [1, seq, ...] out.
             "outputs": [_tensor_spec(comp.output_names[0], sample, {1: "seq"} if comp.dynamic_shapes else None)],
         }
-        exported[comp.name] = torch.export.export(comp.module, comp.example_inputs, dynamic_shapes=comp.dynamic_shapes, strict=False)
         if progress:
             progress(f"exported {comp.name}")
     out.seconds["torch_export"] = time.perf_counter() - t0
@@ -160,6 +168,8 @@ def lower(components: list[Component], constant_methods: dict, backend: str = "x
             do_quant_fusion_and_const_prop=True,
         )
     )
-    out.pte = program.buffer
+    out.program = program
     out.seconds["emit"] = time.perf_counter() - t2
+    if progress:
+        progress("emitted the program")
     return out

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from ...components import COMPONENTS, component_of
 from ...errors import ExportError
-from ...quantize import QuantReport
+from ...quantize import QuantRecipe, QuantReport
 from ...quantize.qcheckpoint import block_size_for, read_layers
+from ...quantize.recipes import int_scheme
 from .. import ExportOptions, Job, Target, register_target
 from .convert import EXTERNAL_DATA_THRESHOLD, OPSET, cache_names, cache_shape, export_onnx_files
 from .recipe import OnnxQuant
@@ -72,6 +73,11 @@ class OnnxTarget(Target):
 
     def chunk(self, options: OnnxOptions) -> int:
         return options.max_seq_len
+
+    def size_recipe(self, options: OnnxOptions) -> QuantRecipe:
+        q = options.quant
+        scheme = int_scheme(q.scheme, q.block_size)
+        return QuantRecipe(linear=scheme, encoder=scheme, embedding="none", group_size=max(q.block_size or 32, 32))
 
     def recipe(self, options: OnnxOptions) -> OnnxQuant:
         return options.quant
