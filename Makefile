@@ -8,11 +8,12 @@ PIP := $(VENV)/bin/pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: install test android parity calibrate qat android-calibrated quant-quality demo-test demo-traces help
+.PHONY: install lint test android parity calibrate qat android-calibrated quant-quality demo-test demo-traces help
 
 help:
 	@echo "make install  - create .venv with pinned dependencies (torch==2.13.0 CPU)"
-	@echo "make test     - install if needed, run the test suite"
+	@echo "make lint     - ruff lint + format check (config in pyproject.toml)"
+	@echo "make test     - install if needed, lint, run the test suite"
 	@echo "make android  - install if needed, export the embedded tiny model to dist/android"
 	@echo "make parity   - export the tiny model to every target and write parity-report.md/.html"
 	@echo "make calibrate - GPTQ-calibrate the tiny model on calibration_data/ -> dist/quantized"
@@ -34,7 +35,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint
 	$(VENV)/bin/pytest -q tests
 
 android: $(STAMP)

@@ -71,9 +71,7 @@ def open_model(bundle: Path, tokenizer: Path | None):
     tok_path = tokenizer or b.tokenizer_path or TINY_TOKENIZER
     if tok_path != b.tokenizer_path:
         stand_in = Tokenizer(tok_path)
-        spec = dataclasses.replace(
-            spec, image_token_id=stand_in.token_to_id("<|image|>")
-        )
+        spec = dataclasses.replace(spec, image_token_id=stand_in.token_to_id("<|image|>"))
         backend = WithinVocab(backend, stand_in.vocab_size)
     return backend, tok_path, spec, b.manifest.get("max_seq_len")
 
@@ -163,9 +161,7 @@ def child_server(args, prefix_reuse: bool):
     ]
     if args.tokenizer:
         cmd += ["--tokenizer", str(args.tokenizer)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         lines = []
         for line in proc.stdout:
@@ -188,9 +184,7 @@ def child_server(args, prefix_reuse: bool):
             time.sleep(0.1)
         yield url, proc.pid
     finally:
-        with contextlib.suppress(
-            Exception
-        ):  # its CPU time, so the load report can leave it out
+        with contextlib.suppress(Exception):  # its CPU time, so the load report can leave it out
             times = psutil.Process(proc.pid).cpu_times()
             SERVER_CPU_S.append(times.user + times.system)
         proc.terminate()
@@ -229,18 +223,15 @@ def stream_once(client, messages, max_tokens: int) -> dict:
     }
 
 
-def bench_paired(
-    model, url: str, system: str, max_tokens: int, runs: int, warmup: int
-) -> tuple[dict, dict]:
+def bench_paired(model, url: str, system: str, max_tokens: int, runs: int, warmup: int) -> tuple[dict, dict]:
     """`run` and the server in alternation, so both see the same machine load."""
     import openai
+
     from autoglm_runtime.session import Session
 
     backend, tok, spec, chunk = model
     session = Session(backend, tok, spec, prefill_chunk=chunk)
-    client = openai.OpenAI(
-        base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=600
-    )
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=600)
     messages = [
         {"role": "system", "content": system},
         {
@@ -299,15 +290,11 @@ def agent_turns(system: str, turn: int, reply: str):
     return first, second
 
 
-def bench_second_turn(
-    url: str, system: str, max_tokens: int, runs: int, warmup: int
-) -> dict:
+def bench_second_turn(url: str, system: str, max_tokens: int, runs: int, warmup: int) -> dict:
     """Each round: a fresh task's first turn, then its second turn, which is what is timed."""
     import openai
 
-    client = openai.OpenAI(
-        base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=600
-    )
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=600)
     results = []
     for i in range(warmup + runs):
         first, _ = agent_turns(system, i, "")
@@ -315,27 +302,20 @@ def bench_second_turn(
         _, second = agent_turns(system, i, reply)
         if i >= warmup:
             results.append(stream_once(client, second, max_tokens))
-    return {
-        key: [r[key] for r in results]
-        for key in ("ttft_s", "prompt_tokens", "cached_tokens")
-    }
+    return {key: [r[key] for r in results] for key in ("ttft_s", "prompt_tokens", "cached_tokens")}
 
 
 # ------------------------------------------------------------------------------------------ reporting
 
 
 def med(values) -> float:
-    values = [
-        v for v in (values if isinstance(values, list) else [values]) if v is not None
-    ]
+    values = [v for v in (values if isinstance(values, list) else [values]) if v is not None]
     return statistics.median(values) if values else float("nan")
 
 
 def ms_range(values: list) -> str:
     """Median, and the fastest / slowest run, in ms."""
-    return (
-        f"{med(values) * 1e3:.1f} ms ({min(values) * 1e3:.0f}-{max(values) * 1e3:.0f})"
-    )
+    return f"{med(values) * 1e3:.1f} ms ({min(values) * 1e3:.0f}-{max(values) * 1e3:.0f})"
 
 
 def spread_ms(values: list) -> float:
@@ -505,9 +485,7 @@ def main() -> None:
         help="the preset to export, or the one --bundle was exported from",
     )
     p.add_argument("--target", default="onnx", choices=["onnx", "android"])
-    p.add_argument(
-        "--tokenizer", type=Path, help="default: the bundle's, else the tiny preset's"
-    )
+    p.add_argument("--tokenizer", type=Path, help="default: the bundle's, else the tiny preset's")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument(
         "--system-tokens",
@@ -517,9 +495,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", type=Path)
-    p.add_argument(
-        "--markdown", action="store_true", help="write the section into BENCHMARKS.md"
-    )
+    p.add_argument("--markdown", action="store_true", help="write the section into BENCHMARKS.md")
     p.add_argument(
         "--from-json",
         type=Path,
@@ -542,9 +518,7 @@ def main() -> None:
     run_info = new_run(["run", "server", "prefix-reuse"])
     with tempfile.TemporaryDirectory() as tmp:
         if args.bundle is None:
-            args.bundle = export_bundle(
-                args.preset, args.target, Path(tmp) / args.target
-            )
+            args.bundle = export_bundle(args.preset, args.target, Path(tmp) / args.target)
         target = backend_name(args)
         label = f"preset `{args.preset}`, {target} bundle"
         model = open_model(args.bundle, args.tokenizer)
@@ -552,17 +526,13 @@ def main() -> None:
         system = system_prompt(tok, args.system_tokens or spec.max_context // 3)
         monitor = LoadMonitor()
         with child_server(args, prefix_reuse=False) as (url, _):
-            run, server = bench_paired(
-                model, url, system, args.max_tokens, args.runs, args.warmup
-            )
+            run, server = bench_paired(model, url, system, args.max_tokens, args.runs, args.warmup)
             no_reuse = bench_second_turn(url, system, 16, args.runs, args.warmup)
         with child_server(args, prefix_reuse=True) as (url, _):
             reuse = bench_second_turn(url, system, 16, args.runs, args.warmup)
         load = monitor.stop()
     # LoadMonitor counts every process but this one: take the server children out as well
-    load["other_cores"] = max(
-        load["other_cores"] - sum(SERVER_CPU_S) / load["wall_s"], 0.0
-    )
+    load["other_cores"] = max(load["other_cores"] - sum(SERVER_CPU_S) / load["wall_s"], 0.0)
     result = {
         "run_info": run_info,
         "date": utc_now(),
@@ -595,9 +565,7 @@ def report(result: dict, section: str | None, out: Path | None) -> None:
 
 
 def backend_name(args) -> str:
-    return json.loads((Path(args.bundle) / "manifest.json").read_text()).get(
-        "target", "?"
-    )
+    return json.loads((Path(args.bundle) / "manifest.json").read_text()).get("target", "?")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,19 @@ TEXT_BASE = dict(
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1]},
+    rope_parameters={
+        "rope_type": "default",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.5,
+        "mrope_section": [2, 1, 1],
+    },
 )
-VISION_BASE = dict(depth=2, hidden_size=32, num_heads=2, intermediate_size=48, out_hidden_size=64, image_size=56, patch_size=14)
-MOE_EXTRA = dict(moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, n_shared_experts=1)
+VISION_BASE = dict(
+    depth=2, hidden_size=32, num_heads=2, intermediate_size=48, out_hidden_size=64, image_size=56, patch_size=14
+)
+MOE_EXTRA = dict(
+    moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1, n_shared_experts=1
+)
 
 
 def _merge(base: dict, over: dict | None) -> dict:
@@ -39,7 +48,9 @@ def build_hf_glm4v(text: dict | None = None, vision: dict | None = None, moe: bo
     text_cfg = _merge(TEXT_BASE, text)
     if moe:
         text_cfg = _merge(MOE_EXTRA, text_cfg)
-    cfg_cls, model_cls = (Glm4vMoeConfig, Glm4vMoeForConditionalGeneration) if moe else (Glm4vConfig, Glm4vForConditionalGeneration)
+    cfg_cls, model_cls = (
+        (Glm4vMoeConfig, Glm4vMoeForConditionalGeneration) if moe else (Glm4vConfig, Glm4vForConditionalGeneration)
+    )
     top.setdefault("image_token_id", text_cfg["vocab_size"] - 1)
     top.setdefault("image_start_token_id", text_cfg["vocab_size"] - 3)
     top.setdefault("image_end_token_id", text_cfg["vocab_size"] - 2)
@@ -49,7 +60,7 @@ def build_hf_glm4v(text: dict | None = None, vision: dict | None = None, moe: bo
     torch.manual_seed(seed)
     model = model_cls(cfg).eval()
     with torch.no_grad():  # HF init leaves norms at 1 and biases at 0: perturb so parity means something
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(torch.randn_like(p) * 0.1)
         for name, b in model.named_buffers():
@@ -82,8 +93,14 @@ def assert_close_to_scale(ours: torch.Tensor, ref: torch.Tensor, rel: float = 1e
 
 TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "export/autoglm_export/presets/tiny/tokenizer.json"
 # Ids of the committed tiny tokenizer's GLM tokens (vocab 4096): checkpoints that use it must agree.
-TOKENIZER_IDS = dict(image_token_id=4087, image_start_token_id=4083, image_end_token_id=4084, video_token_id=4088,
-                     video_start_token_id=4085, video_end_token_id=4086)
+TOKENIZER_IDS = dict(
+    image_token_id=4087,
+    image_start_token_id=4083,
+    image_end_token_id=4084,
+    video_token_id=4088,
+    video_start_token_id=4085,
+    video_end_token_id=4086,
+)
 
 
 @pytest.fixture
@@ -105,8 +122,18 @@ def build_hf_glmasr(text_hidden: int = 64, seed: int = 0, **audio):
     from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration
 
     cfg = GlmAsrConfig(
-        audio_config=dict(dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_mel_bins=128), **audio),
-        text_config=dict(vocab_size=64, hidden_size=text_hidden, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
+        audio_config=dict(
+            dict(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_mel_bins=128),
+            **audio,
+        ),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=text_hidden,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
     )
     torch.manual_seed(seed)
     model = GlmAsrForConditionalGeneration(cfg).eval()

@@ -28,8 +28,9 @@ ODD_FFN = 48
 
 def write_chat_checkpoint(path: Path, *, moe: bool = False, text: dict | None = None, seed: int = 0, **kwargs) -> Path:
     """A seeded random Glm4v(Moe) checkpoint (vocab 4096) with the project tokenizer next to its weights."""
-    model = build_hf_glm4v(text={"vocab_size": 4096, **(text or {})}, moe=moe, seed=seed,
-                           eos_token_id=EOS_IDS, **TOKENIZER_IDS, **kwargs)
+    model = build_hf_glm4v(
+        text={"vocab_size": 4096, **(text or {})}, moe=moe, seed=seed, eos_token_id=EOS_IDS, **TOKENIZER_IDS, **kwargs
+    )
     model.save_pretrained(path)
     shutil.copy(TINY_TOKENIZER, Path(path) / "tokenizer.json")
     return Path(path)
@@ -56,10 +57,12 @@ def moe_request(ckpt: Path, asr: Path):
 
 
 def moe_options(out: Path, **kw):
-    from autoglm_export.targets.executorch.export import ExecuTorchOptions
     from autoglm_export.quantize import QuantRecipe
+    from autoglm_export.targets.executorch.export import ExecuTorchOptions
 
-    return ExecuTorchOptions(out=out, recipe=QuantRecipe(linear="8da4w", group_size=GROUP_SIZE), max_seq_len=MAX_SEQ_LEN, **kw)
+    return ExecuTorchOptions(
+        out=out, recipe=QuantRecipe(linear="8da4w", group_size=GROUP_SIZE), max_seq_len=MAX_SEQ_LEN, **kw
+    )
 
 
 def perturbed_export_main() -> None:

@@ -19,7 +19,6 @@ import json
 import sys
 from pathlib import Path
 
-
 # Node metadata torch.onnx.export records for debugging: the exporting checkout's file paths and line
 # numbers and the Python class names. Any code move changes them; the graph itself does not change.
 EXPORTER_DEBUG_KEYS = {"pkg.torch.onnx.stack_trace", "pkg.torch.onnx.class_hierarchy", "namespace"}
@@ -53,8 +52,11 @@ def canonical_bytes(path: Path) -> bytes:
 
 
 def digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(canonical_bytes(p)).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(canonical_bytes(p)).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

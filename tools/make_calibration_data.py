@@ -52,38 +52,230 @@ DATA_GLOBS = ("prompts.jsonl", "text/*.txt", "screenshots/*.png", "speech/*.wav"
 # Fillers that differ between splits: index parity decides (even -> calib, odd -> held-out).
 SPLIT_FILLERS = {
     "zh": {
-        "contact": ["张三", "李四", "王五", "赵六", "孙七", "周八", "吴九", "郑十", "小王", "老刘", "陈经理", "林老师",
-                    "妈妈", "爸爸", "姐姐", "表哥", "小美", "阿强", "刘洋", "何静", "黄主管", "宋阿姨", "马老板", "唐师傅"],
-        "item": ["蓝牙耳机", "充电宝", "保温杯", "运动鞋", "机械键盘", "数据线", "手机壳", "洗发水", "折叠伞", "护眼台灯",
-                 "猫粮", "咖啡豆", "瑜伽垫", "登山包", "电动牙刷", "空气炸锅", "儿童绘本", "无线鼠标", "防晒霜", "羽绒服"],
-        "place": ["首都机场", "北京南站", "公司", "小区门口", "国贸地铁站", "人民医院", "中山公园", "万达广场", "西湖", "图书馆",
-                  "虹桥火车站", "大学城", "体育馆", "外滩", "奥林匹克公园", "市政府", "动物园", "科技园"],
-        "msg": ["明天上午十点开会", "我已经到楼下了", "晚饭不用等我", "文件已经发到你邮箱", "周六一起去爬山吧",
-                "会议改到下午三点", "帮我带一杯咖啡", "快递我帮你拿了", "路上堵车，晚到十分钟", "生日快乐",
-                "合同明天签", "记得带钥匙", "票已经订好了", "今晚加班", "报告我晚上发你", "周末回家吃饭"],
-        "dish": ["黄焖鸡米饭", "牛肉拉面", "麻辣烫", "宫保鸡丁盖饭", "鲜虾馄饨", "烤鸭套餐", "酸菜鱼", "水果沙拉",
-                 "珍珠奶茶", "煎饼果子", "小笼包", "冰美式"],
-        "topic": ["手机拍照技巧", "红烧肉做法", "健身入门", "英语口语", "旅行攻略", "吉他教学", "数码测评", "猫咪日常",
-                  "考研经验", "装修灵感"],
+        "contact": [
+            "张三",
+            "李四",
+            "王五",
+            "赵六",
+            "孙七",
+            "周八",
+            "吴九",
+            "郑十",
+            "小王",
+            "老刘",
+            "陈经理",
+            "林老师",
+            "妈妈",
+            "爸爸",
+            "姐姐",
+            "表哥",
+            "小美",
+            "阿强",
+            "刘洋",
+            "何静",
+            "黄主管",
+            "宋阿姨",
+            "马老板",
+            "唐师傅",
+        ],
+        "item": [
+            "蓝牙耳机",
+            "充电宝",
+            "保温杯",
+            "运动鞋",
+            "机械键盘",
+            "数据线",
+            "手机壳",
+            "洗发水",
+            "折叠伞",
+            "护眼台灯",
+            "猫粮",
+            "咖啡豆",
+            "瑜伽垫",
+            "登山包",
+            "电动牙刷",
+            "空气炸锅",
+            "儿童绘本",
+            "无线鼠标",
+            "防晒霜",
+            "羽绒服",
+        ],
+        "place": [
+            "首都机场",
+            "北京南站",
+            "公司",
+            "小区门口",
+            "国贸地铁站",
+            "人民医院",
+            "中山公园",
+            "万达广场",
+            "西湖",
+            "图书馆",
+            "虹桥火车站",
+            "大学城",
+            "体育馆",
+            "外滩",
+            "奥林匹克公园",
+            "市政府",
+            "动物园",
+            "科技园",
+        ],
+        "msg": [
+            "明天上午十点开会",
+            "我已经到楼下了",
+            "晚饭不用等我",
+            "文件已经发到你邮箱",
+            "周六一起去爬山吧",
+            "会议改到下午三点",
+            "帮我带一杯咖啡",
+            "快递我帮你拿了",
+            "路上堵车，晚到十分钟",
+            "生日快乐",
+            "合同明天签",
+            "记得带钥匙",
+            "票已经订好了",
+            "今晚加班",
+            "报告我晚上发你",
+            "周末回家吃饭",
+        ],
+        "dish": [
+            "黄焖鸡米饭",
+            "牛肉拉面",
+            "麻辣烫",
+            "宫保鸡丁盖饭",
+            "鲜虾馄饨",
+            "烤鸭套餐",
+            "酸菜鱼",
+            "水果沙拉",
+            "珍珠奶茶",
+            "煎饼果子",
+            "小笼包",
+            "冰美式",
+        ],
+        "topic": [
+            "手机拍照技巧",
+            "红烧肉做法",
+            "健身入门",
+            "英语口语",
+            "旅行攻略",
+            "吉他教学",
+            "数码测评",
+            "猫咪日常",
+            "考研经验",
+            "装修灵感",
+        ],
     },
     "en": {
-        "contact": ["Tom", "Anna", "Li Wei", "Mom", "Dad", "Sarah", "David", "Emma", "James", "Olivia", "Chen Jie", "Priya",
-                    "Lucas", "Mia", "Noah", "Grace", "Uncle Ben", "Dr. Patel", "Coach Kim", "Zhang Min", "Rachel", "Omar"],
-        "item": ["wireless earbuds", "a power bank", "a travel mug", "running shoes", "a mechanical keyboard", "a USB-C cable",
-                 "a phone case", "shampoo", "a compact umbrella", "a desk lamp", "cat food", "coffee beans", "a yoga mat",
-                 "a hiking backpack", "an electric toothbrush", "an air fryer", "a picture book", "a wireless mouse",
-                 "sunscreen", "a down jacket"],
-        "place": ["the airport", "Central Station", "the office", "my apartment", "the nearest subway station", "City Hospital",
-                  "Riverside Park", "the shopping mall", "the library", "the stadium", "the train station", "the university",
-                  "the museum", "the beach", "downtown", "the zoo", "the tech park", "the ferry terminal"],
-        "msg": ["the meeting moved to 3 pm", "I'm downstairs", "don't wait for me for dinner", "the file is in your inbox",
-                "let's go hiking on Saturday", "can you grab me a coffee", "I picked up your parcel", "stuck in traffic",
-                "happy birthday", "the contract is ready to sign", "don't forget your keys", "the tickets are booked",
-                "I'm working late tonight", "I'll send the report tonight", "see you at lunch", "call me when you land"],
-        "dish": ["chicken rice", "beef noodles", "a veggie burger", "pad thai", "shrimp dumplings", "a poke bowl",
-                 "a margherita pizza", "a fruit salad", "bubble tea", "a breakfast burrito", "iced americano", "ramen"],
-        "topic": ["phone photography tips", "easy dinner recipes", "beginner workouts", "English speaking practice",
-                  "travel vlogs", "guitar lessons", "gadget reviews", "cat videos", "study tips", "home makeover ideas"],
+        "contact": [
+            "Tom",
+            "Anna",
+            "Li Wei",
+            "Mom",
+            "Dad",
+            "Sarah",
+            "David",
+            "Emma",
+            "James",
+            "Olivia",
+            "Chen Jie",
+            "Priya",
+            "Lucas",
+            "Mia",
+            "Noah",
+            "Grace",
+            "Uncle Ben",
+            "Dr. Patel",
+            "Coach Kim",
+            "Zhang Min",
+            "Rachel",
+            "Omar",
+        ],
+        "item": [
+            "wireless earbuds",
+            "a power bank",
+            "a travel mug",
+            "running shoes",
+            "a mechanical keyboard",
+            "a USB-C cable",
+            "a phone case",
+            "shampoo",
+            "a compact umbrella",
+            "a desk lamp",
+            "cat food",
+            "coffee beans",
+            "a yoga mat",
+            "a hiking backpack",
+            "an electric toothbrush",
+            "an air fryer",
+            "a picture book",
+            "a wireless mouse",
+            "sunscreen",
+            "a down jacket",
+        ],
+        "place": [
+            "the airport",
+            "Central Station",
+            "the office",
+            "my apartment",
+            "the nearest subway station",
+            "City Hospital",
+            "Riverside Park",
+            "the shopping mall",
+            "the library",
+            "the stadium",
+            "the train station",
+            "the university",
+            "the museum",
+            "the beach",
+            "downtown",
+            "the zoo",
+            "the tech park",
+            "the ferry terminal",
+        ],
+        "msg": [
+            "the meeting moved to 3 pm",
+            "I'm downstairs",
+            "don't wait for me for dinner",
+            "the file is in your inbox",
+            "let's go hiking on Saturday",
+            "can you grab me a coffee",
+            "I picked up your parcel",
+            "stuck in traffic",
+            "happy birthday",
+            "the contract is ready to sign",
+            "don't forget your keys",
+            "the tickets are booked",
+            "I'm working late tonight",
+            "I'll send the report tonight",
+            "see you at lunch",
+            "call me when you land",
+        ],
+        "dish": [
+            "chicken rice",
+            "beef noodles",
+            "a veggie burger",
+            "pad thai",
+            "shrimp dumplings",
+            "a poke bowl",
+            "a margherita pizza",
+            "a fruit salad",
+            "bubble tea",
+            "a breakfast burrito",
+            "iced americano",
+            "ramen",
+        ],
+        "topic": [
+            "phone photography tips",
+            "easy dinner recipes",
+            "beginner workouts",
+            "English speaking practice",
+            "travel vlogs",
+            "guitar lessons",
+            "gadget reviews",
+            "cat videos",
+            "study tips",
+            "home makeover ideas",
+        ],
     },
 }
 
@@ -97,13 +289,48 @@ SHARED = {
         "food": ["美团外卖", "饿了么"],
         "pay": ["支付宝", "微信支付"],
         "video": ["哔哩哔哩", "抖音", "快手", "优酷", "小红书"],
-        "app": ["微信", "淘宝", "支付宝", "美团", "滴滴出行", "高德地图", "京东", "哔哩哔哩", "抖音", "设置", "时钟",
-                "网易云音乐", "小红书", "携程旅行", "饿了么", "相册", "日历", "备忘录", "计算器", "天气"],
+        "app": [
+            "微信",
+            "淘宝",
+            "支付宝",
+            "美团",
+            "滴滴出行",
+            "高德地图",
+            "京东",
+            "哔哩哔哩",
+            "抖音",
+            "设置",
+            "时钟",
+            "网易云音乐",
+            "小红书",
+            "携程旅行",
+            "饿了么",
+            "相册",
+            "日历",
+            "备忘录",
+            "计算器",
+            "天气",
+        ],
         "sort": ["销量", "价格从低到高", "价格从高到低", "好评率", "最新上架"],
         "mode": ["驾车", "步行", "公交", "骑行"],
-        "setting": ["打开蓝牙", "关闭蓝牙", "打开飞行模式", "开启深色模式", "把屏幕亮度调到最高", "打开省电模式",
-                    "关闭自动旋转", "把铃声调成静音", "打开个人热点", "关闭位置服务"],
-        "tabs": ["首页、消息、购物车、我的", "微信、通讯录、发现、我", "推荐、关注、同城、我的", "首页、分类、订单、我的"],
+        "setting": [
+            "打开蓝牙",
+            "关闭蓝牙",
+            "打开飞行模式",
+            "开启深色模式",
+            "把屏幕亮度调到最高",
+            "打开省电模式",
+            "关闭自动旋转",
+            "把铃声调成静音",
+            "打开个人热点",
+            "关闭位置服务",
+        ],
+        "tabs": [
+            "首页、消息、购物车、我的",
+            "微信、通讯录、发现、我",
+            "推荐、关注、同城、我的",
+            "首页、分类、订单、我的",
+        ],
     },
     "en": {
         "chat_app": ["WeChat", "WhatsApp", "Telegram", "Messages", "Slack"],
@@ -113,15 +340,48 @@ SHARED = {
         "food": ["Meituan", "Uber Eats", "DoorDash"],
         "pay": ["Alipay", "PayPal", "WeChat Pay", "Venmo"],
         "video": ["YouTube", "Bilibili", "TikTok", "Douyin", "Netflix"],
-        "app": ["WeChat", "Taobao", "Alipay", "Meituan", "Didi", "Amap", "JD", "Bilibili", "Douyin", "Settings", "Clock",
-                "Gmail", "Google Maps", "Chrome", "Spotify", "Uber", "YouTube", "Calendar", "Photos", "Camera"],
+        "app": [
+            "WeChat",
+            "Taobao",
+            "Alipay",
+            "Meituan",
+            "Didi",
+            "Amap",
+            "JD",
+            "Bilibili",
+            "Douyin",
+            "Settings",
+            "Clock",
+            "Gmail",
+            "Google Maps",
+            "Chrome",
+            "Spotify",
+            "Uber",
+            "YouTube",
+            "Calendar",
+            "Photos",
+            "Camera",
+        ],
         "sort": ["best selling", "price: low to high", "price: high to low", "top rated", "newest"],
         "mode": ["driving", "walking", "transit", "cycling"],
-        "setting": ["turn on Bluetooth", "turn off Bluetooth", "turn on airplane mode", "switch to dark mode",
-                    "set the brightness to maximum", "turn on battery saver", "turn off auto-rotate",
-                    "mute the ringtone", "turn on the hotspot", "turn off location services"],
-        "tabs": ["Home, Messages, Cart and Me", "Chats, Contacts, Discover and Me", "For You, Following, Nearby and Profile",
-                 "Home, Search, Library and Premium"],
+        "setting": [
+            "turn on Bluetooth",
+            "turn off Bluetooth",
+            "turn on airplane mode",
+            "switch to dark mode",
+            "set the brightness to maximum",
+            "turn on battery saver",
+            "turn off auto-rotate",
+            "mute the ringtone",
+            "turn on the hotspot",
+            "turn off location services",
+        ],
+        "tabs": [
+            "Home, Messages, Cart and Me",
+            "Chats, Contacts, Discover and Me",
+            "For You, Following, Nearby and Profile",
+            "Home, Search, Library and Premium",
+        ],
     },
 }
 
@@ -168,26 +428,38 @@ TEMPLATES = {
     "en": [
         lambda p, r: f"Open {p('chat_app')} and send {p('contact')} a message: {p('msg')}.",
         lambda p, r: f"Find {p('contact')} in {p('chat_app')} and tell them {p('msg')}.",
-        lambda p, r: f"Search {p('shop')} for {p('item')}, sort by {p('sort')} and open result number {r.randint(1, 5)}.",
+        lambda p, r: (
+            f"Search {p('shop')} for {p('item')}, sort by {p('sort')} and open result number {r.randint(1, 5)}."
+        ),
         lambda p, r: f"Add {p('item')} to my cart on {p('shop')}, but don't check out yet.",
         lambda p, r: f"Use {p('map')} to get {p('mode')} directions to {p('place')}.",
         lambda p, r: f"Open {p('ride')} and get me a ride to {p('place')}.",
         lambda p, r: f"Order {p('dish')} on {p('food')} and have it delivered to {p('place')}.",
-        lambda p, r: f"Set an alarm for {r.randint(5, 11)}:{r.choice(['00', '15', '30', '45'])} {r.choice(['tomorrow', 'every weekday', 'on Sunday', 'tonight'])} and label it {p('dish')}.",
+        lambda p, r: (
+            f"Set an alarm for {r.randint(5, 11)}:{r.choice(['00', '15', '30', '45'])} {r.choice(['tomorrow', 'every weekday', 'on Sunday', 'tonight'])} and label it {p('dish')}."
+        ),
         lambda p, r: f"Open Settings and {p('setting')}.",
         lambda p, r: f"Send {p('contact')} {r.randint(2, 99) * 10} yuan with {p('pay')} for {p('dish')}.",
         lambda p, r: f"Open {p('video')}, search for {p('topic')} and play the first video.",
         lambda p, r: f"Sure, opening {p('app')} now.",
-        lambda p, r: f"Done: I sent \"{p('msg')}\" to {p('contact')}.",
-        lambda p, r: f"I found {r.randint(12, 480)} results for {p('item')}; the top one costs {r.randint(19, 899)} yuan.",
-        lambda p, r: f"Your ride is confirmed; the driver will reach the pickup point near {p('place')} in {r.randint(2, 9)} minutes.",
+        lambda p, r: f'Done: I sent "{p("msg")}" to {p("contact")}.',
+        lambda p, r: (
+            f"I found {r.randint(12, 480)} results for {p('item')}; the top one costs {r.randint(19, 899)} yuan."
+        ),
+        lambda p, r: (
+            f"Your ride is confirmed; the driver will reach the pickup point near {p('place')} in {r.randint(2, 9)} minutes."
+        ),
         lambda p, r: f"This step charges {r.randint(8, 300)} yuan, so please confirm before I continue.",
         lambda p, r: f"I couldn't find a contact named {p('contact')}; could you say the name again?",
         lambda p, r: f"The screen shows the {p('app')} home page with {p('tabs')} tabs at the bottom.",
-        lambda p, r: f"The chat with {p('contact')} is open, and the last message says \"{p('msg')}\".",
-        lambda p, r: f"The results page lists {p('item')}; the first one is {r.randint(19, 899)} yuan with {r.randint(1, 99)}k sold.",
+        lambda p, r: f'The chat with {p("contact")} is open, and the last message says "{p("msg")}".',
+        lambda p, r: (
+            f"The results page lists {p('item')}; the first one is {r.randint(19, 899)} yuan with {r.randint(1, 99)}k sold."
+        ),
         lambda p, r: f"The map marks {p('place')}, {r.randint(2, 95) / 10} km from the current location.",
-        lambda p, r: f"The status bar shows {r.randint(1, 12)}:{r.randint(0, 59):02d} and {r.randint(10, 99)}% battery.",
+        lambda p, r: (
+            f"The status bar shows {r.randint(1, 12)}:{r.randint(0, 59):02d} and {r.randint(10, 99)}% battery."
+        ),
         lambda p, r: f'do(action="Launch", app="{p("app")}")',
         lambda p, r: f'do(action="Type", text="{p("topic")}")',
         lambda p, r: f'finish(message="Your order of {p("dish")} has been placed.")',
@@ -284,8 +556,15 @@ class Screen:
             self.d.rectangle([bx, 18 - 3 * (i + 1), bx + 3, 18], fill=fg)
         self.y = 26
 
-    def title_bar(self, title: str, bg: str | None = None, fg: str | None = None, back: bool = True,
-                  right: str | None = None, h: int = 48) -> None:
+    def title_bar(
+        self,
+        title: str,
+        bg: str | None = None,
+        fg: str | None = None,
+        back: bool = True,
+        right: str | None = None,
+        h: int = 48,
+    ) -> None:
         fg = fg or self.fg
         if bg:
             self.d.rectangle([0, self.y, self.w, self.y + h], fill=bg)
@@ -304,8 +583,15 @@ class Screen:
             self.text((self.w - 16, mid), right, 14, fg, "rm")
         self.y += h
 
-    def search_box(self, placeholder: str, fill: str = "#f1f1f1", h: int = 36, margin: int = 12,
-                   button: str | None = None, button_color: str = "#ff5000") -> None:
+    def search_box(
+        self,
+        placeholder: str,
+        fill: str = "#f1f1f1",
+        h: int = 36,
+        margin: int = 12,
+        button: str | None = None,
+        button_color: str = "#ff5000",
+    ) -> None:
         right = self.w - margin - (64 if button else 0)
         box = [margin, self.y + 6, right, self.y + 6 + h]
         self.d.rounded_rectangle(box, h // 2, fill=fill, outline=button_color if button else None)
@@ -314,7 +600,9 @@ class Screen:
         self.d.line([(margin + 22, mid + 3), (margin + 27, mid + 8)], fill=self.sub, width=2)
         self.text((margin + 34, mid), placeholder, 14, self.sub if not button else self.fg, "lm")
         if button:
-            self.d.rounded_rectangle([right + 6, self.y + 6, self.w - margin, self.y + 6 + h], h // 2, fill=button_color)
+            self.d.rounded_rectangle(
+                [right + 6, self.y + 6, self.w - margin, self.y + 6 + h], h // 2, fill=button_color
+            )
             self.text(((right + 6 + self.w - margin) // 2, mid), button, 14, "#ffffff", "mm")
         self.y += h + 12
 
@@ -327,8 +615,18 @@ class Screen:
             self.d.rounded_rectangle(box, size // 5, fill=color)
         self.text((x + size // 2, y + size // 2), label[:1], size // 2, "#ffffff", "mm")
 
-    def list_row(self, title: str, subtitle: str = "", right: str = "", badge: int = 0, avatar: str | None = None,
-                 h: int = 64, toggle: bool | None = None, chevron: bool = False, round_avatar: bool = False) -> None:
+    def list_row(
+        self,
+        title: str,
+        subtitle: str = "",
+        right: str = "",
+        badge: int = 0,
+        avatar: str | None = None,
+        h: int = 64,
+        toggle: bool | None = None,
+        chevron: bool = False,
+        round_avatar: bool = False,
+    ) -> None:
         x = 14
         if avatar is not None:
             self.avatar(x, self.y + (h - 44) // 2, 44, avatar, round_=round_avatar)
@@ -349,7 +647,9 @@ class Screen:
         if chevron:
             cy = self.y + h // 2
             self.d.line([(self.w - 22, cy - 6), (self.w - 16, cy), (self.w - 22, cy + 6)], fill=self.sub, width=2)
-        self.d.line([(x, self.y + h - 1), (self.w, self.y + h - 1)], fill="#e6e6e6" if self.fg == "#111111" else "#333333")
+        self.d.line(
+            [(x, self.y + h - 1), (self.w, self.y + h - 1)], fill="#e6e6e6" if self.fg == "#111111" else "#333333"
+        )
         self.y += h
 
     def toggle(self, x: int, y: int, on: bool, color: str = "#34c759") -> None:
@@ -368,7 +668,9 @@ class Screen:
         self.d.rounded_rectangle([bx0, self.y, bx0 + tw + 24, self.y + bh], 6, fill=color_mine if mine else color_other)
         tip = bx0 + tw + 24 if mine else bx0
         dx = 6 if mine else -6
-        self.d.polygon([(tip, self.y + 14), (tip + dx, self.y + 20), (tip, self.y + 26)], fill=color_mine if mine else color_other)
+        self.d.polygon(
+            [(tip, self.y + 14), (tip + dx, self.y + 20), (tip, self.y + 26)], fill=color_mine if mine else color_other
+        )
         for i, l in enumerate(lines):
             self.text((bx0 + 12, self.y + 8 + 20 * i), l, 15, "#111111")
         self.y += bh + 16
@@ -387,7 +689,17 @@ class Screen:
             cx, c = int(cw * i + cw / 2), color if i == active else self.sub
             shape = i % 4
             if shape == 0:
-                self.d.polygon([(cx - 10, top + 20), (cx, top + 10), (cx + 10, top + 20), (cx + 10, top + 30), (cx - 10, top + 30)], outline=c, width=2)
+                self.d.polygon(
+                    [
+                        (cx - 10, top + 20),
+                        (cx, top + 10),
+                        (cx + 10, top + 20),
+                        (cx + 10, top + 30),
+                        (cx - 10, top + 30),
+                    ],
+                    outline=c,
+                    width=2,
+                )
             elif shape == 1:
                 self.d.rounded_rectangle([cx - 10, top + 10, cx + 10, top + 28], 5, outline=c, width=2)
             elif shape == 2:
@@ -465,10 +777,18 @@ def scr_wechat_chats() -> Screen:
     s.status_bar()
     s.title_bar("微信(3)", back=False, right="plus")
     s.search_box("搜索", fill="#ffffff")
-    rows = [("李四", "晚上一起吃饭吗？", "10:42", 2), ("家庭群", "妈妈：[图片]", "10:15", 5), ("张三", "明天上午十点开会", "09:58", 0),
-            ("Tom", "See you at the gate", "昨天", 1), ("文件传输助手", "[文件] 季度报告.pdf", "昨天", 0),
-            ("陈经理", "合同明天签", "星期二", 0), ("Anna Li", "Thanks, got it!", "星期一", 0), ("订阅号消息", "高德地图：周末出行提醒", "星期一", 0),
-            ("林老师", "作业已批改", "9/21", 0), ("公司通知群", "王五：收到", "9/20", 0)]
+    rows = [
+        ("李四", "晚上一起吃饭吗？", "10:42", 2),
+        ("家庭群", "妈妈：[图片]", "10:15", 5),
+        ("张三", "明天上午十点开会", "09:58", 0),
+        ("Tom", "See you at the gate", "昨天", 1),
+        ("文件传输助手", "[文件] 季度报告.pdf", "昨天", 0),
+        ("陈经理", "合同明天签", "星期二", 0),
+        ("Anna Li", "Thanks, got it!", "星期一", 0),
+        ("订阅号消息", "高德地图：周末出行提醒", "星期一", 0),
+        ("林老师", "作业已批改", "9/21", 0),
+        ("公司通知群", "王五：收到", "9/20", 0),
+    ]
     s.d.rectangle([0, s.y, s.w, s.h], fill="#ffffff")
     for name, msg, t, badge in rows:
         if s.y > s.h - 120:
@@ -486,8 +806,13 @@ def scr_wechat_conversation() -> Screen:
     s.y += 14
     s.text((s.w // 2, s.y + 8), "上午 9:30", 12, s.sub, "mm")
     s.y += 28
-    for text, mine in [("早，今天的会几点开？", True), ("还没定，等王总确认。", False), ("好的，有消息告诉我", True),
-                       ("OK. 资料我先发你邮箱了，记得看一下 Q3 的数据。", False), ("收到，谢谢", True)]:
+    for text, mine in [
+        ("早，今天的会几点开？", True),
+        ("还没定，等王总确认。", False),
+        ("好的，有消息告诉我", True),
+        ("OK. 资料我先发你邮箱了，记得看一下 Q3 的数据。", False),
+        ("收到，谢谢", True),
+    ]:
         s.bubble(text, mine)
     s.text((s.w // 2, s.y + 8), "10:05", 12, s.sub, "mm")
     s.y += 28
@@ -513,9 +838,14 @@ def scr_taobao_search() -> Screen:
     for i, tab in enumerate(["综合", "销量", "价格", "筛选"]):
         s.text((int(s.w / 4 * (i + 0.5)), s.y + 14), tab, 14, "#ff5000" if i == 0 else s.fg, "mm")
     s.y += 42
-    items = [("防水手机壳 全包防摔", "¥39.9", "月销 2万+"), ("Waterproof Pouch IPX8", "¥25.0", "1.2k sold"),
-             ("潜水手机袋 可触屏", "¥19.8", "月销 8000+"), ("Clear Case MagSafe", "¥45.0", "3k sold"),
-             ("游泳防水套 挂脖款", "¥12.9", "月销 5万+"), ("Rugged Shockproof Case", "¥49.0", "860 sold")]
+    items = [
+        ("防水手机壳 全包防摔", "¥39.9", "月销 2万+"),
+        ("Waterproof Pouch IPX8", "¥25.0", "1.2k sold"),
+        ("潜水手机袋 可触屏", "¥19.8", "月销 8000+"),
+        ("Clear Case MagSafe", "¥45.0", "3k sold"),
+        ("游泳防水套 挂脖款", "¥12.9", "月销 5万+"),
+        ("Rugged Shockproof Case", "¥49.0", "860 sold"),
+    ]
     cw, gap = (s.w - 30) // 2, 10
     for i, (title, price, sold) in enumerate(items):
         x, y = 10 + (i % 2) * (cw + gap), s.y + (i // 2) * 250
@@ -574,14 +904,16 @@ def scr_gmail() -> Screen:
     s.y += 62
     s.text((16, s.y + 8), "Primary", 13, s.sub, "lm")
     s.y += 20
-    mails = [("Li Wei", "Quarterly report", "Could you send the report by tonight? Thanks", "10:24 AM", True),
-             ("Anna Schmidt", "Slides for Monday", "Here is the draft deck, comments welcome", "9:02 AM", True),
-             ("Didi Receipts", "您的行程发票", "行程 ¥46.50 · 首都机场 → 国贸", "8:47 AM", False),
-             ("GitHub", "[autoglm-export] CI passed", "All checks have passed on main", "Yesterday", False),
-             ("Mom", "Weekend dinner", "Are you coming home on Saturday?", "Yesterday", False),
-             ("Airline", "Your boarding pass", "Flight MU5101 · Gate 32 · Seat 14C", "Sep 21", False),
-             ("Spotify", "Your Discover Weekly", "30 new songs picked for you", "Sep 20", False),
-             ("Priya", "Re: lunch", "Sounds good, see you at noon", "Sep 19", False)]
+    mails = [
+        ("Li Wei", "Quarterly report", "Could you send the report by tonight? Thanks", "10:24 AM", True),
+        ("Anna Schmidt", "Slides for Monday", "Here is the draft deck, comments welcome", "9:02 AM", True),
+        ("Didi Receipts", "您的行程发票", "行程 ¥46.50 · 首都机场 → 国贸", "8:47 AM", False),
+        ("GitHub", "[autoglm-export] CI passed", "All checks have passed on main", "Yesterday", False),
+        ("Mom", "Weekend dinner", "Are you coming home on Saturday?", "Yesterday", False),
+        ("Airline", "Your boarding pass", "Flight MU5101 · Gate 32 · Seat 14C", "Sep 21", False),
+        ("Spotify", "Your Discover Weekly", "30 new songs picked for you", "Sep 20", False),
+        ("Priya", "Re: lunch", "Sounds good, see you at noon", "Sep 19", False),
+    ]
     for who, subj, snippet, t, unread in mails:
         if s.y > s.h - 150:
             break
@@ -608,9 +940,11 @@ def scr_settings_zh() -> Screen:
     s.text((98, s.y + 38), "王小明", 18, anchor="lm")
     s.text((98, s.y + 64), "华为帐号、云空间、更多", 13, s.sub, "lm")
     s.y += 110
-    groups = [[("飞行模式", False), ("WLAN", "Office-5G"), ("蓝牙", True), ("移动网络", None)],
-              [("显示和亮度", None), ("深色模式", False), ("声音和振动", None), ("通知和状态栏", None)],
-              [("电池", "82%"), ("存储", "64 GB 可用"), ("隐私", None)]]
+    groups = [
+        [("飞行模式", False), ("WLAN", "Office-5G"), ("蓝牙", True), ("移动网络", None)],
+        [("显示和亮度", None), ("深色模式", False), ("声音和振动", None), ("通知和状态栏", None)],
+        [("电池", "82%"), ("存储", "64 GB 可用"), ("隐私", None)],
+    ]
     for group in groups:
         if s.y > s.h - 80:
             break
@@ -645,7 +979,15 @@ def scr_wifi_en() -> Screen:
     s.y += 122
     s.text((30, s.y), "NETWORKS", 12, s.sub, "lm")
     s.y += 14
-    nets = ["Office-5G", "Office-Guest", "Starbucks WiFi", "ChinaNet-7F2A", "DIRECT-HP Printer", "TP-LINK_3B1C", "CMCC-Free"]
+    nets = [
+        "Office-5G",
+        "Office-Guest",
+        "Starbucks WiFi",
+        "ChinaNet-7F2A",
+        "DIRECT-HP Printer",
+        "TP-LINK_3B1C",
+        "CMCC-Free",
+    ]
     s.d.rounded_rectangle([14, s.y, s.w - 14, s.y + 48 * len(nets)], 12, fill="#ffffff")
     for i, n in enumerate(nets):
         cy = s.y + 24
@@ -682,11 +1024,13 @@ def scr_music_en() -> Screen:
     s.title_bar("Discover Weekly", fg="#ffffff", right="dots")
     art = [40, s.y + 20, s.w - 40, s.y + 20 + s.w - 80]
     s.d.rectangle(art, fill="#3d2c8d")
-    for k in range(9):  # album art: seeded overlapping circles
+    for _k in range(9):  # album art: seeded overlapping circles
         r = s.rng.randint(20, 90)
         cx, cy = s.rng.randint(art[0], art[2]), s.rng.randint(art[1], art[3])
-        s.d.ellipse([max(cx - r, art[0]), max(cy - r, art[1]), min(cx + r, art[2]), min(cy + r, art[3])],
-                    fill=s.rng.choice(["#ff6b6b", "#feca57", "#48dbfb", "#1dd1a1", "#5f27cd", "#ff9ff3"]))
+        s.d.ellipse(
+            [max(cx - r, art[0]), max(cy - r, art[1]), min(cx + r, art[2]), min(cy + r, art[3])],
+            fill=s.rng.choice(["#ff6b6b", "#feca57", "#48dbfb", "#1dd1a1", "#5f27cd", "#ff9ff3"]),
+        )
     s.text((art[0] + 16, art[3] - 24), "Weekly", 26, "#ffffff", "lm")
     s.y = art[3] + 30
     s.text((40, s.y), "Midnight City Lights", 20, "#ffffff", "lm")
@@ -724,8 +1068,14 @@ def scr_clock_en() -> Screen:
     s = Screen("clock-alarms-en", (360, 780), "#000000", dark=True)
     s.status_bar(fg="#ffffff")
     s.title_bar("Alarm", fg="#ffffff", back=False, right="plus")
-    alarms = [("6:30", "AM", "gym · Tomorrow", True), ("7:00", "AM", "Every day", True), ("7:15", "AM", "Weekdays", True),
-              ("8:00", "AM", "Sat, Sun", False), ("12:30", "PM", "lunch reminder", False), ("10:45", "PM", "sleep", True)]
+    alarms = [
+        ("6:30", "AM", "gym · Tomorrow", True),
+        ("7:00", "AM", "Every day", True),
+        ("7:15", "AM", "Weekdays", True),
+        ("8:00", "AM", "Sat, Sun", False),
+        ("12:30", "PM", "lunch reminder", False),
+        ("10:45", "PM", "sleep", True),
+    ]
     for t, ampm, label, on in alarms:
         s.d.rounded_rectangle([12, s.y, s.w - 12, s.y + 84], 16, fill="#1c1c1e")
         col = "#ffffff" if on else "#8e8e93"
@@ -753,12 +1103,14 @@ def scr_meituan() -> Screen:
         s.avatar(cx - 20, s.y, 40, c, round_=True)
         s.text((cx, s.y + 54), c, 12, anchor="mm")
     s.y += 74
-    shops = [("杨铭宇黄焖鸡米饭", "4.8", "月售 3126", "30分钟 · 1.2km", "起送 ¥20 · 免配送费"),
-             ("瑞幸咖啡 (望京店)", "4.7", "月售 9999+", "25分钟 · 800m", "满29减10"),
-             ("老北京炸酱面馆", "4.6", "月售 1520", "38分钟 · 2.1km", "起送 ¥15"),
-             ("Wagas 沙拉轻食", "4.5", "月售 860", "35分钟 · 1.8km", "新客立减8元"),
-             ("海底捞外送", "4.9", "月售 2400", "45分钟 · 3.0km", "配送 ¥6"),
-             ("蜜雪冰城", "4.8", "月售 9999+", "20分钟 · 500m", "满20减3")]
+    shops = [
+        ("杨铭宇黄焖鸡米饭", "4.8", "月售 3126", "30分钟 · 1.2km", "起送 ¥20 · 免配送费"),
+        ("瑞幸咖啡 (望京店)", "4.7", "月售 9999+", "25分钟 · 800m", "满29减10"),
+        ("老北京炸酱面馆", "4.6", "月售 1520", "38分钟 · 2.1km", "起送 ¥15"),
+        ("Wagas 沙拉轻食", "4.5", "月售 860", "35分钟 · 1.8km", "新客立减8元"),
+        ("海底捞外送", "4.9", "月售 2400", "45分钟 · 3.0km", "配送 ¥6"),
+        ("蜜雪冰城", "4.8", "月售 9999+", "20分钟 · 500m", "满20减3"),
+    ]
     for name, score, sold, eta, promo in shops:
         if s.y > s.h - 110:
             break
@@ -767,7 +1119,9 @@ def scr_meituan() -> Screen:
         s.text((108, s.y + 22), name, 16, anchor="lm")
         s.text((108, s.y + 46), f"★ {score}  {sold}", 12, "#ff6a00", "lm")
         s.text((s.w - 22, s.y + 46), eta, 12, s.sub, "rm")
-        s.d.rounded_rectangle([108, s.y + 64, 108 + int(s.font(11).getlength(promo)) + 12, s.y + 84], 4, outline="#ff4b33")
+        s.d.rounded_rectangle(
+            [108, s.y + 64, 108 + int(s.font(11).getlength(promo)) + 12, s.y + 84], 4, outline="#ff4b33"
+        )
         s.text((114, s.y + 74), promo, 11, "#ff4b33", "lm")
         s.y += 110
     s.tab_bar(["首页", "订单", "会员", "我的"], 0, "#ff8a00")
@@ -788,15 +1142,35 @@ def _ride(name: str, lang: str) -> Screen:
     s.y = s.h - 340
     s.d.rounded_rectangle([0, s.y, s.w, s.h + 20], 18, fill="#ffffff")
     s.y += 16
-    s.text((20, s.y + 8), "● 望京SOHO T3 东门" if zh else "● 221 Riverside Ave", 14, "#19b955" if zh else "#276ef1", "lm")
-    s.text((20, s.y + 36), "● 北京首都国际机场 T3" if zh else "● Airport, Terminal 2", 14, "#fc5a26" if zh else "#111111", "lm")
+    s.text(
+        (20, s.y + 8), "● 望京SOHO T3 东门" if zh else "● 221 Riverside Ave", 14, "#19b955" if zh else "#276ef1", "lm"
+    )
+    s.text(
+        (20, s.y + 36),
+        "● 北京首都国际机场 T3" if zh else "● Airport, Terminal 2",
+        14,
+        "#fc5a26" if zh else "#111111",
+        "lm",
+    )
     s.y += 60
-    options = ([("快车", "预估 ¥96", "3分钟"), ("特惠快车", "预估 ¥82", "6分钟"), ("专车", "预估 ¥168", "4分钟")] if zh else
-               [("UberX", "$38.20", "3 min away"), ("Comfort", "$46.75", "5 min away"), ("UberXL", "$61.10", "7 min away")])
+    options = (
+        [("快车", "预估 ¥96", "3分钟"), ("特惠快车", "预估 ¥82", "6分钟"), ("专车", "预估 ¥168", "4分钟")]
+        if zh
+        else [
+            ("UberX", "$38.20", "3 min away"),
+            ("Comfort", "$46.75", "5 min away"),
+            ("UberXL", "$61.10", "7 min away"),
+        ]
+    )
     for i, (kind, price, eta) in enumerate(options):
         sel = i == 0
-        s.d.rounded_rectangle([12, s.y, s.w - 12, s.y + 54], 10, fill="#f2fbf5" if sel and zh else "#f3f3f3" if sel else "#ffffff",
-                              outline="#19b955" if sel and zh else "#111111" if sel else "#eeeeee", width=2 if sel else 1)
+        s.d.rounded_rectangle(
+            [12, s.y, s.w - 12, s.y + 54],
+            10,
+            fill="#f2fbf5" if sel and zh else "#f3f3f3" if sel else "#ffffff",
+            outline="#19b955" if sel and zh else "#111111" if sel else "#eeeeee",
+            width=2 if sel else 1,
+        )
         s.d.rounded_rectangle([24, s.y + 15, 60, s.y + 39], 6, fill="#cccccc")
         s.text((72, s.y + 18), kind, 15, anchor="lm")
         s.text((72, s.y + 38), eta, 12, s.sub, "lm")
@@ -815,10 +1189,24 @@ def scr_home_en() -> Screen:
     s.status_bar(fg="#ffffff")
     s.text((s.w // 2, 90), "9:41", 64, "#ffffff", "mm")
     s.text((s.w // 2, 140), "Tuesday, September 23 · 24°C", 15, "#ffffff", "mm")
-    apps = [("WeChat", "#07c160"), ("Taobao", "#ff5000"), ("Alipay", "#1677ff"), ("Meituan", "#ffd100"),
-            ("Didi", "#ff7a00"), ("Amap", "#2f8cff"), ("JD", "#e1251b"), ("Bilibili", "#fb7299"),
-            ("Douyin", "#111111"), ("Gmail", "#ea4335"), ("Maps", "#34a853"), ("Chrome", "#fbbc05"),
-            ("Spotify", "#1db954"), ("Uber", "#000000"), ("Settings", "#8e8e93"), ("Clock", "#333333")]
+    apps = [
+        ("WeChat", "#07c160"),
+        ("Taobao", "#ff5000"),
+        ("Alipay", "#1677ff"),
+        ("Meituan", "#ffd100"),
+        ("Didi", "#ff7a00"),
+        ("Amap", "#2f8cff"),
+        ("JD", "#e1251b"),
+        ("Bilibili", "#fb7299"),
+        ("Douyin", "#111111"),
+        ("Gmail", "#ea4335"),
+        ("Maps", "#34a853"),
+        ("Chrome", "#fbbc05"),
+        ("Spotify", "#1db954"),
+        ("Uber", "#000000"),
+        ("Settings", "#8e8e93"),
+        ("Clock", "#333333"),
+    ]
     cell, top = s.w // 4, 200
     for i, (name, color) in enumerate(apps):
         cx, cy = cell * (i % 4) + cell // 2, top + (i // 4) * 104
@@ -828,7 +1216,9 @@ def scr_home_en() -> Screen:
     s.d.rounded_rectangle([24, s.h - 210, s.w - 24, s.h - 166], 22, fill="#ffffff")
     s.text((48, s.h - 188), "Search apps, web · 搜索", 15, "#666666", "lm")
     s.d.rounded_rectangle([16, s.h - 140, s.w - 16, s.h - 40], 28, outline="#ffffff", width=2)
-    for i, (name, color) in enumerate([("Phone", "#34c759"), ("Messages", "#34c759"), ("Chrome", "#fbbc05"), ("Camera", "#555555")]):
+    for i, (name, color) in enumerate(
+        [("Phone", "#34c759"), ("Messages", "#34c759"), ("Chrome", "#fbbc05"), ("Camera", "#555555")]
+    ):
         cx = cell * i + cell // 2
         s.d.rounded_rectangle([cx - 30, s.h - 120, cx + 30, s.h - 60], 16, fill=color)
         s.text((cx, s.h - 90), name[0], 28, "#ffffff", "mm")
@@ -855,15 +1245,23 @@ def scr_chrome_en() -> Screen:
     s.text((104, s.y + 76), "26°C", 40, anchor="lm")
     s.text((s.w - 28, s.y + 62), "Rain: 20%", 13, "#5f6368", "rm")
     s.text((s.w - 28, s.y + 84), "Wind: 11 km/h", 13, "#5f6368", "rm")
-    for i, (day, hi, lo) in enumerate([("Sat", 26, 19), ("Sun", 24, 18), ("Mon", 22, 17), ("Tue", 23, 18), ("Wed", 25, 19)]):
+    for i, (day, hi, lo) in enumerate(
+        [("Sat", 26, 19), ("Sun", 24, 18), ("Mon", 22, 17), ("Tue", 23, 18), ("Wed", 25, 19)]
+    ):
         x = 28 + i * 74
         s.text((x + 20, s.y + 136), day, 13, anchor="mm")
         s.d.ellipse([x + 10, s.y + 150, x + 30, s.y + 170], fill="#fbbc05" if i % 2 == 0 else "#9aa0a6")
         s.text((x + 20, s.y + 188), f"{hi}° {lo}°", 12, "#5f6368", "mm")
     s.y += 226
-    results = [("weather.com.cn", "上海天气预报 - 中国天气网", "上海未来7天天气预报，周六多云转晴，气温19到26度。"),
-               ("accuweather.com", "Shanghai Weekend Weather Forecast", "Partly cloudy on Saturday; a few showers possible Sunday."),
-               ("timeanddate.com", "14 Day Extended Forecast for Shanghai", "Highs in the mid 20s, comfortable humidity.")]
+    results = [
+        ("weather.com.cn", "上海天气预报 - 中国天气网", "上海未来7天天气预报，周六多云转晴，气温19到26度。"),
+        (
+            "accuweather.com",
+            "Shanghai Weekend Weather Forecast",
+            "Partly cloudy on Saturday; a few showers possible Sunday.",
+        ),
+        ("timeanddate.com", "14 Day Extended Forecast for Shanghai", "Highs in the mid 20s, comfortable humidity."),
+    ]
     for site, title, snippet in results:
         if s.y > s.h - 120:
             break
@@ -875,9 +1273,22 @@ def scr_chrome_en() -> Screen:
     return s
 
 
-SCREENS = [scr_wechat_chats, scr_wechat_conversation, scr_taobao_search, scr_amap, scr_gmail, scr_settings_zh,
-           scr_wifi_en, scr_music_en, scr_clock_en, scr_meituan, lambda: _ride("didi-ride-zh", "zh"),
-           lambda: _ride("uber-ride-en", "en"), scr_home_en, scr_chrome_en]
+SCREENS = [
+    scr_wechat_chats,
+    scr_wechat_conversation,
+    scr_taobao_search,
+    scr_amap,
+    scr_gmail,
+    scr_settings_zh,
+    scr_wifi_en,
+    scr_music_en,
+    scr_clock_en,
+    scr_meituan,
+    lambda: _ride("didi-ride-zh", "zh"),
+    lambda: _ride("uber-ride-en", "en"),
+    scr_home_en,
+    scr_chrome_en,
+]
 
 
 def make_screenshots(out: Path) -> None:
@@ -912,7 +1323,7 @@ def trim(x: np.ndarray, rate: int, margin_s: float = 0.08) -> np.ndarray:
     """Drop leading/trailing near-silence, keeping a short margin (espeak pads both ends)."""
     loud = np.flatnonzero(np.abs(x) > 0.01 * np.abs(x).max())
     m = int(margin_s * rate)
-    return x[max(loud[0] - m, 0): loud[-1] + m]
+    return x[max(loud[0] - m, 0) : loud[-1] + m]
 
 
 def speech_clip(text: str, lang: str) -> tuple[np.ndarray, int]:
@@ -979,7 +1390,9 @@ def main(argv: list[str] | None = None) -> int:
         if part in parts:
             print(part)
             makers[part](args.out)
-    (args.out / "MANIFEST.sha256").write_text(manifest_text(args.out), encoding="utf-8")  # always: it hashes what is there
+    (args.out / "MANIFEST.sha256").write_text(
+        manifest_text(args.out), encoding="utf-8"
+    )  # always: it hashes what is there
     total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"manifest: {len(data_files(args.out))} files, calibration_data/ is {total / 1e6:.2f} MB")
     return 0

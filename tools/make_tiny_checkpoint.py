@@ -35,8 +35,21 @@ def _perturb(model: torch.nn.Module) -> None:
 
 def main() -> int:
     tok = Tokenizer.from_file(str(OUT / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in ["<|image|>", "<|begin_of_image|>", "<|end_of_image|>", "<|video|>",
-                                           "<|begin_of_video|>", "<|end_of_video|>", "<|endoftext|>", "<|user|>", "<|observation|>", "</answer>"]}
+    ids = {
+        t: tok.token_to_id(t)
+        for t in [
+            "<|image|>",
+            "<|begin_of_image|>",
+            "<|end_of_image|>",
+            "<|video|>",
+            "<|begin_of_video|>",
+            "<|end_of_video|>",
+            "<|endoftext|>",
+            "<|user|>",
+            "<|observation|>",
+            "</answer>",
+        ]
+    }
     missing = [t for t, i in ids.items() if i is None]
     if missing:
         print(f"error: tokenizer.json lacks {missing}", file=sys.stderr)
@@ -44,13 +57,36 @@ def main() -> int:
     eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"], ids["</answer>"]]
     cfg = Glm4vConfig(
         text_config=dict(
-            vocab_size=tok.get_vocab_size(), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, eos_token_id=eos,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 3, 3]},
+            vocab_size=tok.get_vocab_size(),
+            hidden_size=128,
+            intermediate_size=352,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            eos_token_id=eos,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": [2, 3, 3],
+            },
         ),
-        vision_config=dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=128, out_hidden_size=128, image_size=112, patch_size=14),
-        image_token_id=ids["<|image|>"], image_start_token_id=ids["<|begin_of_image|>"], image_end_token_id=ids["<|end_of_image|>"],
-        video_token_id=ids["<|video|>"], video_start_token_id=ids["<|begin_of_video|>"], video_end_token_id=ids["<|end_of_video|>"],
+        vision_config=dict(
+            depth=2,
+            hidden_size=64,
+            num_heads=2,
+            intermediate_size=128,
+            out_hidden_size=128,
+            image_size=112,
+            patch_size=14,
+        ),
+        image_token_id=ids["<|image|>"],
+        image_start_token_id=ids["<|begin_of_image|>"],
+        image_end_token_id=ids["<|end_of_image|>"],
+        video_token_id=ids["<|video|>"],
+        video_start_token_id=ids["<|begin_of_video|>"],
+        video_end_token_id=ids["<|end_of_video|>"],
         eos_token_id=eos,
     )
     torch.manual_seed(SEED)
@@ -60,9 +96,18 @@ def main() -> int:
     model.to(torch.bfloat16).save_pretrained(OUT)
 
     audio_cfg = GlmAsrConfig(
-        audio_config=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_mel_bins=128),
+        audio_config=dict(
+            hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2, num_mel_bins=128
+        ),
         # GlmAsr's own LLM is not used by us (only its encoder + projector); keep it minimal.
-        text_config=dict(vocab_size=64, hidden_size=128, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=128,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
     )
     torch.manual_seed(SEED + 1)
     audio = GlmAsrForConditionalGeneration(audio_cfg).eval()
@@ -72,13 +117,30 @@ def main() -> int:
         shutil.rmtree(audio_dir)
     audio.to(torch.bfloat16).save_pretrained(audio_dir)
 
-    (OUT / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Glm4vImageProcessor", "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "patch_size": 14,
-        "temporal_patch_size": 2, "merge_size": 2,
-        "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": 128, "sampling_rate": 16000,
-        "hop_length": 160, "n_fft": 400, "chunk_length": 30,
-    }, indent=2) + "\n")
+    (OUT / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Glm4vImageProcessor",
+                "do_resize": True,
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "do_normalize": True,
+                "image_mean": CLIP_MEAN,
+                "image_std": CLIP_STD,
+                "patch_size": 14,
+                "temporal_patch_size": 2,
+                "merge_size": 2,
+                "feature_extractor_type": "WhisperFeatureExtractor",
+                "feature_size": 128,
+                "sampling_rate": 16000,
+                "hop_length": 160,
+                "n_fft": 400,
+                "chunk_length": 30,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
     print(f"wrote {OUT} ({total / 1e6:.1f} MB)")
     return 0

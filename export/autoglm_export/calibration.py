@@ -63,8 +63,9 @@ def load_calibration_set(root: str | Path | None = None) -> CalibrationSet:
     texts = [line for lang in LANGS for line in _read_lines(root / "text" / f"calib_{lang}.txt", required=False)]
     if not texts:
         raise ExportError(f"no calibration text in {root / 'text'}: expected non-empty calib_zh.txt / calib_en.txt")
-    return CalibrationSet(root, prompts, texts, sorted((root / "screenshots").glob("*.png")),
-                          sorted((root / "speech").glob("*.wav")))
+    return CalibrationSet(
+        root, prompts, texts, sorted((root / "screenshots").glob("*.png")), sorted((root / "speech").glob("*.wav"))
+    )
 
 
 def load_heldout_text(root: str | Path | None = None) -> dict[str, list[str]]:
@@ -150,7 +151,12 @@ def _read_prompts(root: Path) -> list[CalibrationPrompt]:
             d = json.loads(line)
         except json.JSONDecodeError as e:
             raise ExportError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(d, dict) or not isinstance(d.get("id"), str) or not isinstance(d.get("text"), str) or not d["text"].strip():
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("id"), str)
+            or not isinstance(d.get("text"), str)
+            or not d["text"].strip()
+        ):
             raise ExportError(f"{where}: expected an object with string 'id' and non-empty 'text'")
         if d["id"] in ids:
             raise ExportError(f"{where}: duplicate prompt id {d['id']!r}")

@@ -15,9 +15,9 @@ import ctypes
 import json
 import math
 import mmap
-import sys
 import re
 import struct
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,9 +47,18 @@ GLMASR_KEY_TABLE: tuple[tuple[str, str], ...] = (
 GLMASR_IGNORED = ("model.language_model.", "language_model.", "lm_head.")
 # safetensors dtype names -> torch dtypes.
 ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 READ_CHUNK_BYTES = 64 << 20  # converted reads: at most this much of the stored bytes at once
 
@@ -73,7 +82,7 @@ class SafetensorsCheckpoint:
     _maps: dict[Path, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, directory: str | Path) -> "SafetensorsCheckpoint":
+    def open(cls, directory: str | Path) -> SafetensorsCheckpoint:
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: checkpoint directory not found")
@@ -311,8 +320,9 @@ def _raise_unindexed(ckpt: SafetensorsCheckpoint, table, missing: list[str]) -> 
     hits = [f"{name} (in {found[name]})" for name in missing if name in found]
     if hits:
         raise CheckpointError(f"{index}: does not list tensors its shards hold: {_list_names(hits, 4)}")
-    raise CheckpointError(f"{index}: does not list shard(s) {_list_names(ckpt.unlisted)}; "
-                          f"missing tensors: {_list_names(missing, 4)}")
+    raise CheckpointError(
+        f"{index}: does not list shard(s) {_list_names(ckpt.unlisted)}; missing tensors: {_list_names(missing, 4)}"
+    )
 
 
 def load_weights(
@@ -332,8 +342,9 @@ def load_weights(
     ``keep_stored``: model names kept as stored (memory-mapped) whatever ``dtype`` says.
     Returns the checkpoint keys deliberately skipped (e.g. MTP layers), for logging.
     """
-    plan = match_weights(model, ckpt, table, scope=scope, ignored_prefixes=ignored_prefixes,
-                         num_text_layers=num_text_layers)
+    plan = match_weights(
+        model, ckpt, table, scope=scope, ignored_prefixes=ignored_prefixes, num_text_layers=num_text_layers
+    )
     reverse = {key: name for name, key in plan.mapped.items()}
     state = {}
     as_stored = [key for name, key in plan.mapped.items() if name in keep_stored]

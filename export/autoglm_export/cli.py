@@ -6,7 +6,6 @@ import functools
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -30,6 +29,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 
+
 def guarded(fn):
     """User errors become one line on stderr and exit code 1; nothing else is swallowed."""
 
@@ -50,8 +50,12 @@ def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_c
     from .quantize.qcheckpoint import read_recipe
 
     base = read_recipe(quantized_checkpoint) if quantized_checkpoint is not None else {}
-    return QuantRecipe(linear=quant or base.get("linear", "8da4w"), group_size=group_size or int(base.get("group_size", 32)),
-                       encoder=quant_encoder or base.get("encoder", "8da8w"), embedding=quant_embedding)
+    return QuantRecipe(
+        linear=quant or base.get("linear", "8da4w"),
+        group_size=group_size or int(base.get("group_size", 32)),
+        encoder=quant_encoder or base.get("encoder", "8da8w"),
+        embedding=quant_embedding,
+    )
 
 
 def _export(target: str, request, options) -> None:
@@ -234,19 +238,34 @@ def android(
     image_size: opt.ImageSize = None,
     audio_frames: opt.AudioFrames = None,
     backend: str = typer.Option("xnnpack", "--backend", help="xnnpack or qnn (needs QNN_SDK_ROOT)."),
-    soc: Optional[str] = typer.Option(None, "--soc", help="Snapdragon SoC for qnn, e.g. SM8650."),
+    soc: str | None = typer.Option(None, "--soc", help="Snapdragon SoC for qnn, e.g. SM8650."),
     validate: opt.Validate = True,
-    custom_ops: bool = typer.Option(True, "--custom-ops/--no-custom-ops", help="Use ExecuTorch's update_cache/custom_sdpa kernels in the decoder."),
+    custom_ops: bool = typer.Option(
+        True, "--custom-ops/--no-custom-ops", help="Use ExecuTorch's update_cache/custom_sdpa kernels in the decoder."
+    ),
     force: opt.Force = False,
 ):
     """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
     from .targets.executorch.export import ExecuTorchOptions
 
     recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint)
-    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
-                           quantized_checkpoint)
-    _export("executorch", request, ExecuTorchOptions(out=out, recipe=recipe, max_seq_len=max_seq_len, backend=backend,
-                                                     soc=soc, validate=validate, force=force, custom_ops=custom_ops))
+    request = ModelRequest(
+        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+    )
+    _export(
+        "executorch",
+        request,
+        ExecuTorchOptions(
+            out=out,
+            recipe=recipe,
+            max_seq_len=max_seq_len,
+            backend=backend,
+            soc=soc,
+            validate=validate,
+            force=force,
+            custom_ops=custom_ops,
+        ),
+    )
 
 
 @app.command()
@@ -256,10 +275,14 @@ def onnx(
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = "tiny",
     out: opt.BundleOut = Path("dist/onnx"),
-    quant: str = typer.Option("int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."),
+    quant: str = typer.Option(
+        "int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."
+    ),
     block_size: opt.BlockSize = None,
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
-    max_seq_len: int = typer.Option(128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."),
+    max_seq_len: int = typer.Option(
+        128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."
+    ),
     max_context: opt.MaxContext = None,
     image_size: opt.ImageSize = None,
     audio_frames: opt.AudioFrames = None,
@@ -270,10 +293,16 @@ def onnx(
     from .targets.onnx.export import OnnxOptions
     from .targets.onnx.recipe import OnnxQuant
 
-    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
-                           quantized_checkpoint)
-    _export("onnx", request, OnnxOptions(out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len,
-                                         validate=validate, force=force))
+    request = ModelRequest(
+        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+    )
+    _export(
+        "onnx",
+        request,
+        OnnxOptions(
+            out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len, validate=validate, force=force
+        ),
+    )
 
 
 @app.command()
@@ -283,15 +312,29 @@ def ios(
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = "tiny",
     out: opt.BundleOut = Path("dist/ios"),
-    min_ios: int = typer.Option(18, "--min-ios", help="18: KV cache as Core ML state, int4, prefill/decode functions. 17: cache as inputs/outputs, int8."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16. With --quantized-checkpoint: the token embedding only."),
+    min_ios: int = typer.Option(
+        18,
+        "--min-ios",
+        help="18: KV cache as Core ML state, int4, prefill/decode functions. 17: cache as inputs/outputs, int8.",
+    ),
+    quant: str | None = typer.Option(
+        None,
+        "--quant",
+        help="Weights: int4 (per-block, iOS 18; the default there), int8 (per-channel; the default for 17), fp16. With --quantized-checkpoint: the token embedding only.",
+    ),
     block_size: opt.BlockSize = None,
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_context: opt.MaxContext = None,
-    prefill_chunk: int = typer.Option(64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."),
+    prefill_chunk: int = typer.Option(
+        64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."
+    ),
     image_size: opt.ImageSize = None,
     audio_frames: opt.AudioFrames = None,
-    compute_units: str = typer.Option("all", "--compute-units", help="all, cpu_and_gpu, cpu_and_ne (recorded for the app; used by MLModel validation on macOS)."),
+    compute_units: str = typer.Option(
+        "all",
+        "--compute-units",
+        help="all, cpu_and_gpu, cpu_and_ne (recorded for the app; used by MLModel validation on macOS).",
+    ),
     validate: opt.Validate = True,
     force: opt.Force = False,
 ):
@@ -299,11 +342,24 @@ def ios(
     from .targets.coreml.export import CoreMLOptions
     from .targets.coreml.recipe import CoreMLRecipe
 
-    recipe = CoreMLRecipe(weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios)
-    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames,
-                           quantized_checkpoint)
-    _export("coreml", request, CoreMLOptions(out=out, recipe=recipe, prefill_chunk=prefill_chunk,
-                                             compute_units=compute_units, validate=validate, force=force))
+    recipe = CoreMLRecipe(
+        weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios
+    )
+    request = ModelRequest(
+        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+    )
+    _export(
+        "coreml",
+        request,
+        CoreMLOptions(
+            out=out,
+            recipe=recipe,
+            prefill_chunk=prefill_chunk,
+            compute_units=compute_units,
+            validate=validate,
+            force=force,
+        ),
+    )
 
 
 @app.command()
@@ -313,7 +369,9 @@ def calibrate(
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = "tiny",
     out: opt.QuantizedOut = Path("dist/quantized"),
-    method: str = typer.Option("gptq", "--method", help="gptq (activation-aware, block by block) or rtn (round-to-nearest, for comparison)."),
+    method: str = typer.Option(
+        "gptq", "--method", help="gptq (activation-aware, block by block) or rtn (round-to-nearest, for comparison)."
+    ),
     quant: opt.CalibrationQuant = "8da4w",
     group_size: opt.CalibrationGroupSize = 32,
     quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
@@ -330,8 +388,17 @@ def calibrate(
     from .quantize.calibrate import CalibrateOptions, run_calibrate
 
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
-    opts = CalibrateOptions(out=out, recipe=recipe, method=method, data=data, max_prompts=max_prompts,
-                            text_windows=text_windows, seq_len=seq_len, damp=damp, force=force)
+    opts = CalibrateOptions(
+        out=out,
+        recipe=recipe,
+        method=method,
+        data=data,
+        max_prompts=max_prompts,
+        text_windows=text_windows,
+        seq_len=seq_len,
+        damp=damp,
+        force=force,
+    )
     path = run_calibrate(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
     console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
 
@@ -344,12 +411,16 @@ def qat(
     preset: opt.Preset = "tiny",
     out: opt.QuantizedOut = Path("dist/qat"),
     steps: int = typer.Option(200, "--steps", help="Training steps (one calibration sample each)."),
-    lr: float = typer.Option(3e-5, "--lr", help="Peak AdamW learning rate (warmup then cosine; 3e-5 was best of 1e-5..2e-4 on tiny)."),
+    lr: float = typer.Option(
+        3e-5, "--lr", help="Peak AdamW learning rate (warmup then cosine; 3e-5 was best of 1e-5..2e-4 on tiny)."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the sample order and of torch."),
     top_k: int = typer.Option(64, "--top-k", help="Teacher probabilities kept per position for the distillation loss."),
     save_every: int = typer.Option(50, "--save-every", help="Save resumable training state every N steps."),
     resume: bool = typer.Option(False, "--resume", help="Continue from <out>.qat-state/ (same options and seed)."),
-    train_encoders: bool = typer.Option(False, "--train-encoders", help="Also update the vision/audio towers (default: frozen, still fake-quantized)."),
+    train_encoders: bool = typer.Option(
+        False, "--train-encoders", help="Also update the vision/audio towers (default: frozen, still fake-quantized)."
+    ),
     quant: opt.CalibrationQuant = "8da4w",
     group_size: opt.CalibrationGroupSize = 32,
     quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
@@ -365,8 +436,22 @@ def qat(
     from .quantize.qat import QATOptions, run_qat
 
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
-    opts = QATOptions(out=out, recipe=recipe, steps=steps, lr=lr, seed=seed, top_k=top_k, save_every=save_every,
-                      resume=resume, train_encoders=train_encoders, data=data, max_prompts=max_prompts, text_windows=text_windows, seq_len=seq_len, force=force)
+    opts = QATOptions(
+        out=out,
+        recipe=recipe,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        top_k=top_k,
+        save_every=save_every,
+        resume=resume,
+        train_encoders=train_encoders,
+        data=data,
+        max_prompts=max_prompts,
+        text_windows=text_windows,
+        seq_len=seq_len,
+        force=force,
+    )
     path = run_qat(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
     console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
 
@@ -440,11 +525,13 @@ def trace(
     bundle: Path = typer.Argument(..., help="Bundle directory (dist/android, dist/ios, ...)."),
     prompt: str = typer.Option(..., "--prompt", "-p", help="User message."),
     out: Path = typer.Option(..., "--out", help="Trace file to write (JSON)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Image file (PNG/JPEG/...)."),
-    audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file."),
-    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    image: Path | None = typer.Option(None, "--image", help="Image file (PNG/JPEG/...)."),
+    audio: Path | None = typer.Option(None, "--audio", help="WAV file."),
+    system: str | None = typer.Option(None, "--system", help="System message."),
     max_new_tokens: int = typer.Option(16, "--max-new-tokens", min=1),
-    thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."),
+    thinking: bool | None = typer.Option(
+        None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."
+    ),
 ):
     """Record what the runtime does for one greedy request (prompt, ids, positions, tensors, model calls, top-k) as a golden trace."""
     from autoglm_runtime.backends import backend_for_bundle
@@ -452,32 +539,69 @@ def trace(
     from autoglm_runtime.trace import trace_request, write_trace
 
     b = open_bundle(bundle)
-    result = trace_request(b, backend_for_bundle(b), prompt, image=image, audio=audio, system=system,
-                           max_new_tokens=max_new_tokens, enable_thinking=thinking)
+    result = trace_request(
+        b,
+        backend_for_bundle(b),
+        prompt,
+        image=image,
+        audio=audio,
+        system=system,
+        max_new_tokens=max_new_tokens,
+        enable_thinking=thinking,
+    )
     write_trace(result, out)
-    console.print(f"wrote {out}: {len(result['calls'])} model calls, {len(result['steps'])} tokens "
-                  f"({result['generated']['stop_reason']})", highlight=False)
+    console.print(
+        f"wrote {out}: {len(result['calls'])} model calls, {len(result['steps'])} tokens "
+        f"({result['generated']['stop_reason']})",
+        highlight=False,
+    )
 
 
 @app.command()
 @guarded
 def serve(
-    bundle: Optional[Path] = typer.Argument(None, help="Bundle directory (dist/android, dist/onnx, dist/ios). Without it: the eager PyTorch model."),
+    bundle: Path | None = typer.Argument(
+        None, help="Bundle directory (dist/android, dist/onnx, dist/ios). Without it: the eager PyTorch model."
+    ),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = "tiny",
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Anything but loopback without --api-key prints a warning."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind. Anything but loopback without --api-key prints a warning."
+    ),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: a free one, printed at start)."),
-    model_name: str = typer.Option("autoglm-phone-9b", "--model-name", help="The model id clients send (GET /v1/models)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="AUTOGLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."),
-    max_queue: int = typer.Option(16, "--max-queue", min=0, help="Requests that may wait behind the running one; more get 429."),
-    request_timeout: float = typer.Option(600.0, "--request-timeout", min=0.001, help="Seconds from arrival to the last token (504 after)."),
+    model_name: str = typer.Option(
+        "autoglm-phone-9b", "--model-name", help="The model id clients send (GET /v1/models)."
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="AUTOGLM_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1/*."
+    ),
+    max_queue: int = typer.Option(
+        16, "--max-queue", min=0, help="Requests that may wait behind the running one; more get 429."
+    ),
+    request_timeout: float = typer.Option(
+        600.0, "--request-timeout", min=0.001, help="Seconds from arrival to the last token (504 after)."
+    ),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", min=0.001, help="Largest request body (413 beyond)."),
-    max_image_mb: float = typer.Option(20.0, "--max-image-mb", min=0.001, help="Largest image or audio file in a request (413 beyond)."),
-    allow_media_path: list[Path] = typer.Option([], "--allow-media-path", help="Directory whose files requests may name as image_url (repeatable). Default: none."),
-    allow_media_url: list[str] = typer.Option([], "--allow-media-url", help="http(s) URL prefix requests may name as image_url (repeatable). Default: none."),
-    prefix_reuse: bool = typer.Option(True, "--prefix-reuse/--no-prefix-reuse", help="Keep the KV cache of the prefix shared with the previous request."),
-    max_context: Optional[int] = typer.Option(None, "--max-context", help="KV-cache length for the eager model (default: preset's)."),
+    max_image_mb: float = typer.Option(
+        20.0, "--max-image-mb", min=0.001, help="Largest image or audio file in a request (413 beyond)."
+    ),
+    allow_media_path: list[Path] = typer.Option(
+        [],
+        "--allow-media-path",
+        help="Directory whose files requests may name as image_url (repeatable). Default: none.",
+    ),
+    allow_media_url: list[str] = typer.Option(
+        [], "--allow-media-url", help="http(s) URL prefix requests may name as image_url (repeatable). Default: none."
+    ),
+    prefix_reuse: bool = typer.Option(
+        True,
+        "--prefix-reuse/--no-prefix-reuse",
+        help="Keep the KV cache of the prefix shared with the previous request.",
+    ),
+    max_context: int | None = typer.Option(
+        None, "--max-context", help="KV-cache length for the eager model (default: preset's)."
+    ),
 ):
     """Serve a bundle (or the eager model) over an OpenAI-compatible HTTP API: /v1/chat/completions, /v1/models, /health, /docs."""
     try:
@@ -488,16 +612,32 @@ def serve(
 
     mb = 1 << 20
     try:
-        config = ServerConfig(model_name=model_name, api_key=api_key, max_queue=max_queue, request_timeout=request_timeout,
-                              max_body_bytes=int(max_body_mb * mb), max_image_bytes=int(max_image_mb * mb),
-                              max_audio_bytes=int(max_image_mb * mb), allowed_media_paths=tuple(allow_media_path),
-                              allowed_media_urls=tuple(allow_media_url), prefix_reuse=prefix_reuse)
+        config = ServerConfig(
+            model_name=model_name,
+            api_key=api_key,
+            max_queue=max_queue,
+            request_timeout=request_timeout,
+            max_body_bytes=int(max_body_mb * mb),
+            max_image_bytes=int(max_image_mb * mb),
+            max_audio_bytes=int(max_image_mb * mb),
+            allowed_media_paths=tuple(allow_media_path),
+            allowed_media_urls=tuple(allow_media_url),
+            prefix_reuse=prefix_reuse,
+        )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     backend, tokenizer, spec, chunk = _open_backend(bundle, checkpoint, audio_checkpoint, preset, max_context)
     try:
-        run_server(backend, tokenizer, spec, config, host=host, port=port, prefill_chunk=chunk,
-                   announce=lambda line: console.print(line, highlight=False))
+        run_server(
+            backend,
+            tokenizer,
+            spec,
+            config,
+            host=host,
+            port=port,
+            prefill_chunk=chunk,
+            announce=lambda line: console.print(line, highlight=False),
+        )
     except OSError as e:
         console.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {e.strerror or e}", highlight=False)
         raise typer.Exit(1) from None

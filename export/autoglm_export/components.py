@@ -95,15 +95,26 @@ def components(model: AutoGLM, max_seq_len: int) -> list[Component]:
     if model.audio is not None:
         mel = model.cfg.audio.num_mel_bins
         out.append(
-            Component("audio_encoder", AudioEntry(model), (torch.zeros(1, mel, model.shape.audio_frames),),
-                      ("input_features",), ("audio_embeds",))
+            Component(
+                "audio_encoder",
+                AudioEntry(model),
+                (torch.zeros(1, mel, model.shape.audio_frames),),
+                ("input_features",),
+                ("audio_embeds",),
+            )
         )
     # Example length >= 2 so torch.export doesn't specialise the dynamic dim to 0/1.
     seq = Dim("seq", min=1, max=max_seq_len)
     n = min(4, max_seq_len)
     out.append(
-        Component("token_embedding", EmbeddingEntry(model), (torch.zeros(1, n, dtype=torch.long),),
-                  ("token_ids",), ("embeds",), ({1: seq},))
+        Component(
+            "token_embedding",
+            EmbeddingEntry(model),
+            (torch.zeros(1, n, dtype=torch.long),),
+            ("token_ids",),
+            ("embeds",),
+            ({1: seq},),
+        )
     )
     out.append(
         Component(

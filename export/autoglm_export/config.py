@@ -126,7 +126,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    def with_audio(self, audio: AudioConfig | None) -> "ModelConfig":
+    def with_audio(self, audio: AudioConfig | None) -> ModelConfig:
         return dataclasses.replace(self, audio=audio)
 
     def to_dict(self) -> dict[str, Any]:

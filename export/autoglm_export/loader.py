@@ -74,21 +74,34 @@ class CheckpointSummary:
     skipped: int  # tensors present but not used (MTP layers, GlmAsr's LLM)
 
 
-def check_checkpoint(model: AutoGLM, checkpoint: str | Path, audio_checkpoint: str | Path | None = None) -> list[CheckpointSummary]:
+def check_checkpoint(
+    model: AutoGLM, checkpoint: str | Path, audio_checkpoint: str | Path | None = None
+) -> list[CheckpointSummary]:
     """Check names and shapes of the checkpoint(s) against ``model`` (meta is fine): headers only, no weights."""
     out = []
     for path, kwargs in _weight_sources(model.cfg, Path(checkpoint), audio_checkpoint):
         ckpt = SafetensorsCheckpoint.open(path)
         plan = match_weights(model, ckpt, **kwargs)
         keys = list(plan.mapped.values())
-        out.append(CheckpointSummary(path, len(ckpt.headers), len(keys), sum(ckpt.nbytes(k) for k in keys),
-                                     tuple(sorted({ckpt.dtype_name(k) for k in keys})), len(plan.skipped)))
+        out.append(
+            CheckpointSummary(
+                path,
+                len(ckpt.headers),
+                len(keys),
+                sum(ckpt.nbytes(k) for k in keys),
+                tuple(sorted({ckpt.dtype_name(k) for k in keys})),
+                len(plan.skipped),
+            )
+        )
     return out
 
 
 def _weight_sources(cfg: ModelConfig, checkpoint: Path, audio_checkpoint):
     """(checkpoint, match_weights arguments) for the model's weights, then the audio tower's."""
-    yield checkpoint, {"table": GLM4V_KEY_TABLE, "scope": ("text.", "vision."), "num_text_layers": cfg.text.num_hidden_layers}
+    yield (
+        checkpoint,
+        {"table": GLM4V_KEY_TABLE, "scope": ("text.", "vision."), "num_text_layers": cfg.text.num_hidden_layers},
+    )
     if audio_checkpoint is not None:
         yield Path(audio_checkpoint), {"table": GLMASR_KEY_TABLE, "scope": "audio.", "ignored_prefixes": GLMASR_IGNORED}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -30,12 +30,20 @@ ReferenceCheckpoint = Annotated[Optional[Path], typer.Option(
 
 # ---- the bundle
 BundleOut = Annotated[Path, typer.Option("--out", help="Bundle directory (written atomically).")]
-Validate = Annotated[bool, typer.Option(
-    "--validate/--no-validate", help="Run the bundle with its target's runtime and publish it only if parity holds.")]
+Validate = Annotated[
+    bool,
+    typer.Option(
+        "--validate/--no-validate", help="Run the bundle with its target's runtime and publish it only if parity holds."
+    ),
+]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing bundle or quantized checkpoint.")]
-BlockSize = Annotated[Optional[int], typer.Option(
-    "--block-size",
-    help="int4 block size along the input dimension: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256.")]
+BlockSize = Annotated[
+    int | None,
+    typer.Option(
+        "--block-size",
+        help="int4 block size along the input dimension: 16, 32 (default, or the quantized checkpoint's group size), 64, 128, 256.",
+    ),
+]
 
 # ---- calibrate and qat: the recipe and the samples
 QuantizedOut = Annotated[Path, typer.Option("--out", help="Quantized checkpoint directory (written atomically).")]
@@ -51,7 +59,7 @@ TextWindows = Annotated[int, typer.Option("--text-windows", help="Text-only samp
 SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per text-only sample.")]
 
 
-def parse_hw(value: Optional[str]) -> Optional[tuple[int, int]]:
+def parse_hw(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
     try:

@@ -57,7 +57,9 @@ def open_quantized(request: ModelRequest, src):
         return None
     qc = qcheckpoint.load(request.quantized_checkpoint)
     qcheckpoint.check_matches(qc, src)
-    log.info("quantized checkpoint %s: %s, %d quantized linears", request.quantized_checkpoint, qc.method, len(qc.linears))
+    log.info(
+        "quantized checkpoint %s: %s, %d quantized linears", request.quantized_checkpoint, qc.method, len(qc.linears)
+    )
     return qc
 
 
@@ -67,8 +69,10 @@ def bundle_checkpoint(manifest: dict, src, request: ModelRequest):
     qc = open_quantized(request, src)
     recorded = (manifest.get("quantization", {}).get("quantized_checkpoint") or {}).get("sha256")
     if qc is not None and recorded and qc.config.get("files") != recorded:
-        raise ExportError(f"{qc.path}: the quantized checkpoint changed since this bundle was exported (sha256 of its "
-                          "weights differs from the manifest's quantization.quantized_checkpoint); re-export the bundle")
+        raise ExportError(
+            f"{qc.path}: the quantized checkpoint changed since this bundle was exported (sha256 of its "
+            "weights differs from the manifest's quantization.quantized_checkpoint); re-export the bundle"
+        )
     return qc
 
 
@@ -111,8 +115,10 @@ def gate_on_parity(report: ParityReport, bundle: BundleWriter, out: Path) -> Non
     if not report.passed:
         failed = parity_failed_path(out)
         failed.write_text(json.dumps(report.to_json(), indent=2))
-        raise ExportError(f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
-                          f"to {out}; numbers in {failed}")
+        raise ExportError(
+            f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
+            f"to {out}; numbers in {failed}"
+        )
     bundle.write_json("parity.json", report.to_json())
 
 
@@ -120,8 +126,9 @@ def check_artifacts(target: Target, job: Job, root: Path, fields: dict, probes, 
     """Step 9: the artifacts under ``root`` run by the target's runtime backend, compared with the references."""
     options, chunk = job.options, target.chunk(job.options)
     backend = target.backend(root, fields, options)
-    report = compare(target.name, run_components(backend, probes, chunk), references,
-                     target.quant_kinds(options, job.fixed))
+    report = compare(
+        target.name, run_components(backend, probes, chunk), references, target.quant_kinds(options, job.fixed)
+    )
     report.info = target.parity_info(options, backend)
     return report
 
@@ -168,8 +175,16 @@ def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple
             with stages.stage(f"validate the bundle with {target.runtime_name(options)}"):
                 report = check_artifacts(target, job, Path(bundle.tmp_dir), fields, probes, references)
             gate_on_parity(report, bundle, options.out)
-        manifest = base_manifest(target.name, src, request, target.recipe(options), job.quant_report, qc,
-                                 target.quant_kinds(options, job.fixed), stages)
+        manifest = base_manifest(
+            target.name,
+            src,
+            request,
+            target.recipe(options),
+            job.quant_report,
+            qc,
+            target.quant_kinds(options, job.fixed),
+            stages,
+        )
         manifest.update(fields)
         manifest.update({"validated": options.validate, "reference_check": reference_check})
         bundle.finish(manifest)
@@ -212,8 +227,12 @@ def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_chec
     target = get_target(manifest["target"])
     options = target.options_from_manifest(manifest)
     shape = manifest["export_shape"]
-    request = replace(ModelRequest.from_dict(manifest["source"]), max_context=shape["max_context"],
-                      image_hw=tuple(shape["image_hw"]), audio_frames=shape["audio_frames"])
+    request = replace(
+        ModelRequest.from_dict(manifest["source"]),
+        max_context=shape["max_context"],
+        image_hw=tuple(shape["image_hw"]),
+        audio_frames=shape["audio_frames"],
+    )
     if checkpoint is not None:
         request = replace(request, checkpoint=Path(checkpoint), audio_checkpoint=audio_checkpoint)
     stages = Stages()

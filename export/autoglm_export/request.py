@@ -31,14 +31,24 @@ class ModelRequest:
                            weights=weights)
 
     def to_dict(self) -> dict:
-        return {"checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "audio_checkpoint": str(self.audio_checkpoint) if self.audio_checkpoint else None,
-                "preset": self.preset, "max_context": self.max_context,
-                "image_hw": list(self.image_hw) if self.image_hw else None, "audio_frames": self.audio_frames,
-                "quantized_checkpoint": str(self.quantized_checkpoint) if self.quantized_checkpoint else None}
+        return {
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "audio_checkpoint": str(self.audio_checkpoint) if self.audio_checkpoint else None,
+            "preset": self.preset,
+            "max_context": self.max_context,
+            "image_hw": list(self.image_hw) if self.image_hw else None,
+            "audio_frames": self.audio_frames,
+            "quantized_checkpoint": str(self.quantized_checkpoint) if self.quantized_checkpoint else None,
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelRequest":
-        return cls(_path(d.get("checkpoint")), _path(d.get("audio_checkpoint")), d.get("preset", "tiny"),
-                   d.get("max_context"), tuple(d["image_hw"]) if d.get("image_hw") else None, d.get("audio_frames"),
-                   _path(d.get("quantized_checkpoint")))
+    def from_dict(cls, d: dict) -> ModelRequest:
+        return cls(
+            _path(d.get("checkpoint")),
+            _path(d.get("audio_checkpoint")),
+            d.get("preset", "tiny"),
+            d.get("max_context"),
+            tuple(d["image_hw"]) if d.get("image_hw") else None,
+            d.get("audio_frames"),
+            _path(d.get("quantized_checkpoint")),
+        )

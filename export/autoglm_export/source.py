@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+
 from autoglm_runtime.preprocess import AudioSpec, ImageSpec
 from autoglm_runtime.spec import ModelSpec
 
@@ -53,8 +54,12 @@ def _audio_token_id(tokenizer_path: Path | None) -> int | None:
 def build_spec(model: AutoGLM, checkpoint: Path | None, tokenizer_path: Path | None) -> ModelSpec:
     cfg, shape = model.cfg, model.shape
     pre = _read_optional_json(checkpoint / "preprocessor_config.json") if checkpoint else {}
-    pre = {**pre, "patch_size": cfg.vision.patch_size, "temporal_patch_size": cfg.vision.temporal_patch_size,
-           "merge_size": cfg.vision.spatial_merge_size}
+    pre = {
+        **pre,
+        "patch_size": cfg.vision.patch_size,
+        "temporal_patch_size": cfg.vision.temporal_patch_size,
+        "merge_size": cfg.vision.spatial_merge_size,
+    }
     image = ImageSpec.from_preprocessor_config(pre, *shape.image_hw)
     audio = None
     if cfg.audio is not None:
@@ -109,8 +114,14 @@ def open_source(
         tok = Path(checkpoint) / "tokenizer.json"
         tokenizer_path = tok if tok.exists() else None
         label = preset if checkpoint == p.checkpoint else str(checkpoint)
-        return ModelSource(model, build_spec(model, Path(checkpoint), tokenizer_path), label,
-                           Path(checkpoint), audio_checkpoint, tokenizer_path)
+        return ModelSource(
+            model,
+            build_spec(model, Path(checkpoint), tokenizer_path),
+            label,
+            Path(checkpoint),
+            audio_checkpoint,
+            tokenizer_path,
+        )
     cfg = parse_model_config(p.config, f"preset {preset}")
     if with_audio and p.audio_config is not None:
         cfg = replace(cfg, audio=parse_audio_config(p.audio_config, f"preset {preset} audio"))

@@ -11,21 +11,50 @@ from .source import ModelSource
 
 def model_summary(src: ModelSource) -> dict:
     cfg, model = src.config, src.model
-    params = {name: sum(p.numel() for p in m.parameters()) for name, m in
-              (("text", model.text), ("vision", model.vision), ("audio", model.audio)) if m is not None}
+    params = {
+        name: sum(p.numel() for p in m.parameters())
+        for name, m in (("text", model.text), ("vision", model.vision), ("audio", model.audio))
+        if m is not None
+    }
     t = cfg.text
     return {
         "model_type": cfg.model_type,
         "parameters": params,
-        "text": {"hidden_size": t.hidden_size, "layers": t.num_hidden_layers, "heads": t.num_attention_heads,
-                 "kv_heads": t.num_key_value_heads, "head_dim": t.head_dim, "intermediate_size": t.intermediate_size,
-                 "vocab_size": t.vocab_size, "rotary_dim": t.rotary_dim, "mrope_section": list(t.mrope_section),
-                 "moe": {"experts": t.n_routed_experts, "top_k": t.num_experts_per_tok, "shared": t.n_shared_experts,
-                         "first_k_dense_replace": t.first_k_dense_replace} if t.is_moe else None},
-        "vision": {"depth": cfg.vision.depth, "hidden_size": cfg.vision.hidden_size, "heads": cfg.vision.num_heads,
-                   "patch_size": cfg.vision.patch_size, "spatial_merge_size": cfg.vision.spatial_merge_size},
-        "audio": ({"hidden_size": cfg.audio.hidden_size, "layers": cfg.audio.num_hidden_layers,
-                   "mel_bins": cfg.audio.num_mel_bins} if cfg.audio else None),
+        "text": {
+            "hidden_size": t.hidden_size,
+            "layers": t.num_hidden_layers,
+            "heads": t.num_attention_heads,
+            "kv_heads": t.num_key_value_heads,
+            "head_dim": t.head_dim,
+            "intermediate_size": t.intermediate_size,
+            "vocab_size": t.vocab_size,
+            "rotary_dim": t.rotary_dim,
+            "mrope_section": list(t.mrope_section),
+            "moe": {
+                "experts": t.n_routed_experts,
+                "top_k": t.num_experts_per_tok,
+                "shared": t.n_shared_experts,
+                "first_k_dense_replace": t.first_k_dense_replace,
+            }
+            if t.is_moe
+            else None,
+        },
+        "vision": {
+            "depth": cfg.vision.depth,
+            "hidden_size": cfg.vision.hidden_size,
+            "heads": cfg.vision.num_heads,
+            "patch_size": cfg.vision.patch_size,
+            "spatial_merge_size": cfg.vision.spatial_merge_size,
+        },
+        "audio": (
+            {
+                "hidden_size": cfg.audio.hidden_size,
+                "layers": cfg.audio.num_hidden_layers,
+                "mel_bins": cfg.audio.num_mel_bins,
+            }
+            if cfg.audio
+            else None
+        ),
     }
 
 
@@ -55,8 +84,13 @@ def quantized_checkpoint_info(qc) -> dict | None:
     """What a --quantized-checkpoint contributed, for the manifest."""
     if qc is None:
         return None
-    return {"path": str(qc.path), "method": qc.method, "layers": len(qc.linears),
-            "sha256": qc.config.get("files", {}), "calibration": qc.config.get("calibration")}
+    return {
+        "path": str(qc.path),
+        "method": qc.method,
+        "layers": len(qc.linears),
+        "sha256": qc.config.get("files", {}),
+        "calibration": qc.config.get("calibration"),
+    }
 
 
 def base_manifest(target: str, src: ModelSource, request, recipe, report, qc, kinds: dict[str, str], stages) -> dict:
@@ -70,8 +104,14 @@ def base_manifest(target: str, src: ModelSource, request, recipe, report, qc, ki
         "source": {"label": src.label, **request.to_dict()},
         "model": model_summary(src),
         "export_shape": src.model.shape.to_dict(),
-        "quantization": {"recipe": recipe.to_dict(), "per_component": report.summary(), "fallbacks": report.fallbacks,
-                         "kinds": kinds, "quantized_checkpoint": quantized_checkpoint_info(qc), "layers": report.layers},
+        "quantization": {
+            "recipe": recipe.to_dict(),
+            "per_component": report.summary(),
+            "fallbacks": report.fallbacks,
+            "kinds": kinds,
+            "quantized_checkpoint": quantized_checkpoint_info(qc),
+            "layers": report.layers,
+        },
         "runtime": src.spec.to_dict(),
         "special_tokens": special_tokens(src),
         "chat_template": chat_template(),

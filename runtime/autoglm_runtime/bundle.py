@@ -112,7 +112,7 @@ def open_bundle(root: str | Path, verify_hashes: bool = True) -> Bundle:
             raise BundleError(f"{where}: bad files entry {name!r}: {e}") from None
         entries.append((name, root / name, digest, size))
 
-    for name, path, _, size in entries:
+    for _, path, _, size in entries:
         if not path.is_file():
             raise BundleError(f"{path}: missing (listed in {MANIFEST_NAME})")
         actual = path.stat().st_size
@@ -122,7 +122,7 @@ def open_bundle(root: str | Path, verify_hashes: bool = True) -> Bundle:
                 f"{path}: {actual} bytes but {MANIFEST_NAME} says {size} ({what}; the bundle was modified after export)"
             )
     if verify_hashes:
-        for name, path, digest, _ in entries:
+        for _, path, digest, _ in entries:
             actual = sha256_file(path)
             if actual != digest:
                 raise BundleError(

@@ -72,10 +72,10 @@ class Thresholds:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Thresholds":
+    def from_dict(cls, d: dict[str, Any]) -> Thresholds:
         return cls(**{f.name: d.get(f.name) for f in fields(cls)})
 
-    def features_only(self) -> "Thresholds":
+    def features_only(self) -> Thresholds:
         """The same limits without the logits-only ones (for encoders and embeddings)."""
         return Thresholds(max_rel_abs=self.max_rel_abs, min_cosine=self.min_cosine)
 
@@ -104,8 +104,11 @@ THRESHOLDS: dict[tuple[str, str], Thresholds] = {
 
 
 def thresholds_for(reference: str, quant_kind: str, component: str) -> Thresholds:
-    for value, allowed, what in ((reference, REFERENCES, "reference"), (quant_kind, QUANT_KINDS, "quantization kind"),
-                                 (component, COMPONENTS, "component")):
+    for value, allowed, what in (
+        (reference, REFERENCES, "reference"),
+        (quant_kind, QUANT_KINDS, "quantization kind"),
+        (component, COMPONENTS, "component"),
+    ):
         if value not in allowed:
             raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
     th = THRESHOLDS[(reference, quant_kind)]
@@ -155,7 +158,7 @@ class Metrics:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Metrics":
+    def from_dict(cls, d: dict[str, Any]) -> Metrics:
         kw = {f.name: d.get(f.name) for f in fields(cls) if f.name in d}
         kw["shape"] = tuple(d["shape"])
         return cls(**kw)
@@ -270,7 +273,7 @@ class ParityReport:
         return _finite_or_str({"target": self.target, "passed": self.passed, "info": self.info, "rows": self.rows})
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "ParityReport":
+    def from_json(cls, d: dict[str, Any]) -> ParityReport:
         rows = [dict(r, metrics=_floats_back(r["metrics"])) for r in d.get("rows", [])]
         return cls(target=d["target"], rows=rows, info=dict(d.get("info", {})))
 
@@ -278,7 +281,7 @@ class ParityReport:
         Path(path).write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
-    def read(cls, path: str | Path) -> "ParityReport":
+    def read(cls, path: str | Path) -> ParityReport:
         return cls.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
 
     def lines(self) -> list[str]:

@@ -16,10 +16,10 @@ see it. At least the prompt's last token is always re-run, for its logits.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from hashlib import blake2b
-from typing import Callable, Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -102,9 +102,7 @@ class Session:
             )
 
     # ---- prompt
-    def messages_for(
-        self, prompt: str, *, image: ImageSource | None, audio, system: str | None
-    ) -> list[Message]:
+    def messages_for(self, prompt: str, *, image: ImageSource | None, audio, system: str | None) -> list[Message]:
         parts: list[dict] = []
         if image is not None:
             parts.append({"type": "image"})
@@ -148,10 +146,18 @@ class Session:
         embeds = self.backend.token_embedding(inputs.input_ids[None, :])
         media_rows: list[tuple[np.ndarray, int]] = []
         for token_id, counts, items, encode in (
-            (spec.image_token_id, [spec.image_tokens] * len(images), [preprocess_image(i, spec.image) for i in images],
-             self.backend.vision_encoder),
-            (spec.audio_token_id, inputs.audio_tokens, [preprocess_audio(a, spec.audio) for a in audios],
-             self.backend.audio_encoder),
+            (
+                spec.image_token_id,
+                [spec.image_tokens] * len(images),
+                [preprocess_image(i, spec.image) for i in images],
+                self.backend.vision_encoder,
+            ),
+            (
+                spec.audio_token_id,
+                inputs.audio_tokens,
+                [preprocess_audio(a, spec.audio) for a in audios],
+                self.backend.audio_encoder,
+            ),
         ):
             if not items:
                 continue
@@ -271,7 +277,9 @@ class Session:
             messages = list(prompt)
         images = [image] if image is not None else []
         audios = [audio] if audio is not None else []
-        prepared = self.prepare(messages, images, audios, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens)
+        prepared = self.prepare(
+            messages, images, audios, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens
+        )
 
         stream = StreamDecoder(self.tokenizer, skip_special_tokens=True)
         eos = set(self.spec.eos_token_ids)

@@ -47,7 +47,7 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         return cls(
             max_context=int(d["max_context"]),
             vocab_size=int(d["vocab_size"]),

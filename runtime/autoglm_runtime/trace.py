@@ -40,17 +40,13 @@ TRACE_VERSION = 1
 SAMPLES = 64  # evenly spaced values kept per tensor besides its digest
 PREPROCESSED_SAMPLES = 512
 TOP_K = 10
-FULL_OUTPUT_LIMIT = (
-    1 << 16
-)  # outputs up to this many elements are stored whole (embeddings), for replay
+FULL_OUTPUT_LIMIT = 1 << 16  # outputs up to this many elements are stored whole (embeddings), for replay
 
 
 def digest(a: np.ndarray) -> str:
     """sha256 of the array's C-order little-endian bytes."""
     a = np.ascontiguousarray(a)
-    return hashlib.sha256(
-        a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
-    ).hexdigest()
+    return hashlib.sha256(a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()).hexdigest()
 
 
 def _plain(v: Any) -> Any:
@@ -61,9 +57,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def describe(
-    a: np.ndarray, name: str | None = None, samples: int = SAMPLES
-) -> dict[str, Any]:
+def describe(a: np.ndarray, name: str | None = None, samples: int = SAMPLES) -> dict[str, Any]:
     """Shape, dtype, digest, statistics and evenly spaced samples [flat index, value] of a tensor."""
     a = np.asarray(a)
     flat = a.reshape(-1)
@@ -75,11 +69,7 @@ def describe(
     if name is not None:
         out = {"name": name, **out}
     if flat.size:
-        idx = np.unique(
-            np.linspace(0, flat.size - 1, min(samples, flat.size))
-            .round()
-            .astype(np.int64)
-        )
+        idx = np.unique(np.linspace(0, flat.size - 1, min(samples, flat.size)).round().astype(np.int64))
         out["samples"] = [[int(i), _plain(flat[i])] for i in idx]
         if np.issubdtype(a.dtype, np.floating):
             f = flat.astype(np.float64)
@@ -133,23 +123,17 @@ class CallRecorder:
                 "method": method,
                 "function": function,
                 "inputs": [describe(np.asarray(v), k) for k, v in inputs.items()],
-                "outputs": [
-                    describe_output(np.asarray(v), k) for k, v in outputs.items()
-                ],
+                "outputs": [describe_output(np.asarray(v), k) for k, v in outputs.items()],
             }
         )
 
 
 def _io_names(manifest: dict[str, Any], method: str) -> tuple[list[str], list[str]]:
     spec = (manifest.get("methods") or {}).get(method) or {}
-    return [i["name"] for i in spec.get("inputs", [])], [
-        o["name"] for o in spec.get("outputs", [])
-    ]
+    return [i["name"] for i in spec.get("inputs", [])], [o["name"] for o in spec.get("outputs", [])]
 
 
-def hook_model_calls(
-    backend: Any, manifest: dict[str, Any], recorder: CallRecorder
-) -> None:
+def hook_model_calls(backend: Any, manifest: dict[str, Any], recorder: CallRecorder) -> None:
     """Wrap the backend's one entry point into its model files so every call is recorded.
 
     The wrapper is installed on this backend instance only and returns exactly what the original returns.
@@ -161,20 +145,10 @@ def hook_model_calls(
         def run(name: str, *arrays: np.ndarray) -> list[np.ndarray]:
             outs = original(name, *arrays)
             in_names, out_names = _io_names(manifest, name)
-            in_names = (
-                in_names
-                if len(in_names) == len(arrays)
-                else [f"input{i}" for i in range(len(arrays))]
-            )
-            out_names = (
-                out_names
-                if len(out_names) == len(outs)
-                else [f"output{i}" for i in range(len(outs))]
-            )
+            in_names = in_names if len(in_names) == len(arrays) else [f"input{i}" for i in range(len(arrays))]
+            out_names = out_names if len(out_names) == len(outs) else [f"output{i}" for i in range(len(outs))]
             # Record in the dtypes the program takes (the backend casts before calling run).
-            recorder.record(
-                name, None, dict(zip(in_names, arrays)), dict(zip(out_names, outs))
-            )
+            recorder.record(name, None, dict(zip(in_names, arrays)), dict(zip(out_names, outs)))
             return outs
 
         program.run = run
@@ -182,21 +156,15 @@ def hook_model_calls(
         original = backend._run
         files = {comp: pkg["file"] for comp, pkg in backend.packages.items()}
 
-        def _run(
-            component: str, inputs: dict, function: str = "main", state: Any = None
-        ) -> dict:
+        def _run(component: str, inputs: dict, function: str = "main", state: Any = None) -> dict:
             outs = original(component, inputs, function, state)
             # Core ML takes inputs by name; keep the dtypes the backend built (fp16 / int32).
-            recorder.record(
-                files.get(component, component), function, dict(inputs), dict(outs)
-            )
+            recorder.record(files.get(component, component), function, dict(inputs), dict(outs))
             return outs
 
         backend._run = _run
     else:
-        raise InputError(
-            f"tracing model calls is not supported for the {backend.name} backend"
-        )
+        raise InputError(f"tracing model calls is not supported for the {backend.name} backend")
 
 
 class _TracingSession(Session):
@@ -263,9 +231,7 @@ def trace_request(
     for i, (token, logits) in enumerate(zip(result.token_ids, result.logits)):
         # The same deltas Session.generate streamed: EOS is never pushed.
         text = "" if token in eos else stream.push(token)
-        steps.append(
-            {"step": i, "top_k": top_k(logits), "token": int(token), "text": text}
-        )
+        steps.append({"step": i, "top_k": top_k(logits), "token": int(token), "text": text})
     tail = stream.finish()
     return {
         "trace_version": TRACE_VERSION,
@@ -289,17 +255,13 @@ def trace_request(
         },
         "prompt": {
             "text": inputs.prompt,
-            "token_ids": tokenizer.encode(
-                inputs.prompt
-            ),  # the tokenizer's ids, before placeholder expansion
+            "token_ids": tokenizer.encode(inputs.prompt),  # the tokenizer's ids, before placeholder expansion
             "input_ids": inputs.input_ids.tolist(),
             "mm_token_types": inputs.mm_token_types.tolist(),
             "position_ids": inputs.position_ids.tolist(),
             "rope_delta": int(inputs.rope_delta),
         },
-        "preprocessed": {
-            k: describe(v, k, PREPROCESSED_SAMPLES) for k, v in preprocessed.items()
-        },
+        "preprocessed": {k: describe(v, k, PREPROCESSED_SAMPLES) for k, v in preprocessed.items()},
         "calls": recorder.calls,
         "steps": steps,
         "generated": {

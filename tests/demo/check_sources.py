@@ -54,11 +54,7 @@ def walk(node: Node):
 def sources() -> list[Path]:
     out = []
     for app in APPS:
-        out += [
-            p
-            for p in app.rglob("*")
-            if p.suffix in GRAMMARS and p.is_file() and "build" not in p.parts
-        ]
+        out += [p for p in app.rglob("*") if p.suffix in GRAMMARS and p.is_file() and "build" not in p.parts]
     return sorted(out)
 
 
@@ -76,9 +72,7 @@ def syntax_errors(path: Path, root: Node) -> list[str]:
 
 
 def literal(node: Node) -> str:
-    return node.text.decode("utf-8")[
-        1:-1
-    ]  # both grammars keep the quotes in the node text
+    return node.text.decode("utf-8")[1:-1]  # both grammars keep the quotes in the node text
 
 
 def constants(path: Path, root: Node) -> dict[str, str]:
@@ -87,20 +81,14 @@ def constants(path: Path, root: Node) -> dict[str, str]:
     for n in walk(root):
         if n.type in ("variable_declarator", "property_declaration"):
             name, value = n.child_by_field_name("name"), n.child_by_field_name("value")
-            if (
-                name is not None
-                and value is not None
-                and value.type in ("string_literal", "line_string_literal")
-            ):
+            if name is not None and value is not None and value.type in ("string_literal", "line_string_literal"):
                 out[name.text.decode()] = literal(value)
     return out
 
 
 def string_literals(root: Node) -> list[tuple[str, int]]:
     return [
-        (literal(n), n.start_point[0] + 1)
-        for n in walk(root)
-        if n.type in ("string_literal", "line_string_literal")
+        (literal(n), n.start_point[0] + 1) for n in walk(root) if n.type in ("string_literal", "line_string_literal")
     ]
 
 
@@ -168,17 +156,13 @@ def edit_distance(a: str, b: str) -> int:
     return prev[-1]
 
 
-def check_names(
-    path: Path, consts: dict[str, str], manifests: list[tuple[str, dict[str, set[str]]]]
-) -> list[str]:
+def check_names(path: Path, consts: dict[str, str], manifests: list[tuple[str, dict[str, set[str]]]]) -> list[str]:
     problems = []
     for const, value in consts.items():
         kind = category(const)
         found = [label for label, names in manifests if value in names.get(kind, set())]
         if kind not in manifests[0][1]:
-            problems.append(
-                f"{path.relative_to(ROOT)}: {const} has no known prefix ({', '.join(manifests[0][1])})"
-            )
+            problems.append(f"{path.relative_to(ROOT)}: {const} has no known prefix ({', '.join(manifests[0][1])})")
         elif not found:
             problems.append(
                 f"{path.relative_to(ROOT)}: {const} = {value!r} is not a {kind} name in "
@@ -189,9 +173,7 @@ def check_names(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--android", type=Path, required=True, help="a fresh dist/android bundle"
-    )
+    ap.add_argument("--android", type=Path, required=True, help="a fresh dist/android bundle")
     ap.add_argument(
         "--ios",
         type=Path,
@@ -207,11 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     android = [(f"{args.android}/manifest.json", executorch_names(load(args.android)))]
     ios = [(f"{p}/manifest.json", coreml_names(load(p))) for p in args.ios]
     every_name = set().union(*(n for _, names in android + ios for n in names.values()))
-    not_names = (
-        TOKENIZER_KEYS
-        | set().union(*(json_keys(load(p)) for p in [args.android, *args.ios]))
-        - every_name
-    )
+    not_names = TOKENIZER_KEYS | set().union(*(json_keys(load(p)) for p in [args.android, *args.ios])) - every_name
 
     problems: list[str] = []
     counts: dict[str, int] = {}
@@ -223,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         problems += syntax_errors(path, root)
         if path.stem == "BundleManifest":
             vocab = set().union(
-                *(
-                    json_strings(load(p))
-                    for p in ([args.android] if path.suffix == ".java" else args.ios)
-                )
+                *(json_strings(load(p)) for p in ([args.android] if path.suffix == ".java" else args.ios))
             )
             for text, line in string_literals(root):
                 if not re.fullmatch(r"[a-z][a-z0-9]*_[a-z0-9_]*|[a-z]+", text):
@@ -239,25 +214,15 @@ def main(argv: list[str] | None = None) -> int:
         if path.stem == "ModelNames":
             consts = constants(path, root)
             checked += len(consts)
-            problems += check_names(
-                path, consts, android if path.suffix == ".java" else ios
-            )
+            problems += check_names(path, consts, android if path.suffix == ".java" else ios)
             continue
         for text, line in string_literals(root):
-            if (
-                text in every_name
-                or text in not_names
-                or len(text) < 5
-                or not re.fullmatch(r"[A-Za-z_]+", text)
-            ):
+            if text in every_name or text in not_names or len(text) < 5 or not re.fullmatch(r"[A-Za-z_]+", text):
                 continue
-            near = [
-                n for n in every_name if len(n) >= 5 and edit_distance(text, n) <= 2
-            ]
+            near = [n for n in every_name if len(n) >= 5 and edit_distance(text, n) <= 2]
             if near:
                 problems.append(
-                    f"{path.relative_to(ROOT)}:{line}: {text!r} looks like the model name {near[0]!r}; "
-                    "use ModelNames"
+                    f"{path.relative_to(ROOT)}:{line}: {text!r} looks like the model name {near[0]!r}; use ModelNames"
                 )
     if "ModelNames" not in " ".join(p.stem for p in sources()):
         problems.append("no ModelNames.java / ModelNames.swift found")

@@ -16,6 +16,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+
 from autoglm_runtime.backends import backend_for_bundle
 from autoglm_runtime.bundle import open_bundle
 from autoglm_runtime.preprocess import load_wav
@@ -86,18 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     inputs.mkdir(parents=True, exist_ok=True)
     for name in ("chrome-search-en.png", "didi-ride-zh.png"):
         shutil.copyfile(DATA / "screenshots" / name, inputs / name)
-    write_stereo_44k(
-        DATA / "speech" / "zh-wechat-send.wav", inputs / "speech-44k-stereo.wav"
-    )
+    write_stereo_44k(DATA / "speech" / "zh-wechat-send.wav", inputs / "speech-44k-stereo.wav")
     bundle = open_bundle(args.bundle)
     for req in REQUESTS:
         if req.get("audio") and not bundle.spec.has_audio:
             continue
         trace = trace_request(
             bundle,
-            backend_for_bundle(
-                bundle
-            ),  # a fresh backend per request: the recorder hooks one instance
+            backend_for_bundle(bundle),  # a fresh backend per request: the recorder hooks one instance
             req["prompt"],
             image=inputs / req["image"] if req.get("image") else None,
             audio=inputs / req["audio"] if req.get("audio") else None,

@@ -10,9 +10,7 @@ import pytest
 pytest.importorskip("tree_sitter_java")
 pytest.importorskip("tree_sitter_swift")
 
-SPEC = importlib.util.spec_from_file_location(
-    "check_sources", Path(__file__).parent / "check_sources.py"
-)
+SPEC = importlib.util.spec_from_file_location("check_sources", Path(__file__).parent / "check_sources.py")
 check_sources = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(check_sources)
 
@@ -20,14 +18,10 @@ ANDROID = {"method": {"text_decoder"}, "input": {"inputs_embeds"}, "output": {"l
 
 
 def _parsed(tmp_path, name, text):
-    path = (
-        check_sources.ROOT / "android_demo" / name
-    )  # only for relative names in messages
+    path = check_sources.ROOT / "android_demo" / name  # only for relative names in messages
     f = tmp_path / name
     f.write_text(text, encoding="utf-8")
-    return path, check_sources.Parser(check_sources.GRAMMARS[f.suffix]).parse(
-        f.read_bytes()
-    ).root_node
+    return path, check_sources.Parser(check_sources.GRAMMARS[f.suffix]).parse(f.read_bytes()).root_node
 
 
 def test_syntax_errors_are_reported(tmp_path):
@@ -50,10 +44,7 @@ def test_model_names_must_be_in_the_manifest(tmp_path):
         "INPUT_EMBEDS": "input_embeds",
     }
     problems = check_sources.check_names(path, consts, [("manifest.json", ANDROID)])
-    assert (
-        len(problems) == 1
-        and "INPUT_EMBEDS = 'input_embeds' is not a input name" in problems[0]
-    )
+    assert len(problems) == 1 and "INPUT_EMBEDS = 'input_embeds' is not a input name" in problems[0]
 
 
 def test_swift_constants_and_categories(tmp_path):
@@ -68,9 +59,7 @@ def test_swift_constants_and_categories(tmp_path):
 
 
 def test_manifest_vocabulary_holds_keys_and_string_values():
-    assert check_sources.json_strings(
-        {"coreml": {"kv_cache": "state", "shape": [1, "x"]}}
-    ) == {
+    assert check_sources.json_strings({"coreml": {"kv_cache": "state", "shape": [1, "x"]}}) == {
         "coreml",
         "kv_cache",
         "state",

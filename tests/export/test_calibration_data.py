@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from autoglm_export.calibration import DEFAULT_ROOT, ENV_VAR, load_calibration_set, load_heldout_text, load_image, load_speech
+from autoglm_export.calibration import (
+    DEFAULT_ROOT,
+    ENV_VAR,
+    load_calibration_set,
+    load_heldout_text,
+    load_image,
+    load_speech,
+)
 from autoglm_export.errors import ExportError
 from autoglm_runtime.preprocess import AudioSpec, preprocess_audio
 
@@ -95,7 +102,11 @@ def test_heldout_is_disjoint_from_calibration_and_tokenizer_corpus(cal):
 
 def test_manifest_matches_files():
     rows = dict(reversed(l.split("  ", 1)) for l in (ROOT / "MANIFEST.sha256").read_text().splitlines())
-    on_disk = {f.relative_to(ROOT).as_posix() for g in ("prompts.jsonl", "text/*", "screenshots/*", "speech/*") for f in ROOT.glob(g)}
+    on_disk = {
+        f.relative_to(ROOT).as_posix()
+        for g in ("prompts.jsonl", "text/*", "screenshots/*", "speech/*")
+        for f in ROOT.glob(g)
+    }
     assert set(rows) == on_disk, "regenerate: .venv/bin/python tools/make_calibration_data.py --only manifest"
     for rel, digest in rows.items():
         assert hashlib.sha256((ROOT / rel).read_bytes()).hexdigest() == digest, rel
@@ -112,8 +123,19 @@ def mini(tmp_path):
     (root / "screenshots").mkdir(parents=True)
     (root / "text").mkdir()
     shutil.copy(ROOT / "screenshots" / "wechat-chats-zh.png", root / "screenshots" / "a.png")
-    (root / "prompts.jsonl").write_text(json.dumps({"id": "a", "lang": "zh", "image": True, "audio": False,
-                                                    "screenshot": "screenshots/a.png", "text": "打开微信"}) + "\n")
+    (root / "prompts.jsonl").write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "lang": "zh",
+                "image": True,
+                "audio": False,
+                "screenshot": "screenshots/a.png",
+                "text": "打开微信",
+            }
+        )
+        + "\n"
+    )
     (root / "text" / "calib_en.txt").write_text("Open WeChat.\n")
     assert len(load_calibration_set(root).prompts) == 1
     return root

@@ -52,9 +52,12 @@ def imported_modules(path: Path, package_root: Path) -> set[str]:
 
 def graph(package_root: Path) -> dict[str, set[str]]:
     prefix = package_root.name + "."
-    return {module_name(p, package_root): {m for m in imported_modules(p, package_root)
-                                           if m.startswith(prefix) or m == package_root.name}
-            for p in sorted(package_root.rglob("*.py"))}
+    return {
+        module_name(p, package_root): {
+            m for m in imported_modules(p, package_root) if m.startswith(prefix) or m == package_root.name
+        }
+        for p in sorted(package_root.rglob("*.py"))
+    }
 
 
 def layer_of(module: str) -> int:
@@ -66,8 +69,12 @@ def layer_of(module: str) -> int:
 
 
 def test_export_imports_flow_one_way():
-    wrong = [f"{src} (layer {layer_of(src)}) imports {dst} (layer {layer_of(dst)})"
-             for src, deps in graph(EXPORT).items() for dst in deps if layer_of(dst) > layer_of(src)]
+    wrong = [
+        f"{src} (layer {layer_of(src)}) imports {dst} (layer {layer_of(dst)})"
+        for src, deps in graph(EXPORT).items()
+        for dst in deps
+        if layer_of(dst) > layer_of(src)
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -82,7 +89,7 @@ def test_no_import_cycles(root):
         state[node] = 1
         for dep in sorted(edges.get(node, ())):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep, stack + [dep])
         state[node] = 2
@@ -93,6 +100,9 @@ def test_no_import_cycles(root):
 
 
 def test_runtime_never_imports_export():
-    offenders = [str(p.relative_to(ROOT)) for p in RUNTIME.rglob("*.py")
-                 if any(m.split(".")[0] == "autoglm_export" for m in imported_modules(p, RUNTIME))]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in RUNTIME.rglob("*.py")
+        if any(m.split(".")[0] == "autoglm_export" for m in imported_modules(p, RUNTIME))
+    ]
     assert not offenders, offenders

@@ -16,8 +16,15 @@ def test_preset_configs_parse(name):
 
 def test_small_preset_matches_the_llama_peer():
     t = parse_model_config(PRESETS["small"].config).text
-    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.intermediate_size, t.vocab_size) == (
-        1024, 16, 16, 2, 2816, 32000)
+    assert (
+        t.hidden_size,
+        t.num_hidden_layers,
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        t.intermediate_size,
+        t.vocab_size,
+    ) == (1024, 16, 16, 2, 2816, 32000)
     decoder = t.vocab_size * t.hidden_size * 2 + t.num_hidden_layers * (
-        2 * t.hidden_size * t.hidden_size + 2 * t.hidden_size * 128 + 3 * t.hidden_size * t.intermediate_size)
+        2 * t.hidden_size * t.hidden_size + 2 * t.hidden_size * 128 + 3 * t.hidden_size * t.intermediate_size
+    )
     assert 235e6 < decoder < 250e6  # ~242M, the optimum-executorch Llama peer's size

@@ -15,8 +15,15 @@ from autoglm_runtime.preprocess import AudioSpec, ImageSpec
 from autoglm_runtime.spec import ModelSpec
 
 SPEC = ModelSpec(
-    max_context=512, vocab_size=4096, hidden_size=128, eos_token_ids=(4073, 4075), image_token_id=4087,
-    image=ImageSpec(height=56, width=84), audio_token_id=4094, audio=AudioSpec(num_frames=400), audio_tokens=50,
+    max_context=512,
+    vocab_size=4096,
+    hidden_size=128,
+    eos_token_ids=(4073, 4075),
+    image_token_id=4087,
+    image=ImageSpec(height=56, width=84),
+    audio_token_id=4094,
+    audio=AudioSpec(num_frames=400),
+    audio_tokens=50,
 )
 
 

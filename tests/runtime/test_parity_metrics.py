@@ -99,7 +99,12 @@ def test_report_round_trip(tmp_path):
     assert report.passed
     nan = ref.copy()
     nan[0, 0, 0] = np.nan
-    report.add("vision_encoder", "fp32", compare_arrays("emb", nan, ref), thresholds_for("fp32", "int8_dynamic", "vision_encoder"))
+    report.add(
+        "vision_encoder",
+        "fp32",
+        compare_arrays("emb", nan, ref),
+        thresholds_for("fp32", "int8_dynamic", "vision_encoder"),
+    )
     assert not report.passed and report.failures[0].startswith("vision_encoder vs fp32: 1 non-finite")
 
     path = tmp_path / "parity.json"
@@ -107,7 +112,9 @@ def test_report_round_trip(tmp_path):
     raw = path.read_text()
     assert "NaN" in raw and json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
     d = json.loads(raw)
-    assert d["passed"] is False and d["rows"][0]["thresholds"]["min_top1"] == 0.9 and d["info"]["quantization"] == "8da4w"
+    assert (
+        d["passed"] is False and d["rows"][0]["thresholds"]["min_top1"] == 0.9 and d["info"]["quantization"] == "8da4w"
+    )
     back = ParityReport.read(path)
     assert back.target == "executorch" and back.passed is False and len(back.rows) == 2
     assert math.isnan(back.rows[1]["metrics"]["max_abs"])

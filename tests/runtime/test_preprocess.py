@@ -130,8 +130,16 @@ def test_image_spec_roundtrip_and_config() -> None:
     d = json.loads(json.dumps(SPEC.to_dict()))
     assert ImageSpec.from_dict(d) == SPEC
     assert (SPEC.num_patches, SPEC.num_tokens, SPEC.patch_dim) == (2880, 720, 1176)
-    cfg = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "patch_size": 14, "merge_size": 2,
-           "temporal_patch_size": 2, "rescale_factor": 0.00392156862745098, "resample": 3, "size": {}}
+    cfg = {
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+        "patch_size": 14,
+        "merge_size": 2,
+        "temporal_patch_size": 2,
+        "rescale_factor": 0.00392156862745098,
+        "resample": 3,
+        "size": {},
+    }
     spec = ImageSpec.from_preprocessor_config(cfg, 560, 280)
     assert spec.image_mean == (0.5, 0.5, 0.5) and spec.height == 560
     with pytest.raises(ValueError):
@@ -174,9 +182,7 @@ def whisper_numpy(monkeypatch: pytest.MonkeyPatch):
     return fe_mod.WhisperFeatureExtractor
 
 
-@pytest.mark.parametrize(
-    ("n_mels", "num_frames", "seconds"), [(128, 3000, 2.5), (80, 3000, 2.0), (128, 500, 7.3)]
-)
+@pytest.mark.parametrize(("n_mels", "num_frames", "seconds"), [(128, 3000, 2.5), (80, 3000, 2.0), (128, 500, 7.3)])
 def test_log_mel_matches_whisper(whisper_numpy, n_mels: int, num_frames: int, seconds: float) -> None:
     # (128, 500, 7.3): audio longer than the 5 s window -> both truncate; the others zero-pad to 30 s.
     spec = AudioSpec(num_mel_bins=n_mels, num_frames=num_frames)

@@ -44,7 +44,7 @@ MULTI_TURN = [
         "content": '<think>The home screen is shown.</think><answer>do(action="Launch", app="微信")</answer>',
     },
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "** Screen Info **"}]},
-    {"role": "assistant", "content": "<answer>finish(message=\"done\")</answer>"},
+    {"role": "assistant", "content": '<answer>finish(message="done")</answer>'},
     {"role": "user", "content": "thanks"},
 ]
 

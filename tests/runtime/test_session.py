@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoglm_export.source import open_source
 from autoglm_export.calibration import synthetic_screenshot
+from autoglm_export.source import open_source
 from autoglm_runtime.backends.torch_backend import TorchBackend
 from autoglm_runtime.errors import InputError
 from autoglm_runtime.sampling import Sampler, SamplingConfig
@@ -32,9 +32,10 @@ def _clip(rate=16000, seconds=1.0):
 def test_greedy_generation_equals_full_forward_argmax(session, tiny):
     """Each generated token is the argmax of a fresh, cache-free forward over prompt + tokens so far."""
     result = session.generate("打开设置", image=synthetic_screenshot(), audio=_clip(), max_new_tokens=6)
-    prepared = session.prepare(session.messages_for("打开设置", image=1, audio=1, system=None),
-                               [synthetic_screenshot()], [_clip()])
-    ids, pos, delta = prepared.inputs.input_ids, prepared.inputs.position_ids, prepared.inputs.rope_delta
+    prepared = session.prepare(
+        session.messages_for("打开设置", image=1, audio=1, system=None), [synthetic_screenshot()], [_clip()]
+    )
+    _ids, pos, delta = prepared.inputs.input_ids, prepared.inputs.position_ids, prepared.inputs.rope_delta
     model = tiny.model
     embeds = torch.from_numpy(prepared.embeds)
     for i, token in enumerate(result.token_ids):
@@ -85,7 +86,9 @@ class ForceEos:
 
 def test_stops_on_any_eos(tiny):
     eos = tiny.spec.eos_token_ids[-1]
-    session = Session(ForceEos(TorchBackend(tiny.model), eos, tiny.spec.eos_token_ids[:-1]), tiny.tokenizer_path, tiny.spec)
+    session = Session(
+        ForceEos(TorchBackend(tiny.model), eos, tiny.spec.eos_token_ids[:-1]), tiny.tokenizer_path, tiny.spec
+    )
     result = session.generate("hi", max_new_tokens=20)
     assert result.stop_reason == "eos" and result.token_ids[-1] == eos and len(result.token_ids) == 3
 
@@ -115,7 +118,9 @@ def test_sampling_is_seeded_and_top_p_narrows(session):
     b = session.generate("hi", max_new_tokens=8, sampling=SamplingConfig(temperature=1.0, top_p=0.9, seed=7))
     assert a.token_ids == b.token_ids
     greedy = session.generate("hi", max_new_tokens=8)
-    nucleus_of_one = session.generate("hi", max_new_tokens=8, sampling=SamplingConfig(temperature=1.0, top_p=1e-9, seed=3))
+    nucleus_of_one = session.generate(
+        "hi", max_new_tokens=8, sampling=SamplingConfig(temperature=1.0, top_p=1e-9, seed=3)
+    )
     assert nucleus_of_one.token_ids == greedy.token_ids
 
 

@@ -10,13 +10,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
+from autoglm_export.calibration import synthetic_screenshot
 from autoglm_export.cli import app
 from autoglm_export.source import open_source
-from autoglm_export.calibration import synthetic_screenshot
 from autoglm_runtime.bundle import Bundle
 from autoglm_runtime.session import Session
 from autoglm_runtime.trace import describe, digest, trace_request, write_trace
-from typer.testing import CliRunner
 
 METHODS = {
     "vision_encoder": (["pixel_values"], ["image_embeds"]),
@@ -35,9 +36,7 @@ class _Program:
 
     def run(self, name, *arrays):
         with torch.no_grad():
-            out = getattr(self.module, name)(
-                *(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
-            )
+            out = getattr(self.module, name)(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
         return [np.ones(1, np.float32) if out is None else out.float().numpy()]
 
 
@@ -129,9 +128,7 @@ def test_trace_records_what_the_session_does(tiny, bundle, tmp_path):
     )
     assert trace["prompt"]["input_ids"] == prepared.inputs.input_ids.tolist()
     assert trace["prompt"]["position_ids"] == prepared.inputs.position_ids.tolist()
-    assert trace["prompt"]["text"].startswith(
-        "[gMASK]<sop><|user|>\n<|begin_of_image|><|image|>"
-    )
+    assert trace["prompt"]["text"].startswith("[gMASK]<sop><|user|>\n<|begin_of_image|><|image|>")
 
     # Model calls in the order an app must make them, with names from the manifest.
     methods = [c["method"] for c in trace["calls"]]
@@ -142,15 +139,10 @@ def test_trace_records_what_the_session_does(tiny, bundle, tmp_path):
         "reset_cache",
         "text_decoder",
     ]
-    assert methods[5:] == ["token_embedding", "text_decoder"] * (
-        len(trace["steps"]) - 1
-    )
+    assert methods[5:] == ["token_embedding", "text_decoder"] * (len(trace["steps"]) - 1)
     decoder = trace["calls"][4]
     assert [i["name"] for i in decoder["inputs"]] == METHODS["text_decoder"][0]
-    assert (
-        decoder["inputs"][2]["values"]
-        == np.asarray(trace["prompt"]["position_ids"]).reshape(-1).tolist()
-    )
+    assert decoder["inputs"][2]["values"] == np.asarray(trace["prompt"]["position_ids"]).reshape(-1).tolist()
     # Later decode steps: one token at cache n + i, positions n + i + rope_delta on all planes.
     n, delta = len(trace["prompt"]["input_ids"]), trace["prompt"]["rope_delta"]
     step1 = trace["calls"][6]
@@ -161,10 +153,7 @@ def test_trace_records_what_the_session_does(tiny, bundle, tmp_path):
     emb = trace["calls"][0]["outputs"][0]
     raw = base64.b64decode(emb["data_b64"])
     assert hashlib.sha256(raw).hexdigest() == emb["sha256"]
-    assert (
-        trace["preprocessed"]["pixel_values"]["sha256"]
-        == trace["calls"][1]["inputs"][0]["sha256"]
-    )
+    assert trace["preprocessed"]["pixel_values"]["sha256"] == trace["calls"][1]["inputs"][0]["sha256"]
     assert trace["preprocessed"]["input_features"]["shape"] == [
         1,
         tiny.spec.audio.num_mel_bins,
@@ -177,17 +166,12 @@ def test_trace_records_what_the_session_does(tiny, bundle, tmp_path):
 
     out = tmp_path / "t.json"
     write_trace(trace, out)
-    assert (
-        json.loads(out.read_text(encoding="utf-8"))["generated"] == trace["generated"]
-    )
+    assert json.loads(out.read_text(encoding="utf-8"))["generated"] == trace["generated"]
 
 
 def test_digest_is_little_endian_c_order():
     a = np.arange(6, dtype=">f4").reshape(2, 3).T  # big-endian, non-contiguous
-    assert (
-        digest(a)
-        == hashlib.sha256(np.ascontiguousarray(a).astype("<f4").tobytes()).hexdigest()
-    )
+    assert digest(a) == hashlib.sha256(np.ascontiguousarray(a).astype("<f4").tobytes()).hexdigest()
 
 
 def test_non_finite_samples_stay_strict_json():

@@ -12,12 +12,15 @@ def per_position_errors(got: np.ndarray, ref: np.ndarray) -> dict[str, list[floa
     """Max abs logit error (relative to the reference's scale) and KL, one value per decoder position."""
     scale = max(float(np.abs(ref).max()), 1e-6)
     rel = np.abs(got.astype(np.float64) - ref).max(axis=-1) / scale
-    return {"rel_max_abs": [round(float(v), 8) for v in rel],
-            "kl": [round(float(v), 10) for v in kl_divergence(ref, got)]}
+    return {
+        "rel_max_abs": [round(float(v), 8) for v in rel],
+        "kl": [round(float(v), 10) for v in kl_divergence(ref, got)],
+    }
 
 
-def compare(target: str, got: dict[str, np.ndarray], references: dict[str, dict[str, np.ndarray]],
-            quant_kinds: dict[str, str]) -> ParityReport:
+def compare(
+    target: str, got: dict[str, np.ndarray], references: dict[str, dict[str, np.ndarray]], quant_kinds: dict[str, str]
+) -> ParityReport:
     """references: {"quantized_eager": outputs, "fp32": outputs}; quant_kinds: component -> kind."""
     report = ParityReport(target=target, rows=[])
     for reference, ref_out in references.items():
@@ -28,9 +31,15 @@ def compare(target: str, got: dict[str, np.ndarray], references: dict[str, dict[
             metrics = compare_arrays(comp, got[comp], ref, logits=comp == "text_decoder")
             th = thresholds_for(reference, kind, comp)
             failures = metrics.check(th)
-            row = {"component": comp, "reference": reference, "quant_kind": kind,
-                   "metrics": metrics.to_dict(), "thresholds": th.to_dict(),
-                   "passed": not failures, "failures": failures}
+            row = {
+                "component": comp,
+                "reference": reference,
+                "quant_kind": kind,
+                "metrics": metrics.to_dict(),
+                "thresholds": th.to_dict(),
+                "passed": not failures,
+                "failures": failures,
+            }
             if comp == "text_decoder":  # per position, for the parity report's plots
                 row["per_position"] = per_position_errors(got[comp], ref)
             report.rows.append(row)

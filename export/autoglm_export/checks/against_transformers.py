@@ -43,7 +43,8 @@ class Comparison:
 
     def line(self) -> str:
         return f"{'ok' if self.passed else 'FAIL':4s} {self.name}: {self.metrics.summary()}" + (
-            f" ({'; '.join(self.failures)})" if self.failures else "")
+            f" ({'; '.join(self.failures)})" if self.failures else ""
+        )
 
 
 @dataclass
@@ -85,7 +86,9 @@ def _load_reference(src: ModelSource, stored_dtype: torch.dtype | None = None):
 
 
 @torch.no_grad()
-def verify_against_transformers(src: ModelSource, prompt: str = "打开微信，给张三发消息：明天见。Open WeChat.") -> TransformersReport:
+def verify_against_transformers(
+    src: ModelSource, prompt: str = "打开微信，给张三发消息：明天见。Open WeChat."
+) -> TransformersReport:
     """Image + text logits (and audio embeddings when present) vs transformers at fp32."""
     if src.tokenizer_path is None:
         raise ExportError(f"{src.checkpoint}: no tokenizer.json, cannot build a verification prompt")
@@ -119,8 +122,11 @@ def _compare_image_text(src: ModelSource, hf, prompt: str, report: TransformersR
     ours.reset_cache()
     report.comparisons.append(compare("image+text logits vs transformers", got, ref, logits=True))
     report.comparisons.append(
-        compare("vision embeddings vs transformers", ours.vision_encoder(pixels),
-                torch.cat(hf.get_image_features(pixels, torch.tensor([spec.image.grid_thw])).pooler_output))
+        compare(
+            "vision embeddings vs transformers",
+            ours.vision_encoder(pixels),
+            torch.cat(hf.get_image_features(pixels, torch.tensor([spec.image.grid_thw])).pooler_output),
+        )
     )
 
 
@@ -130,7 +136,7 @@ def _verify_audio(src: ModelSource) -> Comparison:
     hf = GlmAsrForConditionalGeneration.from_pretrained(src.audio_checkpoint, dtype=torch.float32).eval()
     rate = src.spec.audio.sampling_rate
     t = np.arange(int(1.5 * rate)) / rate
-    wave = (0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) + 0.05 * np.random.default_rng(0).standard_normal(t.size))
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + t)) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
     feats = torch.from_numpy(preprocess_audio(wave.astype(np.float32), src.spec.audio))
     mask = torch.ones(feats.shape[0], feats.shape[-1], dtype=torch.long)
     ref = hf.get_audio_features(feats, mask).pooler_output
@@ -154,7 +160,9 @@ def check_against_transformers(src: ModelSource, stages) -> dict | None:
         log.info("reference check skipped: %s has no checkpoint/tokenizer for transformers to load", src.label)
         return None
     if params > REFERENCE_CHECK_MAX_PARAMS:
-        log.info("reference check skipped for %.1fB params (memory); run `autoglm-export verify` separately", params / 1e9)
+        log.info(
+            "reference check skipped for %.1fB params (memory); run `autoglm-export verify` separately", params / 1e9
+        )
         return None
     try:
         import transformers  # noqa: F401

@@ -50,11 +50,21 @@ def probe_cases(limit: int) -> list[ProbeCase]:
     try:
         prompts = load_calibration_set().prompts[:limit]
     except ExportError:
-        return [ProbeCase(cid, text, synthetic_screenshot(seed=i) if img else None,
-                          synthetic_speech(seed=i) if aud else None)
-                for i, (cid, text, img, aud) in enumerate(FALLBACK_CASES[:limit])]
-    return [ProbeCase(p.id, p.text, load_image(p.image) if p.image is not None else None,
-                      load_speech(p.audio) if p.audio is not None else None) for p in prompts]
+        return [
+            ProbeCase(
+                cid, text, synthetic_screenshot(seed=i) if img else None, synthetic_speech(seed=i) if aud else None
+            )
+            for i, (cid, text, img, aud) in enumerate(FALLBACK_CASES[:limit])
+        ]
+    return [
+        ProbeCase(
+            p.id,
+            p.text,
+            load_image(p.image) if p.image is not None else None,
+            load_speech(p.audio) if p.audio is not None else None,
+        )
+        for p in prompts
+    ]
 
 
 @dataclass
@@ -72,7 +82,9 @@ class Probe:
     continuation_embeds: np.ndarray | None = None  # [1, K, D]
 
 
-def build_probes(spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int = 3, decode_steps: int = 6) -> list[Probe]:
+def build_probes(
+    spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int = 3, decode_steps: int = 6
+) -> list[Probe]:
     tok = Tokenizer(tokenizer_path)
     probes = []
     for case in probe_cases(cases):
@@ -85,8 +97,13 @@ def build_probes(spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int
             parts.append({"type": "audio"})
             feats = preprocess_audio(case.audio, spec.audio)
         parts.append({"type": "text", "text": case.text})
-        inputs = encode_chat(tok, [Message("user", parts)], image_grids=spec.image.grid_thw,
-                             spatial_merge_size=spec.image.merge_size, audio_tokens_per_clip=spec.audio_tokens)
+        inputs = encode_chat(
+            tok,
+            [Message("user", parts)],
+            image_grids=spec.image.grid_thw,
+            spatial_merge_size=spec.image.merge_size,
+            audio_tokens_per_clip=spec.audio_tokens,
+        )
         probe = Probe(case.case_id, inputs.input_ids, inputs.position_ids, inputs.rope_delta, pixels, feats)
         _complete_with_reference(probe, spec, fp32_backend, decode_steps)
         probes.append(probe)
@@ -94,9 +111,13 @@ def build_probes(spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int
 
 
 def _splice(backend, probe: Probe, spec: ModelSpec) -> np.ndarray:
-    return splice(backend.token_embedding(probe.token_ids[None]), probe.token_ids, spec,
-                  backend.vision_encoder(probe.pixels) if probe.pixels is not None else None,
-                  backend.audio_encoder(probe.audio_features) if probe.audio_features is not None else None)
+    return splice(
+        backend.token_embedding(probe.token_ids[None]),
+        probe.token_ids,
+        spec,
+        backend.vision_encoder(probe.pixels) if probe.pixels is not None else None,
+        backend.audio_encoder(probe.audio_features) if probe.audio_features is not None else None,
+    )
 
 
 def _complete_with_reference(probe: Probe, spec: ModelSpec, backend, steps: int) -> None:
@@ -122,15 +143,21 @@ def decoder_trace(backend, probe: Probe, max_seq_len: int) -> np.ndarray:
     rows = []
     for start in range(0, n, max_seq_len):
         end = min(start + max_seq_len, n)
-        rows.append(backend.text_decoder(probe.prompt_embeds[:, start:end], np.arange(start, end),
-                                         probe.position_ids[:, start:end])[0])
+        rows.append(
+            backend.text_decoder(
+                probe.prompt_embeds[:, start:end], np.arange(start, end), probe.position_ids[:, start:end]
+            )[0]
+        )
     for k in range(len(probe.continuation)):
         # As in generation: an embedding call between decoder steps. Its output is discarded (all
         # backends get the same fp32 embeddings), but a runtime whose methods share memory with
         # the KV cache is caught here.
         backend.token_embedding(np.array([[probe.continuation[k]]]))
-        rows.append(backend.text_decoder(probe.continuation_embeds[:, k : k + 1], np.array([n + k]),
-                                         decode_positions(n + k, probe.rope_delta, 1))[0])
+        rows.append(
+            backend.text_decoder(
+                probe.continuation_embeds[:, k : k + 1], np.array([n + k]), decode_positions(n + k, probe.rope_delta, 1)
+            )[0]
+        )
     backend.reset()
     return np.concatenate(rows, axis=0)
 

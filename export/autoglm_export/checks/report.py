@@ -94,9 +94,12 @@ def _plot_png(result: BundleResult) -> str | None:
 
 
 def html_page(results: list[BundleResult], md: str) -> str:
-    parts = ["<!doctype html><meta charset='utf-8'><title>autoglm-export parity report</title>",
-             "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto}pre{background:#f5f5f5;padding:1em;"
-             "overflow-x:auto}</style>", "<h1>autoglm-export parity report</h1>"]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>autoglm-export parity report</title>",
+        "<style>body{font-family:sans-serif;max-width:1150px;margin:2em auto}pre{background:#f5f5f5;padding:1em;"
+        "overflow-x:auto}</style>",
+        "<h1>autoglm-export parity report</h1>",
+    ]
     for r in results:
         parts.append(f"<h2>{html.escape(r.target or '?')}: {html.escape(str(r.path))}</h2>")
         if r.problem:
@@ -104,7 +107,9 @@ def html_page(results: list[BundleResult], md: str) -> str:
             continue
         png = _plot_png(r)
         if png:
-            parts.append(f"<img alt='per-position logit error, {html.escape(r.target)}' src='data:image/png;base64,{png}'>")
+            parts.append(
+                f"<img alt='per-position logit error, {html.escape(r.target)}' src='data:image/png;base64,{png}'>"
+            )
     parts.append(f"<h2>Numbers</h2><pre>{html.escape(md)}</pre>")
     return "\n".join(parts)
 

@@ -61,7 +61,9 @@ class MoE(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.gate = TopKRouter(cfg)
-        self.experts = nn.ModuleList(SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.n_routed_experts))
+        self.experts = nn.ModuleList(
+            SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size) for _ in range(cfg.n_routed_experts)
+        )
         self.shared_experts = SwiGLU(cfg.hidden_size, cfg.moe_intermediate_size * cfg.n_shared_experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

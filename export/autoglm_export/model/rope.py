@@ -16,7 +16,9 @@ def inverse_frequencies(rotary_dim: int, theta: float) -> torch.Tensor:
 def plane_selector(mrope_section: tuple[int, ...]) -> torch.Tensor:
     """[3, rotary_dim/2] one-hot: which position plane drives each frequency (section i -> plane i % 3)."""
     planes = torch.cat([torch.full((n,), i % 3) for i, n in enumerate(mrope_section)])
-    return torch.nn.functional.one_hot(planes, 3).T.to(torch.float32).contiguous()  # ExecuTorch needs contiguous constants
+    return (
+        torch.nn.functional.one_hot(planes, 3).T.to(torch.float32).contiguous()
+    )  # ExecuTorch needs contiguous constants
 
 
 def mrope_cos_sin(

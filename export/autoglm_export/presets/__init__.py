@@ -37,35 +37,71 @@ class Preset:
 SMALL_CONFIG = {
     "model_type": "glm4v",
     "text_config": {
-        "vocab_size": 32000, "hidden_size": 1024, "intermediate_size": 2816, "num_hidden_layers": 16,
-        "num_attention_heads": 16, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "vocab_size": 32000,
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
         "rope_parameters": _rope(0.5, [4, 6, 6]),
     },
     "vision_config": {
-        "depth": 4, "hidden_size": 256, "num_heads": 4, "intermediate_size": 1024, "out_hidden_size": 1024,
-        "patch_size": 14, "image_size": 336, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        "depth": 4,
+        "hidden_size": 256,
+        "num_heads": 4,
+        "intermediate_size": 1024,
+        "out_hidden_size": 1024,
+        "patch_size": 14,
+        "image_size": 336,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
     },
-    "image_token_id": 31999, "image_start_token_id": 31997, "image_end_token_id": 31998,
+    "image_token_id": 31999,
+    "image_start_token_id": 31997,
+    "image_end_token_id": 31998,
     "eos_token_id": [2],
 }
 SMALL_AUDIO_CONFIG = {
     "model_type": "glmasr",
-    "audio_config": {"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 4, "num_mel_bins": 128},
+    "audio_config": {
+        "hidden_size": 256,
+        "intermediate_size": 1024,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_mel_bins": 128,
+    },
     "text_config": {"hidden_size": 1024},
 }
 # The real config.json's fields (shared/notes/glm4v.md); tools/make_real_checkpoint.py writes the same.
 AUTOGLM_PHONE_9B_CONFIG = {
     "model_type": "glm4v",
     "text_config": {
-        "vocab_size": 151552, "hidden_size": 4096, "intermediate_size": 13696, "num_hidden_layers": 40,
-        "num_attention_heads": 32, "num_key_value_heads": 2, "rms_norm_eps": 1e-5, "attention_bias": True,
-        "max_position_embeddings": 65536, "rope_parameters": _rope(0.5, [8, 12, 12]),
+        "vocab_size": 151552,
+        "hidden_size": 4096,
+        "intermediate_size": 13696,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "attention_bias": True,
+        "max_position_embeddings": 65536,
+        "rope_parameters": _rope(0.5, [8, 12, 12]),
     },
     "vision_config": {
-        "depth": 24, "hidden_size": 1536, "num_heads": 12, "intermediate_size": 13696, "out_hidden_size": 4096,
-        "patch_size": 14, "image_size": 336, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        "depth": 24,
+        "hidden_size": 1536,
+        "num_heads": 12,
+        "intermediate_size": 13696,
+        "out_hidden_size": 4096,
+        "patch_size": 14,
+        "image_size": 336,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
     },
-    "image_token_id": 151343, "image_start_token_id": 151339, "image_end_token_id": 151340,
+    "image_token_id": 151343,
+    "image_start_token_id": 151339,
+    "image_end_token_id": 151340,
     "eos_token_id": [151329, 151336, 151338, 151348],
     "tie_word_embeddings": False,
 }
@@ -87,7 +123,9 @@ PRESETS: dict[str, Preset] = {
     # 8192 tokens hold an agent turn: a ~3k-token system prompt, one screenshot, a few turns of history
     # (issue 11 item 7); the KV cache is then 0.34 GB in fp16.
     "autoglm-phone-9b": Preset(
-        "autoglm-phone-9b", ExportShape(max_context=8192, image_hw=(672, 308), audio_frames=3000), config=AUTOGLM_PHONE_9B_CONFIG
+        "autoglm-phone-9b",
+        ExportShape(max_context=8192, image_hw=(672, 308), audio_frames=3000),
+        config=AUTOGLM_PHONE_9B_CONFIG,
     ),
 }
 

@@ -61,6 +61,7 @@ class CalibrateOptions:
 
 # ----------------------------------------------------------------------------- block-wise forward
 
+
 class _StopForward(Exception):
     """Raised by a hook right after the block being calibrated: nothing later needs to run."""
 
@@ -105,14 +106,25 @@ def _encoder_outputs(model, samples: list[Sample]) -> list[dict]:
     out = []
     with torch.no_grad():
         for s in samples:
-            out.append({"vision": model.vision_encoder(torch.from_numpy(s.pixels)) if s.pixels is not None else None,
-                        "audio": model.audio_encoder(torch.from_numpy(s.features)) if s.features is not None else None})
+            out.append(
+                {
+                    "vision": model.vision_encoder(torch.from_numpy(s.pixels)) if s.pixels is not None else None,
+                    "audio": model.audio_encoder(torch.from_numpy(s.features)) if s.features is not None else None,
+                }
+            )
     return out
 
 
 @torch.no_grad()
-def calibrate_model(model: nn.Module, spec, samples: list[Sample], recipe: QuantRecipe, method: str = "gptq",
-                    damp: float = 0.01, progress=None) -> tuple[dict[str, QuantizedLinear], dict]:
+def calibrate_model(
+    model: nn.Module,
+    spec,
+    samples: list[Sample],
+    recipe: QuantRecipe,
+    method: str = "gptq",
+    damp: float = 0.01,
+    progress=None,
+) -> tuple[dict[str, QuantizedLinear], dict]:
     """Quantize every linear the recipe covers, in place (weights become their dequantized codes).
 
     Returns (fqn -> QuantizedLinear, per-layer stats). ``progress(done, total, block)`` is called per block.
@@ -130,7 +142,9 @@ def calibrate_model(model: nn.Module, spec, samples: list[Sample], recipe: Quant
         if tower == "text" and cached is None:
             cached = _encoder_outputs(model, samples)
         accs = {fqn: HessianAccumulator(targets[fqn][0].in_features) for fqn in linears}
-        hooks = [modules[fqn].register_forward_pre_hook(lambda m, args, acc=accs[fqn]: acc.add(args[0])) for fqn in linears]
+        hooks = [
+            modules[fqn].register_forward_pre_hook(lambda m, args, acc=accs[fqn]: acc.add(args[0])) for fqn in linears
+        ]
 
         def stop(*_):
             raise _StopForward
@@ -156,7 +170,12 @@ def calibrate_model(model: nn.Module, spec, samples: list[Sample], recipe: Quant
             else:
                 r = gptq_quantize(mod.weight, acc, bits, group, damp=damp)
                 codes, scales = r.codes, r.scales
-                stats[fqn] = {"tokens": acc.tokens, "method": "gptq", "output_mse": r.loss, "rtn_output_mse": r.rtn_loss}
+                stats[fqn] = {
+                    "tokens": acc.tokens,
+                    "method": "gptq",
+                    "output_mse": r.loss,
+                    "rtn_output_mse": r.rtn_loss,
+                }
             result[fqn] = QuantizedLinear(codes, scales, bits)
             mod.weight.copy_(result[fqn].dequantize().to(mod.weight.dtype))
         if progress:
@@ -197,7 +216,14 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     n_img = sum(s.pixels is not None for s in samples)
     n_aud = sum(s.features is not None for s in samples)
     tokens = sum(len(s.token_ids) for s in samples)
-    log.info("  %d samples (%d with a screenshot, %d with speech), %d tokens, from %s", len(samples), n_img, n_aud, tokens, cal.root)
+    log.info(
+        "  %d samples (%d with a screenshot, %d with speech), %d tokens, from %s",
+        len(samples),
+        n_img,
+        n_aud,
+        tokens,
+        cal.root,
+    )
     summary = model_summary(src)  # before any weight changes (the fingerprint the exporters check)
     t0 = time.perf_counter()
     with stages.stage(f"{opts.method} block by block"), block_progress(opts.method) as progress:
@@ -207,8 +233,12 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     mse = sum(s["output_mse"] for s in gptq)
     rtn_mse = sum(s["rtn_output_mse"] for s in gptq)
     if gptq:
-        log.info("  summed layer output MSE: gptq %.4g vs round-to-nearest %.4g (%.0f%% lower)",
-                 mse, rtn_mse, 100 * (1 - mse / rtn_mse) if rtn_mse else 0.0)
+        log.info(
+            "  summed layer output MSE: gptq %.4g vs round-to-nearest %.4g (%.0f%% lower)",
+            mse,
+            rtn_mse,
+            100 * (1 - mse / rtn_mse) if rtn_mse else 0.0,
+        )
     config = {
         "method": opts.method,
         "created_by": f"autoglm-export {__version__}",
@@ -216,14 +246,25 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
         "model": summary,
         "recipe": opts.recipe.to_dict(),
         "calibration": {
-            "data": str(cal.root), "samples": len(samples), "with_image": n_img, "with_audio": n_aud, "tokens": tokens,
-            "damp": opts.damp, "seconds": round(time.perf_counter() - t0, 1),
-            "summed_output_mse": mse, "summed_rtn_output_mse": rtn_mse, "layers": stats,
+            "data": str(cal.root),
+            "samples": len(samples),
+            "with_image": n_img,
+            "with_audio": n_aud,
+            "tokens": tokens,
+            "damp": opts.damp,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "summed_output_mse": mse,
+            "summed_rtn_output_mse": rtn_mse,
+            "layers": stats,
         },
     }
     with stages.stage(f"write {opts.out}"):
         qc = qcheckpoint.from_model(src.model, linears, config)
         qcheckpoint.save(qc, opts.out, force=opts.force)
-    log.info("wrote %s (%d quantized linears, %.1f MB)", opts.out, len(linears),
-             sum(f.stat().st_size for f in opts.out.iterdir()) / 1e6)
+    log.info(
+        "wrote %s (%d quantized linears, %.1f MB)",
+        opts.out,
+        len(linears),
+        sum(f.stat().st_size for f in opts.out.iterdir()) / 1e6,
+    )
     return opts.out

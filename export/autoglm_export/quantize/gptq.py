@@ -39,13 +39,14 @@ class GPTQResult:
 
 
 def output_error(weight: torch.Tensor, dequantized: torch.Tensor, h: torch.Tensor, tokens: int) -> float:
-    d = (weight.double() - dequantized.double())
+    d = weight.double() - dequantized.double()
     return float(torch.einsum("oi,ij,oj->", d, h, d) / max(tokens * weight.shape[0], 1))
 
 
 @torch.no_grad()
-def gptq_quantize(weight: torch.Tensor, acc: HessianAccumulator, bits: int, group_size: int,
-                  damp: float = 0.01, block: int = 128) -> GPTQResult:
+def gptq_quantize(
+    weight: torch.Tensor, acc: HessianAccumulator, bits: int, group_size: int, damp: float = 0.01, block: int = 128
+) -> GPTQResult:
     out_f, in_f = weight.shape
     if in_f % group_size:
         raise ValueError(f"in_features {in_f} is not a multiple of group size {group_size}")
@@ -69,7 +70,7 @@ def gptq_quantize(weight: torch.Tensor, acc: HessianAccumulator, bits: int, grou
         for i in range(b1 - b0):
             col = b0 + i
             if col % group_size == 0:
-                s = grid.group_scales(w_blk[:, i:i + group_size].float(), bits, group_size)[:, 0]
+                s = grid.group_scales(w_blk[:, i : i + group_size].float(), bits, group_size)[:, 0]
                 scales[:, col // group_size] = s
                 s_col = s.double()
             q = torch.clamp(torch.round(w_blk[:, i] * (1.0 / s_col)), qmin, qmax)
@@ -81,7 +82,8 @@ def gptq_quantize(weight: torch.Tensor, acc: HessianAccumulator, bits: int, grou
 
     rtn_codes, rtn_scales = grid.round_to_nearest(weight.float(), bits, group_size)
     return GPTQResult(
-        codes=codes, scales=scales,
+        codes=codes,
+        scales=scales,
         loss=output_error(weight, grid.dequantize_codes(codes, scales), acc.h, acc.tokens),
         rtn_loss=output_error(weight, grid.dequantize_codes(rtn_codes, rtn_scales), acc.h, acc.tokens),
     )

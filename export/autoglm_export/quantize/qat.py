@@ -74,6 +74,7 @@ class QATOptions:
 
 # ----------------------------------------------------------------------------- forward / loss
 
+
 def _fresh_cache(model) -> None:
     # A new zero cache per sample: the in-place cache writes of the last step must not link graphs.
     for layer in model.text.layers:
@@ -118,6 +119,7 @@ def distillation_loss(student_logits: torch.Tensor, target: tuple[torch.Tensor, 
 
 # ----------------------------------------------------------------------------- torchao QAT
 
+
 def _schemes(model: nn.Module, recipe: QuantRecipe) -> dict[str, tuple[int, int]]:
     return {fqn: (bits, group) for fqn, (_, bits, group) in qcheckpoint.quantizable_linears(model, recipe).items()}
 
@@ -132,8 +134,11 @@ def apply_qat(model: nn.Module, schemes: dict[str, tuple[int, int]], step: str) 
     kinds = sorted({(bits, group if bits == 4 else 0) for bits, group in schemes.values()})
     for bits, group in kinds:
         chosen = {fqn for fqn, (b, g) in schemes.items() if b == bits and (bits == 8 or g == group)}
-        quantize_(model, QATConfig(linear_config("8da8w" if bits == 8 else "8da4w", group), step=step),
-                  lambda m, fqn, chosen=chosen: isinstance(m, nn.Linear) and fqn in chosen)
+        quantize_(
+            model,
+            QATConfig(linear_config("8da8w" if bits == 8 else "8da4w", group), step=step),
+            lambda m, fqn, chosen=chosen: isinstance(m, nn.Linear) and fqn in chosen,
+        )
 
 
 def converted_linears(model: nn.Module, schemes: dict[str, tuple[int, int]]) -> dict[str, QuantizedLinear]:
@@ -154,6 +159,7 @@ def converted_linears(model: nn.Module, schemes: dict[str, tuple[int, int]]) -> 
 
 # ----------------------------------------------------------------------------- resumable state
 
+
 def _save_state(model, opt, step: int, losses: list[float], opts: QATOptions) -> None:
     from safetensors.torch import save_file
 
@@ -166,8 +172,18 @@ def _save_state(model, opt, step: int, losses: list[float], opts: QATOptions) ->
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses, "lr": opts.lr, "seed": opts.seed,
-                                                "steps": opts.steps, "recipe": opts.recipe.to_dict()}))
+    (tmp / "state.json").write_text(
+        json.dumps(
+            {
+                "step": step,
+                "losses": losses,
+                "lr": opts.lr,
+                "seed": opts.seed,
+                "steps": opts.steps,
+                "recipe": opts.recipe.to_dict(),
+            }
+        )
+    )
     shutil.rmtree(opts.state_dir, ignore_errors=True)
     tmp.rename(opts.state_dir)
 
@@ -180,8 +196,10 @@ def _load_state(model, opt, opts: QATOptions) -> tuple[int, list[float]]:
         raise ExportError(f"--resume: no training state at {opts.state_dir} (nothing to resume)")
     meta = json.loads(meta_path.read_text())
     if meta["recipe"] != opts.recipe.to_dict() or meta["seed"] != opts.seed:
-        raise ExportError(f"--resume: {opts.state_dir} was trained with recipe {meta['recipe']} seed {meta['seed']}; "
-                          "pass the same options or start over without --resume")
+        raise ExportError(
+            f"--resume: {opts.state_dir} was trained with recipe {meta['recipe']} seed {meta['seed']}; "
+            "pass the same options or start over without --resume"
+        )
     params = dict(model.named_parameters())
     with safe_open(str(opts.state_dir / "state.safetensors"), "pt") as f, torch.no_grad():
         for n, p in params.items():
@@ -189,12 +207,16 @@ def _load_state(model, opt, opts: QATOptions) -> tuple[int, list[float]]:
         for n, p in params.items():
             key = f"adam.exp_avg.{n}"
             if key in f.keys():
-                opt.state[p] = {"step": torch.tensor(float(meta["step"])), "exp_avg": f.get_tensor(key),
-                                "exp_avg_sq": f.get_tensor(f"adam.exp_avg_sq.{n}")}
+                opt.state[p] = {
+                    "step": torch.tensor(float(meta["step"])),
+                    "exp_avg": f.get_tensor(key),
+                    "exp_avg_sq": f.get_tensor(f"adam.exp_avg_sq.{n}"),
+                }
     return int(meta["step"]), list(meta["losses"])
 
 
 # ----------------------------------------------------------------------------- command
+
 
 def _lr_at(step: int, opts: QATOptions) -> float:
     warmup = max(1, opts.steps // 10)
@@ -231,15 +253,24 @@ def run_qat(request: ModelRequest, opts: QATOptions) -> Path:
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=opts.lr, weight_decay=0.0)
-    start, losses = (_load_state(model, opt, opts) if opts.resume else (0, []))
+    start, losses = _load_state(model, opt, opts) if opts.resume else (0, [])
     if start:
         log.info("  resumed from %s at step %d", opts.state_dir, start)
     log_path = opts.out.with_name(opts.out.name + ".qat-log.jsonl")
     model.train()
     t0 = time.perf_counter()
-    with stages.stage(f"train {opts.steps} steps (lr {opts.lr}, seed {opts.seed})"), log_path.open("a" if start else "w") as logf, \
-            Progress(TextColumn("[bold]qat"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-                     TimeRemainingColumn(), transient=True) as bar:
+    with (
+        stages.stage(f"train {opts.steps} steps (lr {opts.lr}, seed {opts.seed})"),
+        log_path.open("a" if start else "w") as logf,
+        Progress(
+            TextColumn("[bold]qat"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeRemainingColumn(),
+            transient=True,
+        ) as bar,
+    ):
         task = bar.add_task("", total=opts.steps, completed=start, loss=losses[-1] if losses else float("nan"))
         for step in range(start, opts.steps):
             i = int(np.random.default_rng([opts.seed, step]).integers(len(samples)))
@@ -272,10 +303,19 @@ def run_qat(request: ModelRequest, opts: QATOptions) -> Path:
         "model": summary,
         "recipe": opts.recipe.to_dict(),
         "calibration": {
-            "data": str(cal.root), "samples": len(samples), "tokens": int(sum(len(s.token_ids) for s in samples)),
-            "steps": opts.steps, "lr": opts.lr, "seed": opts.seed, "top_k": opts.top_k, "train_encoders": opts.train_encoders,
+            "data": str(cal.root),
+            "samples": len(samples),
+            "tokens": int(sum(len(s.token_ids) for s in samples)),
+            "steps": opts.steps,
+            "lr": opts.lr,
+            "seed": opts.seed,
+            "top_k": opts.top_k,
+            "train_encoders": opts.train_encoders,
             "loss": "KL(teacher || student) over the teacher's top-k tokens + one tail bucket",
-            "loss_first": first, "loss_last": last, "log": str(log_path), "seconds": round(time.perf_counter() - t0, 1),
+            "loss_first": first,
+            "loss_last": last,
+            "log": str(log_path),
+            "seconds": round(time.perf_counter() - t0, 1),
         },
     }
     with stages.stage(f"write {opts.out}"):

@@ -69,6 +69,7 @@ class QuantizedCheckpoint:
 
 # ----------------------------------------------------------------------------- build from a model
 
+
 def linear_scheme(fqn: str, layer: nn.Linear, recipe) -> tuple[int, int] | None:
     """(bits, group_size) the recipe gives this linear, with the 8da4w -> int8 per-channel fallback; None: fp32."""
     from .recipes import applied_scheme
@@ -102,6 +103,7 @@ def from_model(model: nn.Module, linears: dict[str, QuantizedLinear], config: di
 
 # ----------------------------------------------------------------------------- save / load
 
+
 def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
     """Write atomically: a temp dir next to ``out_dir``, renamed into place when complete."""
     from safetensors.torch import save_file
@@ -113,7 +115,9 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
         if not force:
             raise ExportError(f"{out_dir} exists; pass --force to overwrite")
         if not (out_dir / CONFIG_NAME).is_file():
-            raise ExportError(f"{out_dir} exists and is not a quantized checkpoint (no {CONFIG_NAME}); refusing to replace it")
+            raise ExportError(
+                f"{out_dir} exists and is not a quantized checkpoint (no {CONFIG_NAME}); refusing to replace it"
+            )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out_dir.parent, f".{out_dir.name}.")
     try:
@@ -126,8 +130,13 @@ def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
         for name, t in sorted(qc.params.items()):
             tensors[name] = t.float().contiguous()
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-        config = {**qc.config, "format": FORMAT, "version": VERSION, "layers": layers,
-                  "files": {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)}}
+        config = {
+            **qc.config,
+            "format": FORMAT,
+            "version": VERSION,
+            "layers": layers,
+            "files": {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)},
+        }
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
         follow_umask(tmp)
         if out_dir.exists():
@@ -220,6 +229,7 @@ def load(path: Path) -> QuantizedCheckpoint:
 
 # ----------------------------------------------------------------------------- use in an exporter
 
+
 def check_matches(qc: QuantizedCheckpoint, src) -> None:
     """The checkpoint must belong to the model being exported: same architecture summary."""
     from ..summary import model_summary
@@ -227,8 +237,10 @@ def check_matches(qc: QuantizedCheckpoint, src) -> None:
     ours, theirs = model_summary(src), qc.config.get("model", {})
     for key in sorted(set(ours) | set(theirs)):
         if ours.get(key) != theirs.get(key):
-            raise CheckpointError(f"{qc.path}: quantized for a different model ({key}: {theirs.get(key)} in "
-                                  f"{CONFIG_NAME}, {ours.get(key)} in {src.label}); pass the --checkpoint/--preset it was made from")
+            raise CheckpointError(
+                f"{qc.path}: quantized for a different model ({key}: {theirs.get(key)} in "
+                f"{CONFIG_NAME}, {ours.get(key)} in {src.label}); pass the --checkpoint/--preset it was made from"
+            )
 
 
 @torch.no_grad()
@@ -265,9 +277,11 @@ def _overwrite(model: nn.Module, name: str, param: torch.Tensor, value: torch.Te
 def recipe_matches(qc: QuantizedCheckpoint, linear: str, encoder: str, group_size: int) -> None:
     r = qc.recipe
     if (r["linear"], r["encoder"], int(r["group_size"])) != (linear, encoder, group_size):
-        raise ExportError(f"{qc.path}: quantized as linear={r['linear']} encoder={r['encoder']} group={r['group_size']}; "
-                          f"the export asked for linear={linear} encoder={encoder} group={group_size}. "
-                          "Drop the quantization options (the checkpoint sets them) or re-run calibrate/qat")
+        raise ExportError(
+            f"{qc.path}: quantized as linear={r['linear']} encoder={r['encoder']} group={r['group_size']}; "
+            f"the export asked for linear={linear} encoder={encoder} group={group_size}. "
+            "Drop the quantization options (the checkpoint sets them) or re-run calibrate/qat"
+        )
 
 
 def block_size_for(layers: dict[str, dict], block_size: int | None, path) -> int:
@@ -282,10 +296,14 @@ def block_size_for(layers: dict[str, dict], block_size: int | None, path) -> int
     if len(groups) > 1:
         raise ExportError(f"{path}: int4 layers in groups of {groups}; the export takes one block size")
     if block_size is not None and block_size != groups[0]:
-        raise ExportError(f"--block-size {block_size}: the quantized checkpoint {path} has int4 groups of {groups[0]}; "
-                          f"drop --block-size (it defaults to the checkpoint's) or re-run calibrate/qat with --group-size {block_size}")
+        raise ExportError(
+            f"--block-size {block_size}: the quantized checkpoint {path} has int4 groups of {groups[0]}; "
+            f"drop --block-size (it defaults to the checkpoint's) or re-run calibrate/qat with --group-size {block_size}"
+        )
     if groups[0] not in BLOCK_SIZES:
-        raise ExportError(f"{path}: int4 groups of {groups[0]}; this target takes blocks of {', '.join(map(str, BLOCK_SIZES))}")
+        raise ExportError(
+            f"{path}: int4 groups of {groups[0]}; this target takes blocks of {', '.join(map(str, BLOCK_SIZES))}"
+        )
     return groups[0]
 
 

@@ -45,8 +45,11 @@ class QuantRecipe:
     embedding: str = "8"
 
     def __post_init__(self):
-        for name, value, allowed in (("--quant", self.linear, LINEAR_SCHEMES), ("--quant-encoder", self.encoder, LINEAR_SCHEMES),
-                                     ("--quant-embedding", self.embedding, EMBEDDING_SCHEMES)):
+        for name, value, allowed in (
+            ("--quant", self.linear, LINEAR_SCHEMES),
+            ("--quant-encoder", self.encoder, LINEAR_SCHEMES),
+            ("--quant-embedding", self.embedding, EMBEDDING_SCHEMES),
+        ):
             if value in REFUSED:
                 raise ExportError(f"{name} {value}: {REFUSED[value]}")
             if value not in allowed:
@@ -121,12 +124,19 @@ def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed) -> None:
 
     rtn, q = linear.weight, fixed
     if tuple(rtn.block_size) != (1, q.group_size) or rtn.target_dtype != getattr(torch, f"int{q.bits}"):
-        raise ExportError(f"{fqn}: the quantized checkpoint has int{q.bits}/group {q.group_size}, the recipe made "
-                          f"{rtn.target_dtype}/block {tuple(rtn.block_size)}")
+        raise ExportError(
+            f"{fqn}: the quantized checkpoint has int{q.bits}/group {q.group_size}, the recipe made "
+            f"{rtn.target_dtype}/block {tuple(rtn.block_size)}"
+        )
     weight = IntxUnpackedToInt8Tensor(
-        qdata=q.codes.to(torch.int8), scale=q.scales.to(rtn.scale.dtype), zero_point=torch.zeros_like(rtn.zero_point),
-        target_dtype=rtn.target_dtype, block_size=rtn.block_size, dtype=rtn.dtype,
-        activation_quantization=rtn.activation_quantization)
+        qdata=q.codes.to(torch.int8),
+        scale=q.scales.to(rtn.scale.dtype),
+        zero_point=torch.zeros_like(rtn.zero_point),
+        target_dtype=rtn.target_dtype,
+        block_size=rtn.block_size,
+        dtype=rtn.dtype,
+        activation_quantization=rtn.activation_quantization,
+    )
     linear.weight = nn.Parameter(weight, requires_grad=False)
 
 
@@ -268,8 +278,11 @@ def apply_recipe(model: nn.Module, recipe: QuantRecipe, fixed: dict | None = Non
     if recipe.embedding != "none":
         bits = recipe.embedding
         if bits == "4" and embed.embedding_dim % recipe.group_size:
-            log.warning("text.embed_tokens: width %d is not a multiple of group size %d; using 8-bit",
-                        embed.embedding_dim, recipe.group_size)
+            log.warning(
+                "text.embed_tokens: width %d is not a multiple of group size %d; using 8-bit",
+                embed.embedding_dim,
+                recipe.group_size,
+            )
             report.fallbacks.append("text.embed_tokens")
             bits = "8"
         quantize_module(embed, _embedding_config(bits, recipe.group_size))
@@ -286,5 +299,7 @@ def apply_recipe(model: nn.Module, recipe: QuantRecipe, fixed: dict | None = Non
         raise RuntimeError(f"weights left as stored (not fp32) after quantizing: {left[:5]}")
     unused = sorted(set(fixed or {}) - set(report.calibrated))
     if unused:
-        raise ExportError(f"the quantized checkpoint has integer weights for {unused[:5]} but the recipe leaves them fp32")
+        raise ExportError(
+            f"the quantized checkpoint has integer weights for {unused[:5]} but the recipe leaves them fp32"
+        )
     return report

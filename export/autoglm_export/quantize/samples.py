@@ -31,8 +31,9 @@ class Sample:
     features: np.ndarray | None = None
 
 
-def build_samples(src: ModelSource, cal: CalibrationSet, max_prompts: int | None = None, text_windows: int = 32,
-                  seq_len: int = 256) -> list[Sample]:
+def build_samples(
+    src: ModelSource, cal: CalibrationSet, max_prompts: int | None = None, text_windows: int = 32, seq_len: int = 256
+) -> list[Sample]:
     """Prompts with their screenshot / speech through the chat template, then ``text_windows``
     windows of ``seq_len`` tokens of plain calibration text (shared by ``calibrate`` and ``qat``)."""
     if src.tokenizer_path is None:
@@ -49,16 +50,23 @@ def build_samples(src: ModelSource, cal: CalibrationSet, max_prompts: int | None
             parts.append({"type": "audio"})
             feats = preprocess_audio(load_speech(p.audio), spec.audio)
         parts.append({"type": "text", "text": p.text})
-        enc = encode_chat(tok, [Message("user", parts)], image_grids=spec.image.grid_thw,
-                          spatial_merge_size=spec.image.merge_size, audio_tokens_per_clip=spec.audio_tokens)
+        enc = encode_chat(
+            tok,
+            [Message("user", parts)],
+            image_grids=spec.image.grid_thw,
+            spatial_merge_size=spec.image.merge_size,
+            audio_tokens_per_clip=spec.audio_tokens,
+        )
         if len(enc.input_ids) > limit:
-            log.warning("calibration prompt %s is %d tokens, over the context %d; skipped", p.id, len(enc.input_ids), limit)
+            log.warning(
+                "calibration prompt %s is %d tokens, over the context %d; skipped", p.id, len(enc.input_ids), limit
+            )
             continue
         samples.append(Sample(np.asarray(enc.input_ids), np.asarray(enc.position_ids), pixels, feats))
     window = min(seq_len, limit)
     stream = np.asarray([i for line in cal.texts for i in tok.encode(line + "\n")], dtype=np.int64)
     for k in range(min(text_windows, len(stream) // window)):
-        ids = stream[k * window:(k + 1) * window]
+        ids = stream[k * window : (k + 1) * window]
         samples.append(Sample(ids, np.tile(np.arange(window), (3, 1))))
     if not samples:
         raise ExportError(f"{cal.root}: no usable calibration samples (prompts over the context or no text)")

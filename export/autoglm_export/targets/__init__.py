@@ -21,7 +21,7 @@ from ..errors import ExportError
 from ..quantize import QuantRecipe, QuantReport
 
 TARGET_MODULES = {"executorch": "executorch.export", "coreml": "coreml.export", "onnx": "onnx.export"}
-TARGETS: dict[str, "Target"] = {}
+TARGETS: dict[str, Target] = {}
 
 
 def register_target(cls):
@@ -30,7 +30,7 @@ def register_target(cls):
     return cls
 
 
-def get_target(name: str) -> "Target":
+def get_target(name: str) -> Target:
     if name not in TARGET_MODULES:
         raise ExportError(f"unknown target '{name}': expected one of {', '.join(TARGET_MODULES)}")
     if name not in TARGETS:

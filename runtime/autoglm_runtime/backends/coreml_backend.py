@@ -109,8 +109,12 @@ class _MLModelEngine:
             import coremltools as ct
         except ImportError as e:
             raise BundleError(f"running Core ML packages with MLModel needs coremltools on macOS ({e})") from None
-        units = {"all": ct.ComputeUnit.ALL, "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU,
-                 "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE, "cpu_only": ct.ComputeUnit.CPU_ONLY}[compute_units]
+        units = {
+            "all": ct.ComputeUnit.ALL,
+            "cpu_and_gpu": ct.ComputeUnit.CPU_AND_GPU,
+            "cpu_and_ne": ct.ComputeUnit.CPU_AND_NE,
+            "cpu_only": ct.ComputeUnit.CPU_ONLY,
+        }[compute_units]
         self.path = path
         self.functions = list(functions)
         self.models = {}
@@ -153,18 +157,20 @@ class CoreMLBackend:
         self.reset()
 
     @classmethod
-    def from_bundle(cls, bundle, engine: str | None = None) -> "CoreMLBackend":
+    def from_bundle(cls, bundle, engine: str | None = None) -> CoreMLBackend:
         if bundle.target != "coreml":
             raise BundleError(f"{bundle.root}: a {bundle.target} bundle, not a Core ML one")
         coreml = bundle.manifest.get("coreml")
         if not isinstance(coreml, dict):
             raise BundleError(f"{bundle.root}: manifest.json has no 'coreml' section")
-        for comp, pkg in (coreml.get("packages") or {}).items():
+        for _comp, pkg in (coreml.get("packages") or {}).items():
             bundle.path(pkg["file"])  # listed in the manifest (its files were hash-checked by open_bundle)
         backend = cls(bundle.root, coreml, engine=engine)
         if backend.max_context != bundle.spec.max_context:
-            raise BundleError(f"{bundle.root}: TextDecoder max_context {backend.max_context} but manifest.json "
-                              f"runtime says {bundle.spec.max_context}")
+            raise BundleError(
+                f"{bundle.root}: TextDecoder max_context {backend.max_context} but manifest.json "
+                f"runtime says {bundle.spec.max_context}"
+            )
         return backend
 
     # ---- engines, loaded on first use
@@ -210,8 +216,10 @@ class CoreMLBackend:
         """[1, S] -> [1, S, hidden]; longer than the package's bound (max_context) runs in pieces."""
         ids = np.asarray(token_ids).astype(np.int32)
         step = self.max_context
-        outs = [np.asarray(self._run("token_embedding", {"token_ids": ids[:, i : i + step]})["embeds"], np.float32)
-                for i in range(0, ids.shape[1], step)]
+        outs = [
+            np.asarray(self._run("token_embedding", {"token_ids": ids[:, i : i + step]})["embeds"], np.float32)
+            for i in range(0, ids.shape[1], step)
+        ]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
     def text_decoder(self, embeds: np.ndarray, cache_position: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
@@ -223,9 +231,13 @@ class CoreMLBackend:
         if n == 0:
             raise BundleError("text_decoder called with no tokens")
         if not np.array_equal(cache_position, np.arange(start, start + n)):
-            raise BundleError("the Core ML decoder writes consecutive cache slots: cache_position must be start..start+S-1")
+            raise BundleError(
+                "the Core ML decoder writes consecutive cache slots: cache_position must be start..start+S-1"
+            )
         if start + n > self.max_context:
-            raise BundleError(f"cache positions up to {start + n - 1} exceed the exported context of {self.max_context} tokens")
+            raise BundleError(
+                f"cache positions up to {start + n - 1} exceed the exported context of {self.max_context} tokens"
+            )
         run = self._decode_state if self.kv_cache == "state" else self._decode_explicit
         return run(embeds, start, position_ids)
 
@@ -259,8 +271,11 @@ class CoreMLBackend:
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)
 
     def _call_state(self, function: str, embeds, position_ids, start: int, rows: int) -> np.ndarray:
-        inputs = {"inputs_embeds": embeds.astype(np.float16), "position_ids": position_ids.astype(np.int32),
-                  "causal_mask": causal_mask(start, rows)}
+        inputs = {
+            "inputs_embeds": embeds.astype(np.float16),
+            "position_ids": position_ids.astype(np.int32),
+            "causal_mask": causal_mask(start, rows),
+        }
         out = self._run("text_decoder", inputs, function, self._state)
         return np.asarray(out["logits"], np.float32)
 
@@ -270,9 +285,12 @@ class CoreMLBackend:
         for i in range(0, n, C):
             s = min(C, n - i)
             pos = start + i
-            inputs = {"inputs_embeds": embeds[:, i : i + s].astype(np.float16),
-                      "position_ids": position_ids[:, i : i + s].astype(np.int32),
-                      "causal_mask": causal_mask(pos, s), **self._cache}
+            inputs = {
+                "inputs_embeds": embeds[:, i : i + s].astype(np.float16),
+                "position_ids": position_ids[:, i : i + s].astype(np.int32),
+                "causal_mask": causal_mask(pos, s),
+                **self._cache,
+            }
             out = self._run("text_decoder", inputs, "main")
             self._cache["key_cache"][:, :, :, pos : pos + s, :] = out["key_update"]
             self._cache["value_cache"][:, :, :, pos : pos + s, :] = out["value_update"]

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
-from ..spec import COMPONENTS, REQUIRED_COMPONENTS
+from ..spec import REQUIRED_COMPONENTS
 
 RESET_METHOD = "reset_cache"
 METADATA_PREFIXES = ("get_", "use_", "enable_")
@@ -86,11 +86,17 @@ class ExecuTorchProgram:
 
     def method(self, name: str):
         if name not in self.method_names:
-            raise BundleError(f"{self.path}: the program has no method {name!r} (it has {', '.join(sorted(self.method_names))})")
+            raise BundleError(
+                f"{self.path}: the program has no method {name!r} (it has {', '.join(sorted(self.method_names))})"
+            )
         try:
             return self.program.load_method(name)  # cached by the Program after the first load
         except Exception as e:
-            hint = f"; kernel libraries that failed to import: {', '.join(self._missing_kernels)}" if self._missing_kernels else ""
+            hint = (
+                f"; kernel libraries that failed to import: {', '.join(self._missing_kernels)}"
+                if self._missing_kernels
+                else ""
+            )
             raise BundleError(f"{self.path}: cannot load method {name!r}: {e}{hint}") from None
 
     def input_bounds(self, name: str) -> list[tuple[int, ...]]:
@@ -141,7 +147,7 @@ class ExecuTorchBackend:
         self._embedding_chunk = self.program.input_bounds("token_embedding")[0][1]
 
     @classmethod
-    def from_bundle(cls, bundle, file: str = "model.pte") -> "ExecuTorchBackend":
+    def from_bundle(cls, bundle, file: str = "model.pte") -> ExecuTorchBackend:
         """The backend for an opened Bundle; its metadata must agree with the manifest's spec."""
         if bundle.target != "executorch":
             raise BundleError(f"{bundle.root}: a {bundle.target} bundle, not an ExecuTorch one")
@@ -169,7 +175,10 @@ class ExecuTorchBackend:
         """[1, S] -> [1, S, hidden]; longer than the exported bound runs in chunks (it is per token anyway)."""
         token_ids = token_ids.astype(np.int64, copy=False)
         step = self._embedding_chunk
-        outs = [self.program.run("token_embedding", token_ids[:, i : i + step])[0] for i in range(0, token_ids.shape[1], step)]
+        outs = [
+            self.program.run("token_embedding", token_ids[:, i : i + step])[0]
+            for i in range(0, token_ids.shape[1], step)
+        ]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
     def text_decoder(self, embeds: np.ndarray, cache_position: np.ndarray, position_ids: np.ndarray) -> np.ndarray:

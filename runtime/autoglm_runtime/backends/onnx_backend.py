@@ -32,11 +32,18 @@ def _import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as e:
-        raise BundleError(f"the ONNX backend needs the onnxruntime package ({e}); install autoglm-export[targets]") from None
+        raise BundleError(
+            f"the ONNX backend needs the onnxruntime package ({e}); install autoglm-export[targets]"
+        ) from None
     return onnxruntime
 
 
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(float16)": np.float16, "tensor(int32)": np.int32}
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(int64)": np.int64,
+    "tensor(float16)": np.float16,
+    "tensor(int32)": np.int32,
+}
 
 
 class OnnxModel:
@@ -54,7 +61,9 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise BundleError(f"{self.path}: onnxruntime cannot load this model: {str(e).strip().splitlines()[0]}") from None
+            raise BundleError(
+                f"{self.path}: onnxruntime cannot load this model: {str(e).strip().splitlines()[0]}"
+            ) from None
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -100,7 +109,9 @@ class _BoundCache:
             binding = model.session.io_binding()
             for n in shapes:  # the OrtValues wrap the numpy memory (no copy) and keep the arrays alive
                 binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(self.sides[i][n]))
-                binding.bind_ortvalue_output(PRESENT + n[len(PAST):], ort.OrtValue.ortvalue_from_numpy(self.sides[1 - i][n]))
+                binding.bind_ortvalue_output(
+                    PRESENT + n[len(PAST) :], ort.OrtValue.ortvalue_from_numpy(self.sides[1 - i][n])
+                )
             self.bindings.append(binding)
 
     def side_of(self, cache: dict[str, np.ndarray]) -> int | None:
@@ -119,15 +130,17 @@ class OnnxBackend:
         self.models = {c: OnnxModel(p, threads) for c, p in files.items() if c in COMPONENTS}
         dec = self.models["text_decoder"]
         self.cache_inputs = [n for n in dec.inputs if n.startswith(PAST)]
-        if not self.cache_inputs or any(PRESENT + n[len(PAST):] not in dec.output_names for n in self.cache_inputs):
+        if not self.cache_inputs or any(PRESENT + n[len(PAST) :] not in dec.output_names for n in self.cache_inputs):
             raise BundleError(f"{dec.path}: expected past_*/present_* KV-cache inputs and outputs")
         self._cache_shapes = {}
         for n in self.cache_inputs:
             shape = dec.inputs[n].shape
             if not all(isinstance(d, int) for d in shape):
-                raise BundleError(f"{dec.path}: KV-cache input {n} has a dynamic shape {shape}; expected a static cache")
+                raise BundleError(
+                    f"{dec.path}: KV-cache input {n} has a dynamic shape {shape}; expected a static cache"
+                )
             self._cache_shapes[n] = tuple(shape)
-        self._present_index = {n: dec.output_names.index(PRESENT + n[len(PAST):]) for n in self.cache_inputs}
+        self._present_index = {n: dec.output_names.index(PRESENT + n[len(PAST) :]) for n in self.cache_inputs}
         if "logits" not in dec.output_names:
             raise BundleError(f"{dec.path}: no 'logits' output")
         self._logits_index = dec.output_names.index("logits")
@@ -144,7 +157,7 @@ class OnnxBackend:
         self.reset()
 
     @classmethod
-    def from_bundle(cls, bundle, threads: int | None = None) -> "OnnxBackend":
+    def from_bundle(cls, bundle, threads: int | None = None) -> OnnxBackend:
         """The backend for an opened ONNX Bundle; the cache size must agree with the manifest's spec."""
         if bundle.target != "onnx":
             raise BundleError(f"{bundle.root}: a {bundle.target} bundle, not an ONNX one")
@@ -153,8 +166,10 @@ class OnnxBackend:
             raise BundleError(f"{bundle.root}: manifest.json has no 'models' table")
         backend = cls({c: bundle.path(m["file"]) for c, m in models.items()}, threads)
         if backend.max_context != bundle.spec.max_context:
-            raise BundleError(f"{bundle.root}: text_decoder's KV cache holds {backend.max_context} positions but "
-                              f"manifest.json says max_context {bundle.spec.max_context}")
+            raise BundleError(
+                f"{bundle.root}: text_decoder's KV cache holds {backend.max_context} positions but "
+                f"manifest.json says max_context {bundle.spec.max_context}"
+            )
         return backend
 
     def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
@@ -172,8 +187,10 @@ class OnnxBackend:
         """logits [1, S, vocab]; this call's keys/values are written into the held cache at cache_position."""
         cache_position = np.asarray(cache_position, dtype=np.int64)
         if cache_position.size and (cache_position.min() < 0 or cache_position.max() >= self.max_context):
-            raise BundleError(f"cache positions {cache_position.min()}..{cache_position.max()} are outside the "
-                              f"KV cache (0..{self.max_context - 1})")
+            raise BundleError(
+                f"cache positions {cache_position.min()}..{cache_position.max()} are outside the "
+                f"KV cache (0..{self.max_context - 1})"
+            )
         feeds = {"inputs_embeds": embeds, "cache_position": cache_position, "position_ids": position_ids}
         if self.io_binding and self._vocab is not None and np.ndim(embeds) == 3:
             return self._decode_bound(feeds)

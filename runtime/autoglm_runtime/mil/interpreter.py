@@ -55,7 +55,7 @@ class InputInfo:
     shape: tuple[int | None, ...]
     dtype: np.dtype
     ranges: list[tuple[int, int | None]] | None = None  # per-dim (lower, upper|None) for RangeDim
-    enumerated: list[tuple[int, ...]] | None = None     # allowed shapes for EnumeratedShapes
+    enumerated: list[tuple[int, ...]] | None = None  # allowed shapes for EnumeratedShapes
 
 
 @dataclass
@@ -63,11 +63,11 @@ class _Step:
     op_type: str
     name: str
     fn: Any
-    inputs: dict[str, Any]              # input name -> var name | tuple of var names
+    inputs: dict[str, Any]  # input name -> var name | tuple of var names
     outputs: list[str]
     dtypes: list[np.dtype | None]
     shapes: list[tuple[int | None, ...] | None]
-    release: tuple[str, ...] = ()       # vars whose last use is this step
+    release: tuple[str, ...] = ()  # vars whose last use is this step
 
 
 @dataclass
@@ -142,7 +142,9 @@ def _load_program(model):
         model = ct.models.MLModel(str(path), skip_model_load=True)
     spec = model.get_spec()
     if spec.WhichOneof("Type") != "mlProgram":
-        raise ValueError(f"not an ML Program (model type {spec.WhichOneof('Type')!r}); only ML Programs can be interpreted")
+        raise ValueError(
+            f"not an ML Program (model type {spec.WhichOneof('Type')!r}); only ML Programs can be interpreted"
+        )
     log = logging.getLogger("coremltools")  # the reader logs every shared var of a multifunction package
     level = log.level
     log.setLevel(max(level, logging.WARNING))
@@ -172,7 +174,9 @@ def _spec_flex(spec, function: str) -> dict[str, tuple]:
         ma = feat.type.multiArrayType
         kind = ma.WhichOneof("ShapeFlexibility")
         if kind == "shapeRange":
-            ranges = [(int(r.lowerBound), None if r.upperBound < 0 else int(r.upperBound)) for r in ma.shapeRange.sizeRanges]
+            ranges = [
+                (int(r.lowerBound), None if r.upperBound < 0 else int(r.upperBound)) for r in ma.shapeRange.sizeRanges
+            ]
             out[feat.name] = (ranges, None)
         elif kind == "enumeratedShapes":
             out[feat.name] = (None, [tuple(int(d) for d in s.shape) for s in ma.enumeratedShapes.shapes])
@@ -215,8 +219,17 @@ def _compile_function(name: str, fn, spec) -> _Function:
         f = OPS.get(op.op_type)
         if f is None:
             unsupported.append((op.op_type, outs[0] if outs else op.name))
-        steps.append(_Step(op.op_type, op.name, f, ins, outs,
-                           [_np_dtype(o) for o in op.outputs], [_static_shape(o) for o in op.outputs]))
+        steps.append(
+            _Step(
+                op.op_type,
+                op.name,
+                f,
+                ins,
+                outs,
+                [_np_dtype(o) for o in op.outputs],
+                [_static_shape(o) for o in op.outputs],
+            )
+        )
         known.update(outs)
 
     outputs = [o.name for o in fn.outputs]
@@ -224,7 +237,7 @@ def _compile_function(name: str, fn, spec) -> _Function:
     last: dict[str, int] = {}
     for i, st in enumerate(steps):
         for v in st.inputs.values():
-            for n in (v if isinstance(v, tuple) else (v,)):
+            for n in v if isinstance(v, tuple) else (v,):
                 last[n] = i
     keep = set(outputs) | set(states) | set(constants)
     by_step: dict[int, list[str]] = {}
@@ -373,15 +386,18 @@ class MILModel:
             ) from exc
         vals = res if isinstance(res, (tuple, list)) else (res,)
         if len(vals) != len(st.outputs):
-            raise MILRuntimeError(f"MIL op '{st.op_type}' ({st.name}) returned {len(vals)} values for {len(st.outputs)} outputs")
+            raise MILRuntimeError(
+                f"MIL op '{st.op_type}' ({st.name}) returned {len(vals)} values for {len(st.outputs)} outputs"
+            )
         out = {}
         with np.errstate(over="ignore", invalid="ignore"):
             for name, val, dt, shp in zip(st.outputs, vals, st.dtypes, st.shapes):
                 out[name] = _finish(val, dt, shp, st, f.name, name)
         return out
 
-    def predict(self, inputs: dict[str, Any], function: str | None = None,
-                state: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def predict(
+        self, inputs: dict[str, Any], function: str | None = None, state: dict[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
         """Run one function. ``function=None`` is the package's default ("main" for one-function packages).
         ``state`` (from ``make_state``) is required for stateful functions and updated in place."""
         f = self._fn(function)
@@ -397,7 +413,9 @@ class MILModel:
         env: dict[str, Any] = {n: _check_input(i, inputs[n], f.name) for n, i in f.inputs.items()}
         if f.states:
             if state is None:
-                raise ValueError(f"function {f.name} is stateful ({', '.join(f.states)}); pass state=model.make_state({f.name!r})")
+                raise ValueError(
+                    f"function {f.name} is stateful ({', '.join(f.states)}); pass state=model.make_state({f.name!r})"
+                )
             for n, info in f.states.items():
                 if n not in state:
                     raise KeyError(f"function {f.name}: state {n!r} missing from the state dict")

@@ -26,9 +26,17 @@ OPS: dict[str, Callable] = {}
 ARITH_FREE: set[str] = set()  # ops that only move data: the interpreter skips the float32 upcast
 
 DTYPES = {
-    "fp16": np.float16, "fp32": np.float32, "fp64": np.float64,
-    "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64,
-    "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64,
+    "fp16": np.float16,
+    "fp32": np.float32,
+    "fp64": np.float64,
+    "int8": np.int8,
+    "int16": np.int16,
+    "int32": np.int32,
+    "int64": np.int64,
+    "uint8": np.uint8,
+    "uint16": np.uint16,
+    "uint32": np.uint32,
+    "uint64": np.uint64,
     "bool": np.bool_,
 }
 
@@ -40,6 +48,7 @@ def register(*names: str, arith: bool = True):
             if not arith:
                 ARITH_FREE.add(n)
         return fn
+
     return deco
 
 
@@ -81,9 +90,27 @@ def _erf(x):
     x = np.asarray(x, dtype=np.float64)
     z = np.abs(x)
     t = 1.0 / (1.0 + 0.5 * z)
-    poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (
-        -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
-            -0.82215223 + t * 0.17087277))))))))
+    poly = (
+        -z * z
+        - 1.26551223
+        + t
+        * (
+            1.00002368
+            + t
+            * (
+                0.37409196
+                + t
+                * (
+                    0.09678418
+                    + t
+                    * (
+                        -0.18628806
+                        + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))
+                    )
+                )
+            )
+        )
+    )
     r = 1.0 - t * np.exp(poly)
     return np.where(x >= 0, r, -r).astype(np.float32)
 
@@ -203,20 +230,40 @@ def write_state(input, data):
 
 # ---------------------------------------------------------------- elementwise unary
 _UNARY = {
-    "abs": np.abs, "acos": np.arccos, "asin": np.arcsin, "atan": np.arctan, "atanh": np.arctanh,
-    "ceil": np.ceil, "cos": np.cos, "cosh": np.cosh, "exp": np.exp, "exp2": np.exp2,
-    "floor": np.floor, "round": np.round, "sign": np.sign, "sin": np.sin, "sinh": np.sinh,
-    "sqrt": np.sqrt, "square": np.square, "tan": np.tan, "tanh": np.tanh,
-    "logical_not": np.logical_not, "erf": _erf,
-    "relu": lambda x: np.maximum(x, 0), "relu6": lambda x: np.clip(x, 0, 6),
-    "sigmoid": _sigmoid, "silu": lambda x: x * _sigmoid(x),
-    "softplus": lambda x: np.logaddexp(0, x), "softsign": lambda x: x / (1 + np.abs(x)),
+    "abs": np.abs,
+    "acos": np.arccos,
+    "asin": np.arcsin,
+    "atan": np.arctan,
+    "atanh": np.arctanh,
+    "ceil": np.ceil,
+    "cos": np.cos,
+    "cosh": np.cosh,
+    "exp": np.exp,
+    "exp2": np.exp2,
+    "floor": np.floor,
+    "round": np.round,
+    "sign": np.sign,
+    "sin": np.sin,
+    "sinh": np.sinh,
+    "sqrt": np.sqrt,
+    "square": np.square,
+    "tan": np.tan,
+    "tanh": np.tanh,
+    "logical_not": np.logical_not,
+    "erf": _erf,
+    "relu": lambda x: np.maximum(x, 0),
+    "relu6": lambda x: np.clip(x, 0, 6),
+    "sigmoid": _sigmoid,
+    "silu": lambda x: x * _sigmoid(x),
+    "softplus": lambda x: np.logaddexp(0, x),
+    "softsign": lambda x: x / (1 + np.abs(x)),
 }
 
 
 def _make_unary(fn):
     def unary(x):
         return fn(np.asarray(x))
+
     return unary
 
 
@@ -265,7 +312,7 @@ def gelu(x, mode="EXACT"):
     if mode == "EXACT":
         return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
     if mode == "TANH_APPROXIMATION":
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
     if mode == "SIGMOID_APPROXIMATION":
         return x * _sigmoid(1.702 * x)
     raise ValueError(f"gelu mode {mode!r}")
@@ -331,18 +378,31 @@ def _floor_div(x, y):
 
 
 _BINARY = {
-    "add": np.add, "sub": np.subtract, "mul": np.multiply, "real_div": np.true_divide,
-    "pow": np.power, "maximum": np.maximum, "minimum": np.minimum,
-    "floor_div": _floor_div, "mod": np.mod,
-    "equal": np.equal, "not_equal": np.not_equal, "greater": np.greater,
-    "greater_equal": np.greater_equal, "less": np.less, "less_equal": np.less_equal,
-    "logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor,
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "real_div": np.true_divide,
+    "pow": np.power,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "floor_div": _floor_div,
+    "mod": np.mod,
+    "equal": np.equal,
+    "not_equal": np.not_equal,
+    "greater": np.greater,
+    "greater_equal": np.greater_equal,
+    "less": np.less,
+    "less_equal": np.less_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+    "logical_xor": np.logical_xor,
 }
 
 
 def _make_binary(fn):
     def binary(x, y):
         return fn(np.asarray(x), np.asarray(y))
+
     return binary
 
 
@@ -360,11 +420,15 @@ def _reduce(fn):
     def reduce(x, axes=None, keep_dims=False):
         ax = None if axes is None else tuple(_ints(axes))
         return fn(np.asarray(x), axis=ax, keepdims=_b(keep_dims))
+
     return reduce
 
 
 _REDUCE = {
-    "reduce_mean": np.mean, "reduce_sum": np.sum, "reduce_max": np.max, "reduce_min": np.min,
+    "reduce_mean": np.mean,
+    "reduce_sum": np.sum,
+    "reduce_max": np.max,
+    "reduce_min": np.min,
     "reduce_prod": np.prod,
     "reduce_l1_norm": lambda x, axis, keepdims: np.sum(np.abs(x), axis=axis, keepdims=keepdims),
     "reduce_l2_norm": lambda x, axis, keepdims: np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims)),
@@ -391,6 +455,7 @@ def _arg(fn):
         if _b(keep_dims):
             out = np.expand_dims(out, ax)
         return out.astype(DTYPES[_s(output_dtype)])
+
     return arg
 
 
@@ -460,12 +525,15 @@ def conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilatio
     x = np.pad(x, [(0, 0), (0, 0)] + [(pads[2 * i], pads[2 * i + 1]) for i in range(nd)])
     span = [(k - 1) * d + 1 for k, d in zip(kernel, dil)]
     win = sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))  # [N, C, *o_full, *span]
-    sel = (slice(None), slice(None)) + tuple(slice(None, None, s) for s in strides) \
+    sel = (
+        (slice(None), slice(None))
+        + tuple(slice(None, None, s) for s in strides)
         + tuple(slice(None, None, d) for d in dil)
+    )
     win = win[sel]  # [N, C, *o, *k]
     g = _i(groups)
     n, c = x.shape[:2]
-    out_sp = win.shape[2:2 + nd]
+    out_sp = win.shape[2 : 2 + nd]
     win = win.reshape((n, g, c // g) + out_sp + tuple(kernel))
     wg = w.reshape((g, w.shape[0] // g, w.shape[1]) + tuple(kernel))
     o, k = "xyz"[:nd], "XYZ"[:nd]  # output / kernel spatial letters (n, g, c, m are taken)
@@ -575,7 +643,7 @@ def concat(values, axis, interleave=False):
     ax = _axis(_i(axis), vals[0].ndim)
     if _b(interleave):
         st = np.stack(vals, axis=ax + 1)
-        return st.reshape(vals[0].shape[:ax] + (-1,) + vals[0].shape[ax + 1:])
+        return st.reshape(vals[0].shape[:ax] + (-1,) + vals[0].shape[ax + 1 :])
     return np.concatenate(vals, axis=ax)
 
 
@@ -668,8 +736,15 @@ def gather_nd(x, indices, batch_dims=0, validate_indices=False):
     return np.stack(out).reshape(x.shape[:bd] + out[0].shape)
 
 
-_SCATTER = {"update": None, "add": np.add, "sub": np.subtract, "mul": np.multiply,
-            "div": np.true_divide, "max": np.maximum, "min": np.minimum}
+_SCATTER = {
+    "update": None,
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.true_divide,
+    "max": np.maximum,
+    "min": np.minimum,
+}
 
 
 def _scatter_into(out, idx, updates, mode):

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 MIN_RATE, MAX_RATE = 8000, 192000  # input sample rates we resample from
 
-AudioSource = Union[str, Path, np.ndarray]
+AudioSource = str | Path | np.ndarray
 
 
 @dataclass(frozen=True, kw_only=True)

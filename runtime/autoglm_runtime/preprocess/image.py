@@ -12,7 +12,7 @@ import dataclasses
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,7 +23,7 @@ from ..errors import InputError
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
-ImageSource = Union[str, Path, Image.Image, np.ndarray]
+ImageSource = str | Path | Image.Image | np.ndarray
 
 
 @dataclass(frozen=True)

@@ -52,9 +52,7 @@ from .textstream import ReasoningSplitter
 log = logging.getLogger(__name__)
 
 # Module level: FastAPI resolves the (string) annotation in this module's namespace.
-BEARER = HTTPBearer(
-    auto_error=False, description="the server's --api-key, when it has one"
-)
+BEARER = HTTPBearer(auto_error=False, description="the server's --api-key, when it has one")
 BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -184,14 +182,10 @@ def create_app(
         refuse_unsupported(body)
         stops = stop_strings(body)
         sampling = sampling_config(body)
-        _admit(
-            engine
-        )  # refuse before decoding any media when the queue is already full
+        _admit(engine)  # refuse before decoding any media when the queue is already full
         conv = await run_in_threadpool(to_conversation, body, spec, config)
         requested = body.max_completion_tokens or body.max_tokens
-        inputs = await run_in_threadpool(
-            _encode, session, conv.messages, enable_thinking(body), requested
-        )
+        inputs = await run_in_threadpool(_encode, session, conv.messages, enable_thinking(body), requested)
         n_prompt = len(inputs.input_ids)
         job = Job(
             inputs,
@@ -206,9 +200,7 @@ def create_app(
         _admit(engine, job)
         reply = Reply(model, body.return_reasoning)
         if body.stream:
-            include_usage = bool(
-                body.stream_options and body.stream_options.include_usage
-            )
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
                 _sse(job, engine, reply, include_usage),
                 media_type="text/event-stream",
@@ -312,9 +304,7 @@ class Reply:
             created=self.created,
             model=self.model,
             usage=usage,
-            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)]
-            if choices
-            else [],
+            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)] if choices else [],
         )
         return f"data: {event.model_dump_json(exclude_none=True)}\n\n"
 
@@ -328,13 +318,9 @@ async def _sse(job: Job, engine: Engine, reply: Reply, include_usage: bool):
                 yield f"data: {_json(event.error.body())}\n\n"
                 return
             final = isinstance(event, Finished)
-            reasoning, content = reply.split(
-                event.text if isinstance(event, Text) else "", final
-            )
+            reasoning, content = reply.split(event.text if isinstance(event, Text) else "", final)
             if reasoning or content:
-                yield reply.chunk(
-                    Delta(reasoning_content=reasoning or None, content=content or None)
-                )
+                yield reply.chunk(Delta(reasoning_content=reasoning or None, content=content or None))
             if final:
                 yield reply.chunk(Delta(), finish_reason=event.finish_reason)
                 if include_usage:
@@ -349,9 +335,7 @@ async def _wait_disconnect(request: Request) -> None:
         pass
 
 
-async def _complete(
-    job: Job, engine: Engine, reply: Reply, request: Request
-) -> ChatCompletion:
+async def _complete(job: Job, engine: Engine, reply: Reply, request: Request) -> ChatCompletion:
     async def collect():
         pieces = []
         async for event in job.stream():
@@ -365,9 +349,7 @@ async def _complete(
     collector = asyncio.ensure_future(collect())
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        finished, _ = await asyncio.wait(
-            {collector, watcher}, return_when=asyncio.FIRST_COMPLETED
-        )
+        finished, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
     if collector not in finished:  # the client went away: stop the generation
@@ -406,12 +388,8 @@ def _error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    type = type or TYPES_BY_STATUS.get(
-        status, "server_error" if status >= 500 else "invalid_request_error"
-    )
-    return JSONResponse(
-        error_body(message, type, code, param), status_code=status, headers=headers
-    )
+    type = type or TYPES_BY_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return JSONResponse(error_body(message, type, code, param), status_code=status, headers=headers)
 
 
 def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -434,26 +412,18 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return _error_response(
-            exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers
-        )
+        return _error_response(exc.status, exc.message, exc.type, exc.code, exc.param, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         message, param = _describe_validation(exc)
-        return _error_response(
-            400, message, "invalid_request_error", "invalid_request", param
-        )
+        return _error_response(400, message, "invalid_request_error", "invalid_request", param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
-        return _error_response(
-            exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)
-        )
+        return _error_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error_response(
-            500, f"internal server error: {type(exc).__name__}", "server_error"
-        )
+        return _error_response(500, f"internal server error: {type(exc).__name__}", "server_error")

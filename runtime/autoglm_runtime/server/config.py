@@ -11,27 +11,17 @@ MB = 1 << 20
 @dataclass(frozen=True)
 class ServerConfig:
     model_name: str = "autoglm-phone-9b"
-    api_key: str | None = (
-        None  # when set, /v1/* needs "Authorization: Bearer <api_key>"
-    )
+    api_key: str | None = None  # when set, /v1/* needs "Authorization: Bearer <api_key>"
     max_queue: int = 16  # requests waiting behind the running one; more get 429
-    request_timeout: float = (
-        600.0  # seconds from arrival (queue wait included) to the last token
-    )
+    request_timeout: float = 600.0  # seconds from arrival (queue wait included) to the last token
     max_body_bytes: int = 64 * MB
     max_image_bytes: int = 20 * MB  # one decoded image file
-    max_image_pixels: int = (
-        40_000_000  # width * height, checked before the image is decoded
-    )
+    max_image_pixels: int = 40_000_000  # width * height, checked before the image is decoded
     max_audio_bytes: int = 20 * MB  # one decoded audio file
-    allowed_media_paths: tuple[
-        Path, ...
-    ] = ()  # local files a request may name (file:// URLs or paths)
+    allowed_media_paths: tuple[Path, ...] = ()  # local files a request may name (file:// URLs or paths)
     allowed_media_urls: tuple[str, ...] = ()  # http(s) URL prefixes a request may name
     media_fetch_timeout: float = 10.0
-    prefix_reuse: bool = (
-        True  # keep the KV cache of the common prefix with the previous request
-    )
+    prefix_reuse: bool = True  # keep the KV cache of the common prefix with the previous request
 
     def __post_init__(self):
         if self.max_queue < 0:

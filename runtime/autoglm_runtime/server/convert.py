@@ -27,14 +27,10 @@ ROLE_ALIASES = {"developer": "system"}
 class Conversation:
     messages: list[Message]
     images: list[Any] = field(default_factory=list)  # PIL images, in prompt order
-    audios: list[Any] = field(
-        default_factory=list
-    )  # mono float32 arrays at the model's rate
+    audios: list[Any] = field(default_factory=list)  # mono float32 arrays at the model's rate
 
 
-def to_conversation(
-    request: ChatCompletionRequest, spec: ModelSpec, config: ServerConfig
-) -> Conversation:
+def to_conversation(request: ChatCompletionRequest, spec: ModelSpec, config: ServerConfig) -> Conversation:
     """Blocking (decodes images and audio): run it off the event loop."""
     conv = Conversation([])
     for i, msg in enumerate(request.messages):
@@ -49,9 +45,7 @@ def to_conversation(
                 parts.append({"type": "text", "text": part.text})
                 continue
             if role != "user":
-                raise bad_request(
-                    f"{msg.role} messages may only hold text parts", param
-                )
+                raise bad_request(f"{msg.role} messages may only hold text parts", param)
             if isinstance(part, ImagePart):
                 conv.images.append(load_image_url(part.image_url.url, config, param))
                 parts.append({"type": "image"})
@@ -80,9 +74,7 @@ def stop_strings(request: ChatCompletionRequest) -> list[str]:
     stop = request.stop
     stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
     if len(stops) > MAX_STOP_SEQUENCES:
-        raise bad_request(
-            f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}", "stop"
-        )
+        raise bad_request(f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(stops)}", "stop")
     return [s for s in stops if s]
 
 
@@ -91,9 +83,7 @@ def sampling_config(request: ChatCompletionRequest) -> SamplingConfig:
     return SamplingConfig(
         temperature=1.0 if request.temperature is None else request.temperature,
         top_p=1.0 if request.top_p is None else request.top_p,
-        seed=None
-        if request.seed is None
-        else request.seed % (1 << 64),  # any JSON integer is a valid seed
+        seed=None if request.seed is None else request.seed % (1 << 64),  # any JSON integer is a valid seed
         frequency_penalty=request.frequency_penalty or 0.0,
         presence_penalty=request.presence_penalty or 0.0,
     )

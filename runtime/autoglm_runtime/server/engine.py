@@ -81,9 +81,7 @@ class Job:
         while True:
             remaining = self.deadline - time.monotonic()
             try:
-                event = await asyncio.wait_for(
-                    self.events.get(), timeout=max(remaining, 0.0)
-                )
+                event = await asyncio.wait_for(self.events.get(), timeout=max(remaining, 0.0))
             except TimeoutError:
                 self.cancelled.set()
                 event = Failed(timeout_error())
@@ -114,9 +112,7 @@ class Engine:
     # ---- lifecycle
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._work, name="autoglm-engine", daemon=True
-            )
+            self._thread = threading.Thread(target=self._work, name="autoglm-engine", daemon=True)
             self._thread.start()
 
     def close(self) -> None:
@@ -151,9 +147,7 @@ class Engine:
             raise QueueFull("the server is shutting down")
         busy = self._running is not None or self._waiting
         if busy and len(self._waiting) >= self.max_queue:
-            raise QueueFull(
-                f"{len(self._waiting)} requests are already waiting (the server's --max-queue)"
-            )
+            raise QueueFull(f"{len(self._waiting)} requests are already waiting (the server's --max-queue)")
 
     def submit(self, job: Job) -> None:
         """Queue a job; QueueFull when max_queue jobs already wait behind the running one."""
@@ -200,15 +194,15 @@ class Engine:
         t0 = time.perf_counter()
         try:
             prepared = session.embed(job.inputs, job.images, job.audios)
-        except (
-            InputError
-        ) as e:  # media the handler could decode but preprocessing refused
+        except InputError as e:  # media the handler could decode but preprocessing refused
             raise APIError(400, str(e), "invalid_request_error") from None
         eos = set(session.spec.eos_token_ids)
         text = StreamDecoder(session.tokenizer, skip_special_tokens=True)
         stop = StopMatcher(job.stop)
         finish, count, first = "length", 0, None
-        for token in session.tokens(prepared, job.max_tokens, Sampler(job.sampling, allowed=session.tokenizer.known_ids())):
+        for token in session.tokens(
+            prepared, job.max_tokens, Sampler(job.sampling, allowed=session.tokenizer.known_ids())
+        ):
             first = first or time.perf_counter()
             count += 1
             if token in eos:
@@ -247,9 +241,7 @@ class Engine:
 def _as_api_error(e: Exception) -> APIError:
     if isinstance(e, APIError):
         return e
-    if isinstance(
-        e, AutoglmError
-    ):  # past the request's checks, a runtime error is the server's
+    if isinstance(e, AutoglmError):  # past the request's checks, a runtime error is the server's
         log.error("backend error: %s", e)
         return APIError(500, f"the model failed: {e}", "server_error")
     log.exception("generation failed")

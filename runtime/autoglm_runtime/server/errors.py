@@ -31,15 +31,11 @@ class APIError(Exception):
         return error_body(self.message, self.type, self.code, self.param)
 
 
-def error_body(
-    message: str, type: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-def bad_request(
-    message: str, param: str | None = None, code: str | None = None
-) -> APIError:
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, "invalid_request_error", code, param)
 
 

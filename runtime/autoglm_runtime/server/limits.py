@@ -51,9 +51,7 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send):
-        error = too_large(
-            f"request body is over the server's limit of {self.limit} bytes"
-        )
+        error = too_large(f"request body is over the server's limit of {self.limit} bytes")
         body = json.dumps(error.body()).encode()
         await send(
             {

@@ -32,9 +32,7 @@ def _b64decode(data: str, limit: int, param: str, what: str) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise bad_request(
-            f"{what}: invalid base64 data ({e})", param, "invalid_base64"
-        ) from None
+        raise bad_request(f"{what}: invalid base64 data ({e})", param, "invalid_base64") from None
 
 
 # ------------------------------------------------------------------------------------------------- images
@@ -87,20 +85,12 @@ def _allowed_file(raw: str, config: ServerConfig, param: str) -> Path:
             param,
             "media_path_not_allowed",
         )
-    path = Path(
-        urllib.parse.unquote(urllib.parse.urlparse(raw).path)
-        if raw.startswith("file:")
-        else raw
-    )
+    path = Path(urllib.parse.unquote(urllib.parse.urlparse(raw).path) if raw.startswith("file:") else raw)
     try:
-        resolved = path.resolve(
-            strict=True
-        )  # symlinks and '..' resolved before the allow-list check
+        resolved = path.resolve(strict=True)  # symlinks and '..' resolved before the allow-list check
     except (OSError, RuntimeError):
         resolved = None
-    if resolved is None or not any(
-        resolved.is_relative_to(root) for root in config.allowed_media_paths
-    ):
+    if resolved is None or not any(resolved.is_relative_to(root) for root in config.allowed_media_paths):
         raise bad_request(
             f"{raw}: not a file under an allowed media path",
             param,
@@ -112,9 +102,7 @@ def _allowed_file(raw: str, config: ServerConfig, param: str) -> Path:
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(
-        self, *args, **kwargs
-    ):  # a redirect could leave the allow-listed prefix
+    def redirect_request(self, *args, **kwargs):  # a redirect could leave the allow-listed prefix
         return None
 
 
@@ -131,9 +119,7 @@ def _fetch(url: str, limit: int, config: ServerConfig, param: str) -> bytes:
         with opener.open(url, timeout=config.media_fetch_timeout) as response:
             data = response.read(limit + 1)
     except urllib.error.HTTPError as e:
-        raise bad_request(
-            f"{url}: HTTP {e.code}", param, "media_fetch_failed"
-        ) from None
+        raise bad_request(f"{url}: HTTP {e.code}", param, "media_fetch_failed") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise bad_request(
             f"{url}: cannot fetch ({getattr(e, 'reason', e)})",
@@ -213,9 +199,7 @@ def _decode_mp3(raw: bytes, param: str) -> tuple[np.ndarray, int]:
     return samples.mean(axis=1, dtype=np.float32), int(rate)
 
 
-def load_input_audio(
-    data: str, fmt: str, sampling_rate: int, config: ServerConfig, param: str
-) -> np.ndarray:
+def load_input_audio(data: str, fmt: str, sampling_rate: int, config: ServerConfig, param: str) -> np.ndarray:
     """An input_audio part -> mono float32 samples at ``sampling_rate`` (the model's)."""
     raw = _b64decode(data, config.max_audio_bytes, param, "audio")
     if not raw:

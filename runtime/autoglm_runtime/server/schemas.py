@@ -66,16 +66,10 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(
-        None, ge=0, le=2, description="0 = greedy (default 1, as OpenAI)"
-    )
+    temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy (default 1, as OpenAI)")
     top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(
-        None, ge=1, description="default: what is left of the context"
-    )
-    max_completion_tokens: int | None = Field(
-        None, ge=1, description="same as max_tokens (it wins if both are given)"
-    )
+    max_tokens: int | None = Field(None, ge=1, description="default: what is left of the context")
+    max_completion_tokens: int | None = Field(None, ge=1, description="same as max_tokens (it wins if both are given)")
     stop: str | list[str] | None = Field(
         None,
         description=f"up to {MAX_STOP_SEQUENCES} strings; the text ends before the first",
@@ -94,15 +88,11 @@ class ChatCompletionRequest(_Request):
         False,
         description="split <think>...</think> out of the answer into reasoning_content",
     )
-    chat_template_kwargs: dict[str, Any] | None = Field(
-        None, description="vLLM style; its enable_thinking is honoured"
-    )
+    chat_template_kwargs: dict[str, Any] | None = Field(None, description="vLLM style; its enable_thinking is honoured")
 
 
 class PromptTokensDetails(BaseModel):
-    cached_tokens: int = Field(
-        description="prompt tokens whose KV cache was kept from the previous request"
-    )
+    cached_tokens: int = Field(description="prompt tokens whose KV cache was kept from the previous request")
 
 
 class Usage(BaseModel):

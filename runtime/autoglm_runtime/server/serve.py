@@ -91,17 +91,13 @@ class BackgroundServer:
 
     def __init__(self, app, host: str = "127.0.0.1", log_level: str = "warning"):
         if not is_loopback(host):
-            raise ValueError(
-                f"BackgroundServer binds loopback addresses only, not {host}"
-            )
+            raise ValueError(f"BackgroundServer binds loopback addresses only, not {host}")
         self.app, self.host = app, host
         self.server = _uvicorn(app, log_level)
         self.sock = bind(host, 0)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> str:
         self.thread.start()

@@ -75,9 +75,7 @@ class ReasoningSplitter:
             self.buffer = self.buffer[i + len(marker) :]
             self.in_think = not self.in_think
         keep = _partial_tail(self.buffer, [THINK_END if self.in_think else THINK_START])
-        (reasoning if self.in_think else content).append(
-            self.buffer[: len(self.buffer) - keep]
-        )
+        (reasoning if self.in_think else content).append(self.buffer[: len(self.buffer) - keep])
         self.buffer = self.buffer[len(self.buffer) - keep :]
         return "".join(reasoning), "".join(content)
 

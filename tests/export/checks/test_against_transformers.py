@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from autoglm_export.source import open_source
-from autoglm_export.checks.against_transformers import TRANSFORMERS_MATCH, verify_against_transformers
 from conftest import build_hf_glmasr
+
+from autoglm_export.checks.against_transformers import TRANSFORMERS_MATCH, verify_against_transformers
+from autoglm_export.source import open_source
 
 CASES = {
     # name: (checkpoint kwargs, export image size)
@@ -16,8 +16,17 @@ CASES = {
     "dense_resampled_112x56": (dict(vision=dict(image_size=84, num_heads=1)), (112, 56)),
     "dense_odd_heads": (
         dict(
-            text=dict(hidden_size=96, num_attention_heads=3, num_key_value_heads=1,
-                      rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 2, 4]}),
+            text=dict(
+                hidden_size=96,
+                num_attention_heads=3,
+                num_key_value_heads=1,
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "partial_rotary_factor": 0.5,
+                    "mrope_section": [2, 2, 4],
+                },
+            ),
             vision=dict(out_hidden_size=96, num_heads=4, hidden_size=48),
         ),
         (84, 84),

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file  # noqa: E402
-from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration, GlmAsrProcessor  # noqa: E402
+from safetensors.torch import load_file
+from transformers import GlmAsrConfig, GlmAsrForConditionalGeneration, GlmAsrProcessor
 
-from autoglm_export.config import AudioConfig, load_audio_config, parse_audio_config  # noqa: E402
-from autoglm_export.errors import CheckpointError, ExportError  # noqa: E402
-from autoglm_export.model.audio import (  # noqa: E402
+from autoglm_export.config import AudioConfig, load_audio_config, parse_audio_config
+from autoglm_export.errors import CheckpointError, ExportError
+from autoglm_export.model.audio import (
     AUDIO_KEY_PREFIXES,
     AudioEncoder,
     audio_state_dict,
@@ -28,22 +28,35 @@ from autoglm_export.model.audio import (  # noqa: E402
 )
 
 TEXT = dict(
-    hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+    hidden_size=48,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    num_key_value_heads=2,
     vocab_size=64,
 )
 
 # name -> audio_config overrides (hidden_size * 4 == intermediate_size, as in GLM-ASR-Nano)
 AUDIO = {
-    "mha_mel80": dict(hidden_size=32, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4,
-                      num_mel_bins=80),
-    "gqa_mel128": dict(hidden_size=32, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-                       num_mel_bins=128),
-    "mqa_8heads": dict(hidden_size=64, intermediate_size=256, num_attention_heads=8, num_key_value_heads=1,
-                       num_mel_bins=80),
+    "mha_mel80": dict(
+        hidden_size=32, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4, num_mel_bins=80
+    ),
+    "gqa_mel128": dict(
+        hidden_size=32, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, num_mel_bins=128
+    ),
+    "mqa_8heads": dict(
+        hidden_size=64, intermediate_size=256, num_attention_heads=8, num_key_value_heads=1, num_mel_bins=80
+    ),
     # head_dim 16, rotary_dim 4, other theta, non-default activations
-    "quarter_rope_silu": dict(hidden_size=32, intermediate_size=128, num_attention_heads=2, num_key_value_heads=2,
-                              num_mel_bins=128, hidden_act="silu",
-                              rope_parameters=dict(rope_type="default", rope_theta=500.0, partial_rotary_factor=0.25)),
+    "quarter_rope_silu": dict(
+        hidden_size=32,
+        intermediate_size=128,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_mel_bins=128,
+        hidden_act="silu",
+        rope_parameters=dict(rope_type="default", rope_theta=500.0, partial_rotary_factor=0.25),
+    ),
 }
 
 
@@ -191,7 +204,7 @@ def test_param_names_follow_prefix_table():
     for key in model.state_dict():
         for prefix, ours in AUDIO_KEY_PREFIXES.items():
             if key.startswith(prefix):
-                expected[ours + key[len(prefix):]] = key
+                expected[ours + key[len(prefix) :]] = key
     assert set(enc.state_dict()) == set(expected)
     assert set(audio_state_dict(model.state_dict())) == set(expected)
     # Constants are non-persistent: never in the state dict, rebuilt by prepare().
@@ -238,8 +251,15 @@ def test_export_matches_eager():
 
 
 def _cfg(**kw) -> AudioConfig:
-    base = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                num_key_value_heads=4, projector_out=48, num_mel_bins=80)
+    base = dict(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        projector_out=48,
+        num_mel_bins=80,
+    )
     return AudioConfig(**{**base, **kw})
 
 

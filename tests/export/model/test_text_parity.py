@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_close_to_scale
 
 from autoglm_export.loader import load_model
 from autoglm_export.model.autoglm import ExportShape
-from conftest import assert_close_to_scale
 
 SHAPE = ExportShape(max_context=64, image_hw=(56, 56), audio_frames=200)
 
@@ -19,20 +19,37 @@ CASES = {
             num_attention_heads=3,
             num_key_value_heads=1,
             num_hidden_layers=3,
-            rope_parameters={"rope_type": "default", "rope_theta": 500.0, "partial_rotary_factor": 0.5, "mrope_section": [4, 1, 1]},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 500.0,
+                "partial_rotary_factor": 0.5,
+                "mrope_section": [4, 1, 1],
+            },
         ),
         vision=dict(out_hidden_size=72),
     ),
     "dense_mha_full_rotary": dict(
         text=dict(
             num_key_value_heads=4,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 1.0, "mrope_section": [4, 2, 2]},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "partial_rotary_factor": 1.0,
+                "mrope_section": [4, 2, 2],
+            },
         )
     ),
     "moe": dict(moe=True),
     "moe_grouped": dict(
         moe=True,
-        text=dict(n_routed_experts=8, num_experts_per_tok=3, n_group=2, topk_group=1, routed_scaling_factor=2.5, first_k_dense_replace=0),
+        text=dict(
+            n_routed_experts=8,
+            num_experts_per_tok=3,
+            n_group=2,
+            topk_group=1,
+            routed_scaling_factor=2.5,
+            first_k_dense_replace=0,
+        ),
     ),
 }
 

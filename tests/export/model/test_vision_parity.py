@@ -14,11 +14,11 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vVisionConfig, Glm4vVisionModel  # noqa: E402
+from transformers import Glm4vConfig, Glm4vForConditionalGeneration, Glm4vVisionConfig, Glm4vVisionModel
 
-from autoglm_export.config import parse_vision_config  # noqa: E402
-from autoglm_export.errors import CheckpointError, ExportError  # noqa: E402
-from autoglm_export.model.vision import VisionEncoder  # noqa: E402
+from autoglm_export.config import parse_vision_config
+from autoglm_export.errors import CheckpointError, ExportError
+from autoglm_export.model.vision import VisionEncoder
 
 PREFIX = "model.visual."
 
@@ -95,8 +95,16 @@ CASES = {
     "same_as_config_56x56": (dict(), (56, 56)),
     # odd learned grid (5x5), merge 3, head_dim 12, qkv bias, gelu
     "merge3_oddgrid_bias_gelu": (
-        dict(image_size=20, patch_size=4, spatial_merge_size=3, num_heads=3, hidden_size=36, depth=3,
-             attention_bias=True, hidden_act="gelu"),
+        dict(
+            image_size=20,
+            patch_size=4,
+            spatial_merge_size=3,
+            num_heads=3,
+            hidden_size=36,
+            depth=3,
+            attention_bias=True,
+            hidden_act="gelu",
+        ),
         (24, 36),
     ),
     "merge1_temporal1": (dict(image_size=16, patch_size=4, spatial_merge_size=1, temporal_patch_size=1), (8, 28)),
@@ -124,16 +132,23 @@ def test_full_model_checkpoint_keys_and_image_features():
     """Stripped `model.visual.*` keys of the full model load strictly; output == get_image_features."""
     torch.manual_seed(0)
     cfg = Glm4vConfig(
-        text_config=dict(vocab_size=64, hidden_size=24, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1,
-                         rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 2, 2],
-                                              partial_rotary_factor=0.5)),
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=24,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            rope_parameters=dict(
+                rope_type="default", rope_theta=10000.0, mrope_section=[2, 2, 2], partial_rotary_factor=0.5
+            ),
+        ),
         vision_config=vision_kwargs(out_hidden_size=24),
         attn_implementation="eager",
     )
     full = Glm4vForConditionalGeneration(cfg).eval().float()
     randomize_(full.model.visual, 3)
-    visual = {k[len(PREFIX):]: v for k, v in full.state_dict().items() if k.startswith(PREFIX)}
+    visual = {k[len(PREFIX) :]: v for k, v in full.state_dict().items() if k.startswith(PREFIX)}
     assert visual, "no model.visual.* keys in the full model's state dict"
 
     enc = VisionEncoder(parse_vision_config(cfg.vision_config.to_dict(), "vision_config"), (84, 56)).eval()
@@ -142,8 +157,10 @@ def test_full_model_checkpoint_keys_and_image_features():
     enc.prepare()
     # Conv weights are held as their [out, in] Linear view; our own state dict round-trips strictly too.
     assert enc.state_dict()["downsample.weight"].shape == (24, 32 * 2 * 2)
-    assert torch.equal(enc.state_dict()["patch_embed.proj.weight"].view_as(visual["patch_embed.proj.weight"]),
-                       visual["patch_embed.proj.weight"])
+    assert torch.equal(
+        enc.state_dict()["patch_embed.proj.weight"].view_as(visual["patch_embed.proj.weight"]),
+        visual["patch_embed.proj.weight"],
+    )
     VisionEncoder(enc.cfg, (84, 56)).load_state_dict(enc.state_dict(), strict=True)
 
     pv = torch.randn(enc.num_patches, enc.patch_dim)

@@ -6,20 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
-from autoglm_export.quantize.calibrate import CalibrateOptions, run_calibrate
 from autoglm_export.cli import app
 from autoglm_export.errors import AutoglmError
-from autoglm_export.request import ModelRequest
-from autoglm_export.summary import model_summary
-from autoglm_export.quantize.qat import QATOptions, run_qat
 from autoglm_export.quantize import QuantRecipe, apply_recipe, grid, qcheckpoint
+from autoglm_export.quantize.calibrate import CalibrateOptions, run_calibrate
 from autoglm_export.quantize.gptq import HessianAccumulator, gptq_quantize
+from autoglm_export.quantize.qat import QATOptions, run_qat
+from autoglm_export.request import ModelRequest
 
 CALIBRATION = Path(__file__).resolve().parents[3] / "calibration_data"
 FAST = dict(max_prompts=3, text_windows=2, seq_len=48)  # seconds, not minutes, on the tiny preset
@@ -28,14 +25,16 @@ runner = CliRunner()
 
 # ----------------------------------------------------------------------------- grid + GPTQ
 
+
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, 64), (8, 128)])
 def test_round_to_nearest_is_torchaos_grid(bits, group):
     from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
 
     w = torch.randn(48, 128) * torch.linspace(0.1, 3, 128)
     qmin, qmax = grid.qrange(bits)
-    scale, zp = choose_qparams_affine(w, MappingType.SYMMETRIC, (1, group), torch.int8, qmin, qmax,
-                                      zero_point_dtype=torch.int8, keepdim=True)
+    scale, zp = choose_qparams_affine(
+        w, MappingType.SYMMETRIC, (1, group), torch.int8, qmin, qmax, zero_point_dtype=torch.int8, keepdim=True
+    )
     codes, scales = grid.round_to_nearest(w, bits, group)
     assert torch.equal(scales, scale.reshape(scales.shape).float())
     assert torch.equal(codes, quantize_affine(w, (1, group), scale, zp, torch.int8, qmin, qmax))
@@ -56,7 +55,10 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
     acc.add(x)
     r = gptq_quantize(w, acc, bits=4, group_size=32)
     assert r.codes.dtype == torch.int8 and int(r.codes.min()) >= -8 and int(r.codes.max()) <= 7
-    err = lambda q: ((x @ w.T - x @ q.T) ** 2).mean().item()
+
+    def err(q):
+        return ((x @ w.T - x @ q.T) ** 2).mean().item()
+
     gptq_err = err(grid.dequantize_codes(r.codes, r.scales))
     rtn_err = err(grid.dequantize_codes(*grid.round_to_nearest(w, 4, 32)))
     assert gptq_err < 0.8 * rtn_err, (gptq_err, rtn_err)
@@ -72,6 +74,7 @@ def test_gptq_refuses_a_group_that_does_not_divide():
 
 # ----------------------------------------------------------------------------- calibrate end to end
 
+
 @pytest.fixture(scope="module")
 def gptq_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("q") / "gptq"
@@ -86,7 +89,9 @@ def test_calibrate_writes_a_checkpoint_that_beats_rtn(gptq_checkpoint):
     towers = {fqn.split(".")[0] for fqn in qc.linears}
     assert towers == {"text", "vision", "audio"}  # every tower saw its own modality's activations
     assert all(q.bits == 4 and q.group_size == 32 for fqn, q in qc.linears.items() if fqn.startswith("text."))
-    assert all(q.bits == 8 and q.group_size == q.codes.shape[1] for fqn, q in qc.linears.items() if not fqn.startswith("text."))
+    assert all(
+        q.bits == 8 and q.group_size == q.codes.shape[1] for fqn, q in qc.linears.items() if not fqn.startswith("text.")
+    )
     assert cal["summed_output_mse"] < cal["summed_rtn_output_mse"]
     assert all(s["tokens"] > 0 for s in cal["layers"].values())
 
@@ -140,7 +145,9 @@ def test_corrupt_quantized_checkpoint_is_refused(gptq_checkpoint, tmp_path):
 
 
 def test_missing_or_empty_calibration_set_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["calibrate", "--calibration-data", str(tmp_path / "nope"), "--out", str(tmp_path / "q")])
+    result = runner.invoke(
+        app, ["calibrate", "--calibration-data", str(tmp_path / "nope"), "--out", str(tmp_path / "q")]
+    )
     assert result.exit_code == 1 and str(tmp_path / "nope") in result.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -209,6 +216,7 @@ def test_resume_without_state_is_refused(tmp_path):
 
 # ----------------------------------------------------------------------------- MoE + the ExecuTorch round trip
 
+
 def test_calibrate_a_moe_checkpoint_with_audio(tmp_path):
     """Experts see only their routed tokens; one that sees none falls back to round-to-nearest (recorded)."""
     from model_fixtures import moe_request, write_moe_checkpoints
@@ -234,12 +242,15 @@ def test_android_export_of_a_calibrated_checkpoint_round_trips(gptq_checkpoint, 
     shutil.copytree(gptq_checkpoint, ckpt)
     gptq_checkpoint = ckpt
     out = tmp_path / "android"
-    result = runner.invoke(app, ["android", "--quantized-checkpoint", str(gptq_checkpoint), "--out", str(out),
-                                 "--max-seq-len", "32"])
+    result = runner.invoke(
+        app, ["android", "--quantized-checkpoint", str(gptq_checkpoint), "--out", str(out), "--max-seq-len", "32"]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     q = manifest["quantization"]
-    assert q["quantized_checkpoint"]["method"] == "gptq" and q["quantized_checkpoint"]["layers"] == len(qcheckpoint.load(gptq_checkpoint).linears)
+    assert q["quantized_checkpoint"]["method"] == "gptq" and q["quantized_checkpoint"]["layers"] == len(
+        qcheckpoint.load(gptq_checkpoint).linears
+    )
     assert manifest["source"]["quantized_checkpoint"] == str(gptq_checkpoint)
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"]

@@ -27,25 +27,30 @@ import torch
 
 ct = pytest.importorskip("coremltools")
 
-from typer.testing import CliRunner  # noqa: E402
+from model_fixtures import AUDIO_FRAMES, IMAGE_HW, write_moe_checkpoints
+from typer.testing import CliRunner
 
-from model_fixtures import AUDIO_FRAMES, IMAGE_HW, write_moe_checkpoints  # noqa: E402
-from autoglm_export.cli import app  # noqa: E402
-from autoglm_export.errors import ExportError  # noqa: E402
-from autoglm_export.pipeline import export_bundle  # noqa: E402
-from autoglm_export.targets.coreml.export import CoreMLOptions  # noqa: E402
-from autoglm_runtime.parity import thresholds_for  # noqa: E402
-from autoglm_export.request import ModelRequest  # noqa: E402
-from autoglm_export.pipeline import validate_bundle  # noqa: E402
-from autoglm_export.targets.coreml.convert import load_mil_program  # noqa: E402
-from autoglm_export.targets.coreml.recipe import CoreMLRecipe  # noqa: E402
-from autoglm_export.targets.coreml.twin import apply_coreml_quantization, dequantize, quantize_like_coreml  # noqa: E402
-from autoglm_runtime.backends import backend_for_bundle  # noqa: E402
-from autoglm_runtime.backends.coreml_backend import CoreMLBackend, causal_mask, default_engine  # noqa: E402
-from autoglm_runtime.backends.torch_backend import TorchBackend  # noqa: E402
-from autoglm_runtime.bundle import open_bundle, sha256_file  # noqa: E402
-from autoglm_runtime.errors import BundleError  # noqa: E402
-from autoglm_runtime.parity import ParityReport, compare_arrays  # noqa: E402
+from autoglm_export.cli import app
+from autoglm_export.errors import ExportError
+from autoglm_export.pipeline import (
+    export_bundle,
+    validate_bundle,
+)
+from autoglm_export.request import ModelRequest
+from autoglm_export.targets.coreml.convert import load_mil_program
+from autoglm_export.targets.coreml.export import CoreMLOptions
+from autoglm_export.targets.coreml.recipe import CoreMLRecipe
+from autoglm_export.targets.coreml.twin import apply_coreml_quantization, dequantize, quantize_like_coreml
+from autoglm_runtime.backends import backend_for_bundle
+from autoglm_runtime.backends.coreml_backend import CoreMLBackend, causal_mask, default_engine
+from autoglm_runtime.backends.torch_backend import TorchBackend
+from autoglm_runtime.bundle import open_bundle, sha256_file
+from autoglm_runtime.errors import BundleError
+from autoglm_runtime.parity import (
+    ParityReport,
+    compare_arrays,
+    thresholds_for,
+)
 
 CONTEXT = 128  # the calibration probes are up to 60 tokens + 6 decode steps
 CHUNK = 16  # shorter than every probe: prefill runs in chunks, the last one padded
@@ -63,7 +68,9 @@ def _one_torch_thread():
 
 
 def _export(out: Path, request: ModelRequest, **recipe) -> Path:
-    path, report = export_bundle("coreml", request, CoreMLOptions(out=out, recipe=CoreMLRecipe(**recipe), prefill_chunk=CHUNK, engine="mil"))
+    path, report = export_bundle(
+        "coreml", request, CoreMLOptions(out=out, recipe=CoreMLRecipe(**recipe), prefill_chunk=CHUNK, engine="mil")
+    )
     assert report is not None and report.passed
     return path
 
@@ -107,12 +114,22 @@ def test_ios18_bundle_layout_and_specs(dense18):
     c = m["coreml"]
     assert c["min_ios"] == 18 and c["prefill_chunk"] == CHUNK
     pk = c["packages"]
-    assert {p["file"] for p in pk.values()} == {"VisionEncoder.mlpackage", "AudioEncoder.mlpackage",
-                                                 "TokenEmbedding.mlpackage", "TextDecoder.mlpackage"}
+    assert {p["file"] for p in pk.values()} == {
+        "VisionEncoder.mlpackage",
+        "AudioEncoder.mlpackage",
+        "TokenEmbedding.mlpackage",
+        "TextDecoder.mlpackage",
+    }
     # every file inside every package is hashed in the manifest, and nothing else is there
-    on_disk = {p.relative_to(dense18).as_posix() for p in dense18.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    on_disk = {
+        p.relative_to(dense18).as_posix() for p in dense18.rglob("*") if p.is_file() and p.name != "manifest.json"
+    }
     assert set(m["files"]) == on_disk
-    assert {"tokenizer.json", "parity.json", "TextDecoder.mlpackage/Data/com.apple.CoreML/weights/weight.bin"} <= on_disk
+    assert {
+        "tokenizer.json",
+        "parity.json",
+        "TextDecoder.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
+    } <= on_disk
 
     dec = pk["text_decoder"]
     assert set(dec["functions"]) == {"prefill", "decode"} and dec["kv_cache"] == "state"
@@ -124,10 +141,16 @@ def test_ios18_bundle_layout_and_specs(dense18):
         assert f["inputs"][2]["shape_range"][-1] == [seq, CONTEXT]  # the mask's end: where the call writes
         assert _names(f["outputs"]) == ["logits"]
         assert [(s["name"], s["shape"], s["dtype"]) for s in f["states"]] == [
-            (n, [4, 1, 2, CONTEXT, 32], "float16") for n in ("keyCache", "valueCache")]
+            (n, [4, 1, 2, CONTEXT, 32], "float16") for n in ("keyCache", "valueCache")
+        ]
         ops = dec["ops"][fname]
-        for op in ("constexpr_blockwise_shift_scale", "scaled_dot_product_attention", "read_state",
-                   "coreml_update_state", "slice_update"):
+        for op in (
+            "constexpr_blockwise_shift_scale",
+            "scaled_dot_product_attention",
+            "read_state",
+            "coreml_update_state",
+            "slice_update",
+        ):
             assert ops.get(op), f"{fname} lacks {op}: {ops}"
         assert ops["constexpr_blockwise_shift_scale"] == ops["linear"]  # every linear is int4
     # the two functions share one copy of the weights: the package's weight file is no bigger than
@@ -144,8 +167,11 @@ def test_ios18_parity_report(dense18):
     report = _parity(dense18)
     assert report.passed and report.info["engine"] == "mil"
     rows = {(r["component"], r["reference"]): r for r in report.rows}
-    assert set(rows) == {(c, ref) for c in ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
-                         for ref in ("quantized_eager", "fp32")}
+    assert set(rows) == {
+        (c, ref)
+        for c in ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
+        for ref in ("quantized_eager", "fp32")
+    }
     faithful = rows[("text_decoder", "quantized_eager")]["metrics"]
     assert faithful["cosine"] > 0.9999 and faithful["top1_agreement"] == 1.0
     # teacher-forced rows: 3 probes (60, 44, 31 prompt tokens) + 6 decode steps each
@@ -218,8 +244,12 @@ def test_backend_pads_chunks_and_falls_back_to_decode(dense18):
         coreml.text_decoder(embeds[:, :2], np.array([0, 2]), pos[:, :2])
     coreml.reset()  # a fresh state: slot 0 alone again
     eager.reset()
-    one = compare_arrays("text_decoder", coreml.text_decoder(embeds[:, 5:6], np.arange(1), pos[:, :1]),
-                         eager.text_decoder(embeds[:, 5:6], np.arange(1), pos[:, :1]), logits=True)
+    one = compare_arrays(
+        "text_decoder",
+        coreml.text_decoder(embeds[:, 5:6], np.arange(1), pos[:, :1]),
+        eager.text_decoder(embeds[:, 5:6], np.arange(1), pos[:, :1]),
+        logits=True,
+    )
     assert one.cosine > 0.9999
 
 
@@ -233,8 +263,12 @@ def test_rms_norm_survives_fp16_outliers():
     block = torch.nn.Sequential(RMSNorm(64, 1e-5))
     block[0].weight.data = torch.rand(64) + 0.5
     x = torch.randn(1, 3, 64) * 1000
-    ml = _convert(_trace(block, (x,)), recipe=CoreMLRecipe(), inputs=[_tensor("x", (1, 3, 64), np.float16)],
-                  outputs=[_tensor("y", None, np.float16)])
+    ml = _convert(
+        _trace(block, (x,)),
+        recipe=CoreMLRecipe(),
+        inputs=[_tensor("x", (1, 3, 64), np.float16)],
+        outputs=[_tensor("y", None, np.float16)],
+    )
     ops = {op.op_type for op in ml._mil_program.functions["main"].operations}
     assert "layer_norm" in ops and "pow" not in ops
     got = MILModel(ml).predict({"x": x.numpy().astype(np.float16)})["y"]
@@ -367,8 +401,12 @@ def test_int4_on_ios17_is_refused_before_any_work(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["ios", "--min-ios", "17", "--quant", "int4", "--out", str(out)])
     assert result.exit_code == 1 and "int4 needs --min-ios 18" in result.output
     assert not out.exists()
-    for args, msg in ((["--min-ios", "16"], "expected 17 or 18"), (["--quant", "int2"], "expected one of"),
-                      (["--block-size", "24"], "--block-size 24"), (["--compute-units", "gpu"], "--compute-units gpu")):
+    for args, msg in (
+        (["--min-ios", "16"], "expected 17 or 18"),
+        (["--quant", "int2"], "expected one of"),
+        (["--block-size", "24"], "--block-size 24"),
+        (["--compute-units", "gpu"], "--compute-units gpu"),
+    ):
         result = CliRunner().invoke(app, ["ios", "--out", str(out), *args])
         assert result.exit_code == 1 and msg in result.output, result.output
     (out / "x").parent.mkdir()

@@ -39,9 +39,7 @@ pytest.importorskip("executorch")
 # Expected while exporting: the KV cache's initial value is not serialized (reset_cache zeroes it).
 pytestmark = pytest.mark.filterwarnings("ignore:Mutation on a buffer")
 
-from typer.testing import CliRunner  # noqa: E402
-
-from model_fixtures import (  # noqa: E402
+from model_fixtures import (
     AUDIO_FRAMES,
     GROUP_SIZE,
     IMAGE_HW,
@@ -51,33 +49,54 @@ from model_fixtures import (  # noqa: E402
     moe_request,
     write_moe_checkpoints,
 )
-from autoglm_export.pipeline import export_bundle  # noqa: E402
-from autoglm_export.targets.executorch.export import ExecuTorchOptions  # noqa: E402
-from autoglm_export.cli import app  # noqa: E402
-from autoglm_export.errors import ExportError  # noqa: E402
-from autoglm_export.request import ModelRequest  # noqa: E402
-from autoglm_export.summary import chat_template  # noqa: E402
-from autoglm_export.presets import TINY_DIR  # noqa: E402
-from autoglm_export.quantize import QuantRecipe, apply_recipe  # noqa: E402
-from autoglm_export.targets.executorch.attention import use_executorch_attention  # noqa: E402
-from autoglm_export.calibration import synthetic_speech  # noqa: E402
-from autoglm_export.calibration import synthetic_screenshot  # noqa: E402
-from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend  # noqa: E402
-from autoglm_runtime.backends.torch_backend import TorchBackend  # noqa: E402
-from autoglm_runtime.bundle import MANIFEST_SCHEMA_VERSION, open_bundle, sha256_file  # noqa: E402
-from autoglm_runtime.parity import Metrics, Thresholds, thresholds_for  # noqa: E402
-from autoglm_runtime.prompt import Message, build_prompt  # noqa: E402
-from autoglm_runtime.session import Session  # noqa: E402
-from autoglm_runtime.tokenizer import Tokenizer  # noqa: E402
+from typer.testing import CliRunner
+
+from autoglm_export.calibration import (
+    synthetic_screenshot,
+    synthetic_speech,
+)
+from autoglm_export.cli import app
+from autoglm_export.errors import ExportError
+from autoglm_export.pipeline import export_bundle
+from autoglm_export.presets import TINY_DIR
+from autoglm_export.quantize import QuantRecipe, apply_recipe
+from autoglm_export.request import ModelRequest
+from autoglm_export.summary import chat_template
+from autoglm_export.targets.executorch.attention import use_executorch_attention
+from autoglm_export.targets.executorch.export import ExecuTorchOptions
+from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend
+from autoglm_runtime.backends.torch_backend import TorchBackend
+from autoglm_runtime.bundle import MANIFEST_SCHEMA_VERSION, open_bundle, sha256_file
+from autoglm_runtime.parity import Metrics, Thresholds, thresholds_for
+from autoglm_runtime.prompt import Message, build_prompt
+from autoglm_runtime.session import Session
+from autoglm_runtime.tokenizer import Tokenizer
 
 runner = CliRunner()
 TESTS_DIR = Path(__file__).resolve().parents[2]  # model_fixtures.py
-TINY_ARGS = ["--image-size", f"{IMAGE_HW[0]}x{IMAGE_HW[1]}", "--audio-frames", str(AUDIO_FRAMES),
-             "--max-context-len", str(MAX_CONTEXT), "--max-seq-len", str(MAX_SEQ_LEN)]
+TINY_ARGS = [
+    "--image-size",
+    f"{IMAGE_HW[0]}x{IMAGE_HW[1]}",
+    "--audio-frames",
+    str(AUDIO_FRAMES),
+    "--max-context-len",
+    str(MAX_CONTEXT),
+    "--max-seq-len",
+    str(MAX_SEQ_LEN),
+]
 ENCODERS = ("vision_encoder", "audio_encoder")
 METHODS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder", "reset_cache")
-LLM_RUNNER_KEYS = ("get_max_seq_len", "get_max_context_len", "get_bos_id", "get_eos_ids", "get_vocab_size",
-                   "use_kv_cache", "enable_dynamic_shape", "get_image_token_id", "get_image_tokens")
+LLM_RUNNER_KEYS = (
+    "get_max_seq_len",
+    "get_max_context_len",
+    "get_bos_id",
+    "get_eos_ids",
+    "get_vocab_size",
+    "use_kv_cache",
+    "enable_dynamic_shape",
+    "get_image_token_id",
+    "get_image_tokens",
+)
 
 
 def _error_line(result) -> str:
@@ -123,9 +142,19 @@ def background(request, tmp_path_factory):
     env["PYTHONHASHSEED"] = str(int(seed) + 1) if seed.isdigit() else "1"
     log = open(root / "export.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import model_fixtures as f; f.perturbed_export_main()",
-         str(ckpt), str(asr), str(root / "android"), str(root / "result.json")],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-c",
+            "import model_fixtures as f; f.perturbed_export_main()",
+            str(ckpt),
+            str(asr),
+            str(root / "android"),
+            str(root / "result.json"),
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     yield SimpleNamespace(proc=proc, root=root, out=root / "android", log=root / "export.log")
     if proc.poll() is None:  # nobody waited for it (tests deselected): stop the process we started
@@ -144,7 +173,9 @@ def perturbed(background):
     tail = background.log.read_text(errors="replace")[-4000:]
     result_path = background.root / "result.json"
     assert rc == 0 and result_path.exists(), f"exit {rc}; log tail:\n{tail}"
-    return SimpleNamespace(result=json.loads(result_path.read_text()), out=background.out, root=background.root, log_tail=tail)
+    return SimpleNamespace(
+        result=json.loads(result_path.read_text()), out=background.out, root=background.root, log_tail=tail
+    )
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +188,16 @@ def tiny_bundle(tmp_path_factory, background):
     result = runner.invoke(app, ["android", "--out", str(out), *TINY_ARGS, "--force"])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     request = ModelRequest(None, None, "tiny", MAX_CONTEXT, IMAGE_HW, AUDIO_FRAMES)
-    return SimpleNamespace(name="tiny", out=out, cli=result, request=request, checkpoint=TINY_DIR,
-                           recipe=QuantRecipe(), report=None, records=[])
+    return SimpleNamespace(
+        name="tiny",
+        out=out,
+        cli=result,
+        request=request,
+        checkpoint=TINY_DIR,
+        recipe=QuantRecipe(),
+        report=None,
+        records=[],
+    )
 
 
 class _Records(logging.Handler):
@@ -186,8 +225,15 @@ def moe_bundle(moe_checkpoint, tmp_path_factory, background):
         logger.removeHandler(handler)
         logger.setLevel(level)
     assert path == out
-    return SimpleNamespace(name="moe", out=out, request=moe_request(ckpt, asr), checkpoint=ckpt,
-                           recipe=moe_options(out).recipe, report=report, records=handler.records)
+    return SimpleNamespace(
+        name="moe",
+        out=out,
+        request=moe_request(ckpt, asr),
+        checkpoint=ckpt,
+        recipe=moe_options(out).recipe,
+        report=report,
+        records=handler.records,
+    )
 
 
 @pytest.fixture(params=["tiny_bundle", "moe_bundle"])
@@ -241,22 +287,35 @@ def test_manifest_describes_the_model(exported):
     manifest, cfg, src = _manifest(exported), _config(exported), fp32_source(exported)
     text_cfg = cfg["text_config"]
     assert manifest["source"] == {"label": src.label, **exported.request.to_dict()}
-    assert manifest["export_shape"] == {"max_context": MAX_CONTEXT, "image_hw": list(IMAGE_HW), "audio_frames": AUDIO_FRAMES}
+    assert manifest["export_shape"] == {
+        "max_context": MAX_CONTEXT,
+        "image_hw": list(IMAGE_HW),
+        "audio_frames": AUDIO_FRAMES,
+    }
     assert manifest["max_seq_len"] == MAX_SEQ_LEN
     model = manifest["model"]
     assert model["model_type"] == cfg["model_type"]
-    assert model["parameters"] == {name: sum(p.numel() for p in m.parameters())
-                                   for name, m in (("text", src.model.text), ("vision", src.model.vision),
-                                                   ("audio", src.model.audio))}
-    for key, hf_key in (("hidden_size", "hidden_size"), ("layers", "num_hidden_layers"), ("heads", "num_attention_heads"),
-                        ("kv_heads", "num_key_value_heads"), ("intermediate_size", "intermediate_size"),
-                        ("vocab_size", "vocab_size")):
+    assert model["parameters"] == {
+        name: sum(p.numel() for p in m.parameters())
+        for name, m in (("text", src.model.text), ("vision", src.model.vision), ("audio", src.model.audio))
+    }
+    for key, hf_key in (
+        ("hidden_size", "hidden_size"),
+        ("layers", "num_hidden_layers"),
+        ("heads", "num_attention_heads"),
+        ("kv_heads", "num_key_value_heads"),
+        ("intermediate_size", "intermediate_size"),
+        ("vocab_size", "vocab_size"),
+    ):
         assert model["text"][key] == text_cfg[hf_key], key
     assert model["text"]["mrope_section"] == text_cfg["rope_parameters"]["mrope_section"]
     if cfg["model_type"] == "glm4v_moe":
-        assert model["text"]["moe"] == {"experts": text_cfg["n_routed_experts"], "top_k": text_cfg["num_experts_per_tok"],
-                                        "shared": text_cfg["n_shared_experts"],
-                                        "first_k_dense_replace": text_cfg["first_k_dense_replace"]}
+        assert model["text"]["moe"] == {
+            "experts": text_cfg["n_routed_experts"],
+            "top_k": text_cfg["num_experts_per_tok"],
+            "shared": text_cfg["n_shared_experts"],
+            "first_k_dense_replace": text_cfg["first_k_dense_replace"],
+        }
     else:
         assert model["text"]["moe"] is None
     assert model["vision"]["depth"] == cfg["vision_config"]["depth"]
@@ -271,11 +330,16 @@ def test_manifest_runtime_tokens_and_template(exported):
     # preprocessing parameters an app needs to feed the fixed-shape towers
     image = runtime["image"]
     assert (image["height"], image["width"]) == IMAGE_HW
-    assert image["patch_size"] == cfg["vision_config"]["patch_size"] and image["merge_size"] == cfg["vision_config"]["spatial_merge_size"]
+    assert (
+        image["patch_size"] == cfg["vision_config"]["patch_size"]
+        and image["merge_size"] == cfg["vision_config"]["spatial_merge_size"]
+    )
     pre = exported.checkpoint / "preprocessor_config.json"
     if pre.exists():  # mean/std come from the checkpoint's processor config
         pre_cfg = json.loads(pre.read_text())
-        assert image["image_mean"] == pytest.approx(pre_cfg["image_mean"]) and image["image_std"] == pytest.approx(pre_cfg["image_std"])
+        assert image["image_mean"] == pytest.approx(pre_cfg["image_mean"]) and image["image_std"] == pytest.approx(
+            pre_cfg["image_std"]
+        )
     assert runtime["image_tokens"] == (IMAGE_HW[0] // 28) * (IMAGE_HW[1] // 28)
     assert runtime["audio"]["num_frames"] == AUDIO_FRAMES and runtime["audio"]["sampling_rate"] == 16000
     assert runtime["audio_tokens"] > 0 and runtime["audio_token_id"] == tok.token_to_id("<|audio|>")
@@ -291,11 +355,16 @@ def test_manifest_runtime_tokens_and_template(exported):
     t = manifest["chat_template"]
     assert t == json.loads(json.dumps(chat_template()))
     user = Message("user", [{"type": "image"}, {"type": "audio"}, {"type": "text", "text": "打开微信"}])
-    by_hand = (t["prefix"] + t["turn"].format(role="system", content="你是助手")
-               + t["turn"].format(role="user", content=t["image_placeholder"] + t["audio_placeholder"] + "打开微信")
-               + t["generation_prompt"])
+    by_hand = (
+        t["prefix"]
+        + t["turn"].format(role="system", content="你是助手")
+        + t["turn"].format(role="user", content=t["image_placeholder"] + t["audio_placeholder"] + "打开微信")
+        + t["generation_prompt"]
+    )
     assert by_hand == build_prompt([Message("system", "你是助手"), user])
-    assert by_hand + t["thinking_off_suffix"] == build_prompt([Message("system", "你是助手"), user], enable_thinking=False)
+    assert by_hand + t["thinking_off_suffix"] == build_prompt(
+        [Message("system", "你是助手"), user], enable_thinking=False
+    )
 
 
 def test_manifest_quantization(exported):
@@ -303,10 +372,15 @@ def test_manifest_quantization(exported):
     q = manifest["quantization"]
     recipe = exported.recipe
     assert q["recipe"] == recipe.to_dict()
-    assert q["kinds"] == {c: recipe.kind(c) for c in ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")}
+    assert q["kinds"] == {
+        c: recipe.kind(c) for c in ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
+    }
     # what each component's linears should have become, from the fp32 model's own layers
-    expected_fallbacks = [f"text.{fqn}" for fqn, m in src.model.text.named_modules()
-                          if isinstance(m, nn.Linear) and m.in_features % recipe.group_size]
+    expected_fallbacks = [
+        f"text.{fqn}"
+        for fqn, m in src.model.text.named_modules()
+        if isinstance(m, nn.Linear) and m.in_features % recipe.group_size
+    ]
     assert q["fallbacks"] == expected_fallbacks
     n_text = sum(isinstance(m, nn.Linear) for m in src.model.text.modules())
     text = {"int8 embedding": 1, "8da4w": n_text - len(expected_fallbacks), "8da8w": len(expected_fallbacks)}
@@ -340,14 +414,26 @@ def _expected_methods(manifest: dict) -> dict:
         return {"name": name, "shape": shape, "dtype": dtype}
 
     return {
-        "vision_encoder": {"inputs": [t("pixel_values", [patches, patch_dim])],
-                           "outputs": [t("image_embeds", [rt["image_tokens"], hidden])]},
-        "audio_encoder": {"inputs": [t("input_features", [1, rt["audio"]["num_mel_bins"], rt["audio"]["num_frames"]])],
-                          "outputs": [t("audio_embeds", [rt["audio_tokens"], hidden])]},
-        "token_embedding": {"inputs": [t("token_ids", [1, "seq"], "int64")], "outputs": [t("embeds", [1, "seq", hidden])]},
-        "text_decoder": {"inputs": [t("inputs_embeds", [1, "seq", hidden]), t("cache_position", ["seq"], "int64"),
-                                    t("position_ids", [3, "seq"], "int64")],
-                         "outputs": [t("logits", [1, "seq", vocab])]},
+        "vision_encoder": {
+            "inputs": [t("pixel_values", [patches, patch_dim])],
+            "outputs": [t("image_embeds", [rt["image_tokens"], hidden])],
+        },
+        "audio_encoder": {
+            "inputs": [t("input_features", [1, rt["audio"]["num_mel_bins"], rt["audio"]["num_frames"]])],
+            "outputs": [t("audio_embeds", [rt["audio_tokens"], hidden])],
+        },
+        "token_embedding": {
+            "inputs": [t("token_ids", [1, "seq"], "int64")],
+            "outputs": [t("embeds", [1, "seq", hidden])],
+        },
+        "text_decoder": {
+            "inputs": [
+                t("inputs_embeds", [1, "seq", hidden]),
+                t("cache_position", ["seq"], "int64"),
+                t("position_ids", [3, "seq"], "int64"),
+            ],
+            "outputs": [t("logits", [1, "seq", vocab])],
+        },
         "reset_cache": {"inputs": [], "outputs": [t("done", [1])]},
     }
 
@@ -383,13 +469,22 @@ def test_constant_methods(exported):
     assert set(LLM_RUNNER_KEYS) <= set(meta)
     rt = manifest["runtime"]
     expected = {
-        "get_max_seq_len": MAX_SEQ_LEN, "get_max_context_len": MAX_CONTEXT, "get_bos_id": tok.token_to_id("[gMASK]"),
-        "get_eos_ids": cfg["eos_token_id"], "get_vocab_size": cfg["text_config"]["vocab_size"], "use_kv_cache": True,
-        "enable_dynamic_shape": True, "get_image_token_id": cfg["image_token_id"],
+        "get_max_seq_len": MAX_SEQ_LEN,
+        "get_max_context_len": MAX_CONTEXT,
+        "get_bos_id": tok.token_to_id("[gMASK]"),
+        "get_eos_ids": cfg["eos_token_id"],
+        "get_vocab_size": cfg["text_config"]["vocab_size"],
+        "use_kv_cache": True,
+        "enable_dynamic_shape": True,
+        "get_image_token_id": cfg["image_token_id"],
         "get_image_tokens": (IMAGE_HW[0] // 28) * (IMAGE_HW[1] // 28),
-        "get_hidden_size": cfg["text_config"]["hidden_size"], "get_image_height": IMAGE_HW[0], "get_image_width": IMAGE_HW[1],
-        "get_audio_token_id": tok.token_to_id("<|audio|>"), "get_audio_tokens": rt["audio_tokens"],
-        "get_n_mels": rt["audio"]["num_mel_bins"], "get_audio_frames": AUDIO_FRAMES,
+        "get_hidden_size": cfg["text_config"]["hidden_size"],
+        "get_image_height": IMAGE_HW[0],
+        "get_image_width": IMAGE_HW[1],
+        "get_audio_token_id": tok.token_to_id("<|audio|>"),
+        "get_audio_tokens": rt["audio_tokens"],
+        "get_n_mels": rt["audio"]["num_mel_bins"],
+        "get_audio_frames": AUDIO_FRAMES,
     }
     assert {k: meta.get(k) for k in expected} == expected
 
@@ -411,7 +506,8 @@ def test_parity_json(exported):
     rows = parity["rows"]
     comps = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
     assert sorted((r["component"], r["reference"]) for r in rows) == sorted(
-        (c, ref) for c in comps for ref in ("fp32", "quantized_eager"))
+        (c, ref) for c in comps for ref in ("fp32", "quantized_eager")
+    )
     for r in rows:
         what = f"{r['component']} vs {r['reference']}"
         assert r["passed"] is True and r["failures"] == [], what
@@ -423,7 +519,10 @@ def test_parity_json(exported):
         assert r["metrics"]["nonfinite"] == 0, what
     decoder = next(r for r in rows if r["component"] == "text_decoder")
     # teacher-forced over the calibration prompts: many positions, prefill in chunks of max_seq_len
-    assert decoder["metrics"]["shape"][0] > 2 * MAX_SEQ_LEN and decoder["metrics"]["shape"][1] == manifest["runtime"]["vocab_size"]
+    assert (
+        decoder["metrics"]["shape"][0] > 2 * MAX_SEQ_LEN
+        and decoder["metrics"]["shape"][1] == manifest["runtime"]["vocab_size"]
+    )
     if exported.report is not None:  # the library's return value is what was written
         assert exported.report.to_json() == parity
 
@@ -461,16 +560,18 @@ def test_generation_through_the_bundle_matches_the_eager_quantized_model(tiny_bu
     assert len(got.logits) == len(got.token_ids) >= 1
 
     eager = Session(TorchBackend(src.model), src.tokenizer_path, src.spec)
-    prepared = eager.prepare(eager.messages_for(prompt, image=image, audio=audio, system=None), [image], [audio],
-                             max_new_tokens=steps)
+    prepared = eager.prepare(
+        eager.messages_for(prompt, image=image, audio=audio, system=None), [image], [audio], max_new_tokens=steps
+    )
     n = len(prepared.inputs.input_ids)
     assert n == got.prompt_tokens
     ref = [eager.prefill(prepared)[-1]]
     for i, token in enumerate(got.token_ids[:-1]):
         ref.append(eager.step(token, n + i, prepared.inputs.rope_delta))
 
-    min_cos = thresholds_for("quantized_eager", _manifest(tiny_bundle)["quantization"]["kinds"]["text_decoder"],
-                             "text_decoder").min_cosine
+    min_cos = thresholds_for(
+        "quantized_eager", _manifest(tiny_bundle)["quantization"]["kinds"]["text_decoder"], "text_decoder"
+    ).min_cosine
     first_tie, decisive = None, 0
     for i, (a, e) in enumerate(zip(got.logits, ref)):
         a, e = a.astype(np.float64), e.astype(np.float64)
@@ -479,7 +580,9 @@ def test_generation_through_the_bundle_matches_the_eager_quantized_model(tiny_bu
         err, best = float(np.abs(a - e).max()), int(np.argmax(e))
         if e[best] - np.partition(e, -2)[-2] > 2 * err:
             decisive += 1
-            assert got.token_ids[i] == best, f"step {i}: bundle picked {got.token_ids[i]}, eager {best} (margin > 2x error {err:.3g})"
+            assert got.token_ids[i] == best, (
+                f"step {i}: bundle picked {got.token_ids[i]}, eager {best} (margin > 2x error {err:.3g})"
+            )
         elif first_tie is None:
             first_tie = i
     assert decisive >= len(ref) // 4, f"only {decisive}/{len(ref)} decisive steps: the check would be vacuous"
@@ -494,7 +597,9 @@ def test_cli_run_on_the_bundle(tiny_bundle):
     result = runner.invoke(app, ["run", str(tiny_bundle.out), "--prompt", prompt, "--max-new-tokens", str(steps)])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     bundle = open_bundle(tiny_bundle.out)
-    session = Session(ExecuTorchBackend.from_bundle(bundle), bundle.tokenizer_path, bundle.spec, prefill_chunk=MAX_SEQ_LEN)
+    session = Session(
+        ExecuTorchBackend.from_bundle(bundle), bundle.tokenizer_path, bundle.spec, prefill_chunk=MAX_SEQ_LEN
+    )
     expected = session.generate(prompt, max_new_tokens=steps)
     assert result.stdout == expected.text + "\n"
     assert f"executorch: {expected.prompt_tokens} prompt tokens, {len(expected.token_ids)} generated" in result.stderr
@@ -563,14 +668,17 @@ def test_refuses_to_overwrite_without_force(tmp_path, no_work):
 def test_qnn_without_sdk_fails_at_once(tmp_path, monkeypatch, no_work):
     monkeypatch.delenv("QNN_SDK_ROOT", raising=False)
     out = tmp_path / "qnn"
-    line = _error_line(runner.invoke(app, ["android", "--out", str(out), "--backend", "qnn", "--soc", "SM8650",
-                                           "--quant", "fp32"]))
+    line = _error_line(
+        runner.invoke(app, ["android", "--out", str(out), "--backend", "qnn", "--soc", "SM8650", "--quant", "fp32"])
+    )
     assert "QNN_SDK_ROOT" in line
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("option, value, hint", [("--quant", "4w", "8da4w"), ("--quant-encoder", "8w", "8da8w"),
-                                                 ("--quant", "int3", "expected one of")])
+@pytest.mark.parametrize(
+    "option, value, hint",
+    [("--quant", "4w", "8da4w"), ("--quant-encoder", "8w", "8da8w"), ("--quant", "int3", "expected one of")],
+)
 def test_unsupported_quant_is_refused(tmp_path, no_work, option, value, hint):
     out = tmp_path / "android"
     line = _error_line(runner.invoke(app, ["android", "--out", str(out), option, value]))
@@ -584,7 +692,11 @@ def test_unsupported_quant_is_refused(tmp_path, no_work, option, value, hint):
 def test_group_size_fallback_is_applied_recorded_and_logged(moe_bundle):
     manifest = _manifest(moe_bundle)
     src = fp32_source(moe_bundle)
-    odd = [f"text.{fqn}" for fqn, m in src.model.text.named_modules() if isinstance(m, nn.Linear) and m.in_features % GROUP_SIZE]
+    odd = [
+        f"text.{fqn}"
+        for fqn, m in src.model.text.named_modules()
+        if isinstance(m, nn.Linear) and m.in_features % GROUP_SIZE
+    ]
     assert odd and all(name.endswith("down_proj") for name in odd)  # the fixture's dense FFN is 48 wide
     assert manifest["quantization"]["fallbacks"] == odd
     assert manifest["quantization"]["per_component"]["text"]["8da8w"] == len(odd)
@@ -601,7 +713,9 @@ def test_group_size_fallback_is_applied_recorded_and_logged(moe_bundle):
 
 def test_parity_gate_failure_publishes_nothing(perturbed):
     res, out = perturbed.result, perturbed.out
-    assert res["error_type"] == ExportError.__name__ and res["error_module"] == ExportError.__module__, perturbed.log_tail
+    assert res["error_type"] == ExportError.__name__ and res["error_module"] == ExportError.__module__, (
+        perturbed.log_tail
+    )
     assert "parity failed" in res["message"] and "nothing published" in res["message"]
     failed = out.parent / f"{out.name}.parity-failed.json"
     assert str(failed) in res["message"]
@@ -622,4 +736,5 @@ def test_same_checkpoint_lowers_to_the_same_program(perturbed, moe_bundle):
     a, b = Path(lowered).read_bytes(), (moe_bundle.out / "model.pte").read_bytes()
     assert len(a) == len(b) and a == b, (
         f"{len(a)} vs {len(b)} bytes, first difference at byte "
-        f"{next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))}")
+        f"{next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))}"
+    )

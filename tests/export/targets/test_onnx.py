@@ -23,29 +23,38 @@ import torch
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from onnx import helper, numpy_helper  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from model_fixtures import (
+    AUDIO_FRAMES,
+    IMAGE_HW,
+    MAX_CONTEXT,
+    MAX_SEQ_LEN,
+    write_chat_checkpoint,
+    write_moe_checkpoints,
+)
+from onnx import helper, numpy_helper
+from typer.testing import CliRunner
 
-from model_fixtures import AUDIO_FRAMES, IMAGE_HW, MAX_CONTEXT, MAX_SEQ_LEN, write_chat_checkpoint, write_moe_checkpoints  # noqa: E402
-from autoglm_export.cli import app  # noqa: E402
-from autoglm_export.errors import ExportError  # noqa: E402
-from autoglm_export.pipeline import export_bundle, validate_bundle  # noqa: E402
-from autoglm_export.targets.onnx.export import OnnxOptions  # noqa: E402
-from autoglm_export.targets.onnx.recipe import OnnxQuant  # noqa: E402
-from autoglm_export.request import ModelRequest  # noqa: E402
-from autoglm_export.source import open_source  # noqa: E402
-from autoglm_export.targets.onnx import convert as onnx_target  # noqa: E402
-from autoglm_export.targets.onnx.convert import OnnxTextDecoder, cache_shape, constant_matmuls, quantize_int4  # noqa: E402
-from autoglm_export.targets.onnx.twin import fake_quantize_int4, int4_block_fake_quant, linear_modules  # noqa: E402
-from autoglm_export.calibration import synthetic_speech  # noqa: E402
-from autoglm_export.calibration import synthetic_screenshot  # noqa: E402
-from autoglm_runtime.backends import backend_for_bundle  # noqa: E402
-from autoglm_runtime.backends.onnx_backend import OnnxBackend  # noqa: E402
-from autoglm_runtime.backends.torch_backend import TorchBackend  # noqa: E402
-from autoglm_runtime.bundle import MANIFEST_NAME, open_bundle, sha256_file  # noqa: E402
-from autoglm_runtime.errors import BundleError  # noqa: E402
-from autoglm_runtime.sampling import SamplingConfig  # noqa: E402
-from autoglm_runtime.session import Session  # noqa: E402
+from autoglm_export.calibration import (
+    synthetic_screenshot,
+    synthetic_speech,
+)
+from autoglm_export.cli import app
+from autoglm_export.errors import ExportError
+from autoglm_export.pipeline import export_bundle, validate_bundle
+from autoglm_export.request import ModelRequest
+from autoglm_export.source import open_source
+from autoglm_export.targets.onnx import convert as onnx_target
+from autoglm_export.targets.onnx.convert import OnnxTextDecoder, cache_shape, constant_matmuls, quantize_int4
+from autoglm_export.targets.onnx.export import OnnxOptions
+from autoglm_export.targets.onnx.recipe import OnnxQuant
+from autoglm_export.targets.onnx.twin import fake_quantize_int4, int4_block_fake_quant, linear_modules
+from autoglm_runtime.backends import backend_for_bundle
+from autoglm_runtime.backends.onnx_backend import OnnxBackend
+from autoglm_runtime.backends.torch_backend import TorchBackend
+from autoglm_runtime.bundle import MANIFEST_NAME, open_bundle, sha256_file
+from autoglm_runtime.errors import BundleError
+from autoglm_runtime.sampling import SamplingConfig
+from autoglm_runtime.session import Session
 
 runner = CliRunner()
 FILES = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder")
@@ -89,11 +98,16 @@ def _check_int4_graphs(bundle: Path, fresh_model) -> dict[str, int]:
     for comp, entry in manifest["models"].items():
         model = onnx.load(str(bundle / entry["file"]))
         left = [n.name for n in constant_matmuls(model)]
-        assert len(left) == len(entry["fp32_matmuls"]) and all("router" in r for r in entry["fp32_matmuls"]), (comp, left)
+        assert len(left) == len(entry["fp32_matmuls"]) and all("router" in r for r in entry["fp32_matmuls"]), (
+            comp,
+            left,
+        )
         got = _dequantized(model)
         assert len(got) == entry["matmul_nbits"] == len(linears[comp]), comp
         expected = {int4_block_fake_quant(m.weight, 32).numpy().tobytes() for _, m in linears[comp]}
-        assert {w.astype(np.float32).tobytes() for w in got} == expected, f"{comp}: int4 weights differ from the eager rounding"
+        assert {w.astype(np.float32).tobytes() for w in got} == expected, (
+            f"{comp}: int4 weights differ from the eager rounding"
+        )
         counts[comp] = len(got)
     return counts
 
@@ -172,15 +186,29 @@ def test_int4_rounding_matches_onnxruntime_quantizer_bit_for_bit():
     """Our eager int4 rounding vs MatMulNBitsQuantizer on bf16-valued, fp32 and degenerate weights,
     with an input width that blocks of 32 don't divide (padded last block)."""
     torch.manual_seed(0)
-    weights = [torch.randn(48, 100).to(torch.bfloat16).float(), torch.randn(64, 96), torch.randint(-16, 16, (32, 64)) / 4.0,
-               torch.zeros(16, 32)]
-    inits, nodes, prev = [], [], "x"
+    weights = [
+        torch.randn(48, 100).to(torch.bfloat16).float(),
+        torch.randn(64, 96),
+        torch.randint(-16, 16, (32, 64)) / 4.0,
+        torch.zeros(16, 32),
+    ]
+    inits, nodes, _prev = [], [], "x"
     for i, w in enumerate(weights):
         inits.append(numpy_helper.from_array(w.T.contiguous().numpy(), f"w{i}"))
         nodes.append(helper.make_node("MatMul", [f"in{i}", f"w{i}"], [f"out{i}"], name=f"mm{i}"))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info(f"in{i}", onnx.TensorProto.FLOAT, [1, w.shape[1]]) for i, w in enumerate(weights)],
-        [helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.FLOAT, [1, w.shape[0]]) for i, w in enumerate(weights)], inits)
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info(f"in{i}", onnx.TensorProto.FLOAT, [1, w.shape[1]])
+            for i, w in enumerate(weights)
+        ],
+        [
+            helper.make_tensor_value_info(f"out{i}", onnx.TensorProto.FLOAT, [1, w.shape[0]])
+            for i, w in enumerate(weights)
+        ],
+        inits,
+    )
     model = quantize_int4(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), 32, [])
     got = _dequantized(model)
     assert len(got) == len(weights)
@@ -207,14 +235,21 @@ def test_tiny_int4_bundle(tiny_int4):
     assert set(m["models"]) == set(FILES)
     assert sorted(bundle.files) == sorted([f"{c}.onnx" for c in FILES] + ["parity.json", "tokenizer.json"])
     assert m["quantization"]["recipe"] == {"scheme": "int4", "block_size": 32}
-    assert m["quantization"]["kinds"] == {"vision_encoder": "weight_only", "audio_encoder": "weight_only",
-                                          "token_embedding": "fp32", "text_decoder": "weight_only"}
+    assert m["quantization"]["kinds"] == {
+        "vision_encoder": "weight_only",
+        "audio_encoder": "weight_only",
+        "token_embedding": "fp32",
+        "text_decoder": "weight_only",
+    }
     assert m["opset"] == {"ai.onnx": 18, "com.microsoft": 1}
     dec = m["models"]["text_decoder"]
     layers = m["model"]["text"]["layers"]
     assert [i["name"] for i in dec["inputs"]][:3] == ["inputs_embeds", "cache_position", "position_ids"]
-    assert [i["name"] for i in dec["inputs"]][3:] == m["kv_cache"]["inputs"] == \
-        [f"past_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
+    assert (
+        [i["name"] for i in dec["inputs"]][3:]
+        == m["kv_cache"]["inputs"]
+        == [f"past_{kv}_{i}" for i in range(layers) for kv in ("key", "value")]
+    )
     assert [o["name"] for o in dec["outputs"]] == ["logits"] + m["kv_cache"]["outputs"]
     assert dec["inputs"][0]["shape"] == [1, "seq", m["model"]["text"]["hidden_size"]]
     assert dec["inputs"][3]["shape"] == m["kv_cache"]["shape"] == [1, 2, 512, 32]
@@ -250,7 +285,18 @@ def test_run_bundle_generates_with_onnxruntime(tiny_int4, tmp_path):
     with wave.open(str(wav), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
         w.writeframes((synthetic_speech(seed=3) * 32767).astype("<i2").tobytes())
-    args = ["run", str(out), "-p", "打开微信给张三发消息", "--image", str(image), "--audio", str(wav), "--max-new-tokens", "6"]
+    args = [
+        "run",
+        str(out),
+        "-p",
+        "打开微信给张三发消息",
+        "--image",
+        str(image),
+        "--audio",
+        str(wav),
+        "--max-new-tokens",
+        "6",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, (result.output, result.exception)
     assert "onnxruntime:" in result.stderr and "generated" in result.stderr
@@ -260,7 +306,9 @@ def test_run_bundle_generates_with_onnxruntime(tiny_int4, tmp_path):
     src = open_source()
     fake_quantize_int4(src.model, 32)
     kw = dict(image=image, audio=wav, max_new_tokens=6, sampling=SamplingConfig(temperature=0.0))
-    ort_tokens = Session(backend_for_bundle(bundle), bundle.tokenizer_path, bundle.spec, prefill_chunk=16).generate("打开微信", **kw)
+    ort_tokens = Session(backend_for_bundle(bundle), bundle.tokenizer_path, bundle.spec, prefill_chunk=16).generate(
+        "打开微信", **kw
+    )
     torch_tokens = Session(TorchBackend(src.model), src.tokenizer_path, src.spec).generate("打开微信", **kw)
     assert ort_tokens.token_ids == torch_tokens.token_ids and ort_tokens.prompt_tokens > 16
 
@@ -296,7 +344,9 @@ def test_existing_bundle_and_bad_options_fail_before_loading(tiny_int4, monkeypa
     out = tiny_int4[0]
     assert "pass --force" in _error_line(runner.invoke(app, ["onnx", "--out", str(out)]))
     assert "--quant int8" in _error_line(runner.invoke(app, ["onnx", "--out", str(out), "--quant", "int8", "--force"]))
-    assert "--block-size 48" in _error_line(runner.invoke(app, ["onnx", "--out", str(out), "--block-size", "48", "--force"]))
+    assert "--block-size 48" in _error_line(
+        runner.invoke(app, ["onnx", "--out", str(out), "--block-size", "48", "--force"])
+    )
 
 
 # --------------------------------------------------------------------------- fp32 with external data
@@ -355,8 +405,17 @@ def test_gate_catches_a_broken_weight(tmp_path, monkeypatch):
 
     monkeypatch.setattr(onnx_target, "save_model", save_broken)
     out = tmp_path / "dist" / "onnx"
-    args = ["onnx", "--checkpoint", str(ckpt), "--out", str(out), "--max-context-len", str(MAX_CONTEXT),
-            "--image-size", f"{IMAGE_HW[0]}x{IMAGE_HW[1]}"]
+    args = [
+        "onnx",
+        "--checkpoint",
+        str(ckpt),
+        "--out",
+        str(out),
+        "--max-context-len",
+        str(MAX_CONTEXT),
+        "--image-size",
+        f"{IMAGE_HW[0]}x{IMAGE_HW[1]}",
+    ]
     line = _error_line(runner.invoke(app, args))
     failed = tmp_path / "dist" / "onnx.parity-failed.json"
     assert "parity failed" in line and str(failed) in line
@@ -367,7 +426,9 @@ def test_gate_catches_a_broken_weight(tmp_path, monkeypatch):
     assert ("text_decoder", "quantized_eager") in bad and all(c == "text_decoder" for c, _ in bad)
 
     with pytest.raises(ExportError, match="exists"):
-        export_bundle("onnx", ModelRequest(ckpt), OnnxOptions(out=tmp_path / "dist"))  # not a bundle: refused even before loading
+        export_bundle(
+            "onnx", ModelRequest(ckpt), OnnxOptions(out=tmp_path / "dist")
+        )  # not a bundle: refused even before loading
 
 
 def test_revalidation_catches_a_tampered_weight_with_rehashed_manifest(tiny_int4, tmp_path):
@@ -391,4 +452,6 @@ def test_revalidation_catches_a_tampered_weight_with_rehashed_manifest(tiny_int4
     (out / MANIFEST_NAME).write_text(json.dumps(manifest))
     report = validate_bundle(out)
     assert not report.passed
-    assert {(r["component"], r["reference"]) for r in report.rows if not r["passed"]} == {("text_decoder", "quantized_eager")}
+    assert {(r["component"], r["reference"]) for r in report.rows if not r["passed"]} == {
+        ("text_decoder", "quantized_eager")
+    }

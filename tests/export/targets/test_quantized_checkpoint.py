@@ -32,30 +32,38 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("coremltools")
 
-from onnx import helper, numpy_helper  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
+from model_fixtures import AUDIO_FRAMES, IMAGE_HW
+from onnx import helper, numpy_helper
+from typer.testing import CliRunner
 
-from model_fixtures import AUDIO_FRAMES, IMAGE_HW  # noqa: E402
-from autoglm_export.summary import model_summary  # noqa: E402
-from autoglm_export.cli import app  # noqa: E402
-from autoglm_export.errors import CheckpointError  # noqa: E402
-from autoglm_export.pipeline import export_bundle  # noqa: E402
-from autoglm_export.targets.coreml.export import CoreMLOptions  # noqa: E402
-from autoglm_export.request import ModelRequest  # noqa: E402
-from autoglm_export.quantize import QuantRecipe, grid, qcheckpoint  # noqa: E402
-from autoglm_export.pipeline import validate_bundle  # noqa: E402
-from autoglm_export.targets.coreml.convert import convert_audio_encoder, load_mil_program  # noqa: E402
-from autoglm_export.targets.coreml.recipe import CoreMLRecipe  # noqa: E402
-from autoglm_export.targets.onnx.convert import constant_matmuls  # noqa: E402
-from autoglm_export.targets.onnx.twin import CHECKPOINT_FP32  # noqa: E402
-from autoglm_runtime.bundle import MANIFEST_NAME, open_bundle  # noqa: E402
-from autoglm_runtime.parity import ParityReport  # noqa: E402
+from autoglm_export.cli import app
+from autoglm_export.errors import CheckpointError
+from autoglm_export.pipeline import (
+    export_bundle,
+    validate_bundle,
+)
+from autoglm_export.quantize import QuantRecipe, grid, qcheckpoint
+from autoglm_export.request import ModelRequest
+from autoglm_export.summary import model_summary
+from autoglm_export.targets.coreml.convert import convert_audio_encoder, load_mil_program
+from autoglm_export.targets.coreml.export import CoreMLOptions
+from autoglm_export.targets.coreml.recipe import CoreMLRecipe
+from autoglm_export.targets.onnx.convert import constant_matmuls
+from autoglm_export.targets.onnx.twin import CHECKPOINT_FP32
+from autoglm_runtime.bundle import MANIFEST_NAME, open_bundle
+from autoglm_runtime.parity import ParityReport
 
 runner = CliRunner()
 CONTEXT = 128
 REQUEST = ModelRequest(preset="tiny", max_context=CONTEXT, image_hw=IMAGE_HW, audio_frames=AUDIO_FRAMES)
-SHAPE_ARGS = ["--max-context-len", str(CONTEXT), "--image-size", f"{IMAGE_HW[0]}x{IMAGE_HW[1]}",
-              "--audio-frames", str(AUDIO_FRAMES)]
+SHAPE_ARGS = [
+    "--max-context-len",
+    str(CONTEXT),
+    "--image-size",
+    f"{IMAGE_HW[0]}x{IMAGE_HW[1]}",
+    "--audio-frames",
+    str(AUDIO_FRAMES),
+]
 RECIPE = QuantRecipe(linear="8da4w", group_size=32, encoder="8da8w", embedding="8")
 LEFT_FP32 = ("text.layers.1.self_attn.o_proj", "vision.blocks.0.mlp.up_proj")  # quantizable, left out of the checkpoint
 PREFIX = {"text_decoder": "text.", "vision_encoder": "vision.", "audio_encoder": "audio."}
@@ -90,8 +98,11 @@ def clipped_codes(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Te
             best = (err, codes, scales)
             continue
         better = err < best[0]
-        best = (torch.where(better, err, best[0]), torch.where(better.repeat_interleave(group, 1), codes, best[1]),
-                torch.where(better, scales, best[2]))
+        best = (
+            torch.where(better, err, best[0]),
+            torch.where(better.repeat_interleave(group, 1), codes, best[1]),
+            torch.where(better, scales, best[2]),
+        )
     return best[1], best[2]
 
 
@@ -114,8 +125,9 @@ def qckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def onnx_bundle(qckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "onnx"
-    result = runner.invoke(app, ["onnx", "--quantized-checkpoint", str(qckpt[0]), "--out", str(out), "--max-seq-len", "32",
-                                 *SHAPE_ARGS])
+    result = runner.invoke(
+        app, ["onnx", "--quantized-checkpoint", str(qckpt[0]), "--out", str(out), "--max-seq-len", "32", *SHAPE_ARGS]
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     return out
 
@@ -191,8 +203,12 @@ def test_onnx_bundle_holds_the_checkpoint_integers(onnx_bundle, qckpt):
     assert all(layers[f] == CHECKPOINT_FP32 for f in LEFT_FP32)
     assert layers["text.layers.0.self_attn.q_proj"].startswith("int4 (MatMulNBits")
     assert layers["vision.blocks.0.attn.qkv"].startswith("int8 per-channel")
-    assert m["quantization"]["kinds"] == {"vision_encoder": "weight_only", "audio_encoder": "weight_only",
-                                          "token_embedding": "fp32", "text_decoder": "weight_only"}
+    assert m["quantization"]["kinds"] == {
+        "vision_encoder": "weight_only",
+        "audio_encoder": "weight_only",
+        "token_embedding": "fp32",
+        "text_decoder": "weight_only",
+    }
 
     parity = ParityReport.read(onnx_bundle / "parity.json")
     assert parity.passed
@@ -206,7 +222,9 @@ def test_onnx_bundle_holds_the_checkpoint_integers(onnx_bundle, qckpt):
         codes = _graph_codes(model)
         want = {f: q for f, q in qc.linears.items() if f.startswith(PREFIX.get(comp, "-"))}
         assert set(codes) == set(want), comp
-        assert entry["matmul_nbits"] == len(want) and entry.get("matmul_nbits_int8", 0) == sum(q.bits == 8 for q in want.values())
+        assert entry["matmul_nbits"] == len(want) and entry.get("matmul_nbits_int8", 0) == sum(
+            q.bits == 8 for q in want.values()
+        )
         found.update(codes)
         # the linears the checkpoint leaves fp32 are plain fp32 MatMuls with the checkpoint's weights
         left = [f for f in LEFT_FP32 if f.startswith(PREFIX.get(comp, "-"))]
@@ -266,8 +284,12 @@ def _constexpr_values(package: Path) -> dict[str, list[tuple[np.ndarray, np.ndar
 
 def _plain_linear_weights(package: Path) -> list[np.ndarray]:
     prog = load_mil_program(package)
-    return [np.asarray(op.weight.val) for fn in prog.functions.values() for op in fn.operations
-            if op.op_type == "linear" and op.weight.op is not None and op.weight.op.op_type == "const"]
+    return [
+        np.asarray(op.weight.val)
+        for fn in prog.functions.values()
+        for op in fn.operations
+        if op.op_type == "linear" and op.weight.op is not None and op.weight.op.op_type == "const"
+    ]
 
 
 def test_ios_packages_hold_the_checkpoint_integers(ios_bundle, qckpt):
@@ -314,15 +336,21 @@ def test_ios17_int8_checkpoint_layers_are_affine_dequantize(qckpt, tmp_path):
     package = tmp_path / "AudioEncoder.mlpackage"
     convert_audio_encoder(src.model, CoreMLRecipe(weights="int8", min_ios=17), package, fixed=qc.linears)
     want = {f: q for f, q in qc.linears.items() if f.startswith("audio.")}
-    ops = [op.weight.op for fn in load_mil_program(package).functions.values() for op in fn.operations
-           if op.op_type == "linear" and op.weight.op is not None and op.weight.op.op_type != "const"]
+    ops = [
+        op.weight.op
+        for fn in load_mil_program(package).functions.values()
+        for op in fn.operations
+        if op.op_type == "linear" and op.weight.op is not None and op.weight.op.op_type != "const"
+    ]
     assert len(ops) == len(want) and {op.op_type for op in ops} == {"constexpr_affine_dequantize"}
     for fqn, q in want.items():
         hits = [op for op in ops if np.array_equal(np.asarray(op.quantized_data.val), q.codes.numpy())]
         assert len(hits) == 1, fqn
         op = hits[0]
         assert int(op.axis.val) == 0 and not np.asarray(op.zero_point.val).any()
-        np.testing.assert_array_equal(np.asarray(op.scale.val).reshape(-1), q.scales.to(torch.float16).numpy().reshape(-1))
+        np.testing.assert_array_equal(
+            np.asarray(op.scale.val).reshape(-1), q.scales.to(torch.float16).numpy().reshape(-1)
+        )
 
 
 # --------------------------------------------------------------------------- refusals
@@ -351,11 +379,11 @@ def test_checkpoint_of_another_model_is_refused(qckpt, tmp_path):
     cfg = json.loads(cfg_path.read_text())
     cfg["model"]["text"]["layers"] += 1  # made for a 5-layer model
     cfg_path.write_text(json.dumps(cfg))
-    line = _error_line(runner.invoke(app, ["onnx", "--quantized-checkpoint", str(other), "--out", str(tmp_path / "onnx"),
-                                           *SHAPE_ARGS]))
+    line = _error_line(
+        runner.invoke(app, ["onnx", "--quantized-checkpoint", str(other), "--out", str(tmp_path / "onnx"), *SHAPE_ARGS])
+    )
     assert "different model (text:" in line and qcheckpoint.CONFIG_NAME in line
     request = replace(REQUEST, quantized_checkpoint=other)
     with pytest.raises(CheckpointError, match=r"different model \(text:"):
         export_bundle("coreml", request, CoreMLOptions(out=tmp_path / "ios", engine="mil"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
-

@@ -11,8 +11,8 @@ pytest.importorskip("executorch")
 # Expected: the cache's initial value is not serialized (reset_cache zeroes it before use).
 pytestmark = pytest.mark.filterwarnings("ignore:Mutation on a buffer")
 
-from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend  # noqa: E402
-from autoglm_runtime.errors import BundleError  # noqa: E402
+from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend
+from autoglm_runtime.errors import BundleError
 
 HIDDEN, VOCAB, CONTEXT, MAX_SEQ = 8, 16, 12, 4
 
@@ -79,19 +79,28 @@ def _export(path, toy, with_reset=True):
     e = torch.export.export
     programs = {
         "vision_encoder": e(Vision(toy), (torch.randn(5, 6),)),
-        "token_embedding": e(Embedding(toy), (torch.zeros(1, 3, dtype=torch.long),),
-                             dynamic_shapes=({1: seq},)),
-        "text_decoder": e(Decoder(toy),
-                          (torch.randn(1, 3, HIDDEN), torch.arange(3), torch.zeros(3, 3, dtype=torch.long)),
-                          dynamic_shapes=({1: seq}, {0: seq}, {1: seq})),
+        "token_embedding": e(Embedding(toy), (torch.zeros(1, 3, dtype=torch.long),), dynamic_shapes=({1: seq},)),
+        "text_decoder": e(
+            Decoder(toy),
+            (torch.randn(1, 3, HIDDEN), torch.arange(3), torch.zeros(3, 3, dtype=torch.long)),
+            dynamic_shapes=({1: seq}, {0: seq}, {1: seq}),
+        ),
     }
     if with_reset:
         programs["reset_cache"] = e(Reset(toy), ())
-    meta = {"get_max_seq_len": MAX_SEQ, "get_max_context_len": CONTEXT, "get_eos_ids": [3], "get_vocab_size": VOCAB,
-            "use_kv_cache": True, "enable_dynamic_shape": True}
+    meta = {
+        "get_max_seq_len": MAX_SEQ,
+        "get_max_context_len": CONTEXT,
+        "get_eos_ids": [3],
+        "get_vocab_size": VOCAB,
+        "use_kv_cache": True,
+        "enable_dynamic_shape": True,
+    }
     edge = to_edge_transform_and_lower(programs, constant_methods=meta)
     # share_mutable_buffers: the cache gets its own arena, so other methods cannot overwrite it.
-    config = ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True))
+    config = ExecutorchBackendConfig(
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True)
+    )
     path.write_bytes(edge.to_executorch(config).buffer)
     return path
 
@@ -106,8 +115,9 @@ def toy_pte(tmp_path_factory):
 def _eager(toy, embeds, start):
     n = embeds.shape[1]
     with torch.no_grad():
-        return toy.text_decoder(torch.from_numpy(embeds), torch.arange(start, start + n),
-                                torch.arange(start, start + n).expand(3, n)).numpy()
+        return toy.text_decoder(
+            torch.from_numpy(embeds), torch.arange(start, start + n), torch.arange(start, start + n).expand(3, n)
+        ).numpy()
 
 
 def _decode(backend, ids, start):
@@ -120,8 +130,14 @@ def _decode(backend, ids, start):
 def test_metadata_and_components(toy_pte):
     toy, path = toy_pte
     b = ExecuTorchBackend(path)
-    assert b.metadata() == {"get_max_seq_len": MAX_SEQ, "get_max_context_len": CONTEXT, "get_eos_ids": [3],
-                            "get_vocab_size": VOCAB, "use_kv_cache": True, "enable_dynamic_shape": True}
+    assert b.metadata() == {
+        "get_max_seq_len": MAX_SEQ,
+        "get_max_context_len": CONTEXT,
+        "get_eos_ids": [3],
+        "get_vocab_size": VOCAB,
+        "use_kv_cache": True,
+        "enable_dynamic_shape": True,
+    }
     assert b.max_seq_len == MAX_SEQ and b.has_reset_method
     pix = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
     with torch.no_grad():
@@ -165,12 +181,17 @@ def test_errors(tmp_path, toy_pte):
 def test_from_bundle_checks_metadata_against_the_manifest(tmp_path, toy_pte):
     from autoglm_export.bundle import BundleWriter
     from autoglm_runtime.bundle import open_bundle
-
     from autoglm_runtime.preprocess import ImageSpec
     from autoglm_runtime.spec import ModelSpec
 
-    spec = ModelSpec(max_context=CONTEXT, vocab_size=VOCAB, hidden_size=HIDDEN, eos_token_ids=(3,), image_token_id=15,
-                     image=ImageSpec(height=28, width=28))
+    spec = ModelSpec(
+        max_context=CONTEXT,
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        eos_token_ids=(3,),
+        image_token_id=15,
+        image=ImageSpec(height=28, width=28),
+    )
 
     def make(name, vocab):
         with BundleWriter(tmp_path / name) as w:

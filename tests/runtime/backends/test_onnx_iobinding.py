@@ -13,11 +13,11 @@ import pytest
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from autoglm_export.pipeline import export_bundle  # noqa: E402
-from autoglm_export.targets.onnx.export import OnnxOptions  # noqa: E402
-from autoglm_export.request import ModelRequest  # noqa: E402
-from autoglm_runtime.backends.onnx_backend import OnnxBackend  # noqa: E402
-from autoglm_runtime.bundle import open_bundle  # noqa: E402
+from autoglm_export.pipeline import export_bundle
+from autoglm_export.request import ModelRequest
+from autoglm_export.targets.onnx.export import OnnxOptions
+from autoglm_runtime.backends.onnx_backend import OnnxBackend
+from autoglm_runtime.bundle import open_bundle
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,9 @@ def bundle(tmp_path_factory):
     return open_bundle(path)
 
 
-def _conversation(backend: OnnxBackend, hidden: int, modes: list[bool]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+def _conversation(
+    backend: OnnxBackend, hidden: int, modes: list[bool]
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
     """A 9-token prefill in two chunks, then one decode step per entry of ``modes`` (io_binding on/off)
     with greedy tokens; returns every call's logits and a copy of the final cache."""
     rng = np.random.default_rng(0)

@@ -18,7 +18,7 @@ from torch import nn
 ct = pytest.importorskip("coremltools")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # coremltools renames unnamed outputs
 
-from autoglm_runtime.mil import MILModel, MILRuntimeError  # noqa: E402
+from autoglm_runtime.mil import MILModel, MILRuntimeError
 
 COS_MIN, REL_MAX = 0.999, 1e-2  # fp16 program vs fp32 torch
 
@@ -37,7 +37,9 @@ def convert(module, examples, inputs, states=None, target=None, precision=None):
     with torch.no_grad():
         traced = torch.jit.trace(module, examples)
     return ct.convert(
-        traced, inputs=inputs, states=states or None,
+        traced,
+        inputs=inputs,
+        states=states or None,
         minimum_deployment_target=target or ct.target.iOS18,
         compute_precision=precision or ct.precision.FLOAT16,
     )
@@ -210,10 +212,16 @@ def _module_cases():
     return {
         "rmsnorm": (RMSNorm(64), (torch.randn(1, 5, 64),), [f16("x", (1, 5, 64))]),
         "swiglu": (SwiGLU(64, 96), (torch.randn(1, 5, 64),), [f16("x", (1, 5, 64))]),
-        "rotary": (Rotary(), (torch.randn(1, 4, 6, 32), torch.randn(6, 16), torch.randn(6, 16)),
-                   [f16("q", (1, 4, 6, 32)), f16("cos", (6, 16)), f16("sin", (6, 16))]),
-        "embedding": (Embedding(), (torch.randint(0, 320, (1, 7), dtype=torch.int32),),
-                      [ct.TensorType(name="ids", shape=(1, 7), dtype=np.int32)]),
+        "rotary": (
+            Rotary(),
+            (torch.randn(1, 4, 6, 32), torch.randn(6, 16), torch.randn(6, 16)),
+            [f16("q", (1, 4, 6, 32)), f16("cos", (6, 16)), f16("sin", (6, 16))],
+        ),
+        "embedding": (
+            Embedding(),
+            (torch.randint(0, 320, (1, 7), dtype=torch.int32),),
+            [ct.TensorType(name="ids", shape=(1, 7), dtype=np.int32)],
+        ),
         "gelu_exact_layernorm": (GeluMLP("none"), (torch.randn(9, 32),), [f16("x", (9, 32))]),
         "gelu_tanh": (GeluMLP("tanh"), (torch.randn(9, 32),), [f16("x", (9, 32))]),
         "audio_conv1d": (AudioConvs(), (torch.randn(1, 16, 40),), [f16("x", (1, 16, 40))]),
@@ -280,15 +288,21 @@ def decoder_package(tmp_path_factory):
     """TextDecoder-like package: functions prefill (CHUNK tokens) and decode (1 token), sharing weights."""
     torch.manual_seed(1)
     layer = GQADecoderLayer(ctx=CTX).eval()
-    states = [ct.StateType(wrapped_type=ct.TensorType(shape=(1, 1, 2, CTX, 16), dtype=np.float16), name=n)
-              for n in ("keyCache", "valueCache")]
+    states = [
+        ct.StateType(wrapped_type=ct.TensorType(shape=(1, 1, 2, CTX, 16), dtype=np.float16), name=n)
+        for n in ("keyCache", "valueCache")
+    ]
     d = tmp_path_factory.mktemp("mil")
     paths = {}
     for fname, S in (("prefill", CHUNK), ("decode", 1)):
         end = ct.RangeDim(1, CTX, default=CTX)
         ex = (torch.randn(1, S, 64), torch.zeros(1, 1, S, CTX), torch.randn(S, 8), torch.randn(S, 8))
-        ml = convert(layer, ex, [f16("embeds", (1, S, 64)), f16("causal_mask", (1, 1, S, end)),
-                                 f16("cos", (S, 8)), f16("sin", (S, 8))], states=states)
+        ml = convert(
+            layer,
+            ex,
+            [f16("embeds", (1, S, 64)), f16("causal_mask", (1, 1, S, end)), f16("cos", (S, 8)), f16("sin", (S, 8))],
+            states=states,
+        )
         paths[fname] = d / f"{fname}.mlpackage"
         ml.save(str(paths[fname]))
     layer.keyCache.zero_()
@@ -309,7 +323,13 @@ def test_stateful_decoder_prefill_then_decode(decoder_package):
     for f in m.functions:
         assert m.input_names(f) == ["embeds", "causal_mask", "cos", "sin"]
         assert m.state_names(f) == ["keyCache", "valueCache"]
-        assert {"read_state", "slice_update", "coreml_update_state", "scaled_dot_product_attention", "tile"} <= op_types(m, f)
+        assert {
+            "read_state",
+            "slice_update",
+            "coreml_update_state",
+            "scaled_dot_product_attention",
+            "tile",
+        } <= op_types(m, f)
     print("prefill ops:", sorted(op_types(m, "prefill")))
     state = m.make_state("prefill")
     assert state["keyCache"].dtype == np.float16 and state["keyCache"].shape == (1, 1, 2, CTX, 16)
@@ -334,8 +354,12 @@ def test_stateful_decoder_prefill_then_decode(decoder_package):
 def test_state_is_required_and_checked(decoder_package):
     _, path = decoder_package
     m = MILModel(path)
-    feeds = {"embeds": np.zeros((1, 1, 64), np.float32), "causal_mask": _mask(1, 1), "cos": np.ones((1, 8), np.float32),
-             "sin": np.zeros((1, 8), np.float32)}
+    feeds = {
+        "embeds": np.zeros((1, 1, 64), np.float32),
+        "causal_mask": _mask(1, 1),
+        "cos": np.ones((1, 8), np.float32),
+        "sin": np.zeros((1, 8), np.float32),
+    }
     with pytest.raises(ValueError, match="stateful"):
         m.predict(feeds, function="decode")
     bad = {k: v.astype(np.float32) for k, v in m.make_state("decode").items()}
@@ -344,7 +368,9 @@ def test_state_is_required_and_checked(decoder_package):
     with pytest.raises(ValueError, match="causal_mask"):  # RangeDim upper bound is CTX
         m.predict({**feeds, "causal_mask": _mask(1, CTX + 1)}, function="decode", state=m.make_state("decode"))
     with pytest.raises(ValueError, match="embeds"):  # decode takes exactly one token
-        m.predict({**feeds, "embeds": np.zeros((1, 2, 64), np.float32)}, function="decode", state=m.make_state("decode"))
+        m.predict(
+            {**feeds, "embeds": np.zeros((1, 2, 64), np.float32)}, function="decode", state=m.make_state("decode")
+        )
     with pytest.raises(KeyError, match="missing"):
         m.predict({k: v for k, v in feeds.items() if k != "sin"}, function="decode", state=m.make_state("decode"))
     with pytest.raises(KeyError, match="no function 'main'"):
@@ -377,7 +403,9 @@ def _dequantized_reference(mlmodel, mlp):
     for op in prog.functions["main"].operations:
         if op.op_type == "linear":
             w_op = op.weight.op
-            weights.append(w_op.materialized_val_inference() if w_op.op_type.startswith("constexpr_") else op.weight.val)
+            weights.append(
+                w_op.materialized_val_inference() if w_op.op_type.startswith("constexpr_") else op.weight.val
+            )
     ref = MLP()
     ref.load_state_dict(mlp.state_dict())
     with torch.no_grad():
@@ -387,16 +415,39 @@ def _dequantized_reference(mlmodel, mlp):
 
 
 COMPRESSIONS = {
-    "int4_block32_ios18": ("iOS18", "constexpr_blockwise_shift_scale", lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32, weight_threshold=0)),
-    "int8_channel_ios17": ("iOS17", "constexpr_affine_dequantize", lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
-        mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0)),
-    "int8_asym_channel_ios18": ("iOS18", "constexpr_blockwise_shift_scale", lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
-        mode="linear", dtype="int8", granularity="per_channel", weight_threshold=0)),
-    "palette4_ios17": ("iOS17", "constexpr_lut_to_dense", lambda: ct.optimize.coreml.OpPalettizerConfig(
-        nbits=4, mode="kmeans", weight_threshold=0)),
-    "palette4_grouped_ios18": ("iOS18", "constexpr_lut_to_dense", lambda: ct.optimize.coreml.OpPalettizerConfig(
-        nbits=4, mode="kmeans", granularity="per_grouped_channel", group_size=16, weight_threshold=0)),
+    "int4_block32_ios18": (
+        "iOS18",
+        "constexpr_blockwise_shift_scale",
+        lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=32, weight_threshold=0
+        ),
+    ),
+    "int8_channel_ios17": (
+        "iOS17",
+        "constexpr_affine_dequantize",
+        lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0
+        ),
+    ),
+    "int8_asym_channel_ios18": (
+        "iOS18",
+        "constexpr_blockwise_shift_scale",
+        lambda: ct.optimize.coreml.OpLinearQuantizerConfig(
+            mode="linear", dtype="int8", granularity="per_channel", weight_threshold=0
+        ),
+    ),
+    "palette4_ios17": (
+        "iOS17",
+        "constexpr_lut_to_dense",
+        lambda: ct.optimize.coreml.OpPalettizerConfig(nbits=4, mode="kmeans", weight_threshold=0),
+    ),
+    "palette4_grouped_ios18": (
+        "iOS18",
+        "constexpr_lut_to_dense",
+        lambda: ct.optimize.coreml.OpPalettizerConfig(
+            nbits=4, mode="kmeans", granularity="per_grouped_channel", group_size=16, weight_threshold=0
+        ),
+    ),
 }
 
 
@@ -418,14 +469,18 @@ def test_compressed_weights(name, mlp_models):
         same_weights = _dequantized_reference(q, mlp)(x).numpy()
         original = mlp(x).numpy()
     same = agree(value, same_weights)  # the interpreter decompresses exactly as coremltools does
-    orig = agree(value, original, cos_min=0.99, rel_max=0.25)  # and the quantized model is still the model (int4 is coarse)
+    orig = agree(
+        value, original, cos_min=0.99, rel_max=0.25
+    )  # and the quantized model is still the model (int4 is coarse)
     print(f"{name}: vs same weights {same[0]:.6f}/{same[1]:.1e}, vs fp32 original {orig[0]:.6f}/{orig[1]:.1e}")
 
 
 def test_int4_weights_cached_or_not_give_the_same_result(mlp_models):
     mlp, x, base = mlp_models
     cfg = COMPRESSIONS["int4_block32_ios18"][2]()
-    q = ct.optimize.coreml.linear_quantize_weights(base["iOS18"], ct.optimize.coreml.OptimizationConfig(global_config=cfg))
+    q = ct.optimize.coreml.linear_quantize_weights(
+        base["iOS18"], ct.optimize.coreml.OptimizationConfig(global_config=cfg)
+    )
     a = MILModel(q).predict({"x": x.numpy()})
     b = MILModel(q, cache_weights=False).predict({"x": x.numpy()})
     for k in a:
@@ -437,8 +492,9 @@ def _program(fn, shape=(4,), dtype=None):
     from coremltools.converters.mil import Builder as mb
     from coremltools.converters.mil.mil import types
 
-    return mb.program(input_specs=[mb.TensorSpec(shape=shape, dtype=dtype or types.fp16)],
-                      opset_version=ct.target.iOS18)(fn)
+    return mb.program(
+        input_specs=[mb.TensorSpec(shape=shape, dtype=dtype or types.fp16)], opset_version=ct.target.iOS18
+    )(fn)
 
 
 def test_fp16_rounds_after_every_op():
@@ -455,7 +511,7 @@ def test_fp16_rounds_after_every_op():
     z, big = m.predict({"x": x}).values()
     assert z.dtype == np.float16
     np.testing.assert_array_equal(z, (x + np.float16(1e-3)) - x)  # numpy's own fp16 arithmetic
-    assert z[0] == 0 and z[1] == 2.0 ** -10  # float32 all the way would give fp16(1e-3) = 0.0010004 everywhere
+    assert z[0] == 0 and z[1] == 2.0**-10  # float32 all the way would give fp16(1e-3) = 0.0010004 everywhere
     assert np.isposinf(big[0]) and np.isneginf(big[2])
 
 
@@ -467,7 +523,10 @@ def test_unknown_op_is_a_clear_error():
 
     m = MILModel(_program(prog, shape=(1, 1, 4, 4)))
     assert m.unsupported_ops() == ["avg_pool"]
-    with pytest.raises(NotImplementedError, match=r"MIL op 'avg_pool' \(in function main, output 'pooled'\) is not supported by the interpreter"):
+    with pytest.raises(
+        NotImplementedError,
+        match=r"MIL op 'avg_pool' \(in function main, output 'pooled'\) is not supported by the interpreter",
+    ):
         m.predict({"x": np.zeros((1, 1, 4, 4), np.float32)})
 
 

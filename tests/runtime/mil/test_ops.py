@@ -47,14 +47,32 @@ X = r(3, 5)
 POS = r(3, 5, lo=0.1, hi=3.0)
 UNIT = r(3, 5, lo=-0.9, hi=0.9)
 UNARY = [
-    ("abs", X, torch.abs), ("acos", UNIT, torch.acos), ("asin", UNIT, torch.asin), ("atan", X, torch.atan),
-    ("atanh", UNIT, torch.atanh), ("ceil", X, torch.ceil), ("cos", X, torch.cos), ("cosh", X, torch.cosh),
-    ("exp", X, torch.exp), ("exp2", X, torch.exp2), ("floor", X, torch.floor),
+    ("abs", X, torch.abs),
+    ("acos", UNIT, torch.acos),
+    ("asin", UNIT, torch.asin),
+    ("atan", X, torch.atan),
+    ("atanh", UNIT, torch.atanh),
+    ("ceil", X, torch.ceil),
+    ("cos", X, torch.cos),
+    ("cosh", X, torch.cosh),
+    ("exp", X, torch.exp),
+    ("exp2", X, torch.exp2),
+    ("floor", X, torch.floor),
     ("round", np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.7, -0.2], np.float32), torch.round),
-    ("sign", np.array([-3.0, 0.0, 2.0], np.float32), torch.sign), ("sin", X, torch.sin), ("sinh", X, torch.sinh),
-    ("sqrt", POS, torch.sqrt), ("square", X, torch.square), ("tan", UNIT, torch.tan), ("tanh", X, torch.tanh),
-    ("erf", r(4, 50, lo=-4, hi=4), torch.erf), ("relu", X, torch.relu), ("relu6", X * 4, F.relu6),
-    ("sigmoid", X, torch.sigmoid), ("silu", X, F.silu), ("softplus", X, F.softplus), ("softsign", X, F.softsign),
+    ("sign", np.array([-3.0, 0.0, 2.0], np.float32), torch.sign),
+    ("sin", X, torch.sin),
+    ("sinh", X, torch.sinh),
+    ("sqrt", POS, torch.sqrt),
+    ("square", X, torch.square),
+    ("tan", UNIT, torch.tan),
+    ("tanh", X, torch.tanh),
+    ("erf", r(4, 50, lo=-4, hi=4), torch.erf),
+    ("relu", X, torch.relu),
+    ("relu6", X * 4, F.relu6),
+    ("sigmoid", X, torch.sigmoid),
+    ("silu", X, F.silu),
+    ("softplus", X, F.softplus),
+    ("softsign", X, F.softsign),
 ]
 
 
@@ -118,8 +136,17 @@ def test_softmax():
     close(run_op("softmax", {"x": x, "axis": np.int32(1)}), torch.softmax(t(x), 1), atol=1e-7)
 
 
-@covers("leaky_relu", "elu", "prelu", "clamped_relu", "linear_activation", "scaled_tanh", "sigmoid_hard",
-         "softplus_parametric", "thresholded_relu")
+@covers(
+    "leaky_relu",
+    "elu",
+    "prelu",
+    "clamped_relu",
+    "linear_activation",
+    "scaled_tanh",
+    "sigmoid_hard",
+    "softplus_parametric",
+    "thresholded_relu",
+)
 def test_parametric_activations():
     x = r(2, 3, 4, 5)
     a = np.float32(0.1)
@@ -127,10 +154,21 @@ def test_parametric_activations():
     close(run_op("elu", {"x": x, "alpha": np.float32(0.7)}), F.elu(t(x), 0.7), atol=1e-6)
     w = r(3, lo=0.0, hi=0.5)
     close(run_op("prelu", {"x": x, "alpha": w}), F.prelu(t(x), t(w)))
-    close(run_op("clamped_relu", {"x": x, "alpha": a, "beta": np.float32(1.0)}), torch.clamp(F.leaky_relu(t(x), 0.1), max=1.0))
+    close(
+        run_op("clamped_relu", {"x": x, "alpha": a, "beta": np.float32(1.0)}),
+        torch.clamp(F.leaky_relu(t(x), 0.1), max=1.0),
+    )
     close(run_op("linear_activation", {"x": x, "alpha": np.float32(2.0), "beta": np.float32(-1.0)}), 2 * t(x) - 1)
-    close(run_op("scaled_tanh", {"x": x, "alpha": np.float32(1.5), "beta": np.float32(0.5)}), 1.5 * torch.tanh(0.5 * t(x)), atol=1e-6)
-    close(run_op("sigmoid_hard", {"x": x * 3, "alpha": np.float32(1 / 6), "beta": np.float32(0.5)}), F.hardsigmoid(t(x * 3)), atol=1e-6)
+    close(
+        run_op("scaled_tanh", {"x": x, "alpha": np.float32(1.5), "beta": np.float32(0.5)}),
+        1.5 * torch.tanh(0.5 * t(x)),
+        atol=1e-6,
+    )
+    close(
+        run_op("sigmoid_hard", {"x": x * 3, "alpha": np.float32(1 / 6), "beta": np.float32(0.5)}),
+        F.hardsigmoid(t(x * 3)),
+        atol=1e-6,
+    )
     al, be = r(3, lo=0.5, hi=2), r(3, lo=0.5, hi=2)
     ref = t(al)[None, :, None, None] * F.softplus(t(be)[None, :, None, None] * t(x))
     close(run_op("softplus_parametric", {"x": x, "alpha": al, "beta": be}), ref, atol=1e-6)
@@ -141,13 +179,23 @@ def test_parametric_activations():
 A, B = r(2, 3, 4), r(3, 1)
 BPOS = r(3, 1, lo=0.5, hi=2)
 BINARY = [
-    ("add", A, B, torch.add), ("sub", A, B, torch.sub), ("mul", A, B, torch.mul), ("real_div", A, BPOS, torch.div),
-    ("pow", np.abs(A) + 0.1, B, torch.pow), ("maximum", A, B, torch.maximum), ("minimum", A, B, torch.minimum),
-    ("floor_div", A * 5, BPOS, torch.floor_divide), ("mod", A * 5, BPOS, torch.remainder),
-    ("equal", np.round(A), np.round(B), torch.eq), ("not_equal", np.round(A), np.round(B), torch.ne),
-    ("greater", A, B, torch.gt), ("greater_equal", np.round(A), np.round(B), torch.ge),
-    ("less", A, B, torch.lt), ("less_equal", np.round(A), np.round(B), torch.le),
-    ("logical_and", A > 0, B > 0, torch.logical_and), ("logical_or", A > 0, B > 0, torch.logical_or),
+    ("add", A, B, torch.add),
+    ("sub", A, B, torch.sub),
+    ("mul", A, B, torch.mul),
+    ("real_div", A, BPOS, torch.div),
+    ("pow", np.abs(A) + 0.1, B, torch.pow),
+    ("maximum", A, B, torch.maximum),
+    ("minimum", A, B, torch.minimum),
+    ("floor_div", A * 5, BPOS, torch.floor_divide),
+    ("mod", A * 5, BPOS, torch.remainder),
+    ("equal", np.round(A), np.round(B), torch.eq),
+    ("not_equal", np.round(A), np.round(B), torch.ne),
+    ("greater", A, B, torch.gt),
+    ("greater_equal", np.round(A), np.round(B), torch.ge),
+    ("less", A, B, torch.lt),
+    ("less_equal", np.round(A), np.round(B), torch.le),
+    ("logical_and", A > 0, B > 0, torch.logical_and),
+    ("logical_or", A > 0, B > 0, torch.logical_or),
     ("logical_xor", A > 0, B > 0, torch.logical_xor),
 ]
 
@@ -166,7 +214,9 @@ def test_binary_int32_stays_int():
     close(run_op("mod", {"x": a, "y": b}, np.int32), torch.remainder(t(a), t(b)))
 
 
-@pytest.mark.parametrize("name,ref", [("add", torch.add), ("sub", torch.sub), ("mul", torch.mul), ("real_div", torch.div)])
+@pytest.mark.parametrize(
+    "name,ref", [("add", torch.add), ("sub", torch.sub), ("mul", torch.mul), ("real_div", torch.div)]
+)
 def test_fp16_binary_is_ieee_fp16(name, ref):
     """float32 compute + one rounding gives exactly the IEEE fp16 result torch's half ops give."""
     x, y = r(64, 64, lo=-30, hi=30).astype(np.float16), r(64, 64, lo=0.01, hi=3).astype(np.float16)
@@ -190,9 +240,18 @@ def test_select():
 
 # ---------------------------------------------------------------- reductions
 RED = [
-    ("reduce_mean", lambda x, d, k: x.mean(d, keepdim=k)), ("reduce_sum", lambda x, d, k: x.sum(d, keepdim=k)),
-    ("reduce_max", lambda x, d, k: x.amax(d, keepdim=k)), ("reduce_min", lambda x, d, k: x.amin(d, keepdim=k)),
-    ("reduce_prod", lambda x, d, k: x.prod(d[0], keepdim=k) if len(d) == 1 else x.prod(d[0], keepdim=True).prod(d[1], keepdim=True).squeeze(d if not k else ())),
+    ("reduce_mean", lambda x, d, k: x.mean(d, keepdim=k)),
+    ("reduce_sum", lambda x, d, k: x.sum(d, keepdim=k)),
+    ("reduce_max", lambda x, d, k: x.amax(d, keepdim=k)),
+    ("reduce_min", lambda x, d, k: x.amin(d, keepdim=k)),
+    (
+        "reduce_prod",
+        lambda x, d, k: (
+            x.prod(d[0], keepdim=k)
+            if len(d) == 1
+            else x.prod(d[0], keepdim=True).prod(d[1], keepdim=True).squeeze(d if not k else ())
+        ),
+    ),
     ("reduce_l1_norm", lambda x, d, k: torch.linalg.vector_norm(x, 1, d, keepdim=k)),
     ("reduce_l2_norm", lambda x, d, k: torch.linalg.vector_norm(x, 2, d, keepdim=k)),
     ("reduce_sum_square", lambda x, d, k: (x * x).sum(d, keepdim=k)),
@@ -219,7 +278,10 @@ def test_reduce_all_axes():
 def test_reduce_arg():
     x = r(3, 4, 5)
     close(run_op("reduce_argmax", {"x": x, "axis": np.int32(1), "keep_dims": np.bool_(False)}), t(x).argmax(1).int())
-    close(run_op("reduce_argmin", {"x": x, "axis": np.int32(-1), "keep_dims": np.bool_(True)}), t(x).argmin(-1, keepdim=True).int())
+    close(
+        run_op("reduce_argmin", {"x": x, "axis": np.int32(-1), "keep_dims": np.bool_(True)}),
+        t(x).argmin(-1, keepdim=True).int(),
+    )
 
 
 # ---------------------------------------------------------------- linear algebra
@@ -246,7 +308,11 @@ def test_matmul():
     close(run_op("matmul", {"x": x, "y": y}), t(x) @ t(y), atol=1e-5)
     yt = np.ascontiguousarray(np.swapaxes(y, -1, -2))
     xt = np.ascontiguousarray(np.swapaxes(x, -1, -2))
-    close(run_op("matmul", {"x": xt, "y": yt, "transpose_x": np.bool_(True), "transpose_y": np.bool_(True)}), t(x) @ t(y), atol=1e-5)
+    close(
+        run_op("matmul", {"x": xt, "y": yt, "transpose_x": np.bool_(True), "transpose_y": np.bool_(True)}),
+        t(x) @ t(y),
+        atol=1e-5,
+    )
     v, m = r(5), r(5, 3)
     close(run_op("matmul", {"x": v, "y": m}), torch.matmul(t(v), t(m)), atol=1e-5)
 
@@ -254,7 +320,11 @@ def test_matmul():
 @covers("einsum")
 def test_einsum():
     a, b = r(2, 3, 4, 5), r(2, 5, 4, 6)
-    close(run_op("einsum", {"values": (a, b), "equation": "nchw,nwhu->nchu"}), torch.einsum("nchw,nwhu->nchu", t(a), t(b)), atol=1e-5)
+    close(
+        run_op("einsum", {"values": (a, b), "equation": "nchw,nwhu->nchu"}),
+        torch.einsum("nchw,nwhu->nchu", t(a), t(b)),
+        atol=1e-5,
+    )
 
 
 @covers("scaled_dot_product_attention")
@@ -263,10 +333,14 @@ def test_scaled_dot_product_attention():
     fmask = np.where(rng.random((1, 1, 5, 9)) > 0.3, 0.0, -np.inf).astype(np.float32)
     fmask[..., 0] = 0
     ref = F.scaled_dot_product_attention(t(q), t(k), t(v), attn_mask=t(fmask))
-    close(run_op("scaled_dot_product_attention", {"query": q, "key": k, "value": v, "attn_mask": fmask}), ref, atol=1e-5)
+    close(
+        run_op("scaled_dot_product_attention", {"query": q, "key": k, "value": v, "attn_mask": fmask}), ref, atol=1e-5
+    )
     bmask = fmask == 0
     ref = F.scaled_dot_product_attention(t(q), t(k), t(v), attn_mask=t(bmask))
-    close(run_op("scaled_dot_product_attention", {"query": q, "key": k, "value": v, "attn_mask": bmask}), ref, atol=1e-5)
+    close(
+        run_op("scaled_dot_product_attention", {"query": q, "key": k, "value": v, "attn_mask": bmask}), ref, atol=1e-5
+    )
     ref = F.scaled_dot_product_attention(t(q), t(k), t(v))
     close(run_op("scaled_dot_product_attention", {"query": q, "key": k, "value": v}), ref, atol=1e-5)
 
@@ -291,15 +365,34 @@ def test_conv(dims):
     b = r(6)
     out = run_op("conv", {"x": x, "weight": w, "bias": b, "pad_type": "valid"})
     close(out, conv(t(x), t(w), t(b)), atol=1e-5)
-    out = run_op("conv", {"x": x, "weight": w, "bias": b, "strides": np.full(dims, 2, np.int32),
-                          "pad_type": "custom", "pad": np.ones(2 * dims, np.int32)})
+    out = run_op(
+        "conv",
+        {
+            "x": x,
+            "weight": w,
+            "bias": b,
+            "strides": np.full(dims, 2, np.int32),
+            "pad_type": "custom",
+            "pad": np.ones(2 * dims, np.int32),
+        },
+    )
     close(out, conv(t(x), t(w), t(b), stride=2, padding=1), atol=1e-5)
     wg = r(6, 2, *(2,) * dims)
-    out = run_op("conv", {"x": x, "weight": wg, "groups": np.int32(2), "dilations": np.full(dims, 2, np.int32), "pad_type": "valid"})
+    out = run_op(
+        "conv",
+        {"x": x, "weight": wg, "groups": np.int32(2), "dilations": np.full(dims, 2, np.int32), "pad_type": "valid"},
+    )
     close(out, conv(t(x), t(wg), groups=2, dilation=2), atol=1e-5)
     wp = r(5, 4, *(2,) * dims)
-    out = run_op("conv", {"x": x[(...,) + tuple(slice(0, s - s % 2) for s in sp)], "weight": wp,
-                          "strides": np.full(dims, 2, np.int32), "pad_type": "valid"})
+    out = run_op(
+        "conv",
+        {
+            "x": x[(...,) + tuple(slice(0, s - s % 2) for s in sp)],
+            "weight": wp,
+            "strides": np.full(dims, 2, np.int32),
+            "pad_type": "valid",
+        },
+    )
     close(out, conv(t(x[(...,) + tuple(slice(0, s - s % 2) for s in sp)]), t(wp), stride=2), atol=1e-5)
 
 
@@ -308,7 +401,9 @@ def test_conv_same_padding():
     # "same": out = ceil(in / stride); total pad split with the extra at the end (same) / start (same_lower)
     for pad_type, lower in (("same", False), ("same_lower", True)):
         for stride in (1, 2):
-            out = run_op("conv", {"x": x, "weight": w, "strides": np.array([stride, stride], np.int32), "pad_type": pad_type})
+            out = run_op(
+                "conv", {"x": x, "weight": w, "strides": np.array([stride, stride], np.int32), "pad_type": pad_type}
+            )
             pads = []
             for d, k in zip(x.shape[2:], w.shape[2:]):
                 total = max((math.ceil(d / stride) - 1) * stride + k - d, 0)
@@ -323,7 +418,9 @@ def test_conv_same_padding():
 @covers("layer_norm")
 def test_layer_norm():
     x, g, b = r(2, 5, 16), r(16), r(16)
-    out = run_op("layer_norm", {"x": x, "axes": np.array([-1], np.int32), "gamma": g, "beta": b, "epsilon": np.float32(1e-5)})
+    out = run_op(
+        "layer_norm", {"x": x, "axes": np.array([-1], np.int32), "gamma": g, "beta": b, "epsilon": np.float32(1e-5)}
+    )
     close(out, F.layer_norm(t(x), (16,), t(g), t(b), 1e-5), atol=1e-5)
     g2 = r(5, 16)
     out = run_op("layer_norm", {"x": x, "axes": np.array([1, 2], np.int32), "gamma": g2, "epsilon": np.float32(1e-6)})
@@ -338,10 +435,16 @@ def test_layer_norm():
 def test_batch_instance_l2_norm():
     x = r(2, 3, 4, 5)
     m, v, g, b = r(3), r(3, lo=0.5, hi=2), r(3), r(3)
-    close(run_op("batch_norm", {"x": x, "mean": m, "variance": v, "gamma": g, "beta": b, "epsilon": np.float32(1e-3)}),
-          F.batch_norm(t(x), t(m), t(v), t(g), t(b), False, 0.0, 1e-3), atol=1e-5)
-    close(run_op("instance_norm", {"x": x, "gamma": g, "beta": b, "epsilon": np.float32(1e-5)}),
-          F.instance_norm(t(x), weight=t(g), bias=t(b), eps=1e-5), atol=1e-5)
+    close(
+        run_op("batch_norm", {"x": x, "mean": m, "variance": v, "gamma": g, "beta": b, "epsilon": np.float32(1e-3)}),
+        F.batch_norm(t(x), t(m), t(v), t(g), t(b), False, 0.0, 1e-3),
+        atol=1e-5,
+    )
+    close(
+        run_op("instance_norm", {"x": x, "gamma": g, "beta": b, "epsilon": np.float32(1e-5)}),
+        F.instance_norm(t(x), weight=t(g), bias=t(b), eps=1e-5),
+        atol=1e-5,
+    )
     x5 = r(2, 2, 3, 4, 5)
     ref = t(x5) / torch.sqrt((t(x5) ** 2).sum((2, 3, 4), keepdim=True) + 1e-6)
     close(run_op("l2_norm", {"x": x5, "epsilon": np.float32(1e-6)}), ref, atol=1e-6)
@@ -377,16 +480,22 @@ def test_tile_concat_stack_split():
     x, y = r(2, 3), r(2, 3)
     close(run_op("tile", {"x": x, "reps": np.array([2, 1], np.int32)}), torch.tile(t(x), (2, 1)))
     close(run_op("concat", {"values": (x, y), "axis": np.int32(-1)}), torch.cat([t(x), t(y)], -1))
-    close(run_op("concat", {"values": (x, y), "axis": np.int32(0), "interleave": np.bool_(True)}),
-          torch.stack([t(x), t(y)], 1).reshape(4, 3))
+    close(
+        run_op("concat", {"values": (x, y), "axis": np.int32(0), "interleave": np.bool_(True)}),
+        torch.stack([t(x), t(y)], 1).reshape(4, 3),
+    )
     scalars = (np.int32(1), np.array([2, 3], np.int32), np.int32(4))  # scalars concatenate as [1]
     close(run_op("concat", {"values": scalars, "axis": np.int32(0)}), np.array([1, 2, 3, 4], np.int32))
     close(run_op("stack", {"values": (x, y), "axis": np.int32(-1)}), torch.stack([t(x), t(y)], -1))
     z = r(2, 10)
-    for out, ref in zip(run_op("split", {"x": z, "split_sizes": np.array([3, 7], np.int32), "axis": np.int32(1)}),
-                        torch.split(t(z), [3, 7], 1)):
+    for out, ref in zip(
+        run_op("split", {"x": z, "split_sizes": np.array([3, 7], np.int32), "axis": np.int32(1)}),
+        torch.split(t(z), [3, 7], 1),
+    ):
         close(out, ref)
-    for out, ref in zip(run_op("split", {"x": z, "num_splits": np.int32(2), "axis": np.int32(-1)}), torch.chunk(t(z), 2, -1)):
+    for out, ref in zip(
+        run_op("split", {"x": z, "num_splits": np.int32(2), "axis": np.int32(-1)}), torch.chunk(t(z), 2, -1)
+    ):
         close(out, ref)
 
 
@@ -401,34 +510,62 @@ def test_slice_by_index():
 
     close(sbi(begin=[1, 0, 2], end=[3, 6, 8]), tx[1:3, 0:6, 2:8])
     close(sbi(begin=[0, 1, 0], end=[4, 6, 8], stride=[1, 2, 3]), tx[:, 1::2, ::3])
-    close(sbi(begin=[0, -3, 0], end=[0, -1, 5], begin_mask=[True, False, False], end_mask=[True, False, False]), tx[:, -3:-1, :5])
+    close(
+        sbi(begin=[0, -3, 0], end=[0, -1, 5], begin_mask=[True, False, False], end_mask=[True, False, False]),
+        tx[:, -3:-1, :5],
+    )
     close(sbi(begin=[2, 0, 0], end=[3, 6, 8], squeeze_mask=[True, False, False]), tx[2])
-    close(sbi(begin=[-1, 0, 1], end=[0, 0, 0], end_mask=[False, True, True], squeeze_mask=[True, False, False]), tx[-1, :, 1:])
-    close(sbi(begin=[0, 0, 0], end=[4, 6, 8], stride=[-1, 1, 1], begin_mask=[True, False, False], end_mask=[True, False, False]),
-          torch.flip(tx, [0]))
+    close(
+        sbi(begin=[-1, 0, 1], end=[0, 0, 0], end_mask=[False, True, True], squeeze_mask=[True, False, False]),
+        tx[-1, :, 1:],
+    )
+    close(
+        sbi(
+            begin=[0, 0, 0],
+            end=[4, 6, 8],
+            stride=[-1, 1, 1],
+            begin_mask=[True, False, False],
+            end_mask=[True, False, False],
+        ),
+        torch.flip(tx, [0]),
+    )
 
 
 @covers("slice_by_size")
 def test_slice_by_size():
     x = r(4, 6, 8)
-    close(run_op("slice_by_size", {"x": x, "begin": np.array([1, 2, 0], np.int32), "size": np.array([2, -1, 3], np.int32)}),
-          t(x)[1:3, 2:, 0:3])
+    close(
+        run_op(
+            "slice_by_size", {"x": x, "begin": np.array([1, 2, 0], np.int32), "size": np.array([2, -1, 3], np.int32)}
+        ),
+        t(x)[1:3, 2:, 0:3],
+    )
 
 
 @covers("slice_update")
 def test_slice_update():
     x, u = r(1, 2, 10, 4), r(1, 2, 3, 4)
-    out = run_op("slice_update", {"x": x, "update": u, "begin": np.array([0, 0, 5, 0], np.int32),
-                                  "end": np.array([1, 2, 8, 4], np.int32)})
+    out = run_op(
+        "slice_update",
+        {"x": x, "update": u, "begin": np.array([0, 0, 5, 0], np.int32), "end": np.array([1, 2, 8, 4], np.int32)},
+    )
     ref = t(x).clone()
     ref[:, :, 5:8, :] = t(u)
     close(out, ref)
     assert not np.shares_memory(out, x)
     # squeeze_mask: the update lacks the squeezed dims; strides
     u2 = r(2, 2)
-    out = run_op("slice_update", {"x": x, "update": u2, "begin": np.array([0, 0, 1, 0], np.int32),
-                                  "end": np.array([1, 2, 10, 4], np.int32), "stride": np.array([1, 1, 1, 2], np.int32),
-                                  "squeeze_mask": np.array([True, False, True, False])})
+    out = run_op(
+        "slice_update",
+        {
+            "x": x,
+            "update": u2,
+            "begin": np.array([0, 0, 1, 0], np.int32),
+            "end": np.array([1, 2, 10, 4], np.int32),
+            "stride": np.array([1, 1, 1, 2], np.int32),
+            "squeeze_mask": np.array([True, False, True, False]),
+        },
+    )
     ref = t(x).clone()
     ref[0, :, 1, ::2] = t(u2)
     close(out, ref)
@@ -463,7 +600,9 @@ def test_gather():
 def test_gather_along_axis_and_nd():
     x = r(3, 5)
     idx = rng.integers(0, 5, (3, 2)).astype(np.int32)
-    close(run_op("gather_along_axis", {"x": x, "indices": idx, "axis": np.int32(1)}), torch.gather(t(x), 1, t(idx).long()))
+    close(
+        run_op("gather_along_axis", {"x": x, "indices": idx, "axis": np.int32(1)}), torch.gather(t(x), 1, t(idx).long())
+    )
     x3 = r(3, 4, 5)
     ind = np.stack([rng.integers(0, 3, 6), rng.integers(0, 4, 6)], -1).reshape(2, 3, 2).astype(np.int32)
     close(run_op("gather_nd", {"x": x3, "indices": ind}), t(x3)[t(ind[..., 0]).long(), t(ind[..., 1]).long()])
@@ -481,24 +620,61 @@ def test_scatter_family():
     ref[t(idx).long()] = t(upd)
     close(run_op("scatter", {"data": data, "indices": idx, "updates": upd, "mode": "update"}), ref)
     ref = t(data).clone().index_add_(0, torch.tensor([1, 1]), t(upd))
-    close(run_op("scatter", {"data": data, "indices": np.array([1, 1], np.int32), "updates": upd, "mode": "add"}), ref, atol=1e-6)
+    close(
+        run_op("scatter", {"data": data, "indices": np.array([1, 1], np.int32), "updates": upd, "mode": "add"}),
+        ref,
+        atol=1e-6,
+    )
     updc = r(5, 2)
     ref = t(data).clone().index_copy_(1, torch.tensor([2, 0]), t(updc))
-    close(run_op("scatter", {"data": data, "indices": np.array([2, 0], np.int32), "updates": updc, "axis": np.int32(1), "mode": "update"}), ref)
+    close(
+        run_op(
+            "scatter",
+            {
+                "data": data,
+                "indices": np.array([2, 0], np.int32),
+                "updates": updc,
+                "axis": np.int32(1),
+                "mode": "update",
+            },
+        ),
+        ref,
+    )
     # along axis: what the MoE router does (zeros.scatter(1, topk_idx, topk_w))
     z = np.zeros((4, 6), np.float32)
     ti = np.argsort(-r(4, 6), axis=1)[:, :2].astype(np.int32)
     tw = r(4, 2)
     ref = torch.zeros(4, 6).scatter(1, t(ti).long(), t(tw))
-    close(run_op("scatter_along_axis", {"data": z, "indices": ti, "updates": tw, "axis": np.int32(1), "mode": "update"}), ref)
+    close(
+        run_op("scatter_along_axis", {"data": z, "indices": ti, "updates": tw, "axis": np.int32(1), "mode": "update"}),
+        ref,
+    )
     ref = t(data).clone().scatter_add(0, torch.tensor([[0, 1, 0]]), torch.ones(1, 3))
-    close(run_op("scatter_along_axis", {"data": data, "indices": np.array([[0, 1, 0]], np.int32), "updates": np.ones((1, 3), np.float32),
-                                        "axis": np.int32(0), "mode": "add"}), ref, atol=1e-6)
+    close(
+        run_op(
+            "scatter_along_axis",
+            {
+                "data": data,
+                "indices": np.array([[0, 1, 0]], np.int32),
+                "updates": np.ones((1, 3), np.float32),
+                "axis": np.int32(0),
+                "mode": "add",
+            },
+        ),
+        ref,
+        atol=1e-6,
+    )
     ia = np.array([[0], [2], [1], [0], [2]], np.int32)
     half = np.full((5, 1), 0.5, np.float32)
     for mode, red in (("max", "amax"), ("min", "amin"), ("mul", "prod")):
         ref = t(data).clone().scatter_reduce(1, t(ia).long(), t(half), red)
-        close(run_op("scatter_along_axis", {"data": data, "indices": ia, "updates": half, "axis": np.int32(1), "mode": mode}), ref, atol=1e-6)
+        close(
+            run_op(
+                "scatter_along_axis", {"data": data, "indices": ia, "updates": half, "axis": np.int32(1), "mode": mode}
+            ),
+            ref,
+            atol=1e-6,
+        )
     ind = np.array([[0, 1], [3, 2], [0, 1]], np.int32)
     u = np.array([1.0, 2.0, 3.0], np.float32)
     ref = t(data).clone().index_put_((t(ind[:, 0]).long(), t(ind[:, 1]).long()), t(u), accumulate=True)
@@ -508,7 +684,19 @@ def test_scatter_family():
     close(run_op("scatter_nd", {"data": data, "indices": ind[1:2], "updates": u[1:2], "mode": "update"}), ref)
     ref = t(data).clone()
     ref[1:2] -= 0.25
-    close(run_op("scatter", {"data": data, "indices": np.array([1], np.int32), "updates": np.full((1, 3), 0.25, np.float32), "mode": "sub"}), ref, atol=1e-6)
+    close(
+        run_op(
+            "scatter",
+            {
+                "data": data,
+                "indices": np.array([1], np.int32),
+                "updates": np.full((1, 3), 0.25, np.float32),
+                "mode": "sub",
+            },
+        ),
+        ref,
+        atol=1e-6,
+    )
 
 
 # ---------------------------------------------------------------- tensor creation / misc
@@ -516,18 +704,34 @@ def test_scatter_family():
 def test_fill_range():
     close(run_op("fill", {"shape": np.array([2, 3], np.int32), "value": np.float32(1.5)}), torch.full((2, 3), 1.5))
     close(run_op("fill_like", {"ref_tensor": X, "value": np.float32(-2.0)}), torch.full(X.shape, -2.0))
-    close(run_op("range_1d", {"end": np.int32(10), "start": np.int32(2), "step": np.int32(3)}, np.int32), torch.arange(2, 10, 3, dtype=torch.int32))
-    close(run_op("range_1d", {"end": np.float32(1.0), "start": np.float32(0.0), "step": np.float32(0.25)}, np.float32), torch.arange(0, 1, 0.25))
+    close(
+        run_op("range_1d", {"end": np.int32(10), "start": np.int32(2), "step": np.int32(3)}, np.int32),
+        torch.arange(2, 10, 3, dtype=torch.int32),
+    )
+    close(
+        run_op("range_1d", {"end": np.float32(1.0), "start": np.float32(0.0), "step": np.float32(0.25)}, np.float32),
+        torch.arange(0, 1, 0.25),
+    )
 
 
 @covers("band_part", "cumsum")
 def test_band_part_cumsum():
     x = r(2, 5, 6)
     close(run_op("band_part", {"x": x, "lower": np.int32(-1), "upper": np.int32(0)}), torch.tril(t(x)))
-    close(run_op("band_part", {"x": x, "lower": np.int32(1), "upper": np.int32(2)}), torch.triu(torch.tril(t(x), 2), -1))
+    close(
+        run_op("band_part", {"x": x, "lower": np.int32(1), "upper": np.int32(2)}), torch.triu(torch.tril(t(x), 2), -1)
+    )
     close(run_op("cumsum", {"x": x, "axis": np.int32(1)}), torch.cumsum(t(x), 1), atol=1e-6)
-    close(run_op("cumsum", {"x": x, "axis": np.int32(2), "exclusive": np.bool_(True)}), torch.cumsum(t(x), 2) - t(x), atol=1e-6)
-    close(run_op("cumsum", {"x": x, "axis": np.int32(2), "reverse": np.bool_(True)}), torch.flip(torch.cumsum(torch.flip(t(x), [2]), 2), [2]), atol=1e-6)
+    close(
+        run_op("cumsum", {"x": x, "axis": np.int32(2), "exclusive": np.bool_(True)}),
+        torch.cumsum(t(x), 2) - t(x),
+        atol=1e-6,
+    )
+    close(
+        run_op("cumsum", {"x": x, "axis": np.int32(2), "reverse": np.bool_(True)}),
+        torch.flip(torch.cumsum(torch.flip(t(x), [2]), 2), [2]),
+        atol=1e-6,
+    )
 
 
 @covers("topk", "argsort")
@@ -548,12 +752,20 @@ def test_topk_argsort():
 @covers("one_hot", "pad", "non_zero")
 def test_one_hot_pad_nonzero():
     ind = np.array([[0, 3], [2, 1]], np.int32)
-    close(run_op("one_hot", {"indices": ind, "one_hot_vector_size": np.int32(4)}, np.int32), F.one_hot(t(ind).long(), 4).int())
-    close(run_op("one_hot", {"indices": ind, "one_hot_vector_size": np.int32(4), "axis": np.int32(0)}, np.int32),
-          F.one_hot(t(ind).long(), 4).permute(2, 0, 1).int())
+    close(
+        run_op("one_hot", {"indices": ind, "one_hot_vector_size": np.int32(4)}, np.int32),
+        F.one_hot(t(ind).long(), 4).int(),
+    )
+    close(
+        run_op("one_hot", {"indices": ind, "one_hot_vector_size": np.int32(4), "axis": np.int32(0)}, np.int32),
+        F.one_hot(t(ind).long(), 4).permute(2, 0, 1).int(),
+    )
     x = r(1, 2, 4, 5)
     p = np.array([1, 2, 2, 0], np.int32)
-    close(run_op("pad", {"x": x, "pad": p, "mode": "constant", "constant_val": np.float32(0.5)}), F.pad(t(x), (2, 0, 1, 2), value=0.5))
+    close(
+        run_op("pad", {"x": x, "pad": p, "mode": "constant", "constant_val": np.float32(0.5)}),
+        F.pad(t(x), (2, 0, 1, 2), value=0.5),
+    )
     close(run_op("pad", {"x": x, "pad": p, "mode": "reflect"}), F.pad(t(x), (2, 0, 1, 2), mode="reflect"))
     close(run_op("pad", {"x": x, "pad": p, "mode": "replicate"}), F.pad(t(x), (2, 0, 1, 2), mode="replicate"))
     m = rng.random((3, 4)) > 0.5
@@ -590,8 +802,13 @@ def test_depth_space_pixel_shuffle():
 @covers("upsample_nearest_neighbor")
 def test_upsample_nearest():
     x = r(1, 2, 3, 4)
-    close(run_op("upsample_nearest_neighbor", {"x": x, "scale_factor_height": np.float32(2), "scale_factor_width": np.float32(3)}),
-          F.interpolate(t(x), scale_factor=(2, 3), mode="nearest"))
+    close(
+        run_op(
+            "upsample_nearest_neighbor",
+            {"x": x, "scale_factor_height": np.float32(2), "scale_factor_width": np.float32(3)},
+        ),
+        F.interpolate(t(x), scale_factor=(2, 3), mode="nearest"),
+    )
 
 
 # ---------------------------------------------------------------- decompression (independent loops)
@@ -611,7 +828,10 @@ def test_constexpr_blockwise_shift_scale():
     for i in range(6):
         for j in range(64):
             ref[i, j] = np.float32(scale[i, j // 32]) * (float(udata[i, j]) - float(offset[i, j // 32]))
-    close(run_op("constexpr_blockwise_shift_scale", {"data": udata, "scale": scale, "offset": offset}, np.float16), ref.astype(np.float16))
+    close(
+        run_op("constexpr_blockwise_shift_scale", {"data": udata, "scale": scale, "offset": offset}, np.float16),
+        ref.astype(np.float16),
+    )
 
 
 @covers("constexpr_affine_dequantize")
@@ -620,12 +840,24 @@ def test_constexpr_affine_dequantize():
     zp = rng.integers(-3, 3, 5).astype(np.int8)
     sc = r(5, lo=1e-3, hi=1e-2).astype(np.float16)
     ref = np.array([[np.float32(sc[i]) * (int(q[i, j]) - int(zp[i])) for j in range(7)] for i in range(5)], np.float32)
-    close(run_op("constexpr_affine_dequantize", {"quantized_data": q, "zero_point": zp, "scale": sc, "axis": np.int32(0)}, np.float16),
-          ref.astype(np.float16))
+    close(
+        run_op(
+            "constexpr_affine_dequantize",
+            {"quantized_data": q, "zero_point": zp, "scale": sc, "axis": np.int32(0)},
+            np.float16,
+        ),
+        ref.astype(np.float16),
+    )
     sc1 = r(7, lo=1e-3, hi=1e-2).astype(np.float16)
     ref = np.array([[np.float32(sc1[j]) * (int(q[i, j]) - 1) for j in range(7)] for i in range(5)], np.float32)
-    close(run_op("constexpr_affine_dequantize", {"quantized_data": q, "zero_point": np.int8(1), "scale": sc1, "axis": np.int32(-1)}, np.float16),
-          ref.astype(np.float16))
+    close(
+        run_op(
+            "constexpr_affine_dequantize",
+            {"quantized_data": q, "zero_point": np.int8(1), "scale": sc1, "axis": np.int32(-1)},
+            np.float16,
+        ),
+        ref.astype(np.float16),
+    )
 
 
 def _pack_lsb_first(values: np.ndarray, nbits: int) -> np.ndarray:
@@ -640,10 +872,13 @@ def _pack_lsb_first(values: np.ndarray, nbits: int) -> np.ndarray:
 def test_constexpr_lut_to_dense():
     # iOS16 form: packed indices + flat LUT + shape
     for nbits in (2, 4, 6):
-        lut = r(2 ** nbits).astype(np.float16)
-        idx = rng.integers(0, 2 ** nbits, (5, 6))
-        out = run_op("constexpr_lut_to_dense", {"indices": _pack_lsb_first(idx, nbits), "lut": lut,
-                                                "shape": np.array([5, 6], np.uint32)}, np.float16)
+        lut = r(2**nbits).astype(np.float16)
+        idx = rng.integers(0, 2**nbits, (5, 6))
+        out = run_op(
+            "constexpr_lut_to_dense",
+            {"indices": _pack_lsb_first(idx, nbits), "lut": lut, "shape": np.array([5, 6], np.uint32)},
+            np.float16,
+        )
         close(out, lut[idx])
     # iOS18 form: per-block LUTs [blocks..., palettes, 1]
     lut = r(3, 1, 4, 1).astype(np.float16)
@@ -656,12 +891,12 @@ def test_constexpr_lut_to_dense():
     ref = np.zeros((2, 6), np.float32)
     for i in range(2):
         for j in range(2):
-            ref[i, 3 * j:3 * j + 3] = lut[0, 0, idx[i, j]]
+            ref[i, 3 * j : 3 * j + 3] = lut[0, 0, idx[i, j]]
     close(run_op("constexpr_lut_to_dense", {"indices": idx, "lut": lut, "vector_axis": np.int32(1)}), ref)
     ref0 = np.zeros((6, 2), np.float32)
     for i in range(2):
         for j in range(2):
-            ref0[3 * i:3 * i + 3, j] = lut[0, 0, idx[i, j]]
+            ref0[3 * i : 3 * i + 3, j] = lut[0, 0, idx[i, j]]
     close(run_op("constexpr_lut_to_dense", {"indices": idx, "lut": lut, "vector_axis": np.int32(0)}), ref0)
 
 
@@ -675,7 +910,10 @@ def test_constexpr_cast_and_sparse():
     ref[mask] = nz
     close(run_op("constexpr_sparse_to_dense", {"nonzero_data": nz, "mask": mask.astype(np.uint8)}), ref)
     packed = _pack_lsb_first(mask.astype(np.uint8), 1)
-    close(run_op("constexpr_sparse_to_dense", {"nonzero_data": nz, "mask": packed, "shape": np.array([3, 5], np.uint32)}), ref)
+    close(
+        run_op("constexpr_sparse_to_dense", {"nonzero_data": nz, "mask": packed, "shape": np.array([3, 5], np.uint32)}),
+        ref,
+    )
 
 
 # ---------------------------------------------------------------- state

@@ -26,17 +26,18 @@ import openai
 import psutil
 import pytest
 import soundfile
+from PIL import Image
+from typer.testing import CliRunner
+
+from autoglm_export.calibration import synthetic_screenshot
 from autoglm_export.cli import app as cli
 from autoglm_export.source import open_source
-from autoglm_export.calibration import synthetic_screenshot
 from autoglm_runtime.backends import backend_for_bundle
 from autoglm_runtime.backends.torch_backend import TorchBackend
 from autoglm_runtime.bundle import open_bundle
 from autoglm_runtime.server import BackgroundServer, ServerConfig, create_app
 from autoglm_runtime.server.serve import exposure_warning
 from autoglm_runtime.tokenizer import Tokenizer
-from PIL import Image
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = "autoglm-phone-9b"
@@ -102,9 +103,7 @@ def open_backend(bundle: Path):
 
 @contextlib.contextmanager
 def served(backend, tokenizer, spec, chunk=None, **config):
-    app = create_app(
-        backend, tokenizer, spec, ServerConfig(**config), prefill_chunk=chunk
-    )
+    app = create_app(backend, tokenizer, spec, ServerConfig(**config), prefill_chunk=chunk)
     with BackgroundServer(app) as url:
         yield url
 
@@ -125,9 +124,7 @@ def data_url(raw: bytes, mediatype: str = "image/png") -> str:
 
 def speech(rate=16000, seconds=1.0) -> np.ndarray:
     t = np.arange(int(rate * seconds)) / rate
-    return (0.4 * np.sin(2 * np.pi * 330 * t) * np.sin(2 * np.pi * 3 * t)).astype(
-        np.float32
-    )
+    return (0.4 * np.sin(2 * np.pi * 330 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32)
 
 
 def audio_bytes(fmt: str, rate=16000) -> bytes:
@@ -154,11 +151,7 @@ def audio_part(raw: bytes, fmt: str) -> dict:
 
 
 def stream_text(c: openai.OpenAI, **kw) -> tuple[str, list]:
-    chunks = list(
-        c.chat.completions.create(
-            model=MODEL, stream=True, stream_options={"include_usage": True}, **kw
-        )
-    )
+    chunks = list(c.chat.completions.create(model=MODEL, stream=True, stream_options={"include_usage": True}, **kw))
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     return text, chunks
 
@@ -234,9 +227,7 @@ def test_openai_sdk_plain_streaming_image_and_audio(onnx_bundle):
     with served(backend, tok, spec, chunk) as url:
         c = client(url)
         assert [m.id for m in c.models.list()] == [MODEL]
-        plain = c.chat.completions.create(
-            model=MODEL, messages=messages, temperature=0, max_tokens=16
-        )
+        plain = c.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=16)
         text, chunks = stream_text(c, messages=messages, temperature=0, max_tokens=16)
         mp3 = c.chat.completions.create(
             model=MODEL,
@@ -259,18 +250,11 @@ def test_openai_sdk_plain_streaming_image_and_audio(onnx_bundle):
         and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     )
     finish = plain.choices[0].finish_reason
-    assert finish in ("stop", "length") and (finish == "stop") == (
-        usage.completion_tokens < 16
-    )
+    assert finish in ("stop", "length") and (finish == "stop") == (usage.completion_tokens < 16)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == finish
-    assert (
-        chunks[-1].choices == []
-        and chunks[-1].usage.completion_tokens == usage.completion_tokens
-    )
-    assert (
-        mp3.usage.prompt_tokens > spec.audio_tokens
-    )  # the mp3 clip's tokens are in the prompt
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == usage.completion_tokens
+    assert mp3.usage.prompt_tokens > spec.audio_tokens  # the mp3 clip's tokens are in the prompt
 
 
 @pytest.mark.parametrize("target", ["onnx", "executorch"])
@@ -363,14 +347,9 @@ def test_reasoning_content_plain_and_streamed(scripted):
     assert raw.choices[0].message.content == REPLY.removesuffix("</answer>")
     assert getattr(raw.choices[0].message, "reasoning_content", None) is None
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
-    assert (
-        "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
-        == "想一想，先回桌面"
-    )
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "想一想，先回桌面"
     assert "".join(d.content or "" for d in deltas) == ANSWER
-    assert (
-        sum(1 for d in deltas if getattr(d, "reasoning_content", None)) >= 2
-    )  # streamed, not in one piece
+    assert sum(1 for d in deltas if getattr(d, "reasoning_content", None)) >= 2  # streamed, not in one piece
     # enable_thinking=False pre-fills "<think></think>" in the prompt (2 tokens)
     assert off.usage.prompt_tokens == raw.usage.prompt_tokens + 2
 
@@ -411,9 +390,7 @@ def test_langchain_chat_openai(onnx_bundle, scripted):
             extra_body={"enable_thinking": True, "return_reasoning": True},
             streaming=True,
         )
-        assert (
-            llm.invoke("你是谁").content == ANSWER
-        )  # the reasoning went to reasoning_content
+        assert llm.invoke("你是谁").content == ANSWER  # the reasoning went to reasoning_content
 
 
 # ------------------------------------------------------------------------- generation settings, reuse
@@ -432,24 +409,15 @@ def test_stop_max_tokens_seed_and_penalties(tiny):
         assert len(text) > 12, text
         stop = text[6:9]
         cut = ask(temperature=0, max_tokens=24, stop=["never-there", stop])
-        streamed, _ = stream_text(
-            c, messages=msgs, temperature=0, max_tokens=24, stop=stop
-        )
+        streamed, _ = stream_text(c, messages=msgs, temperature=0, max_tokens=24, stop=stop)
         short = ask(temperature=0, max_completion_tokens=3)
-        a, b = (
-            ask(temperature=1.0, top_p=0.9, seed=7, max_tokens=16) for _ in range(2)
-        )
+        a, b = (ask(temperature=1.0, top_p=0.9, seed=7, max_tokens=16) for _ in range(2))
         agent = ask(temperature=0.0, top_p=0.85, frequency_penalty=2.0, max_tokens=24)
     assert cut.choices[0].message.content == streamed == text[: text.index(stop)]
     assert cut.choices[0].finish_reason == "stop"
-    assert (
-        short.choices[0].finish_reason == "length"
-        and short.usage.completion_tokens == 3
-    )
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 3
     assert a.choices[0].message.content == b.choices[0].message.content
-    assert (
-        agent.choices[0].message.content != text
-    )  # the penalty changed the greedy answer
+    assert agent.choices[0].message.content != text  # the penalty changed the greedy answer
 
 
 def agent_requests(shot1: bytes, shot2: bytes, reply: str):
@@ -479,9 +447,7 @@ def agent_requests(shot1: bytes, shot2: bytes, reply: str):
 @pytest.mark.parametrize("target", ["onnx", "executorch"])
 def test_prefix_reuse_through_the_server(target, onnx_bundle, android_bundle):
     # each backend keeps its KV cache across calls when reset() is not called
-    backend, tok, spec, chunk = open_backend(
-        onnx_bundle if target == "onnx" else android_bundle
-    )
+    backend, tok, spec, chunk = open_backend(onnx_bundle if target == "onnx" else android_bundle)
     shot1, shot2 = (
         png_bytes(synthetic_screenshot()),
         png_bytes(synthetic_screenshot().rotate(180)),
@@ -491,22 +457,16 @@ def test_prefix_reuse_through_the_server(target, onnx_bundle, android_bundle):
         with served(backend, tok, spec, chunk, prefix_reuse=reuse) as url:
             c = client(url)
             first, _ = agent_requests(shot1, shot2, "")
-            r1 = c.chat.completions.create(
-                model=MODEL, messages=first, temperature=0, max_tokens=12
-            )
+            r1 = c.chat.completions.create(model=MODEL, messages=first, temperature=0, max_tokens=12)
             _, second = agent_requests(shot1, shot2, r1.choices[0].message.content)
-            r2 = c.chat.completions.create(
-                model=MODEL, messages=second, temperature=0, max_tokens=12
-            )
+            r2 = c.chat.completions.create(model=MODEL, messages=second, temperature=0, max_tokens=12)
             results[reuse] = (r1, r2)
     (a1, a2), (b1, b2) = results[True], results[False]
     assert a1.choices[0].message.content == b1.choices[0].message.content
     assert a2.choices[0].message.content == b2.choices[0].message.content
     assert b2.usage.prompt_tokens_details.cached_tokens == 0
     cached = a2.usage.prompt_tokens_details.cached_tokens
-    assert (
-        30 < cached < a2.usage.prompt_tokens
-    )  # the system prompt and "<|user|>\n" were kept
+    assert 30 < cached < a2.usage.prompt_tokens  # the system prompt and "<|user|>\n" were kept
 
 
 # ---------------------------------------------------------------------------------- errors, limits
@@ -514,17 +474,16 @@ def test_prefix_reuse_through_the_server(target, onnx_bundle, android_bundle):
 
 def error_of(response: httpx.Response) -> dict:
     body = response.json()
-    assert set(body) == {"error"} and {"message", "type", "code", "param"} <= set(
-        body["error"]
-    ), body
+    assert set(body) == {"error"} and {"message", "type", "code", "param"} <= set(body["error"]), body
     return body["error"]
 
 
 def test_openai_style_errors(tiny):
     with served(TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec) as url:
-        post = lambda body, **kw: httpx.post(
-            f"{url}/v1/chat/completions", json=body, **kw
-        )
+
+        def post(body, **kw):
+            return httpx.post(f"{url}/v1/chat/completions", json=body, **kw)
+
         user = [{"role": "user", "content": "hi"}]
         r = httpx.post(
             f"{url}/v1/chat/completions",
@@ -553,9 +512,7 @@ def test_openai_style_errors(tiny):
         )
         assert r.status_code == 400 and error_of(r)["code"] == "invalid_base64"
         assert error_of(r)["param"] == "messages[0].content[0]"
-        r = post(
-            {"messages": [{"role": "user", "content": [image_part(b"not a png")]}]}
-        )
+        r = post({"messages": [{"role": "user", "content": [image_part(b"not a png")]}]})
         assert r.status_code == 400 and error_of(r)["code"] == "invalid_image"
         r = post({"messages": [{"role": "user", "content": "很长的提示 " * 400}]})
         assert (
@@ -564,10 +521,7 @@ def test_openai_style_errors(tiny):
             and error_of(r)["code"] == "context_length_exceeded"
         )
         r = post({"messages": user, "max_tokens": 600})
-        assert (
-            r.status_code == 400
-            and "maximum context length is 512 tokens" in error_of(r)["message"]
-        )
+        assert r.status_code == 400 and "maximum context length is 512 tokens" in error_of(r)["message"]
         r = post({"messages": user, "n": 2})
         assert r.status_code == 400 and error_of(r)["param"] == "n"
         r = post({"messages": [{"role": "tool", "content": "x"}]})
@@ -587,15 +541,11 @@ def test_openai_style_errors(tiny):
             }
         )
         assert r.status_code == 400 and error_of(r)["code"] == "invalid_audio"
-        assert httpx.get(f"{url}/v1/nothing").status_code == 404 and error_of(
-            httpx.get(f"{url}/v1/nothing")
-        )
+        assert httpx.get(f"{url}/v1/nothing").status_code == 404 and error_of(httpx.get(f"{url}/v1/nothing"))
         r = httpx.get(f"{url}/v1/chat/completions")
         assert r.status_code == 405 and error_of(r)["type"] == "invalid_request_error"
         with pytest.raises(openai.BadRequestError, match="maximum context length"):
-            client(url).chat.completions.create(
-                model=MODEL, messages=user, max_tokens=10_000
-            )
+            client(url).chat.completions.create(model=MODEL, messages=user, max_tokens=10_000)
 
 
 def test_api_key_size_limits_and_bind_warning(tiny):
@@ -605,9 +555,7 @@ def test_api_key_size_limits_and_bind_warning(tiny):
         "max_image_bytes": 100_000,
         "max_image_pixels": 1_000_000,
     }
-    with served(
-        TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec, **config
-    ) as url:
+    with served(TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec, **config) as url:
         with pytest.raises(openai.AuthenticationError):
             client(url, "wrong").models.list()
         r = httpx.post(
@@ -650,10 +598,7 @@ def test_api_key_size_limits_and_bind_warning(tiny):
         assert r.status_code == 413 and "4000x4000" in error_of(r)["message"]
     assert "without --api-key" in exposure_warning("0.0.0.0", ServerConfig())
     assert exposure_warning("0.0.0.0", ServerConfig(api_key="k")) is None
-    assert (
-        exposure_warning("127.0.0.1", ServerConfig()) is None
-        and exposure_warning("::1", ServerConfig()) is None
-    )
+    assert exposure_warning("127.0.0.1", ServerConfig()) is None and exposure_warning("::1", ServerConfig()) is None
 
 
 class _ImageHandler(http.server.BaseHTTPRequestHandler):
@@ -695,9 +640,7 @@ def test_media_allow_lists(tiny, tmp_path):
                     "messages": [
                         {
                             "role": "user",
-                            "content": [
-                                {"type": "image_url", "image_url": {"url": image_url}}
-                            ],
+                            "content": [{"type": "image_url", "image_url": {"url": image_url}}],
                         }
                     ],
                 },
@@ -705,9 +648,7 @@ def test_media_allow_lists(tiny, tmp_path):
             return r.status_code, (r.json().get("error") or {}).get("code")
 
         backend = TorchBackend(tiny.model)
-        with served(
-            backend, tiny.tokenizer_path, tiny.spec
-        ) as url:  # defaults: no files, no URLs
+        with served(backend, tiny.tokenizer_path, tiny.spec) as url:  # defaults: no files, no URLs
             assert status(url, str(allowed / "shot.png")) == (
                 400,
                 "media_path_not_allowed",
@@ -765,9 +706,7 @@ def test_disconnect_cancels_at_the_next_token(tiny):
         wait_idle(url)
         calls = slow.calls
         time.sleep(0.2)
-        assert (
-            slow.calls == calls < 100
-        )  # stopped long before max_tokens, and stays stopped
+        assert slow.calls == calls < 100  # stopped long before max_tokens, and stays stopped
         with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up
             httpx.post(
                 f"{url}/v1/chat/completions",
@@ -776,13 +715,7 @@ def test_disconnect_cancels_at_the_next_token(tiny):
             )
         wait_idle(url)
         assert slow.calls - calls < 100
-        assert (
-            client(url)
-            .chat.completions.create(
-                model=MODEL, messages=body["messages"], max_tokens=2
-            )
-            .choices
-        )
+        assert client(url).chat.completions.create(model=MODEL, messages=body["messages"], max_tokens=2).choices
 
 
 def test_queue_full_gets_429_and_timeouts_get_504(tiny):
@@ -797,11 +730,7 @@ def test_queue_full_gets_429_and_timeouts_get_504(tiny):
         with httpx.Client(timeout=30) as h:
             statuses = []
             threads = [
-                threading.Thread(
-                    target=lambda: statuses.append(
-                        h.post(f"{url}/v1/chat/completions", json=body)
-                    )
-                )
+                threading.Thread(target=lambda: statuses.append(h.post(f"{url}/v1/chat/completions", json=body)))
                 for _ in range(4)
             ]
             for t in threads:
@@ -817,10 +746,7 @@ def test_queue_full_gets_429_and_timeouts_get_504(tiny):
             429,
         ]  # one running, one waiting, the rest refused
         refused = next(r for r in statuses if r.status_code == 429)
-        assert (
-            error_of(refused)["type"] == "rate_limit_error"
-            and error_of(refused)["code"] == "queue_full"
-        )
+        assert error_of(refused)["type"] == "rate_limit_error" and error_of(refused)["code"] == "queue_full"
         assert refused.headers["retry-after"] == "1"
     with served(slow, tiny.tokenizer_path, tiny.spec, request_timeout=0.4) as url:
         r = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 200})
@@ -873,9 +799,7 @@ def serve_command(bundle: Path, *args: str):
             if found:
                 break
         assert found, "".join(lines)
-        threading.Thread(
-            target=proc.stdout.read, daemon=True
-        ).start()  # keep the pipe drained
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
         url = found.group(1)
         deadline = time.monotonic() + 30
         while True:
@@ -893,9 +817,7 @@ def serve_command(bundle: Path, *args: str):
 
 async def load(url: str, clients: int, requests_each: int, max_tokens: int = 8) -> list:
     """Concurrent streaming clients, each sending requests one after another; returns outcomes."""
-    c = openai.AsyncOpenAI(
-        base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=120
-    )
+    c = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="EMPTY", max_retries=0, timeout=120)
 
     async def one(i):
         out = []
@@ -920,11 +842,7 @@ async def load(url: str, clients: int, requests_each: int, max_tokens: int = 8) 
         return out
 
     try:
-        return [
-            o
-            for outs in await asyncio.gather(*(one(i) for i in range(clients)))
-            for o in outs
-        ]
+        return [o for outs in await asyncio.gather(*(one(i) for i in range(clients))) for o in outs]
     finally:
         await c.close()
 
@@ -932,19 +850,13 @@ async def load(url: str, clients: int, requests_each: int, max_tokens: int = 8) 
 def test_load_queue_limit_and_memory(onnx_bundle):
     with serve_command(onnx_bundle, "--max-queue", "32") as (url, pid):
         outcomes = asyncio.run(load(url, clients=16, requests_each=4))
-        assert len(outcomes) == 64 and all(
-            o[0] == "ok" and o[1] in ("stop", "length") for o in outcomes
-        ), outcomes
+        assert len(outcomes) == 64 and all(o[0] == "ok" and o[1] in ("stop", "length") for o in outcomes), outcomes
         server = psutil.Process(pid)
         asyncio.run(load(url, clients=4, requests_each=5))  # 20 more: the warm state
         after_20 = server.memory_info().rss
-        asyncio.run(
-            load(url, clients=4, requests_each=45)
-        )  # 180 more: 200 after the warm-up
+        asyncio.run(load(url, clients=4, requests_each=45))  # 180 more: 200 after the warm-up
         after_200 = server.memory_info().rss
-        print(
-            f"server RSS after 20 requests {after_20 / 2**20:.1f} MiB, after 200 {after_200 / 2**20:.1f} MiB"
-        )
+        print(f"server RSS after 20 requests {after_20 / 2**20:.1f} MiB, after 200 {after_200 / 2**20:.1f} MiB")
         assert abs(after_200 - after_20) < 6 * 2**20, (after_20, after_200)
     with serve_command(onnx_bundle, "--max-queue", "4") as (url, _):
         outcomes = asyncio.run(load(url, clients=16, requests_each=4))

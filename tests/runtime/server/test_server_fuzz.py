@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from autoglm_export.source import open_source
-from autoglm_runtime.backends.torch_backend import TorchBackend
-from autoglm_runtime.server import BackgroundServer, ServerConfig, create_app
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from autoglm_export.source import open_source
+from autoglm_runtime.backends.torch_backend import TorchBackend
+from autoglm_runtime.server import BackgroundServer, ServerConfig, create_app
 
 EXAMPLES = 60  # per operation and mode
 KEY = "fuzz-key"
@@ -46,9 +47,7 @@ def fuzz(url: str, op, mode: GenerationMode) -> set[int]:
         assert response.status_code < 500, (case.body, response.text)
         # every check but "schema-valid data is accepted": a valid-looking request may
         # still get a documented 400 (a prompt over the context, an undecodable image)
-        case.validate_response(
-            response, headers=AUTH, excluded_checks=[positive_data_acceptance]
-        )
+        case.validate_response(response, headers=AUTH, excluded_checks=[positive_data_acceptance])
 
     check()
     return statuses
@@ -60,10 +59,7 @@ def test_fuzz_every_operation(server):
     operations = {r.ok().label: r.ok() for r in schema.get_all_operations()}
     chat = "POST /v1/chat/completions"
     assert {chat, "GET /v1/models", "GET /health"} <= set(operations)
-    statuses = {
-        label: fuzz(url, op, GenerationMode.POSITIVE)
-        for label, op in operations.items()
-    }
+    statuses = {label: fuzz(url, op, GenerationMode.POSITIVE) for label, op in operations.items()}
     invalid = fuzz(url, operations[chat], GenerationMode.NEGATIVE)
     print(statuses, invalid)
     assert {200, 400} <= statuses[chat] and 400 in invalid and max(invalid) < 500

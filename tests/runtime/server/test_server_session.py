@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from autoglm_export.source import open_source
+from PIL import Image
+
 from autoglm_export.calibration import synthetic_screenshot
+from autoglm_export.source import open_source
 from autoglm_runtime.backends.torch_backend import TorchBackend
 from autoglm_runtime.prompt import Message
 from autoglm_runtime.sampling import Sampler, SamplingConfig
 from autoglm_runtime.server.textstream import ReasoningSplitter, StopMatcher
 from autoglm_runtime.session import Session
-from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,7 @@ class RowCounter:
         self.inner.reset()
 
 
-SYSTEM = (
-    "You are a phone agent. Answer with <think>...</think><answer>do(...)</answer>."
-)
+SYSTEM = "You are a phone agent. Answer with <think>...</think><answer>do(...)</answer>."
 
 
 def agent_turns(reply: str):
@@ -53,9 +52,7 @@ def agent_turns(reply: str):
         Message("system", SYSTEM),
         Message("user", [{"type": "text", "text": "打开微信"}]),
         Message("assistant", reply),
-        Message(
-            "user", [{"type": "image"}, {"type": "text", "text": "** Screen Info **"}]
-        ),
+        Message("user", [{"type": "image"}, {"type": "text", "text": "** Screen Info **"}]),
     ]
     return first, second
 
@@ -68,18 +65,12 @@ def screenshot(shade: int) -> Image.Image:
 
 def run_turns(tiny, reuse: bool):
     backend = RowCounter(TorchBackend(tiny.model))
-    session = Session(
-        backend, tiny.tokenizer_path, tiny.spec, prefill_chunk=16, reuse_prefix=reuse
-    )
+    session = Session(backend, tiny.tokenizer_path, tiny.spec, prefill_chunk=16, reuse_prefix=reuse)
     first, _ = agent_turns("")
-    a = session.generate(
-        first, image=screenshot(10), max_new_tokens=6, keep_logits=True
-    )
+    a = session.generate(first, image=screenshot(10), max_new_tokens=6, keep_logits=True)
     _, second = agent_turns(a.text)
     rows_before = backend.rows
-    b = session.generate(
-        second, image=screenshot(200), max_new_tokens=6, keep_logits=True
-    )
+    b = session.generate(second, image=screenshot(200), max_new_tokens=6, keep_logits=True)
     return a, b, backend.rows - rows_before, session
 
 
@@ -91,14 +82,10 @@ def test_prefix_reuse_is_exact_and_prefills_only_the_rest(tiny):
         np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
     # the kept prefix: everything before the first turn's screenshot (system prompt, "<|user|>\n")
     first_ids = session.encode(agent_turns("")[0]).input_ids
-    image_start = (
-        int(np.flatnonzero(first_ids == tiny.spec.image_token_id)[0]) - 1
-    )  # <|begin_of_image|>
+    image_start = int(np.flatnonzero(first_ids == tiny.spec.image_token_id)[0]) - 1  # <|begin_of_image|>
     assert a1.reused_tokens == 0 and b1.reused_tokens == image_start > 20
     assert b0.reused_tokens == 0
-    assert (
-        rows1 == rows0 - b1.reused_tokens
-    )  # only the rest of the prompt was prefilled
+    assert rows1 == rows0 - b1.reused_tokens  # only the rest of the prompt was prefilled
 
 
 def test_prefix_reuse_sees_a_different_image(tiny):
@@ -109,34 +96,20 @@ def test_prefix_reuse_sees_a_different_image(tiny):
     same = session.generate(first, image=screenshot(10), max_new_tokens=2)
     other = session.generate(first, image=screenshot(250), max_new_tokens=2)
     n = len(session.encode(first).input_ids)
-    image_rows = np.flatnonzero(
-        session.encode(first).input_ids == tiny.spec.image_token_id
-    )
-    assert (
-        same.reused_tokens == n - 1
-    )  # everything but the last prompt row (its logits are needed)
-    assert (
-        other.reused_tokens == image_rows[0]
-    )  # up to the first row of the changed image
+    image_rows = np.flatnonzero(session.encode(first).input_ids == tiny.spec.image_token_id)
+    assert same.reused_tokens == n - 1  # everything but the last prompt row (its logits are needed)
+    assert other.reused_tokens == image_rows[0]  # up to the first row of the changed image
     fresh = Session(TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec)
-    assert (
-        fresh.generate(first, image=screenshot(250), max_new_tokens=2).token_ids
-        == other.token_ids
-    )
+    assert fresh.generate(first, image=screenshot(250), max_new_tokens=2).token_ids == other.token_ids
 
 
 def test_prefix_reuse_after_a_longer_generation_and_a_failure(tiny):
-    session = Session(
-        TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec, reuse_prefix=True
-    )
+    session = Session(TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec, reuse_prefix=True)
     prompt = [Message("user", "search Taobao for a phone case")]
     long = session.generate(prompt, max_new_tokens=12)
     # a shorter prompt that is a prefix of what the cache holds (prompt + generated tokens)
     again = session.generate(prompt, max_new_tokens=12)
-    assert (
-        again.token_ids == long.token_ids
-        and again.reused_tokens == long.prompt_tokens - 1
-    )
+    assert again.token_ids == long.token_ids and again.reused_tokens == long.prompt_tokens - 1
     session.forget_cache()
     assert session.generate(prompt, max_new_tokens=3).reused_tokens == 0
 
@@ -154,9 +127,7 @@ def test_penalties_follow_openai_definition():
     counts = np.array([2, 0, 1, 0])
     expected = logits - 0.5 * counts - 0.25 * (counts > 0)
     np.testing.assert_allclose(s.penalized(logits), expected)
-    assert np.array_equal(
-        Sampler(SamplingConfig()).penalized(logits), logits
-    )  # no penalties: untouched
+    assert np.array_equal(Sampler(SamplingConfig()).penalized(logits), logits)  # no penalties: untouched
     with pytest.raises(ValueError, match="frequency_penalty must be in"):
         SamplingConfig(frequency_penalty=2.5)
 
@@ -164,9 +135,7 @@ def test_penalties_follow_openai_definition():
 def test_presence_penalty_discourages_repeats_in_generation(tiny):
     session = Session(TorchBackend(tiny.model), tiny.tokenizer_path, tiny.spec)
     plain = session.generate("我们的时候", max_new_tokens=24)
-    penalized = session.generate(
-        "我们的时候", max_new_tokens=24, sampling=SamplingConfig(presence_penalty=2.0)
-    )
+    penalized = session.generate("我们的时候", max_new_tokens=24, sampling=SamplingConfig(presence_penalty=2.0))
     assert len(set(penalized.token_ids)) > len(set(plain.token_ids))
 
 

@@ -104,8 +104,9 @@ def _op_config(scheme: str, block_size: int):
     from coremltools.optimize.coreml import OpLinearQuantizerConfig
 
     if scheme == "int4":
-        return OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
-                                       block_size=block_size, weight_threshold=0)
+        return OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int4", granularity="per_block", block_size=block_size, weight_threshold=0
+        )
     return OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=0)
 
 
@@ -138,8 +139,14 @@ def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "line
         if scheme == "int4":
             for op in fn.operations:
                 w = op.inputs.get(arg) if op.op_type == op_type else None
-                if w is not None and w.op is not None and w.op.op_type == "const" and w.op.name not in per_name \
-                        and w.rank == 2 and w.shape[axis] % block_size:
+                if (
+                    w is not None
+                    and w.op is not None
+                    and w.op.op_type == "const"
+                    and w.op.name not in per_name
+                    and w.rank == 2
+                    and w.shape[axis] % block_size
+                ):
                     per_name[w.op.name] = int8
     config = OptimizationConfig(op_type_configs={op_type: _op_config(scheme, block_size)}, op_name_configs=per_name)
     with warnings.catch_warnings(), _quiet_coremltools():
@@ -149,7 +156,6 @@ def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "line
 
 def _sanitized(fqn: str) -> str:
     return fqn.replace(".", "_")
-
 
 
 def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
@@ -180,8 +186,12 @@ def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
     params = {}
     for fqn, q in layers.items():
         dtype = types.nptype_from_builtin(types.int4 if q.bits == 4 else types.int8)
-        params[fqn] = QuantParams(data=q.codes.numpy().astype(dtype), scale=checkpoint_scales16(q, fqn).numpy(),
-                                  offset=None, nbits=np.uint8(q.bits))
+        params[fqn] = QuantParams(
+            data=q.codes.numpy().astype(dtype),
+            scale=checkpoint_scales16(q, fqn).numpy(),
+            offset=None,
+            nbits=np.uint8(q.bits),
+        )
     found: dict[str, list[str]] = {}
 
     def pick(fqns: list[str], const_name: str) -> str:
@@ -190,8 +200,10 @@ def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
             return fqns[0]
         named = [f for f in fqns if const_name.endswith(_sanitized(f) + "_weight_to_fp16")]
         if len(named) != 1:
-            raise ExportError(f"{const_name}: equal fp16 weights in {', '.join(fqns)} with different integer codes; "
-                              "cannot tell which checkpoint layer it is")
+            raise ExportError(
+                f"{const_name}: equal fp16 weights in {', '.join(fqns)} with different integer codes; "
+                "cannot tell which checkpoint layer it is"
+            )
         return named[0]
 
     class CheckpointCodes(_QuantizePass):
@@ -223,8 +235,9 @@ def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
 
         def transform_op(self, op):
             new_var = self._create_constexpr_var(op, params[self.consts[op.name]])
-            op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=op.outputs[0], new_var=new_var,
-                                                            no_check_var_types=True)
+            op.enclosing_block.replace_uses_of_var_after_op(
+                anchor_op=op, old_var=op.outputs[0], new_var=new_var, no_check_var_types=True
+            )
             op.enclosing_block.remove_ops([op])
 
     with warnings.catch_warnings(), _quiet_coremltools():
@@ -232,8 +245,10 @@ def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
         out = _apply_graph_pass(mlmodel, CheckpointCodes())
     missing = sorted(set(layers) - set(found))
     if missing:
-        raise ExportError(f"quantized-checkpoint layers not found among the converted program's linear weights: "
-                          f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        raise ExportError(
+            f"quantized-checkpoint layers not found among the converted program's linear weights: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        )
     return out
 
 
@@ -272,9 +287,16 @@ def _convert(traced, *, inputs, outputs, states=None, recipe: CoreMLRecipe):
     with warnings.catch_warnings(), _quiet_coremltools():
         warnings.simplefilter("ignore")
         try:
-            return ct.convert(traced, inputs=inputs, outputs=outputs, states=states or None,
-                              minimum_deployment_target=target, compute_precision=ct.precision.FLOAT16,
-                              convert_to="mlprogram", compute_units=ct.ComputeUnit.CPU_ONLY)
+            return ct.convert(
+                traced,
+                inputs=inputs,
+                outputs=outputs,
+                states=states or None,
+                minimum_deployment_target=target,
+                compute_precision=ct.precision.FLOAT16,
+                convert_to="mlprogram",
+                compute_units=ct.ComputeUnit.CPU_ONLY,
+            )
         except Exception as e:  # coremltools raises bare ValueError/RuntimeError/NotImplementedError
             raise ExportError(f"Core ML conversion failed: {type(e).__name__}: {e}") from e
 
@@ -323,8 +345,11 @@ def _feature(desc) -> dict:
     arr = desc.type.multiArrayType if kind == "multiArrayType" else desc.type.stateType.arrayType
     from coremltools.proto import FeatureTypes_pb2
 
-    out = {"name": desc.name, "shape": [int(s) for s in arr.shape],
-           "dtype": _DTYPES.get(FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType), "?")}
+    out = {
+        "name": desc.name,
+        "shape": [int(s) for s in arr.shape],
+        "dtype": _DTYPES.get(FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(arr.dataType), "?"),
+    }
     if kind == "multiArrayType" and arr.WhichOneof("ShapeFlexibility") == "shapeRange":
         ranges = [[int(r.lowerBound), int(r.upperBound)] for r in arr.shapeRange.sizeRanges]
         if any(lo != hi for lo, hi in ranges):
@@ -339,14 +364,29 @@ def describe_package(path: str | Path) -> dict:
     spec = load_spec(str(path))
     d = spec.description
     if len(d.functions):
-        functions = {f.name: {"inputs": [_feature(i) for i in f.input], "outputs": [_feature(o) for o in f.output],
-                              "states": [_feature(s) for s in f.state]} for f in d.functions}
+        functions = {
+            f.name: {
+                "inputs": [_feature(i) for i in f.input],
+                "outputs": [_feature(o) for o in f.output],
+                "states": [_feature(s) for s in f.state],
+            }
+            for f in d.functions
+        }
         default = d.defaultFunctionName
     else:
-        functions = {"main": {"inputs": [_feature(i) for i in d.input], "outputs": [_feature(o) for o in d.output],
-                              "states": [_feature(s) for s in d.state]}}
+        functions = {
+            "main": {
+                "inputs": [_feature(i) for i in d.input],
+                "outputs": [_feature(o) for o in d.output],
+                "states": [_feature(s) for s in d.state],
+            }
+        }
         default = "main"
-    return {"functions": functions, "default_function": default, "specification_version": int(spec.specificationVersion)}
+    return {
+        "functions": functions,
+        "default_function": default,
+        "specification_version": int(spec.specificationVersion),
+    }
 
 
 def load_mil_program(path: str | Path):
@@ -364,16 +404,16 @@ def op_counts(path: str | Path) -> dict[str, dict[str, int]]:
     """Per function, how many ops of each type the saved program has (consts left out)."""
     prog = load_mil_program(path)
     out = {}
+
+    def walk(block, counts: Counter) -> Counter:
+        for op in block.operations:
+            counts[op.op_type] += 1
+            for b in op.blocks:
+                walk(b, counts)
+        return counts
+
     for fname, fn in prog.functions.items():
-        counts = Counter()
-
-        def walk(block):
-            for op in block.operations:
-                counts[op.op_type] += 1
-                for b in op.blocks:
-                    walk(b)
-
-        walk(fn)
+        counts = walk(fn, Counter())
         counts.pop("const", None)
         out[fname] = dict(sorted(counts.items()))
     return out
@@ -394,8 +434,14 @@ class PackageInfo:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"file": self.file, "default_function": self.default_function, "functions": self.functions,
-                "ops": self.ops, "bytes": self.bytes, **self.extra}
+        return {
+            "file": self.file,
+            "default_function": self.default_function,
+            "functions": self.functions,
+            "ops": self.ops,
+            "bytes": self.bytes,
+            **self.extra,
+        }
 
 
 def _finish(component: str, mlmodel, path: Path, extra: dict | None = None) -> PackageInfo:
@@ -403,8 +449,15 @@ def _finish(component: str, mlmodel, path: Path, extra: dict | None = None) -> P
     if mlmodel is not None:
         mlmodel.save(str(path))
     d = describe_package(path)
-    return PackageInfo(component, path.name, d["functions"], d["default_function"], op_counts(path), package_bytes(path),
-                       dict(extra or {}, specification_version=d["specification_version"]))
+    return PackageInfo(
+        component,
+        path.name,
+        d["functions"],
+        d["default_function"],
+        op_counts(path),
+        package_bytes(path),
+        dict(extra or {}, specification_version=d["specification_version"]),
+    )
 
 
 # --------------------------------------------------------------------------- encoders and embedding
@@ -433,9 +486,12 @@ def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fix
     """pixel_values [patches, 3*T*p*p] fp16 -> image_embeds [image_tokens, hidden] fp16."""
     v = model.vision
     example = (torch.zeros(v.num_patches, v.patch_dim),)
-    ml = _convert(_trace(VisionWrapper(model), example), recipe=recipe,
-                  inputs=[_tensor("pixel_values", example[0].shape, np.float16)],
-                  outputs=[_tensor("image_embeds", None, np.float16)])
+    ml = _convert(
+        _trace(VisionWrapper(model), example),
+        recipe=recipe,
+        inputs=[_tensor("pixel_values", example[0].shape, np.float16)],
+        outputs=[_tensor("image_embeds", None, np.float16)],
+    )
     return _finish("vision_encoder", _compress_linears(ml, recipe, fixed, "vision"), path)
 
 
@@ -444,9 +500,12 @@ def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixe
     if model.audio is None:
         raise ExportError("this model has no audio tower")
     example = (torch.zeros(1, model.cfg.audio.num_mel_bins, model.shape.audio_frames),)
-    ml = _convert(_trace(AudioWrapper(model), example), recipe=recipe,
-                  inputs=[_tensor("input_features", example[0].shape, np.float16)],
-                  outputs=[_tensor("audio_embeds", None, np.float16)])
+    ml = _convert(
+        _trace(AudioWrapper(model), example),
+        recipe=recipe,
+        inputs=[_tensor("input_features", example[0].shape, np.float16)],
+        outputs=[_tensor("audio_embeds", None, np.float16)],
+    )
     return _finish("audio_encoder", _compress_linears(ml, recipe, fixed, "audio"), path)
 
 
@@ -455,10 +514,15 @@ def convert_token_embedding(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fi
     ct = _ct()
     example = (torch.zeros(1, 4, dtype=torch.int32),)
     seq = ct.RangeDim(lower_bound=1, upper_bound=model.shape.max_context, default=1, symbol="seq")
-    ml = _convert(_trace(EmbeddingWrapper(model), example), recipe=recipe,
-                  inputs=[_tensor("token_ids", (1, seq), np.int32)],
-                  outputs=[_tensor("embeds", None, np.float16)])
-    return _finish("token_embedding", compress_weights(ml, recipe.embedding_scheme, recipe.block_size, op_type="gather"), path)
+    ml = _convert(
+        _trace(EmbeddingWrapper(model), example),
+        recipe=recipe,
+        inputs=[_tensor("token_ids", (1, seq), np.int32)],
+        outputs=[_tensor("embeds", None, np.float16)],
+    )
+    return _finish(
+        "token_embedding", compress_weights(ml, recipe.embedding_scheme, recipe.block_size, op_type="gather"), path
+    )
 
 
 # --------------------------------------------------------------------------- text decoder
@@ -554,15 +618,20 @@ class ExplicitCacheDecoder(_DecoderBase):
             new_k.append(k.to(torch.float16))
             new_v.append(v.to(torch.float16))
             keys = torch.slice_scatter(key_cache[i, :, :, :end, :], new_k[-1], dim=2, start=begin, end=end).to(q.dtype)
-            values = torch.slice_scatter(value_cache[i, :, :, :end, :], new_v[-1], dim=2, start=begin, end=end).to(q.dtype)
+            values = torch.slice_scatter(value_cache[i, :, :, :end, :], new_v[-1], dim=2, start=begin, end=end).to(
+                q.dtype
+            )
             x = layer.residual_tail(x, self.attend(attn, q, keys, values, causal_mask, seq))
         return self.text.lm_head(self.text.norm(x)), torch.stack(new_k), torch.stack(new_v)
 
 
 def _decoder_example(model: AutoGLM, seq: int, end: int):
     hidden = model.cfg.text.hidden_size
-    return (torch.zeros(1, seq, hidden), torch.arange(seq, dtype=torch.int32).expand(3, seq).contiguous(),
-            torch.from_numpy(causal_mask(end - seq, seq).astype(np.float32)))
+    return (
+        torch.zeros(1, seq, hidden),
+        torch.arange(seq, dtype=torch.int32).expand(3, seq).contiguous(),
+        torch.from_numpy(causal_mask(end - seq, seq).astype(np.float32)),
+    )
 
 
 def _router_weights(mlmodel) -> set[str]:
@@ -591,8 +660,11 @@ def _decoder_inputs(model: AutoGLM, seq, end_lo: int) -> list:
     ct = _ct()
     hidden = model.cfg.text.hidden_size
     end = ct.RangeDim(lower_bound=end_lo, upper_bound=model.shape.max_context, default=end_lo, symbol="end")
-    return [_tensor("inputs_embeds", (1, seq, hidden), np.float16), _tensor("position_ids", (3, seq), np.int32),
-            _tensor("causal_mask", (1, 1, seq, end), np.float16)]
+    return [
+        _tensor("inputs_embeds", (1, seq, hidden), np.float16),
+        _tensor("position_ids", (3, seq), np.int32),
+        _tensor("causal_mask", (1, 1, seq, end), np.float16),
+    ]
 
 
 def _compress_decoder(ml, recipe: CoreMLRecipe, model: AutoGLM, fixed: dict | None = None):
@@ -603,8 +675,9 @@ def _compress_decoder(ml, recipe: CoreMLRecipe, model: AutoGLM, fixed: dict | No
     return _compress_linears(ml, recipe, fixed, "text", skip=routers)
 
 
-def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefill_chunk: int, workdir: Path,
-                         fixed: dict | None = None) -> PackageInfo:
+def convert_text_decoder(
+    model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefill_chunk: int, workdir: Path, fixed: dict | None = None
+) -> PackageInfo:
     """iOS 18: multifunction ``prefill`` (``prefill_chunk`` tokens) + ``decode`` (1 token) over one state.
     iOS 17: one function ``main`` (1..prefill_chunk tokens) with the cache as explicit inputs/outputs."""
     ct = _ct()
@@ -612,16 +685,27 @@ def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefi
     if not 1 <= prefill_chunk <= ctx:
         raise ExportError(f"--prefill-chunk {prefill_chunk} must be between 1 and the context length {ctx}")
     workdir = Path(workdir)
-    extra = {"prefill_chunk": prefill_chunk, "max_context": ctx, "mask_value": "-inf",
-             "rotary": "position_ids index fp16 cos/sin tables inside the graph"}
+    extra = {
+        "prefill_chunk": prefill_chunk,
+        "max_context": ctx,
+        "mask_value": "-inf",
+        "rotary": "position_ids index fp16 cos/sin tables inside the graph",
+    }
     if recipe.min_ios >= 18:
         wrapper = StatefulDecoder(model)
-        states = [ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES]
+        states = [
+            ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES
+        ]
         parts = {}
         for fname, seq in (("prefill", prefill_chunk), ("decode", 1)):
             example = _decoder_example(model, seq, min(ctx, seq + 2))
-            ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=_decoder_inputs(model, seq, seq),
-                          outputs=[_tensor("logits", None, np.float16)], states=states)
+            ml = _convert(
+                _trace(wrapper, example),
+                recipe=recipe,
+                inputs=_decoder_inputs(model, seq, seq),
+                outputs=[_tensor("logits", None, np.float16)],
+                states=states,
+            )
             ml = _compress_decoder(ml, recipe, model, fixed)
             parts[fname] = workdir / f"TextDecoder-{fname}.mlpackage"
             ml.save(str(parts[fname]))
@@ -632,21 +716,35 @@ def convert_text_decoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefi
         with warnings.catch_warnings(), _quiet_coremltools():
             warnings.simplefilter("ignore")
             ct.utils.save_multifunction(desc, str(path))
-        extra.update({"kv_cache": "state", "state_names": list(STATE_NAMES), "cache_shape": list(wrapper.cache_shape),
-                      "separate_function_bytes": {f: package_bytes(p) for f, p in parts.items()}})
+        extra.update(
+            {
+                "kv_cache": "state",
+                "state_names": list(STATE_NAMES),
+                "cache_shape": list(wrapper.cache_shape),
+                "separate_function_bytes": {f: package_bytes(p) for f, p in parts.items()},
+            }
+        )
         return _finish("text_decoder", None, path, extra)
 
     wrapper = ExplicitCacheDecoder(model)
     seq = ct.RangeDim(lower_bound=1, upper_bound=prefill_chunk, default=1, symbol="seq")
     n = min(2, prefill_chunk)
     example = _decoder_example(model, n, min(ctx, n + 2)) + (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2
-    inputs = _decoder_inputs(model, seq, 1) + [_tensor("key_cache", wrapper.cache_shape, np.float16),
-                                               _tensor("value_cache", wrapper.cache_shape, np.float16)]
+    inputs = _decoder_inputs(model, seq, 1) + [
+        _tensor("key_cache", wrapper.cache_shape, np.float16),
+        _tensor("value_cache", wrapper.cache_shape, np.float16),
+    ]
     outputs = [_tensor(n_, None, np.float16) for n_ in ("logits", "key_update", "value_update")]
     ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=inputs, outputs=outputs)
     ml = _compress_decoder(ml, recipe, model, fixed)
-    extra.update({"kv_cache": "inputs_outputs", "cache_inputs": ["key_cache", "value_cache"],
-                  "cache_outputs": ["key_update", "value_update"], "cache_shape": list(wrapper.cache_shape)})
+    extra.update(
+        {
+            "kv_cache": "inputs_outputs",
+            "cache_inputs": ["key_cache", "value_cache"],
+            "cache_outputs": ["key_update", "value_update"],
+            "cache_shape": list(wrapper.cache_shape),
+        }
+    )
     return _finish("text_decoder", ml, path, extra)
 
 

@@ -56,8 +56,10 @@ def quant_kinds(recipe: CoreMLRecipe, fixed: dict | None = None) -> dict[str, st
     if fixed is None:
         return {c: recipe.kind(c) for c in COMPONENTS}
     quantized = {component_of(fqn) for fqn in fixed}
-    return {c: recipe.kind(c) if c == "token_embedding" else ("weight_only_fp16" if c in quantized else "fp16")
-            for c in COMPONENTS}
+    return {
+        c: recipe.kind(c) if c == "token_embedding" else ("weight_only_fp16" if c in quantized else "fp16")
+        for c in COMPONENTS
+    }
 
 
 def checkpoint_recipe(recipe: CoreMLRecipe, layers: dict[str, dict], path) -> CoreMLRecipe:
@@ -65,16 +67,21 @@ def checkpoint_recipe(recipe: CoreMLRecipe, layers: dict[str, dict], path) -> Co
     int4 layers need iOS 18, and ``--block-size`` is the checkpoint's int4 group size."""
     int4 = sorted(f for f, layer in layers.items() if int(layer["bits"]) == 4)
     if int4 and recipe.min_ios < 18:
-        raise ExportError(f"--min-ios {recipe.min_ios}: the quantized checkpoint {path} has {len(int4)} int4 layers "
-                          f"({int4[0]}, ...); int4 per-block weights (constexpr_blockwise_shift_scale) need iOS 18. "
-                          "Export it with --min-ios 18, or make an int8 checkpoint (calibrate/qat --quant 8da8w) for iOS 17")
+        raise ExportError(
+            f"--min-ios {recipe.min_ios}: the quantized checkpoint {path} has {len(int4)} int4 layers "
+            f"({int4[0]}, ...); int4 per-block weights (constexpr_blockwise_shift_scale) need iOS 18. "
+            "Export it with --min-ios 18, or make an int8 checkpoint (calibrate/qat --quant 8da8w) for iOS 17"
+        )
     return replace(recipe, block_size=block_size_for(layers, recipe.block_size, path))
 
 
 def tower_parameters(model) -> dict[str, int]:
     emb = model.text.embed_tokens.weight.numel()
-    out = {"vision_encoder": sum(p.numel() for p in model.vision.parameters()), "token_embedding": emb,
-           "text_decoder": sum(p.numel() for p in model.text.parameters()) - emb}
+    out = {
+        "vision_encoder": sum(p.numel() for p in model.vision.parameters()),
+        "token_embedding": emb,
+        "text_decoder": sum(p.numel() for p in model.text.parameters()) - emb,
+    }
     if model.audio is not None:
         out["audio_encoder"] = sum(p.numel() for p in model.audio.parameters())
     return out
@@ -83,7 +90,13 @@ def tower_parameters(model) -> dict[str, int]:
 def convert_all(job: Job) -> dict[str, PackageInfo]:
     """Every component into its package inside the bundle's temp folder (with a quantized checkpoint,
     its integers instead of coremltools' rounding)."""
-    model, recipe, chunk, bundle, stages = job.src.model, job.options.recipe, job.options.prefill_chunk, job.bundle, job.stages
+    model, recipe, chunk, bundle, stages = (
+        job.src.model,
+        job.options.recipe,
+        job.options.prefill_chunk,
+        job.bundle,
+        job.stages,
+    )
     packages: dict[str, PackageInfo] = {}
     for comp, convert in CONVERTERS.items():  # the encoders and the embedding; the decoder below
         if comp == "audio_encoder" and model.audio is None:
@@ -91,36 +104,56 @@ def convert_all(job: Job) -> dict[str, PackageInfo]:
         with stages.stage(f"convert {comp} -> {PACKAGES[comp]}"):
             packages[comp] = convert(model, recipe, bundle.path(PACKAGES[comp]), fixed=job.fixed)
     functions = "prefill + decode, state" if recipe.min_ios >= 18 else "main, cache in/out"
-    with stages.stage(f"convert text_decoder -> {PACKAGES['text_decoder']} ({functions})"), \
-            tempfile.TemporaryDirectory(prefix="autoglm-coreml-") as work:
-        packages["text_decoder"] = convert_text_decoder(model, recipe, bundle.path(PACKAGES["text_decoder"]),
-                                                        chunk, Path(work), fixed=job.fixed)
+    with (
+        stages.stage(f"convert text_decoder -> {PACKAGES['text_decoder']} ({functions})"),
+        tempfile.TemporaryDirectory(prefix="autoglm-coreml-") as work,
+    ):
+        packages["text_decoder"] = convert_text_decoder(
+            model, recipe, bundle.path(PACKAGES["text_decoder"]), chunk, Path(work), fixed=job.fixed
+        )
     params = tower_parameters(model)
     for comp, info in packages.items():
         weights = Path(bundle.path(info.file)) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
         wbytes = weights.stat().st_size if weights.exists() else 0
-        info.extra.update({"parameters": params[comp], "weight_bytes": wbytes,
-                           "bits_per_weight": round(8 * wbytes / params[comp], 3) if params[comp] else None})
+        info.extra.update(
+            {
+                "parameters": params[comp],
+                "weight_bytes": wbytes,
+                "bits_per_weight": round(8 * wbytes / params[comp], 3) if params[comp] else None,
+            }
+        )
         log.info("  %s: %.2f MB, %.2f bits/weight", info.file, info.bytes / 1e6, info.extra["bits_per_weight"] or 0)
     return packages
 
 
 def usage(recipe: CoreMLRecipe) -> dict:
     """How an app calls the decoder package, for the manifest."""
-    mask = ("causal_mask [1, 1, S, end] fp16: 0 where query i (cache slot end-S+i) may attend to slot j (j <= end-S+i), "
-            "-inf elsewhere; the call writes its S tokens to cache slots end-S..end-1 and attends over slots 0..end-1")
-    common = {"position_ids": "[3, S] int32 M-RoPE ids (temporal, height, width), as autoglm_runtime.positions computes them",
-              "causal_mask": mask, "inputs_embeds": "[1, S, hidden] fp16: TokenEmbedding output with image/audio embeddings spliced in"}
+    mask = (
+        "causal_mask [1, 1, S, end] fp16: 0 where query i (cache slot end-S+i) may attend to slot j (j <= end-S+i), "
+        "-inf elsewhere; the call writes its S tokens to cache slots end-S..end-1 and attends over slots 0..end-1"
+    )
+    common = {
+        "position_ids": "[3, S] int32 M-RoPE ids (temporal, height, width), as autoglm_runtime.positions computes them",
+        "causal_mask": mask,
+        "inputs_embeds": "[1, S, hidden] fp16: TokenEmbedding output with image/audio embeddings spliced in",
+    }
     if recipe.min_ios >= 18:
-        return {**common, "functions": {
-            "prefill": "exactly prefill_chunk tokens; pad a shorter last chunk with zero embeddings (its padded rows' logits are "
-                       "garbage and their cache slots are overwritten by the next call before anything attends to them)",
-            "decode": "one token"},
+        return {
+            **common,
+            "functions": {
+                "prefill": "exactly prefill_chunk tokens; pad a shorter last chunk with zero embeddings (its padded rows' logits are "
+                "garbage and their cache slots are overwritten by the next call before anything attends to them)",
+                "decode": "one token",
+            },
             "state": "model.makeState() once per conversation, passed to both functions (MLModelConfiguration.functionName "
-                     "selects the function); a new state is an empty cache"}
-    return {**common, "functions": {"main": "1..prefill_chunk tokens"},
-            "kv_cache": "pass key_cache/value_cache [layers, 1, kv_heads, max_context, head_dim] fp16 (zeros to start); "
-                        "write the returned key_update/value_update [layers, 1, kv_heads, S, head_dim] at slots end-S..end-1"}
+            "selects the function); a new state is an empty cache",
+        }
+    return {
+        **common,
+        "functions": {"main": "1..prefill_chunk tokens"},
+        "kv_cache": "pass key_cache/value_cache [layers, 1, kv_heads, max_context, head_dim] fp16 (zeros to start); "
+        "write the returned key_update/value_update [layers, 1, kv_heads, S, head_dim] at slots end-S..end-1",
+    }
 
 
 @register_target
@@ -145,8 +178,10 @@ class CoreMLTarget(Target):
 
     def check(self, src, options: CoreMLOptions) -> None:
         if not 1 <= options.prefill_chunk <= src.spec.max_context:
-            raise ExportError(f"--prefill-chunk {options.prefill_chunk} must be between 1 and the context length "
-                              f"{src.spec.max_context}")
+            raise ExportError(
+                f"--prefill-chunk {options.prefill_chunk} must be between 1 and the context length "
+                f"{src.spec.max_context}"
+            )
 
     def chunk(self, options: CoreMLOptions) -> int:
         return options.prefill_chunk
@@ -169,8 +204,11 @@ class CoreMLTarget(Target):
             with job.stages.stage(f"{what} weights in the eager model (as the packages hold them)"):
                 report = apply_coreml_quantization(model, recipe, fixed=job.fixed)
         if report.fallbacks:
-            log.warning("int8 per-channel instead of int4 (input width not a multiple of %d): %s", recipe.block_size,
-                        ", ".join(report.fallbacks))
+            log.warning(
+                "int8 per-channel instead of int4 (input width not a multiple of %d): %s",
+                recipe.block_size,
+                ", ".join(report.fallbacks),
+            )
         return report
 
     def convert(self, job: Job) -> None:
@@ -188,8 +226,12 @@ class CoreMLTarget(Target):
         return CoreMLBackend(root, fields["coreml"], engine=options.engine, compute_units=options.compute_units)
 
     def parity_info(self, options: CoreMLOptions, backend) -> dict:
-        return {"engine": backend.engine_name, "quantization": options.recipe.to_dict(),
-                "prefill_chunk": options.prefill_chunk, "compute_units": backend.compute_units}
+        return {
+            "engine": backend.engine_name,
+            "quantization": options.recipe.to_dict(),
+            "prefill_chunk": options.prefill_chunk,
+            "compute_units": backend.compute_units,
+        }
 
     def manifest_fields(self, job: Job) -> dict:
         opts, recipe = job.options, job.options.recipe
@@ -202,11 +244,19 @@ class CoreMLTarget(Target):
             "packages": {c: p.to_dict() for c, p in job.artifacts["packages"].items()},
             "usage": usage(recipe),
         }
-        return {"max_seq_len": opts.prefill_chunk, "coreml": coreml,
-                "validated_with": opts.engine if opts.validate else None}
+        return {
+            "max_seq_len": opts.prefill_chunk,
+            "coreml": coreml,
+            "validated_with": opts.engine if opts.validate else None,
+        }
 
     def options_from_manifest(self, manifest: dict) -> CoreMLOptions:
         coreml = manifest["coreml"]
-        return self.resolve(CoreMLOptions(recipe=CoreMLRecipe.from_dict(manifest["quantization"]["recipe"]),
-                                          prefill_chunk=int(coreml["prefill_chunk"]),
-                                          compute_units=coreml.get("compute_units", "all")), None)
+        return self.resolve(
+            CoreMLOptions(
+                recipe=CoreMLRecipe.from_dict(manifest["quantization"]["recipe"]),
+                prefill_chunk=int(coreml["prefill_chunk"]),
+                compute_units=coreml.get("compute_units", "all"),
+            ),
+            None,
+        )

@@ -17,7 +17,9 @@ class CoreMLRecipe:
     """How the packages are built. Invalid combinations fail here, before any work."""
 
     weights: str = "int4"
-    block_size: int | None = 32  # None: 32, or a quantized checkpoint's int4 group size (CoreMLTarget.resolve resolves it)
+    block_size: int | None = (
+        32  # None: 32, or a quantized checkpoint's int4 group size (CoreMLTarget.resolve resolves it)
+    )
     min_ios: int = 18
     embedding: str | None = None  # token embedding table; None = same as ``weights``
 
@@ -50,8 +52,10 @@ class CoreMLRecipe:
         return {**asdict(self), "embedding": self.embedding_scheme, "compute_precision": "float16"}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "CoreMLRecipe":
-        return cls(weights=d["weights"], block_size=int(d["block_size"]), min_ios=int(d["min_ios"]),
-                   embedding=d.get("embedding"))
-
-
+    def from_dict(cls, d: dict) -> CoreMLRecipe:
+        return cls(
+            weights=d["weights"],
+            block_size=int(d["block_size"]),
+            min_ios=int(d["min_ios"]),
+            embedding=d.get("embedding"),
+        )

@@ -20,7 +20,9 @@ def _coreml_qrange(nbits: int) -> int:
     return 2 ** (nbits - 1) - 1  # linear_symmetric: [-7, 7] for int4, [-127, 127] for int8
 
 
-def quantize_like_coreml(weight: torch.Tensor, scheme: str, block_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def quantize_like_coreml(
+    weight: torch.Tensor, scheme: str, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """coremltools' ``linear_symmetric`` arithmetic on a ``[out, in]`` weight, reproduced in torch.
 
     coremltools quantizes the fp16 constants of the converted program, in fp16:
@@ -65,8 +67,10 @@ def checkpoint_scales16(q, name: str = "") -> torch.Tensor:
     """A checkpoint layer's fp32 scales as the package stores them (fp16); refuses scales fp16 cannot hold."""
     s16 = q.scales.to(torch.float16)
     if not torch.isfinite(s16).all() or ((s16 == 0) & (q.scales != 0)).any():
-        raise ExportError(f"{name}: quantized-checkpoint scales {q.scales.abs().min().item():.3g}..{q.scales.abs().max().item():.3g} "
-                          "do not fit fp16 (Core ML stores scales in fp16)")
+        raise ExportError(
+            f"{name}: quantized-checkpoint scales {q.scales.abs().min().item():.3g}..{q.scales.abs().max().item():.3g} "
+            "do not fit fp16 (Core ML stores scales in fp16)"
+        )
     return s16
 
 
@@ -79,8 +83,11 @@ def checkpoint_weight(q, name: str = "") -> torch.Tensor:
 
 def _quantizable_weights(model: AutoGLM, component: str):
     """(name, module) pairs whose ``weight`` the converters compress, per component."""
-    roots = {"text_decoder": [("text", model.text)], "vision_encoder": [("vision", model.vision)],
-             "audio_encoder": [("audio", model.audio)] if model.audio is not None else []}
+    roots = {
+        "text_decoder": [("text", model.text)],
+        "vision_encoder": [("vision", model.vision)],
+        "audio_encoder": [("audio", model.audio)] if model.audio is not None else [],
+    }
     if component == "token_embedding":
         yield "text.embed_tokens", model.text.embed_tokens
         return
@@ -91,8 +98,9 @@ def _quantizable_weights(model: AutoGLM, component: str):
 
 
 @torch.no_grad()
-def apply_coreml_quantization(model: AutoGLM, recipe: CoreMLRecipe, dry_run: bool = False,
-                              fixed: dict | None = None) -> QuantReport:
+def apply_coreml_quantization(
+    model: AutoGLM, recipe: CoreMLRecipe, dry_run: bool = False, fixed: dict | None = None
+) -> QuantReport:
     """Put the packages' weight rounding into the eager model, in place (its "quantized_eager" twin).
 
     The decoder's weights are then exactly what the Core ML program dequantizes (up to the final
@@ -118,14 +126,18 @@ def apply_coreml_quantization(model: AutoGLM, recipe: CoreMLRecipe, dry_run: boo
                     report.layers[name] = {"int4": f"int4/b{recipe.block_size}"}.get(scheme, scheme)
         return report
     model.requires_grad_(False)
-    components = ["text_decoder", "vision_encoder", "token_embedding"] + (["audio_encoder"] if model.audio is not None else [])
+    components = ["text_decoder", "vision_encoder", "token_embedding"] + (
+        ["audio_encoder"] if model.audio is not None else []
+    )
     for comp in components:
         scheme = recipe.scheme(comp)
         for name, mod in _quantizable_weights(model, comp):
             w = mod.weight
             if fixed is not None and comp != "token_embedding":
                 q = fixed.get(name)
-                mod.weight.copy_(w.to(torch.float16).to(w.dtype) if q is None else checkpoint_weight(q, name).to(w.dtype))
+                mod.weight.copy_(
+                    w.to(torch.float16).to(w.dtype) if q is None else checkpoint_weight(q, name).to(w.dtype)
+                )
                 report.layers[name] = checkpoint_scheme(q)
                 if q is not None:
                     report.calibrated.append(name)
@@ -152,12 +164,10 @@ def apply_coreml_quantization(model: AutoGLM, recipe: CoreMLRecipe, dry_run: boo
     for tower in (model.vision, model.audio):
         if tower is None:
             continue
-        for name, b in tower.named_buffers():
+        for b in tower.buffers():
             if b.is_floating_point():
                 b.copy_(b.to(torch.float16).to(b.dtype))
     for name, b in model.text.named_buffers():
         if name.endswith("e_score_correction_bias"):  # MoE routing bias, an fp16 constant in the package
             b.copy_(b.to(torch.float16).to(b.dtype))
     return report
-
-

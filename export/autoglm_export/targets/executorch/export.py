@@ -62,9 +62,14 @@ def constant_methods(src: ModelSource, max_seq_len: int) -> dict:
         "get_image_width": spec.image.width,
     }
     if spec.audio is not None:
-        meta.update({"get_audio_token_id": spec.audio_token_id if spec.audio_token_id is not None else -1,
-                     "get_audio_tokens": spec.audio_tokens, "get_n_mels": spec.audio.num_mel_bins,
-                     "get_audio_frames": spec.audio.num_frames})
+        meta.update(
+            {
+                "get_audio_token_id": spec.audio_token_id if spec.audio_token_id is not None else -1,
+                "get_audio_tokens": spec.audio_tokens,
+                "get_n_mels": spec.audio.num_mel_bins,
+                "get_audio_frames": spec.audio.num_frames,
+            }
+        )
     return meta
 
 
@@ -81,8 +86,9 @@ class ExecuTorchTarget(Target):
 
     def check(self, src, options: ExecuTorchOptions) -> None:
         if not 2 <= options.max_seq_len <= src.spec.max_context:
-            raise ExportError(f"--max-seq-len {options.max_seq_len} must be between 2 and the context length "
-                              f"{src.spec.max_context}")
+            raise ExportError(
+                f"--max-seq-len {options.max_seq_len} must be between 2 and the context length {src.spec.max_context}"
+            )
 
     def size_recipe(self, options: ExecuTorchOptions) -> QuantRecipe:
         return options.recipe
@@ -137,6 +143,11 @@ class ExecuTorchTarget(Target):
         }
 
     def options_from_manifest(self, manifest: dict) -> ExecuTorchOptions:
-        return replace(ExecuTorchOptions(), recipe=QuantRecipe(**manifest["quantization"]["recipe"]),
-                       max_seq_len=int(manifest["max_seq_len"]), backend=manifest.get("backend", "xnnpack"),
-                       soc=manifest.get("soc"), custom_ops=bool(manifest.get("custom_ops", True)))
+        return replace(
+            ExecuTorchOptions(),
+            recipe=QuantRecipe(**manifest["quantization"]["recipe"]),
+            max_seq_len=int(manifest["max_seq_len"]),
+            backend=manifest.get("backend", "xnnpack"),
+            soc=manifest.get("soc"),
+            custom_ops=bool(manifest.get("custom_ops", True)),
+        )

@@ -59,7 +59,9 @@ def check_backend(backend: str, soc: str | None, quant: str) -> None:
     if not soc:
         raise ExportError("--backend qnn needs --soc (for example SM8650 for Snapdragon 8 Gen 3)")
     if quant != "fp32":
-        raise ExportError("--backend qnn lowers fp16 graphs to the HTP; pass --quant fp32 (QNN's own int quantizer is not wired up yet)")
+        raise ExportError(
+            "--backend qnn lowers fp16 graphs to the HTP; pass --quant fp32 (QNN's own int quantizer is not wired up yet)"
+        )
 
 
 def _tensor_spec(name: str, t: torch.Tensor, dynamic: dict | None) -> dict:
@@ -75,8 +77,13 @@ def _delegation(edge_program) -> dict:
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(edge_program.graph_module)
-    undelegated = Counter({op: b.non_delegated for op, b in info.delegation_by_operator.items()
-                           if b.non_delegated and not op.startswith(_BOOKKEEPING)})
+    undelegated = Counter(
+        {
+            op: b.non_delegated
+            for op, b in info.delegation_by_operator.items()
+            if b.non_delegated and not op.startswith(_BOOKKEEPING)
+        }
+    )
     non_delegated = sum(undelegated.values())
     total = info.num_delegated_nodes + non_delegated
     return {
@@ -104,7 +111,9 @@ def _partitioners(backend: str, soc: str | None):
     chipsets = get_soc_to_chipset_map()
     if soc not in chipsets:
         raise ExportError(f"--soc {soc}: unknown; QNN knows {', '.join(sorted(chipsets))}")
-    specs = generate_qnn_executorch_compiler_spec(soc_model=chipsets[soc], backend_options=generate_htp_compiler_spec(use_fp16=True))
+    specs = generate_qnn_executorch_compiler_spec(
+        soc_model=chipsets[soc], backend_options=generate_htp_compiler_spec(use_fp16=True)
+    )
     return [QnnPartitioner(specs)]
 
 

@@ -117,8 +117,9 @@ class OnnxTextDecoder(nn.Module):
         x = inputs_embeds
         present = []
         for i, layer in enumerate(t.layers):
-            h, k, v = _attention(layer.self_attn, layer.input_layernorm(x), cos, sin, cache_position, mask,
-                                 past[2 * i], past[2 * i + 1])
+            h, k, v = _attention(
+                layer.self_attn, layer.input_layernorm(x), cos, sin, cache_position, mask, past[2 * i], past[2 * i + 1]
+            )
             present += [k, v]
             x = layer.residual_tail(x, h)
         return (t.lm_head(t.norm(x)), *present)
@@ -132,8 +133,7 @@ def cache_shape(model: AutoGLM) -> tuple[int, int, int, int]:
 def cache_names(num_layers: int) -> tuple[list[str], list[str]]:
     """(past inputs, present outputs), interleaved key/value per layer."""
     past = [f"past_{kind}_{i}" for i in range(num_layers) for kind in ("key", "value")]
-    return past, ["present" + n[len("past"):] for n in past]
-
+    return past, ["present" + n[len("past") :] for n in past]
 
 
 def _name_scopes(node) -> str:
@@ -173,11 +173,18 @@ def _one_layer(node_name: str, fqns: list[str], fixed: dict) -> str:
     first = fixed.get(fqns[0])
     for f in fqns[1:]:
         q = fixed.get(f)
-        same = (q is None and first is None) or (q is not None and first is not None and q.bits == first.bits
-                                                 and torch.equal(q.codes, first.codes) and torch.equal(q.scales, first.scales))
+        same = (q is None and first is None) or (
+            q is not None
+            and first is not None
+            and q.bits == first.bits
+            and torch.equal(q.codes, first.codes)
+            and torch.equal(q.scales, first.scales)
+        )
         if not same:
-            raise ExportError(f"{node_name}: the weights of {', '.join(fqns)} are equal but the quantized checkpoint "
-                              "quantizes them differently; cannot tell which layer this MatMul is")
+            raise ExportError(
+                f"{node_name}: the weights of {', '.join(fqns)} are equal but the quantized checkpoint "
+                "quantizes them differently; cannot tell which layer this MatMul is"
+            )
     return fqns[0]
 
 
@@ -204,15 +211,19 @@ def _set_int4_codes(graph, node, q, fqn: str, inits: dict) -> None:
     n_out, k = q.codes.shape
     want = {"bits": 4, "block_size": q.group_size, "K": k, "N": n_out}
     if any(attrs.get(key) != value for key, value in want.items()) or (len(node.input) > 3 and node.input[3]):
-        raise ExportError(f"{fqn}: MatMulNBits node {node.name} has {({k_: attrs.get(k_) for k_ in want})}"
-                          f"{' and zero points' if len(node.input) > 3 and node.input[3] else ''}; the quantized "
-                          f"checkpoint needs {want}, symmetric")
+        raise ExportError(
+            f"{fqn}: MatMulNBits node {node.name} has { ({k_: attrs.get(k_) for k_ in want}) }"
+            f"{' and zero points' if len(node.input) > 3 and node.input[3] else ''}; the quantized "
+            f"checkpoint needs {want}, symmetric"
+        )
     blocks = k // q.group_size
     packed = grid.pack_int4(q.codes).numpy().reshape(n_out, blocks, q.group_size // 2)
     old_b, old_s = inits[node.input[1]], inits[node.input[2]]
     if tuple(old_b.dims) != packed.shape or int(np.prod(old_s.dims)) != n_out * blocks:
-        raise ExportError(f"{fqn}: MatMulNBits B {tuple(old_b.dims)} / scales {tuple(old_s.dims)}, expected "
-                          f"{packed.shape} / {n_out * blocks} values (onnxruntime's layout changed?)")
+        raise ExportError(
+            f"{fqn}: MatMulNBits B {tuple(old_b.dims)} / scales {tuple(old_s.dims)}, expected "
+            f"{packed.shape} / {n_out * blocks} values (onnxruntime's layout changed?)"
+        )
     b_name, s_name = f"{fqn}.qweight_int4", f"{fqn}.scales"
     if b_name not in inits:
         inits[b_name] = numpy_helper.from_array(packed, b_name)
@@ -245,14 +256,30 @@ def _int8_matmul_nbits(graph, node, q, fqn: str, inits: dict):
         inits[b_name] = numpy_helper.from_array(u.reshape(n_out, blocks, block), b_name)
         inits[s_name] = numpy_helper.from_array(scales, s_name)
         graph.initializer.extend([inits[b_name], inits[s_name]])
-    new = helper.make_node("MatMulNBits", [node.input[0], b_name, s_name], list(node.output), name=f"{node.name}_Q8",
-                           domain="com.microsoft", K=k, N=n_out, bits=8, block_size=block)
+    new = helper.make_node(
+        "MatMulNBits",
+        [node.input[0], b_name, s_name],
+        list(node.output),
+        name=f"{node.name}_Q8",
+        domain="com.microsoft",
+        K=k,
+        N=n_out,
+        bits=8,
+        block_size=block,
+    )
     new.metadata_props.extend(node.metadata_props)
     return new
 
 
-def apply_checkpoint_codes(model, component: str, linears: list[tuple[str, nn.Linear]], fixed: dict, block_size: int,
-                           excluded: list[str], record: "OnnxFile"):
+def apply_checkpoint_codes(
+    model,
+    component: str,
+    linears: list[tuple[str, nn.Linear]],
+    fixed: dict,
+    block_size: int,
+    excluded: list[str],
+    record: OnnxFile,
+):
     """A component's graph with a quantized checkpoint's integers (see the module docstring); fills
     ``record``'s counts. ``excluded``: the router MatMuls (kept fp32). Every checkpoint layer of the
     component must be found, and nothing else is quantized."""
@@ -260,8 +287,10 @@ def apply_checkpoint_codes(model, component: str, linears: list[tuple[str, nn.Li
     want = {fqn for fqn, _ in linears if fqn in fixed}
     missing = sorted(want - set(mapping.values()))
     if missing:
-        raise ExportError(f"{component}: quantized-checkpoint layers not found among the graph's MatMul weights: "
-                          f"{', '.join(missing[:5])}")
+        raise ExportError(
+            f"{component}: quantized-checkpoint layers not found among the graph's MatMul weights: "
+            f"{', '.join(missing[:5])}"
+        )
     int4 = {n: f for n, f in mapping.items() if f in fixed and fixed[f].bits == 4}
     if int4:
         outputs = {node.output[0]: int4[node.name] for node in model.graph.node if node.name in int4}
@@ -274,15 +303,19 @@ def apply_checkpoint_codes(model, component: str, linears: list[tuple[str, nn.Li
                 _set_int4_codes(model.graph, node, fixed[fqn], fqn, inits)
                 done.add(node.output[0])
         if done != set(outputs):
-            raise ExportError(f"{component}: int4 checkpoint layers without a MatMulNBits node: "
-                              f"{', '.join(sorted(outputs[o] for o in set(outputs) - done))[:300]}")
+            raise ExportError(
+                f"{component}: int4 checkpoint layers without a MatMulNBits node: "
+                f"{', '.join(sorted(outputs[o] for o in set(outputs) - done))[:300]}"
+            )
     int8 = {n: f for n, f in mapping.items() if f in fixed and fixed[f].bits == 8}
     if int8:
         from onnx import helper
 
         inits = {i.name: i for i in model.graph.initializer}
-        nodes = [_int8_matmul_nbits(model.graph, n, fixed[int8[n.name]], int8[n.name], inits) if n.name in int8 else n
-                 for n in model.graph.node]
+        nodes = [
+            _int8_matmul_nbits(model.graph, n, fixed[int8[n.name]], int8[n.name], inits) if n.name in int8 else n
+            for n in model.graph.node
+        ]
         model.graph.ClearField("node")
         model.graph.node.extend(nodes)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -298,11 +331,15 @@ def apply_checkpoint_codes(model, component: str, linears: list[tuple[str, nn.Li
         elif node.name in mapping and mapping[node.name] not in fixed:
             record.fp32_matmuls.append(f"{node.name}: {mapping[node.name]}, {CHECKPOINT_FP32}")
         else:
-            raise ExportError(f"{component}: constant-weight MatMul {node.name} is neither a linear layer nor a router; "
-                              "the eager reference would not match the graph")
+            raise ExportError(
+                f"{component}: constant-weight MatMul {node.name} is neither a linear layer nor a router; "
+                "the eager reference would not match the graph"
+            )
     if nbits.count(4) != len(int4) or nbits.count(8) != len(int8) or len(nbits) != len(int4) + len(int8):
-        raise ExportError(f"{component}: {nbits.count(4)} int4 / {nbits.count(8)} int8 MatMulNBits "
-                          f"for {len(int4)} int4 / {len(int8)} int8 checkpoint MatMuls")
+        raise ExportError(
+            f"{component}: {nbits.count(4)} int4 / {nbits.count(8)} int8 MatMulNBits "
+            f"for {len(int4)} int4 / {len(int8)} int8 checkpoint MatMuls"
+        )
     return model
 
 
@@ -322,8 +359,15 @@ class OnnxFile:
     int8_matmuls: int = 0  # of the MatMulNBits, those with bits 8 (a quantized checkpoint's int8 per-channel layers)
 
     def to_dict(self) -> dict:
-        out = {"file": self.file, "external_data": self.external_data, "inputs": self.inputs, "outputs": self.outputs,
-               "bytes": self.bytes, "matmul_nbits": self.quantized_matmuls, "fp32_matmuls": self.fp32_matmuls}
+        out = {
+            "file": self.file,
+            "external_data": self.external_data,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "bytes": self.bytes,
+            "matmul_nbits": self.quantized_matmuls,
+            "fp32_matmuls": self.fp32_matmuls,
+        }
         if self.int8_matmuls:
             out["matmul_nbits_int8"] = self.int8_matmuls
         return out
@@ -357,9 +401,17 @@ def _export_program(module: nn.Module, args: tuple, input_names, output_names, d
     module.eval()
     with torch.no_grad(), _quiet():
         try:
-            return torch.onnx.export(module, args, dynamo=True, opset_version=OPSET, input_names=list(input_names),
-                                     output_names=list(output_names), dynamic_shapes=dynamic_shapes, verbose=False,
-                                     optimize=True)
+            return torch.onnx.export(
+                module,
+                args,
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=dynamic_shapes,
+                verbose=False,
+                optimize=True,
+            )
         except Exception as e:  # the exporter's errors are long; the first line says what failed
             raise ExportError(f"torch.onnx.export failed: {str(e).strip().splitlines()[0][:500]}") from e
 
@@ -402,8 +454,14 @@ def gemm_to_matmul(model) -> int:
     new_nodes, count = [], 0
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if (node.op_type != "Gemm" or node.domain not in ("", "ai.onnx") or node.input[1] not in inits
-                or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+        if (
+            node.op_type != "Gemm"
+            or node.domain not in ("", "ai.onnx")
+            or node.input[1] not in inits
+            or attrs.get("transA", 0)
+            or attrs.get("alpha", 1.0) != 1.0
+            or attrs.get("beta", 1.0) != 1.0
+        ):
             new_nodes.append(node)
             continue
         b = numpy_helper.to_array(inits[node.input[1]])
@@ -459,7 +517,9 @@ def quantize_int4(model, block_size: int, exclude: list[str]):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     with _quiet():
-        q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=list(exclude))
+        q = MatMulNBitsQuantizer(
+            model, bits=4, block_size=block_size, is_symmetric=True, nodes_to_exclude=list(exclude)
+        )
         q.process()
     return q.model.model
 
@@ -474,7 +534,11 @@ def io_specs(model) -> tuple[list[dict], list[dict]]:
     from onnx import helper
 
     def spec(v):
-        return {"name": v.name, "shape": _dims(v), "dtype": str(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))}
+        return {
+            "name": v.name,
+            "shape": _dims(v),
+            "dtype": str(helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)),
+        }
 
     return [spec(v) for v in model.graph.input], [spec(v) for v in model.graph.output]
 
@@ -502,8 +566,15 @@ def save_model(model, path: Path, external_data_threshold: int = EXTERNAL_DATA_T
     external = weight_bytes(model) > external_data_threshold
     location = f"{path.name}.data" if external else None
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=location, size_threshold=1024, convert_attribute=False)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=location,
+            size_threshold=1024,
+            convert_attribute=False,
+        )
     else:
         onnx.save_model(model, str(path))
     return location
@@ -526,14 +597,27 @@ def _component_modules(model: AutoGLM, max_seq_len: int):
     caches = [torch.zeros(cache_shape(model)) for _ in past]
     args = (torch.zeros(1, n, hidden), torch.arange(n), torch.arange(n).expand(3, n).contiguous(), caches)
     dyn = ({1: seq}, {0: seq}, {1: seq}, [None for _ in past])  # the list flattens to one graph input per cache
-    yield ("text_decoder", OnnxTextDecoder(model.text), args, ("inputs_embeds", "cache_position", "position_ids", *past),
-           ("logits", *present), dyn)
+    yield (
+        "text_decoder",
+        OnnxTextDecoder(model.text),
+        args,
+        ("inputs_embeds", "cache_position", "position_ids", *past),
+        ("logits", *present),
+        dyn,
+    )
 
 
 @torch.no_grad()
-def export_onnx_files(model: AutoGLM, out_dir: Path, quant: str = "int4", block_size: int = 32, max_seq_len: int = 128,
-                      external_data_threshold: int = EXTERNAL_DATA_THRESHOLD, progress=None,
-                      fixed: dict | None = None) -> OnnxExport:
+def export_onnx_files(
+    model: AutoGLM,
+    out_dir: Path,
+    quant: str = "int4",
+    block_size: int = 32,
+    max_seq_len: int = 128,
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    progress=None,
+    fixed: dict | None = None,
+) -> OnnxExport:
     """Export every component of the (fp32) model to ``out_dir/<component>.onnx``; int4 rewrites the MatMuls.
 
     The model is not modified. Raises ExportError if the int4 graphs do not quantize exactly the
@@ -558,8 +642,9 @@ def export_onnx_files(model: AutoGLM, out_dir: Path, quant: str = "int4", block_
         if quant == "int4" and fixed is not None:
             t1 = time.perf_counter()
             gemm_to_matmul(proto)
-            proto = apply_checkpoint_codes(proto, name, linears.get(name, []), fixed, block_size,
-                                           _router_matmuls(proto, routers), record)
+            proto = apply_checkpoint_codes(
+                proto, name, linears.get(name, []), fixed, block_size, _router_matmuls(proto, routers), record
+            )
             out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
         elif quant == "int4":
             t1 = time.perf_counter()
@@ -575,17 +660,23 @@ def export_onnx_files(model: AutoGLM, out_dir: Path, quant: str = "int4", block_
                 raise ExportError(
                     f"{name}: int4 rewrote {record.quantized_matmuls} MatMuls but the model has {expected} linear layers"
                     + (f"; constant-weight MatMuls left in fp32: {', '.join(stray)}" if stray else "")
-                    + "; the eager int4 reference would not match the graph")
+                    + "; the eager int4 reference would not match the graph"
+                )
             out.seconds[f"int4 {name}"] = round(time.perf_counter() - t1, 3)
         record.inputs, record.outputs = io_specs(proto)
         path = Path(out_dir) / record.file
         record.external_data = save_model(proto, path, external_data_threshold)
-        record.bytes = path.stat().st_size + ((Path(out_dir) / record.external_data).stat().st_size if record.external_data else 0)
+        record.bytes = path.stat().st_size + (
+            (Path(out_dir) / record.external_data).stat().st_size if record.external_data else 0
+        )
         out.files[name] = record
         del proto
         if progress:
-            progress(f"exported {record.file} ({record.bytes / 1e6:.1f} MB"
-                     + (f", {record.quantized_matmuls} MatMulNBits" if quant == "int4" else "")
-                     + (f" ({record.int8_matmuls} of them int8)" if record.int8_matmuls else "")
-                     + (f", weights in {record.external_data}" if record.external_data else "") + ")")
+            progress(
+                f"exported {record.file} ({record.bytes / 1e6:.1f} MB"
+                + (f", {record.quantized_matmuls} MatMulNBits" if quant == "int4" else "")
+                + (f" ({record.int8_matmuls} of them int8)" if record.int8_matmuls else "")
+                + (f", weights in {record.external_data}" if record.external_data else "")
+                + ")"
+            )
     return out

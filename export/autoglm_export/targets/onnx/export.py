@@ -47,8 +47,10 @@ def quant_kinds(quant: OnnxQuant, fixed: dict | None = None) -> dict[str, str]:
 
 def checkpoint_quant(quant: OnnxQuant, layers: dict[str, dict], path) -> OnnxQuant:
     if quant.scheme != "int4":
-        raise ExportError(f"--quant {quant.scheme} with --quantized-checkpoint {path}: the checkpoint's integer weights "
-                          "would be dropped; use --quant int4 (the default) or leave out --quantized-checkpoint")
+        raise ExportError(
+            f"--quant {quant.scheme} with --quantized-checkpoint {path}: the checkpoint's integer weights "
+            "would be dropped; use --quant int4 (the default) or leave out --quantized-checkpoint"
+        )
     return replace(quant, block_size=block_size_for(layers, quant.block_size, path))
 
 
@@ -68,8 +70,9 @@ class OnnxTarget(Target):
 
     def check(self, src, options: OnnxOptions) -> None:
         if not 2 <= options.max_seq_len <= src.spec.max_context:
-            raise ExportError(f"--max-seq-len {options.max_seq_len} must be between 2 and the context length "
-                              f"{src.spec.max_context}")
+            raise ExportError(
+                f"--max-seq-len {options.max_seq_len} must be between 2 and the context length {src.spec.max_context}"
+            )
 
     def chunk(self, options: OnnxOptions) -> int:
         return options.max_seq_len
@@ -100,10 +103,19 @@ class OnnxTarget(Target):
 
     def convert(self, job: Job) -> None:
         opts, quant = job.options, job.options.quant
-        with job.stages.stage(f"torch.onnx.export ({quant.scheme}{', quantized checkpoint' if job.qc is not None else ''})"):
-            exported = export_onnx_files(job.src.model, job.bundle.tmp_dir, quant.scheme, quant.block_size,
-                                         opts.max_seq_len, opts.external_data_threshold, progress=log.info,
-                                         fixed=job.fixed)
+        with job.stages.stage(
+            f"torch.onnx.export ({quant.scheme}{', quantized checkpoint' if job.qc is not None else ''})"
+        ):
+            exported = export_onnx_files(
+                job.src.model,
+                job.bundle.tmp_dir,
+                quant.scheme,
+                quant.block_size,
+                opts.max_seq_len,
+                opts.external_data_threshold,
+                progress=log.info,
+                fixed=job.fixed,
+            )
         job.stages.seconds.update(exported.seconds)
         job.artifacts["exported"] = exported
 
@@ -119,8 +131,11 @@ class OnnxTarget(Target):
         return OnnxBackend({c: Path(root) / f["file"] for c, f in fields["models"].items()})
 
     def parity_info(self, options: OnnxOptions, backend) -> dict:
-        return {"backend": "onnxruntime (CPUExecutionProvider)", "quantization": options.quant.to_dict(),
-                "max_seq_len": options.max_seq_len}
+        return {
+            "backend": "onnxruntime (CPUExecutionProvider)",
+            "quantization": options.quant.to_dict(),
+            "max_seq_len": options.max_seq_len,
+        }
 
     def manifest_fields(self, job: Job) -> dict:
         opts, model, exported = job.options, job.src.model, job.artifacts["exported"]
@@ -130,12 +145,18 @@ class OnnxTarget(Target):
             "max_seq_len": opts.max_seq_len,
             "opset": {"ai.onnx": OPSET, **({"com.microsoft": 1} if opts.quant.scheme == "int4" else {})},
             "models": {c: f.to_dict() for c, f in exported.files.items()},
-            "kv_cache": {"layers": layers, "shape": list(cache_shape(model)), "dtype": "float32",
-                         "inputs": past, "outputs": present,
-                         "rule": "feed each call's present_* back as the next call's past_*; zeros to start a conversation"},
+            "kv_cache": {
+                "layers": layers,
+                "shape": list(cache_shape(model)),
+                "dtype": "float32",
+                "inputs": past,
+                "outputs": present,
+                "rule": "feed each call's present_* back as the next call's past_*; zeros to start a conversation",
+            },
             "external_data_threshold_bytes": opts.external_data_threshold,
         }
 
     def options_from_manifest(self, manifest: dict) -> OnnxOptions:
-        return OnnxOptions(quant=OnnxQuant.from_dict(manifest["quantization"]["recipe"]),
-                           max_seq_len=int(manifest["max_seq_len"]))
+        return OnnxOptions(
+            quant=OnnxQuant.from_dict(manifest["quantization"]["recipe"]), max_seq_len=int(manifest["max_seq_len"])
+        )

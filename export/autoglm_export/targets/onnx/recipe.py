@@ -13,7 +13,9 @@ QUANT_SCHEMES = ("int4", "fp32")
 @dataclass(frozen=True)
 class OnnxQuant:
     scheme: str = "int4"  # linears of all three towers, lm_head included; "fp32": none
-    block_size: int | None = 32  # None: 32, or a quantized checkpoint's int4 group size (OnnxTarget.resolve resolves it)
+    block_size: int | None = (
+        32  # None: 32, or a quantized checkpoint's int4 group size (OnnxTarget.resolve resolves it)
+    )
 
     def __post_init__(self):
         if self.scheme not in QUANT_SCHEMES:
@@ -31,5 +33,5 @@ class OnnxQuant:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OnnxQuant":
+    def from_dict(cls, d: dict) -> OnnxQuant:
         return cls(d.get("scheme", "int4"), int(d.get("block_size", 32)))

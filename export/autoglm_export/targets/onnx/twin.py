@@ -42,10 +42,15 @@ def int4_block_fake_quant(weight: torch.Tensor, block_size: int) -> torch.Tensor
 
 def linear_modules(model: AutoGLM) -> dict[str, list[tuple[str, nn.Linear]]]:
     """The nn.Linear layers each component's graph runs, by component (router excluded: not a Linear)."""
+
     def lins(root: nn.Module, prefix: str):
         return [(f"{prefix}.{n}", m) for n, m in root.named_modules() if isinstance(m, nn.Linear)]
 
-    out = {"vision_encoder": lins(model.vision, "vision"), "token_embedding": [], "text_decoder": lins(model.text, "text")}
+    out = {
+        "vision_encoder": lins(model.vision, "vision"),
+        "token_embedding": [],
+        "text_decoder": lins(model.text, "text"),
+    }
     if model.audio is not None:
         out["audio_encoder"] = lins(model.audio, "audio")
     return out
@@ -90,7 +95,8 @@ def checkpoint_scheme(q) -> str:
 def checkpoint_layers_report(model: AutoGLM, fixed: dict) -> dict[str, str]:
     """fqn -> what the export does to it with a quantized checkpoint (``int4_layers``' counterpart)."""
     layers = {"text.embed_tokens": "fp32"}
-    layers.update({fqn: checkpoint_scheme(fixed.get(fqn)) for mods in linear_modules(model).values() for fqn, _ in mods})
+    layers.update(
+        {fqn: checkpoint_scheme(fixed.get(fqn)) for mods in linear_modules(model).values() for fqn, _ in mods}
+    )
     layers.update({fqn: ROUTER_NOTE for fqn, mod in model.named_modules() if isinstance(mod, TopKRouter)})
     return layers
-
