@@ -22,13 +22,18 @@ def _methods(manifest: dict, spec) -> list[str]:
     components from the runtime spec with the shapes every target shares."""
     methods = manifest.get("methods")
     if isinstance(methods, dict) and methods:
-        return [f"  {name}: " + (", ".join(_shape(i) for i in m.get("inputs", []) if isinstance(i, dict)) or "no inputs")
-                for name, m in methods.items() if isinstance(m, dict)]
+        return [
+            f"  {name}: " + (", ".join(_shape(i) for i in m.get("inputs", []) if isinstance(i, dict)) or "no inputs")
+            for name, m in methods.items()
+            if isinstance(m, dict)
+        ]
     img = spec.image
     rows = [f"  vision_encoder: pixel_values [{img.num_patches}, {img.patch_dim}] -> {spec.image_tokens} tokens"]
     if spec.has_audio:
-        rows.append(f"  audio_encoder: input_features [1, {spec.audio.num_mel_bins}, {spec.audio.num_frames}] "
-                    f"-> {spec.audio_tokens} tokens")
+        rows.append(
+            f"  audio_encoder: input_features [1, {spec.audio.num_mel_bins}, {spec.audio.num_frames}] "
+            f"-> {spec.audio_tokens} tokens"
+        )
     rows.append("  token_embedding: token_ids [1, S]")
     rows.append(f"  text_decoder: inputs_embeds [1, S, {spec.hidden_size}] -> logits [1, S, {spec.vocab_size}]")
     return rows
@@ -72,12 +77,17 @@ def _summary(root: Path, bundle) -> list[str]:
         f"bundle {root}: target {bundle.target}, {m.get('created_by', 'unknown exporter')}, from {origin}",
         f"validation: {_validation(m, root)}",
         f"shapes: max_context {spec.max_context}, image {spec.image.height}x{spec.image.width} ({spec.image_tokens} tokens)"
-        + (f", audio {shape.get('audio_frames', spec.audio.num_frames)} frames ({spec.audio_tokens} tokens)" if spec.has_audio else ", no audio")
+        + (
+            f", audio {shape.get('audio_frames', spec.audio.num_frames)} frames ({spec.audio_tokens} tokens)"
+            if spec.has_audio
+            else ", no audio"
+        )
         + (f", max_seq_len {m['max_seq_len']}" if m.get("max_seq_len") else ""),
         "methods:",
         *_methods(m, spec),
         f"quantization: {json.dumps(quant.get('recipe', quant.get('linear', 'none')))}"
         + (f"; kinds {json.dumps(quant['kinds'])}" if isinstance(quant.get("kinds"), dict) else ""),
-        f"size: {_mb(total)} in {len(files)} files: " + ", ".join(f"{k} {_mb(v)}" for k, v in sorted(top.items(), key=lambda kv: -kv[1])),
+        f"size: {_mb(total)} in {len(files)} files: "
+        + ", ".join(f"{k} {_mb(v)}" for k, v in sorted(top.items(), key=lambda kv: -kv[1])),
     ]
     return lines

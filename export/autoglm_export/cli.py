@@ -66,8 +66,11 @@ def _export(target: str, request, options) -> None:
         console.print("\n".join(report.lines()), highlight=False)
         console.print(f"[green]bundle written to {path}[/]")
     else:
-        console.print(f"[yellow]bundle written to {path}, NOT validated (--no-validate): its parity was never checked; "
-                      f"run `autoglm-export validate {path}`[/]", highlight=False)
+        console.print(
+            f"[yellow]bundle written to {path}, NOT validated (--no-validate): its parity was never checked; "
+            f"run `autoglm-export validate {path}`[/]",
+            highlight=False,
+        )
 
 
 def _print_version(value: bool) -> None:
@@ -80,8 +83,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging, and third-party libraries' own output."),
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging, and third-party libraries' own output."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ):
     if not verbose:
         quiet.third_party()
@@ -121,14 +128,19 @@ def _refuse_model_options(bundle: Path, **given) -> None:
     """Options that choose the eager model mean nothing with a bundle: refuse them rather than ignore them."""
     names = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
     if names:
-        raise InputError(f"{', '.join(names)}: only for the eager model; the bundle {bundle} runs the model and "
-                         "context it was exported with")
+        raise InputError(
+            f"{', '.join(names)}: only for the eager model; the bundle {bundle} runs the model and "
+            "context it was exported with"
+        )
 
 
 def _warn_if_not_validated(manifest: dict, bundle: Path) -> None:
     if manifest.get("validated") is False:
-        console.print(f"[yellow]warning:[/] {bundle} was exported with --no-validate: its parity was never checked "
-                      f"(`autoglm-export validate {bundle}` checks it)", highlight=False)
+        console.print(
+            f"[yellow]warning:[/] {bundle} was exported with --no-validate: its parity was never checked "
+            f"(`autoglm-export validate {bundle}` checks it)",
+            highlight=False,
+        )
 
 
 def _read_prompt(prompt: str) -> str:
@@ -154,14 +166,15 @@ def _backend_label(backend) -> str:
     return backend.name
 
 
-def _open_backend(bundle: Optional[Path], checkpoint, audio_checkpoint, preset, max_context):
+def _open_backend(bundle: Path | None, checkpoint, audio_checkpoint, preset, max_context):
     """A bundle directory (its target's backend) or the eager model (torch backend)."""
     if bundle is not None:
         from autoglm_runtime.backends import backend_for_bundle
         from autoglm_runtime.bundle import open_bundle
 
-        _refuse_model_options(bundle, checkpoint=checkpoint, audio_checkpoint=audio_checkpoint, preset=preset,
-                              max_context=max_context)
+        _refuse_model_options(
+            bundle, checkpoint=checkpoint, audio_checkpoint=audio_checkpoint, preset=preset, max_context=max_context
+        )
         b = open_bundle(bundle)
         _warn_if_not_validated(b.manifest, bundle)
         return backend_for_bundle(b), b.tokenizer_path, b.spec, b.manifest.get("max_seq_len")
@@ -176,23 +189,34 @@ def _open_backend(bundle: Optional[Path], checkpoint, audio_checkpoint, preset, 
 @app.command()
 @guarded
 def run(
-    bundle: Optional[Path] = typer.Argument(None, help="Bundle directory (dist/android, ...). Without it: the eager PyTorch model."),
+    bundle: Path | None = typer.Argument(
+        None, help="Bundle directory (dist/android, ...). Without it: the eager PyTorch model."
+    ),
     prompt: str = typer.Option(..., "--prompt", "-p", help="User message; - reads it from standard input."),
     image: list[Path] | None = typer.Option(None, "--image", help="Image file (PNG/JPEG/...); one per prompt."),
-    audio: Optional[Path] = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
-    system: Optional[str] = typer.Option(None, "--system", help="System message."),
+    audio: Path | None = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
+    system: str | None = typer.Option(None, "--system", help="System message."),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = None,
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1,
-                                       help="Most tokens to generate; generation stops earlier at an end-of-turn token."),
+    max_new_tokens: int = typer.Option(
+        64, "--max-new-tokens", min=1, help="Most tokens to generate; generation stops earlier at an end-of-turn token."
+    ),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", max=1.0,
-                                help="Nucleus sampling, in (0, 1]: sample among the most likely tokens whose probabilities sum to P "
-                                     "(1 = all of them; used when --temperature > 0)."),
+    top_p: float = typer.Option(
+        1.0,
+        "--top-p",
+        max=1.0,
+        help="Nucleus sampling, in (0, 1]: sample among the most likely tokens whose probabilities sum to P "
+        "(1 = all of them; used when --temperature > 0).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed of sampling (same seed, same output; unused when greedy)."),
-    thinking: Optional[bool] = typer.Option(None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."),
-    max_context: Optional[int] = typer.Option(None, "--max-context", help="KV-cache length for the eager model (default: preset's)."),
+    thinking: bool | None = typer.Option(
+        None, "--thinking/--no-thinking", help="GLM enable_thinking; default: template default."
+    ),
+    max_context: int | None = typer.Option(
+        None, "--max-context", help="KV-cache length for the eager model (default: preset's)."
+    ),
 ):
     """Generate with the reference runtime, streaming tokens: through a bundle, or the eager model."""
     from autoglm_runtime.sampling import SamplingConfig
@@ -228,9 +252,15 @@ def android(
     audio_checkpoint: opt.AudioCheckpoint = None,
     preset: opt.Preset = "tiny",
     out: opt.BundleOut = Path("dist/android"),
-    quant: Optional[str] = typer.Option(None, "--quant", help="Text decoder linears: 8da4w (default: int8 dynamic act, int4 weights), 8da8w, fp32."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", help=opt.GROUP_SIZE_HELP + " [default: 32, or the quantized checkpoint's]"),
-    quant_encoder: Optional[str] = typer.Option(None, "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w (default), fp32."),
+    quant: str | None = typer.Option(
+        None, "--quant", help="Text decoder linears: 8da4w (default: int8 dynamic act, int4 weights), 8da8w, fp32."
+    ),
+    group_size: int | None = typer.Option(
+        None, "--group-size", help=opt.GROUP_SIZE_HELP + " [default: 32, or the quantized checkpoint's]"
+    ),
+    quant_encoder: str | None = typer.Option(
+        None, "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w (default), fp32."
+    ),
     quant_embedding: str = typer.Option("8", "--quant-embedding", help="Token embedding: 4, 8 or none."),
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Longest text_decoder call (prefill chunk)."),
@@ -473,8 +503,11 @@ def validate(
     console.print("\n".join(report.lines()), highlight=False)
     if report.unchecked:
         failing = "" if report.checked_passed else "; checked components also fail parity"
-        console.print(f"[bold red]error:[/] {bundle}: not validated: {', '.join(report.unchecked)} not checked "
-                      f"({'; '.join(report.unchecked.values())}){failing}", highlight=False)
+        console.print(
+            f"[bold red]error:[/] {bundle}: not validated: {', '.join(report.unchecked)} not checked "
+            f"({'; '.join(report.unchecked.values())}){failing}",
+            highlight=False,
+        )
         raise typer.Exit(1)
     if not report.passed:
         console.print(f"[bold red]error:[/] {bundle} fails parity")

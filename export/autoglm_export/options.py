@@ -8,25 +8,51 @@ from typing import Annotated
 import typer
 
 # ---- the model: what to load, at which static shapes
-Checkpoint = Annotated[Optional[Path], typer.Option(
-    "--checkpoint", help="Hugging Face checkpoint directory (glm4v / glm4v_moe, safetensors).")]
-AudioCheckpoint = Annotated[Optional[Path], typer.Option(
-    "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower.")]
-Preset = Annotated[str, typer.Option(
-    "--preset", help="Model preset used when no --checkpoint is given: tiny (the default), small, autoglm-phone-9b.")]
-MaxContext = Annotated[Optional[int], typer.Option("--max-context-len", help="KV-cache length (default: preset's).")]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="Hugging Face checkpoint directory (glm4v / glm4v_moe, safetensors)."),
+]
+AudioCheckpoint = Annotated[
+    Path | None,
+    typer.Option(
+        "--audio-checkpoint", help="GlmAsr checkpoint directory whose encoder + projector become the audio tower."
+    ),
+]
+Preset = Annotated[
+    str,
+    typer.Option(
+        "--preset", help="Model preset used when no --checkpoint is given: tiny (the default), small, autoglm-phone-9b."
+    ),
+]
+MaxContext = Annotated[int | None, typer.Option("--max-context-len", help="KV-cache length (default: preset's).")]
 # Defaults are the preset's ExportShape (presets/__init__.py); spelled out here so --help needs no torch import.
-ImageSize = Annotated[Optional[str], typer.Option(
-    "--image-size", help="Export image resolution HxW, multiples of 28 "
-                         "[default: the preset's: tiny 168x84, small 224x112, autoglm-phone-9b 672x308].")]
-AudioFrames = Annotated[Optional[int], typer.Option(
-    "--audio-frames", help="Mel frames per audio clip, 100 per second; longer clips are cut (with a warning) "
-                           "[default: the preset's: tiny 400 (4 s), small 400, autoglm-phone-9b 3000 (30 s)].")]
-QuantizedCheckpoint = Annotated[Optional[Path], typer.Option(
-    "--quantized-checkpoint",
-    help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from).")]
-ReferenceCheckpoint = Annotated[Optional[Path], typer.Option(
-    "--checkpoint", help="Compare against this checkpoint instead of the one in the manifest.")]
+ImageSize = Annotated[
+    str | None,
+    typer.Option(
+        "--image-size",
+        help="Export image resolution HxW, multiples of 28 "
+        "[default: the preset's: tiny 168x84, small 224x112, autoglm-phone-9b 672x308].",
+    ),
+]
+AudioFrames = Annotated[
+    int | None,
+    typer.Option(
+        "--audio-frames",
+        help="Mel frames per audio clip, 100 per second; longer clips are cut (with a warning) "
+        "[default: the preset's: tiny 400 (4 s), small 400, autoglm-phone-9b 3000 (30 s)].",
+    ),
+]
+QuantizedCheckpoint = Annotated[
+    Path | None,
+    typer.Option(
+        "--quantized-checkpoint",
+        help="Directory written by `calibrate` or `qat`: its integer weights are exported as they are (with the model it was made from).",
+    ),
+]
+ReferenceCheckpoint = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="Compare against this checkpoint instead of the one in the manifest."),
+]
 
 # ---- the bundle
 BundleOut = Annotated[Path, typer.Option("--out", help="Bundle directory (written atomically).")]
@@ -48,14 +74,22 @@ BlockSize = Annotated[
 # ---- calibrate and qat: the recipe and the samples
 QuantizedOut = Annotated[Path, typer.Option("--out", help="Quantized checkpoint directory (written atomically).")]
 CalibrationQuant = Annotated[str, typer.Option("--quant", help="Text decoder linears: 8da4w or 8da8w.")]
-GROUP_SIZE_HELP = ("int4 weights per scale: each row of a linear layer is cut into groups of this many input "
-                   "channels, each with its own scale. 32, 64, 128 or 256; smaller is more accurate, larger is smaller on disk.")
+GROUP_SIZE_HELP = (
+    "int4 weights per scale: each row of a linear layer is cut into groups of this many input "
+    "channels, each with its own scale. 32, 64, 128 or 256; smaller is more accurate, larger is smaller on disk."
+)
 CalibrationGroupSize = Annotated[int, typer.Option("--group-size", help=GROUP_SIZE_HELP)]
-CalibrationQuantEncoder = Annotated[str, typer.Option("--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32.")]
-CalibrationData = Annotated[Optional[Path], typer.Option(
-    "--calibration-data", help="Calibration set directory (default: the repository's calibration_data/).")]
-MaxPrompts = Annotated[Optional[int], typer.Option("--max-prompts", help="Use at most this many calibration prompts.")]
-TextWindows = Annotated[int, typer.Option("--text-windows", help="Text-only samples of --seq-len tokens from the calibration text.")]
+CalibrationQuantEncoder = Annotated[
+    str, typer.Option("--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32.")
+]
+CalibrationData = Annotated[
+    Path | None,
+    typer.Option("--calibration-data", help="Calibration set directory (default: the repository's calibration_data/)."),
+]
+MaxPrompts = Annotated[int | None, typer.Option("--max-prompts", help="Use at most this many calibration prompts.")]
+TextWindows = Annotated[
+    int, typer.Option("--text-windows", help="Text-only samples of --seq-len tokens from the calibration text.")
+]
 SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per text-only sample.")]
 
 

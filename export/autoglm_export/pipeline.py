@@ -220,7 +220,9 @@ def unchecked_components(bundle_spec, reference_spec, audio_checkpoint: Path | N
     return {}
 
 
-def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_checkpoint: Path | None = None) -> BundleValidation:
+def validate_bundle(
+    bundle_dir: Path, checkpoint: Path | None = None, audio_checkpoint: Path | None = None
+) -> BundleValidation:
     """``autoglm-export validate BUNDLE``: rebuild the references the bundle was gated on and compare again."""
     bundle = open_bundle(bundle_dir)  # checks every file's size and sha256 first
     manifest = bundle.manifest
@@ -246,5 +248,6 @@ def validate_bundle(bundle_dir: Path, checkpoint: Path | None = None, audio_chec
     with in_row_slices(src.model):
         references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
     report = check_artifacts(target, job, bundle.root, manifest, probes, references)
-    return BundleValidation(report.target, report.rows, report.info,
-                            unchecked=unchecked_components(bundle.spec, src.spec, audio_checkpoint))
+    return BundleValidation(
+        report.target, report.rows, report.info, unchecked=unchecked_components(bundle.spec, src.spec, audio_checkpoint)
+    )

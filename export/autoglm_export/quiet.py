@@ -19,8 +19,15 @@ import warnings
 
 OUR_PACKAGES = ("autoglm_export", "autoglm_runtime")
 # Loggers that warn about things users cannot act on (versions, optional native kernels, macOS-only proxies).
-NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "transformers", "coremltools", "executorch", "torch._export",
-                 "torch.export")
+NOISY_LOGGERS = (
+    "torchao",
+    "torch.utils._pytree",
+    "transformers",
+    "coremltools",
+    "executorch",
+    "torch._export",
+    "torch.export",
+)
 
 
 def third_party() -> None:

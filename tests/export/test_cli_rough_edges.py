@@ -53,9 +53,15 @@ def fake_bundle(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bundle") / "b"
     root.mkdir()
     spec = open_source(None, None, "tiny", weights=False).spec
-    manifest = {"schema_version": 1, "target": "onnx", "runtime": spec.to_dict(), "validated": False,
-                "source": {"preset": "tiny"}, "export_shape": {"max_context": 512, "image_hw": [168, 84], "audio_frames": 400},
-                "files": {}}
+    manifest = {
+        "schema_version": 1,
+        "target": "onnx",
+        "runtime": spec.to_dict(),
+        "validated": False,
+        "source": {"preset": "tiny"},
+        "export_shape": {"max_context": 512, "image_hw": [168, 84], "audio_frames": 400},
+        "files": {},
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
@@ -84,6 +90,7 @@ def audioless_tiny(tmp_path_factory) -> Path:
 
 # ---- tracebacks instead of one error line
 
+
 def test_top_p_zero_is_one_error_line():
     line = _only_error_line(runner.invoke(app, ["run", "-p", "hi", "--top-p", "0"]))
     assert "top_p" in line and "(0, 1]" in line
@@ -102,8 +109,8 @@ def _png_with_bad_chunk(path: Path) -> Path:
     Image.fromarray(pixels).save(path)
     data = bytearray(path.read_bytes())
     at = data.index(b"IDAT") - 4
-    (length,) = struct.unpack(">I", data[at:at + 4])
-    data[at:at + 4] = struct.pack(">I", length // 2)
+    (length,) = struct.unpack(">I", data[at : at + 4])
+    data[at : at + 4] = struct.pack(">I", length // 2)
     path.write_bytes(bytes(data))
     with pytest.raises(SyntaxError):
         with Image.open(path) as img:
@@ -119,10 +126,13 @@ def test_corrupted_png_chunk_is_one_error_line(tmp_path):
 
 # ---- nothing changed or dropped without a word
 
+
 def test_validate_reports_unchecked_audio_encoder(monkeypatch, fake_bundle):
     import autoglm_export.pipeline as pipeline
 
-    report = pipeline.BundleValidation("onnx", rows=[], unchecked={"audio_encoder": "the reference checkpoint has no audio tower"})
+    report = pipeline.BundleValidation(
+        "onnx", rows=[], unchecked={"audio_encoder": "the reference checkpoint has no audio tower"}
+    )
     monkeypatch.setattr(pipeline, "validate_bundle", lambda *a, **k: report)
     result = runner.invoke(app, ["validate", str(fake_bundle)])
     line = _error_line(result)
@@ -165,7 +175,8 @@ def test_bundle_validation_fails_with_an_unchecked_component():
             self.has_audio = audio
 
     assert unchecked_components(Spec(True), Spec(False), None) == {
-        "audio_encoder": "the reference checkpoint has no audio tower; pass --audio-checkpoint DIR"}
+        "audio_encoder": "the reference checkpoint has no audio tower; pass --audio-checkpoint DIR"
+    }
     assert unchecked_components(Spec(True), Spec(True), None) == {}
     assert unchecked_components(Spec(False), Spec(False), None) == {}
 
@@ -178,8 +189,9 @@ def test_long_audio_is_cut_with_a_warning(tmp_path, caplog):
     assert re.search(r"note\.wav: 8\.6 s is longer than the model's 4\.0 s window", caplog.text), caplog.text
 
 
-@pytest.mark.parametrize("option", [["--preset", "small"], ["--checkpoint", "x"], ["--max-context", "64"],
-                                    ["--audio-checkpoint", "y"]])
+@pytest.mark.parametrize(
+    "option", [["--preset", "small"], ["--checkpoint", "x"], ["--max-context", "64"], ["--audio-checkpoint", "y"]]
+)
 def test_run_bundle_refuses_eager_only_options(tmp_path, option):
     line = _only_error_line(runner.invoke(app, ["run", str(tmp_path / "b"), "-p", "hi", *option]))
     assert option[0] in line and "eager model" in line
@@ -194,8 +206,9 @@ def test_no_validate_bundle_is_announced(monkeypatch, fake_bundle):
 
     import autoglm_export.pipeline as pipeline
 
-    passing = pipeline.BundleValidation("onnx", rows=[{"component": "c", "reference": "fp32", "passed": True,
-                                                       "failures": [], "metrics": {}}])
+    passing = pipeline.BundleValidation(
+        "onnx", rows=[{"component": "c", "reference": "fp32", "passed": True, "failures": [], "metrics": {}}]
+    )
     monkeypatch.setattr(pipeline, "validate_bundle", lambda *a, **k: passing)
     monkeypatch.setattr(pipeline.BundleValidation, "lines", lambda self: [])
     result = runner.invoke(app, ["validate", str(fake_bundle)])
@@ -223,12 +236,15 @@ def test_second_image_is_refused(tmp_path):
 
 # ---- noise and silence
 
+
 def test_native_log_lines_are_dropped_by_default():
-    code = ("import os, sys; from autoglm_export.native_stderr import drop_native_log_lines; drop_native_log_lines(); "
-            "os.write(2, b'[kernel_runtime_context.h:91] No temp allocator provided\\n'); "
-            "os.write(2, b'[cpuinfo_utils.cpp:71] Reading file /sys/x\\n'); os.write(2, b'kept native line\\n'); "
-            "sys.stderr.write('[cpuinfo_utils.cpp:125] via pybind11 into sys.stderr\\n'); "
-            "sys.stderr.write('[ours'); sys.stderr.write('] too\\n'); print('ours', file=sys.stderr)")
+    code = (
+        "import os, sys; from autoglm_export.native_stderr import drop_native_log_lines; drop_native_log_lines(); "
+        "os.write(2, b'[kernel_runtime_context.h:91] No temp allocator provided\\n'); "
+        "os.write(2, b'[cpuinfo_utils.cpp:71] Reading file /sys/x\\n'); os.write(2, b'kept native line\\n'); "
+        "sys.stderr.write('[cpuinfo_utils.cpp:125] via pybind11 into sys.stderr\\n'); "
+        "sys.stderr.write('[ours'); sys.stderr.write('] too\\n'); print('ours', file=sys.stderr)"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "export"), str(REPO / "runtime")]))
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60).stderr
     assert "No temp allocator" not in err and "cpuinfo_utils" not in err and "pybind11" not in err
@@ -304,6 +320,7 @@ def test_gptq_reports_each_block_when_not_on_a_terminal(caplog):
 
 # ---- conveniences
 
+
 def test_version():
     from autoglm_export import __version__
 
@@ -324,7 +341,9 @@ def test_help_texts():
     assert "Random seed" in run["--seed"]
     assert "Nucleus" in run["--top-p"] and "(0, 1]" in run["--top-p"]
     android = _option_help("android")
-    assert "168x84" in android["--image-size"] and "tiny 400" in android["--audio-frames"]  # the values, not "the preset's"
+    assert (
+        "168x84" in android["--image-size"] and "tiny 400" in android["--audio-frames"]
+    )  # the values, not "the preset's"
     assert "input channels" in android["--group-size"] and "input channels" in _option_help("calibrate")["--group-size"]
     for command in ("run", "android"):
         rendered = runner.invoke(app, [command, "--help"]).output
@@ -335,8 +354,15 @@ def test_info_bundle_summary(fake_bundle):
     result = runner.invoke(app, ["info", str(fake_bundle)])
     assert result.exit_code == 0, result.output
     out = result.stderr
-    for words in ("target onnx", "max_context 512", "vision_encoder: pixel_values", "audio_encoder", "quantization",
-                  "size:", "validation:"):
+    for words in (
+        "target onnx",
+        "max_context 512",
+        "vision_encoder: pixel_values",
+        "audio_encoder",
+        "quantization",
+        "size:",
+        "validation:",
+    ):
         assert words in out, words
 
 

@@ -19,11 +19,15 @@ from PIL import Image
 
 from autoglm_runtime.errors import AutoglmError
 
-FUZZ = settings(max_examples=40, deadline=5000, derandomize=True,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=40,
+    deadline=5000,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
@@ -53,10 +57,12 @@ def mutated_json(valid: dict):
     """A valid dict with some keys replaced by arbitrary JSON values, dropped, or nested wrong."""
     keys = sorted(valid)
     return st.tuples(st.lists(st.tuples(st.sampled_from(keys), JSON | st.just(KeyError)), min_size=1, max_size=3)).map(
-        lambda t: {k: v for k, v in {**valid, **dict(t[0])}.items() if v is not KeyError})
+        lambda t: {k: v for k, v in {**valid, **dict(t[0])}.items() if v is not KeyError}
+    )
 
 
 # ---- manifest.json
+
 
 @pytest.fixture(scope="module")
 def tiny_spec():
@@ -67,11 +73,21 @@ def tiny_spec():
 
 @pytest.fixture(scope="module")
 def valid_manifest(tiny_spec) -> dict:
-    return {"schema_version": 1, "target": "onnx", "runtime": tiny_spec.to_dict(), "validated": True,
-            "export_shape": {"max_context": 512, "image_hw": [168, 84], "audio_frames": 400},
-            "quantization": {"recipe": {"weights": "int4"}, "kinds": {"text_decoder": "int8_dynamic"}},
-            "methods": {"text_decoder": {"inputs": [{"name": "inputs_embeds", "shape": [1, "seq", 128], "dtype": "float32"}]}},
-            "max_seq_len": 64, "created_by": "autoglm-export", "source": {"preset": "tiny"}, "files": {}}
+    return {
+        "schema_version": 1,
+        "target": "onnx",
+        "runtime": tiny_spec.to_dict(),
+        "validated": True,
+        "export_shape": {"max_context": 512, "image_hw": [168, 84], "audio_frames": 400},
+        "quantization": {"recipe": {"weights": "int4"}, "kinds": {"text_decoder": "int8_dynamic"}},
+        "methods": {
+            "text_decoder": {"inputs": [{"name": "inputs_embeds", "shape": [1, "seq", 128], "dtype": "float32"}]}
+        },
+        "max_seq_len": 64,
+        "created_by": "autoglm-export",
+        "source": {"preset": "tiny"},
+        "files": {},
+    }
 
 
 @FUZZ
@@ -99,6 +115,7 @@ def test_manifest_json(tmp_path, valid_manifest, data):
 
 # ---- WAV bytes
 
+
 def _wav_bytes(seconds: float = 0.5, rate: int = 16000) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
@@ -122,6 +139,7 @@ def test_wav_bytes(tmp_path, tiny_spec, edits, header_only, junk):
 
 
 # ---- image bytes
+
 
 def _png_bytes() -> bytes:
     buf = io.BytesIO()
@@ -150,6 +168,7 @@ def test_image_bytes(tmp_path, tiny_spec, fmt, edits, header_only):
 
 
 # ---- config.json
+
 
 @pytest.fixture(scope="module")
 def tiny_config() -> dict:
@@ -180,6 +199,7 @@ def test_config_json(tmp_path, tiny_config, data):
 
 # ---- quantization_config.json
 
+
 @pytest.fixture(scope="module")
 def quantized_dir(tmp_path_factory) -> Path:
     """A real quantized checkpoint layout: one int4 linear and one fp32 parameter."""
@@ -189,8 +209,10 @@ def quantized_dir(tmp_path_factory) -> Path:
 
     codes = torch.randint(-8, 8, (8, 64), dtype=torch.int8)
     qc = qcheckpoint.QuantizedCheckpoint(
-        config={"method": "rtn"}, linears={"text.layers.0.mlp.down_proj": qcheckpoint.QuantizedLinear(codes, torch.ones(8, 2), 4)},
-        params={"text.norm.weight": torch.ones(8)})
+        config={"method": "rtn"},
+        linears={"text.layers.0.mlp.down_proj": qcheckpoint.QuantizedLinear(codes, torch.ones(8, 2), 4)},
+        params={"text.norm.weight": torch.ones(8)},
+    )
     return qcheckpoint.save(qc, tmp_path_factory.mktemp("q") / "quantized")
 
 
@@ -218,6 +240,7 @@ def test_quantization_config_json(tmp_path, quantized_dir, data):
 
 # ---- prompts
 
+
 @pytest.fixture(scope="module")
 def tokenizer():
     from autoglm_export.presets import TINY_DIR
@@ -226,19 +249,41 @@ def tokenizer():
     return Tokenizer(TINY_DIR / "tokenizer.json")
 
 
-SPECIAL = st.sampled_from(["<|image|>", "<|audio|>", "<|user|>", "<|endoftext|>", "[gMASK]", "<think>", "\x00", "\ud7ff",
-                           "\n" * 3, "🙂", "打开微信"])
+SPECIAL = st.sampled_from(
+    [
+        "<|image|>",
+        "<|audio|>",
+        "<|user|>",
+        "<|endoftext|>",
+        "[gMASK]",
+        "<think>",
+        "\x00",
+        "\ud7ff",
+        "\n" * 3,
+        "🙂",
+        "打开微信",
+    ]
+)
 
 
 @FUZZ
-@given(text=st.lists(st.text(max_size=40) | SPECIAL, max_size=6).map("".join), image=st.booleans(),
-       system=st.none() | st.text(max_size=20))
+@given(
+    text=st.lists(st.text(max_size=40) | SPECIAL, max_size=6).map("".join),
+    image=st.booleans(),
+    system=st.none() | st.text(max_size=20),
+)
 def test_prompts(tokenizer, tiny_spec, text, image, system):
     from autoglm_runtime.prompt import Message, encode_chat
 
     parts = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
     messages = ([Message("system", system)] if system else []) + [Message("user", parts)]
-    out = works_or_one_line(encode_chat, tokenizer, messages, image_grids=tiny_spec.image.grid_thw,
-                            spatial_merge_size=tiny_spec.image.merge_size, audio_tokens_per_clip=tiny_spec.audio_tokens)
+    out = works_or_one_line(
+        encode_chat,
+        tokenizer,
+        messages,
+        image_grids=tiny_spec.image.grid_thw,
+        spatial_merge_size=tiny_spec.image.merge_size,
+        audio_tokens_per_clip=tiny_spec.audio_tokens,
+    )
     if out is not None:
         assert (out.input_ids == tiny_spec.image_token_id).sum() == (tiny_spec.image_tokens if image else 0)

@@ -186,6 +186,7 @@ def calibrate_model(
 
 # ----------------------------------------------------------------------------- command
 
+
 @contextmanager
 def block_progress(method: str):
     """``progress(done, total, block)`` for calibrate_model: a live bar on a terminal, one log line per
@@ -197,8 +198,15 @@ def block_progress(method: str):
     if not console.is_terminal:
         yield lambda done, total, block: log.info("  %s block %d/%d: %s", method, done, total, block)
         return
-    with Progress(TextColumn("[bold]calibrate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                  TimeElapsedColumn(), transient=True, console=console) as bar:
+    with Progress(
+        TextColumn("[bold]calibrate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        transient=True,
+        console=console,
+    ) as bar:
         task = bar.add_task("", total=None)
         yield lambda done, total, block: bar.update(task, completed=done, total=total, description=block)
 
@@ -227,8 +235,9 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     summary = model_summary(src)  # before any weight changes (the fingerprint the exporters check)
     t0 = time.perf_counter()
     with stages.stage(f"{opts.method} block by block"), block_progress(opts.method) as progress:
-        linears, stats = calibrate_model(src.model, src.spec, samples, opts.recipe, opts.method, opts.damp,
-                                         progress=progress)
+        linears, stats = calibrate_model(
+            src.model, src.spec, samples, opts.recipe, opts.method, opts.damp, progress=progress
+        )
     gptq = [s for s in stats.values() if s.get("method") == "gptq"]
     mse = sum(s["output_mse"] for s in gptq)
     rtn_mse = sum(s["rtn_output_mse"] for s in gptq)

@@ -187,15 +187,21 @@ def load(path: Path) -> QuantizedCheckpoint:
         raise CheckpointError(f"--quantized-checkpoint {path}: not a directory")
     for p in (cfg_path, weights_path):
         if not p.is_file():
-            raise CheckpointError(f"{path}: missing {p.name}; is this a directory written by `autoglm-export calibrate` or `qat`?")
+            raise CheckpointError(
+                f"{path}: missing {p.name}; is this a directory written by `autoglm-export calibrate` or `qat`?"
+            )
     config = read_json(cfg_path)
     if config.get("format") != FORMAT or config.get("version") != VERSION:
-        raise CheckpointError(f"{cfg_path}: format {config.get('format')!r} version {config.get('version')!r}; "
-                              f"expected {FORMAT!r} version {VERSION}")
+        raise CheckpointError(
+            f"{cfg_path}: format {config.get('format')!r} version {config.get('version')!r}; "
+            f"expected {FORMAT!r} version {VERSION}"
+        )
     with values_of(cfg_path):
         expected = (config.get("files") or {}).get(WEIGHTS_NAME)
-        layers = {str(fqn): (int(layer["bits"]), tuple(int(n) for n in layer["shape"]), int(layer["group_size"]))
-                  for fqn, layer in config["layers"].items()}
+        layers = {
+            str(fqn): (int(layer["bits"]), tuple(int(n) for n in layer["shape"]), int(layer["group_size"]))
+            for fqn, layer in config["layers"].items()
+        }
         if any(bits not in (4, 8) or len(shape) != 2 or group <= 0 for bits, shape, group in layers.values()):
             raise ValueError("layers need bits 4 or 8, a 2-D shape and a positive group_size")
     if expected and sha256_file(weights_path) != expected:
@@ -212,8 +218,10 @@ def load(path: Path) -> QuantizedCheckpoint:
                 codes = grid.unpack_int4(raw) if bits == 4 else raw
                 qmin, qmax = grid.qrange(bits)
                 if tuple(codes.shape) != shape or scales.shape != (shape[0], shape[1] // group):
-                    raise CheckpointError(f"{weights_path}: {fqn} has qweight {tuple(codes.shape)} / scales {tuple(scales.shape)}, "
-                                          f"expected {shape} / {(shape[0], shape[1] // group)}")
+                    raise CheckpointError(
+                        f"{weights_path}: {fqn} has qweight {tuple(codes.shape)} / scales {tuple(scales.shape)}, "
+                        f"expected {shape} / {(shape[0], shape[1] // group)}"
+                    )
                 if codes.dtype != torch.int8 or int(codes.min()) < qmin or int(codes.max()) > qmax:
                     raise CheckpointError(f"{weights_path}: {fqn}.qweight is not int{bits} codes")
                 qc.linears[fqn] = QuantizedLinear(codes, scales.float(), bits)

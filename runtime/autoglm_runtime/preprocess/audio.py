@@ -261,6 +261,11 @@ def preprocess_audio(src: AudioSource, spec: AudioSpec, sampling_rate: int | Non
         audio = resample(audio, rate, spec.sampling_rate)
     if len(audio) > spec.num_samples:  # the exported encoder's window is fixed: say what is dropped
         seconds, window = len(audio) / spec.sampling_rate, spec.num_samples / spec.sampling_rate
-        log.warning("audio %s: %.1f s is longer than the model's %.1f s window; only the first %.1f s are used",
-                    src if name is None else name, seconds, window, window)
+        log.warning(
+            "audio %s: %.1f s is longer than the model's %.1f s window; only the first %.1f s are used",
+            src if name is None else name,
+            seconds,
+            window,
+            window,
+        )
     return log_mel(audio, spec)[None]

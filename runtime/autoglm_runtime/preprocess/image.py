@@ -131,8 +131,20 @@ def load_image(src: ImageSource) -> Image.Image:
             img.load()  # decode now, so truncated/corrupt files fail here with the path attached
             return _to_rgb(ImageOps.exif_transpose(img))
     # Pillow's decoders also raise SyntaxError ("broken PNG file"), struct.error and friends on corrupt data.
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError, struct.error,
-            EOFError, IndexError, KeyError, TypeError, ZeroDivisionError, MemoryError) as e:
+    except (
+        OSError,
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        ValueError,
+        SyntaxError,
+        struct.error,
+        EOFError,
+        IndexError,
+        KeyError,
+        TypeError,
+        ZeroDivisionError,
+        MemoryError,
+    ) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise InputError(f"cannot read image {src}: {reason}") from None
 

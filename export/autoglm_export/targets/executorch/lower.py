@@ -123,6 +123,7 @@ def _announced(partitioners: list, message: str, progress) -> list:
     if progress is None:
         return partitioners
     for p in partitioners:
+
         def partition(exported_program, _partition=p.partition):
             progress(message)
             return _partition(exported_program)
@@ -157,8 +158,10 @@ def lower(components: list[Component], constant_methods: dict, backend: str = "x
             progress(f"exported {comp.name}")
     out.seconds["torch_export"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    partitioners = {name: _announced(_partitioners(backend, soc), f"lowering {name} to {backend} ({i}/{len(exported)})",
-                                     progress) for i, name in enumerate(exported, 1)}
+    partitioners = {
+        name: _announced(_partitioners(backend, soc), f"lowering {name} to {backend} ({i}/{len(exported)})", progress)
+        for i, name in enumerate(exported, 1)
+    }
     edge = to_edge_transform_and_lower(exported, partitioner=partitioners, constant_methods=constant_methods)
     out.seconds["lower"] = time.perf_counter() - t1
     for comp in components:
