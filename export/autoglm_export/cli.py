@@ -598,7 +598,7 @@ def serve(
     ),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,  # None: tiny for the eager model; refused with a bundle
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to bind. Anything but loopback without --api-key prints a warning."
     ),

@@ -302,7 +302,7 @@ def test_causal_mask_and_engine_choice(monkeypatch):
 def test_run_generates_through_the_interpreter(dense18):
     result = CliRunner().invoke(app, ["run", str(dense18), "-p", "打开微信", "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.output
-    assert "coreml:" in result.output and "4 generated" in result.output
+    assert "coreml (our MIL interpreter" in result.output and "4 generated" in result.output
 
 
 def _blob(package: Path, function: str, op_name: str, arg: str) -> tuple[int, int]:
