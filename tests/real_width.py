@@ -21,8 +21,20 @@ VOCAB = 8192  # real widths everywhere else; specials at 8192 - 223 = 7969 (the 
 
 
 def make_real_width(out: Path) -> Path:
-    args = [sys.executable, str(TOOL), "--out", str(out), "--text-layers", "1", "--vision-depth", "1",
-            "--vocab-size", str(VOCAB), "--shard-gb", "0.4"]
+    args = [
+        sys.executable,
+        str(TOOL),
+        "--out",
+        str(out),
+        "--text-layers",
+        "1",
+        "--vision-depth",
+        "1",
+        "--vocab-size",
+        str(VOCAB),
+        "--shard-gb",
+        "0.4",
+    ]
     t0 = time.perf_counter()
     subprocess.run(args, check=True, env=ENV, capture_output=True, text=True)
     assert time.perf_counter() - t0 < 120

@@ -79,7 +79,9 @@ def bundle_checkpoint(manifest: dict, src, request: ModelRequest):
 def fp32_references(src, chunk: int, stages: Stages):
     """Probes from the calibration prompts and the unquantized model's outputs on them."""
     if src.tokenizer_path is None:
-        raise ExportError(f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)")
+        raise ExportError(
+            f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)"
+        )
     with stages.stage("fp32 reference outputs"), fp32_while_running(src.model):
         backend = TorchBackend(src.model)
         probes = build_probes(src.spec, src.tokenizer_path, backend)

@@ -26,9 +26,16 @@ class ModelRequest:
 
     def open(self, keep_stored: bool = False, weights: bool = True) -> ModelSource:
         """``keep_stored``: big weights memory-mapped as stored (``stored.py``); ``weights=False``: on meta."""
-        return open_source(self.checkpoint, self.audio_checkpoint, self.preset, max_context=self.max_context,
-                           image_hw=self.image_hw, audio_frames=self.audio_frames, keep_stored=keep_stored,
-                           weights=weights)
+        return open_source(
+            self.checkpoint,
+            self.audio_checkpoint,
+            self.preset,
+            max_context=self.max_context,
+            image_hw=self.image_hw,
+            audio_frames=self.audio_frames,
+            keep_stored=keep_stored,
+            weights=weights,
+        )
 
     def to_dict(self) -> dict:
         return {

@@ -108,7 +108,8 @@ def fp32_while_running(model: nn.Module):
 
 def _fp32_lookup(mod: nn.Embedding, w: torch.Tensor):
     def forward(ids):
-        return F.embedding(ids, w, mod.padding_idx, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq,
-                           mod.sparse).float()
+        return F.embedding(
+            ids, w, mod.padding_idx, mod.max_norm, mod.norm_type, mod.scale_grad_by_freq, mod.sparse
+        ).float()
 
     return forward

@@ -14,8 +14,26 @@ RUNTIME = ROOT / "runtime" / "autoglm_runtime"
 
 # Lowest first; a module may import its own layer or lower ones, never a higher one.
 LAYERS = [
-    ("errors", "config", "checkpoint", "stored", "loader", "presets", "model", "source", "request", "stages", "summary",
-     "calibration", "components", "bundle", "bundle_summary", "sizes", "describe", "__init__"),
+    (
+        "errors",
+        "config",
+        "checkpoint",
+        "stored",
+        "loader",
+        "presets",
+        "model",
+        "source",
+        "request",
+        "stages",
+        "summary",
+        "calibration",
+        "components",
+        "bundle",
+        "bundle_summary",
+        "sizes",
+        "describe",
+        "__init__",
+    ),
     ("quantize",),
     ("targets", "checks", "disk"),
     ("pipeline",),

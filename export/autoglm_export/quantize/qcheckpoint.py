@@ -262,12 +262,16 @@ def load_into_model(qc: QuantizedCheckpoint, model: nn.Module) -> None:
         raise CheckpointError(f"{where}: does not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     for name, value in qc.params.items():
         if params[name].shape != value.shape:
-            raise CheckpointError(f"{where}: {name} has shape {tuple(value.shape)}, the model expects {tuple(params[name].shape)}")
+            raise CheckpointError(
+                f"{where}: {name} has shape {tuple(value.shape)}, the model expects {tuple(params[name].shape)}"
+            )
         _overwrite(model, name, params[name], value)
     for fqn, q in qc.linears.items():
         w = params[f"{fqn}.weight"]
         if w.shape != q.codes.shape:
-            raise CheckpointError(f"{where}: {fqn} has shape {tuple(q.codes.shape)}, the model expects {tuple(w.shape)}")
+            raise CheckpointError(
+                f"{where}: {fqn} has shape {tuple(q.codes.shape)}, the model expects {tuple(w.shape)}"
+            )
         _overwrite(model, f"{fqn}.weight", w, q.dequantize())
     model.prepare()  # derived constants (rotary tables, fused norms) follow the new weights
 

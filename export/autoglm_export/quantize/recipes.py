@@ -167,16 +167,25 @@ def quantize_module(mod: nn.Linear | nn.Embedding, config, chunk_weights: int = 
     for start in range(0, w.shape[0], rows):
         piece = w[start : start + rows]
         with torch.device("meta"):
-            tmp = nn.Embedding(*piece.shape) if isinstance(mod, nn.Embedding) else nn.Linear(piece.shape[1], piece.shape[0], bias=False)
+            tmp = (
+                nn.Embedding(*piece.shape)
+                if isinstance(mod, nn.Embedding)
+                else nn.Linear(piece.shape[1], piece.shape[0], bias=False)
+            )
         tmp.weight = nn.Parameter(piece.float(), requires_grad=False)
         quantize_(tmp, config, is_target)
         parts.append(tmp.weight)
         release_pages([piece])
     first = parts[0]
     joined = type(first)(
-        qdata=torch.cat([p.qdata for p in parts]), scale=torch.cat([p.scale for p in parts]),
-        zero_point=torch.cat([p.zero_point for p in parts]), target_dtype=first.target_dtype,
-        block_size=first.block_size, dtype=first.dtype, activation_quantization=first.activation_quantization)
+        qdata=torch.cat([p.qdata for p in parts]),
+        scale=torch.cat([p.scale for p in parts]),
+        zero_point=torch.cat([p.zero_point for p in parts]),
+        target_dtype=first.target_dtype,
+        block_size=first.block_size,
+        dtype=first.dtype,
+        activation_quantization=first.activation_quantization,
+    )
     mod.weight = nn.Parameter(joined, requires_grad=False)
 
 
@@ -213,8 +222,10 @@ def _sliced_linear(mod: nn.Linear, rows: int):
 
     def forward(x):
         w, b = mod.weight, mod.bias
-        return torch.cat([F.linear(x, w[i : i + rows], None if b is None else b[i : i + rows])
-                          for i in range(0, w.shape[0], rows)], dim=-1)
+        return torch.cat(
+            [F.linear(x, w[i : i + rows], None if b is None else b[i : i + rows]) for i in range(0, w.shape[0], rows)],
+            dim=-1,
+        )
 
     return forward
 
@@ -222,16 +233,23 @@ def _sliced_linear(mod: nn.Linear, rows: int):
 def _gathered_embedding(mod: nn.Embedding):
     def forward(ids):
         w, flat = mod.weight, ids.reshape(-1)
-        rows = type(w)(qdata=w.qdata[flat], scale=w.scale[flat], zero_point=w.zero_point[flat],
-                       target_dtype=w.target_dtype, block_size=w.block_size, dtype=w.dtype,
-                       activation_quantization=w.activation_quantization)
+        rows = type(w)(
+            qdata=w.qdata[flat],
+            scale=w.scale[flat],
+            zero_point=w.zero_point[flat],
+            target_dtype=w.target_dtype,
+            block_size=w.block_size,
+            dtype=w.dtype,
+            activation_quantization=w.activation_quantization,
+        )
         return rows.dequantize().reshape(*ids.shape, w.shape[1])
 
     return forward
 
 
-def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int, report: QuantReport,
-                      fixed: dict | None = None) -> None:
+def _quantize_linears(
+    root: nn.Module, prefix: str, scheme: str, group_size: int, report: QuantReport, fixed: dict | None = None
+) -> None:
 
     if scheme == "fp32":
         for fqn, mod in root.named_modules():
@@ -246,8 +264,13 @@ def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int
         chosen[fqn] = applied_scheme(scheme, mod.in_features, group_size)
         if chosen[fqn] != scheme:
             report.fallbacks.append(f"{prefix}.{fqn}")
-            log.warning("%s.%s: in_features %d is not a multiple of group size %d; using 8da8w (int8 per-channel)",
-                        prefix, fqn, mod.in_features, group_size)
+            log.warning(
+                "%s.%s: in_features %d is not a multiple of group size %d; using 8da8w (int8 per-channel)",
+                prefix,
+                fqn,
+                mod.in_features,
+                group_size,
+            )
     modules = dict(root.named_modules())
     configs = {target: linear_config(target, group_size) for target in set(chosen.values())}
     for fqn, target in chosen.items():  # one linear at a time: its fp32 copy lives only until quantized

@@ -30,13 +30,30 @@ def test_android_export_stays_below_an_fp32_copy(real_width, tmp_path):
     size = checkpoint_bytes(real_width)
     base, _ = peak_rss([sys.executable, "-c", IMPORTS])  # what the libraries take before any weight
     out = tmp_path / "android"
-    peak, run = peak_rss([sys.executable, "-m", "autoglm_export.cli", "android", "--checkpoint", str(real_width),
-                          "--out", str(out), "--max-seq-len", "64"])
+    peak, run = peak_rss(
+        [
+            sys.executable,
+            "-m",
+            "autoglm_export.cli",
+            "android",
+            "--checkpoint",
+            str(real_width),
+            "--out",
+            str(out),
+            "--max-seq-len",
+            "64",
+        ]
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["validated"] and json.loads((out / "parity.json").read_text())["passed"]
     assert manifest["reference_check"]["passed"]  # our fp32 model vs transformers, at the real widths
     bound = base + PER_CHECKPOINT * size
-    assert peak < bound, run.stderr[-4000:] + f"\npeak RSS {peak / 1e9:.2f} GB > {bound / 1e9:.2f} GB for a {size / 1e9:.2f} GB checkpoint"
-    print(f"android on a {size / 1e9:.2f} GB real-width checkpoint: peak RSS {peak / 1e9:.2f} GB "
-          f"(imports {base / 1e9:.2f} GB, bound {bound / 1e9:.2f} GB), stages {manifest.get('stage_seconds')}")
+    assert peak < bound, (
+        run.stderr[-4000:]
+        + f"\npeak RSS {peak / 1e9:.2f} GB > {bound / 1e9:.2f} GB for a {size / 1e9:.2f} GB checkpoint"
+    )
+    print(
+        f"android on a {size / 1e9:.2f} GB real-width checkpoint: peak RSS {peak / 1e9:.2f} GB "
+        f"(imports {base / 1e9:.2f} GB, bound {bound / 1e9:.2f} GB), stages {manifest.get('stage_seconds')}"
+    )

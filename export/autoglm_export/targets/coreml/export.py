@@ -189,8 +189,12 @@ class CoreMLTarget(Target):
     def size_recipe(self, options: CoreMLOptions) -> QuantRecipe:
         r = options.recipe
         embedding = {"int4": "4", "int8": "8"}.get(r.embedding_scheme, "none")
-        return QuantRecipe(linear=int_scheme(r.weights, r.block_size), encoder=int_scheme(r.weights, r.block_size),
-                           embedding=embedding, group_size=max(r.block_size or 32, 32))
+        return QuantRecipe(
+            linear=int_scheme(r.weights, r.block_size),
+            encoder=int_scheme(r.weights, r.block_size),
+            embedding=embedding,
+            group_size=max(r.block_size or 32, 32),
+        )
 
     def recipe(self, options: CoreMLOptions) -> CoreMLRecipe:
         return options.recipe

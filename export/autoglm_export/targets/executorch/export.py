@@ -106,12 +106,25 @@ class ExecuTorchTarget(Target):
 
     def convert(self, job: Job) -> None:
         opts, src = job.options, job.src
-        with job.stages.stage(f"export + lower ({opts.backend})"), executorch_attention(src.model, opts.uses_custom_ops):
-            lowered = lower(components(src.model, opts.max_seq_len), constant_methods(src, opts.max_seq_len),
-                            opts.backend, opts.soc, progress=lambda msg: log.info("  %s%s", msg, memory()))
+        with (
+            job.stages.stage(f"export + lower ({opts.backend})"),
+            executorch_attention(src.model, opts.uses_custom_ops),
+        ):
+            lowered = lower(
+                components(src.model, opts.max_seq_len),
+                constant_methods(src, opts.max_seq_len),
+                opts.backend,
+                opts.soc,
+                progress=lambda msg: log.info("  %s%s", msg, memory()),
+            )
         for name, d in lowered.delegation.items():
-            log.info("  %s: %.0f%% of %d nodes delegated to %s", name, 100 * d["delegated_fraction"],
-                     d["delegated_nodes"] + d["non_delegated_nodes"], opts.backend)
+            log.info(
+                "  %s: %.0f%% of %d nodes delegated to %s",
+                name,
+                100 * d["delegated_fraction"],
+                d["delegated_nodes"] + d["non_delegated_nodes"],
+                opts.backend,
+            )
         with job.stages.stage(f"write {PTE}"):
             size = lowered.write(job.bundle.path(PTE))
         lowered.program = None  # its serialised copy and lowered graphs are not needed any more: free them

@@ -133,8 +133,9 @@ def _announced(partitioners: list, message: str, progress) -> list:
 
 
 @torch.no_grad()
-def lower(components: list[Component], constant_methods: dict, backend: str = "xnnpack", soc: str | None = None,
-          progress=None) -> LoweredProgram:
+def lower(
+    components: list[Component], constant_methods: dict, backend: str = "xnnpack", soc: str | None = None, progress=None
+) -> LoweredProgram:
     """torch.export every component, lower with the backend's partitioner, emit the program (``write`` it)."""
     import executorch.extension.llm.custom_ops  # noqa: F401  (registers llama:: ops if the graph uses them)
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
@@ -145,7 +146,9 @@ def lower(components: list[Component], constant_methods: dict, backend: str = "x
     t0 = time.perf_counter()
     for comp in components:
         comp.module.eval()
-        exported[comp.name] = torch.export.export(comp.module, comp.example_inputs, dynamic_shapes=comp.dynamic_shapes, strict=False)
+        exported[comp.name] = torch.export.export(
+            comp.module, comp.example_inputs, dynamic_shapes=comp.dynamic_shapes, strict=False
+        )
         # The output's shape and dtype as traced (no eager run: at 9B one costs minutes and a dequantized lm_head).
         sample = exported[comp.name].graph.output_node().args[0][0].meta["val"]
         dyn = comp.dynamic_shapes or (None,) * len(comp.example_inputs)
