@@ -141,3 +141,12 @@ def build_hf_glmasr(text_hidden: int = 64, seed: int = 0, **audio):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
+
+
+@pytest.fixture(scope="session")
+def real_width(tmp_path_factory) -> Path:
+    """One real-width checkpoint (tests/real_width.py) for every real-size test of the session.
+    Here, not in a conftest.py of tests/export/real_size: tests import this file as `conftest`."""
+    from real_width import make_real_width
+
+    return make_real_width(tmp_path_factory.mktemp("realsize") / "ckpt")

@@ -26,6 +26,7 @@ model. Never write it inside a git work tree: the full size is about 20 GB.
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -40,8 +41,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TOKENIZER = ROOT / "export" / "autoglm_export" / "presets" / "tiny" / "tokenizer.json"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 REAL_VOCAB = 151552
 SPECIAL_BASE_FROM_END = REAL_VOCAB - 151329  # 223: the real checkpoint's specials start here
 CHUNK_ELEMENTS = 1 << 24  # 16M elements: 64 MB fp32 + 32 MB bf16 per generation step
@@ -56,52 +55,40 @@ def special_ids(vocab_size: int) -> dict[str, int]:
 
 
 def hf_config(text_layers: int, vision_depth: int, vocab_size: int):
+    """The autoglm-phone-9b preset's config (the real facts, written once there), cut to the asked
+    depth and vocabulary, plus what transformers' classes need to build the model."""
     from transformers import Glm4vConfig
 
+    from autoglm_export.presets import AUTOGLM_PHONE_9B_CONFIG
+
+    real = copy.deepcopy(AUTOGLM_PHONE_9B_CONFIG)
     ids = special_ids(vocab_size)
     eos = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"], ids["</answer>"]]
+    text = {
+        **real["text_config"],
+        "vocab_size": vocab_size,
+        "num_hidden_layers": text_layers,
+        "hidden_act": "silu",
+        "eos_token_id": eos,
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision = {
+        **real["vision_config"],
+        "depth": vision_depth,
+        "in_channels": 3,
+        "hidden_act": "silu",
+        "rms_norm_eps": real["text_config"]["rms_norm_eps"],
+    }
     cfg = Glm4vConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": 4096,
-            "intermediate_size": 13696,
-            "num_hidden_layers": text_layers,
-            "num_attention_heads": 32,
-            "num_key_value_heads": 2,
-            "attention_bias": True,
-            "rms_norm_eps": 1e-5,
-            "max_position_embeddings": 65536,
-            "hidden_act": "silu",
-            "eos_token_id": eos,
-            "pad_token_id": ids["<|endoftext|>"],
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "partial_rotary_factor": 0.5,
-                "mrope_section": [8, 12, 12],
-            },
-        },
-        vision_config={
-            "depth": vision_depth,
-            "hidden_size": 1536,
-            "num_heads": 12,
-            "intermediate_size": 13696,
-            "out_hidden_size": 4096,
-            "patch_size": 14,
-            "image_size": 336,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "in_channels": 3,
-            "hidden_act": "silu",
-            "rms_norm_eps": 1e-5,
-        },
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids["<|image|>"],
         image_start_token_id=ids["<|begin_of_image|>"],
         image_end_token_id=ids["<|end_of_image|>"],
         video_token_id=ids["<|video|>"],
         video_start_token_id=ids["<|begin_of_video|>"],
         video_end_token_id=ids["<|end_of_video|>"],
-        tie_word_embeddings=False,
+        tie_word_embeddings=real["tie_word_embeddings"],
         eos_token_id=eos,
         pad_token_id=ids["<|endoftext|>"],
     )
@@ -190,6 +177,8 @@ def padded_tokenizer(vocab_size: int) -> str:
 
 
 def preprocessor_config() -> dict:
+    from autoglm_runtime.preprocess.image import CLIP_MEAN, CLIP_STD
+
     return {
         "image_processor_type": "Glm4vImageProcessor",
         "processor_class": "Glm4vProcessor",
@@ -199,8 +188,8 @@ def preprocessor_config() -> dict:
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
         "do_convert_rgb": True,
         "patch_size": 14,
         "temporal_patch_size": 2,
