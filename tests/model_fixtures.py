@@ -87,7 +87,7 @@ def perturbed_export_main() -> None:
 
     def spy_lower(*args, **kwargs):
         lowered = real_lower(*args, **kwargs)
-        lowered_path.write_bytes(lowered.pte)
+        lowered.write(lowered_path)
         return lowered
 
     def perturbed_run(backend, probes, max_seq_len):
