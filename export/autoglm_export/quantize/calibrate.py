@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__
 from ..calibration import load_calibration_set
 from ..errors import ExportError
 from ..request import ModelRequest
@@ -249,11 +248,7 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
             100 * (1 - mse / rtn_mse) if rtn_mse else 0.0,
         )
     config = {
-        "method": opts.method,
-        "created_by": f"autoglm-export {__version__}",
-        "source": {"label": src.label, **request.to_dict()},
-        "model": summary,
-        "recipe": opts.recipe.to_dict(),
+        **qcheckpoint.provenance(opts.method, src, request, summary, opts.recipe),
         "calibration": {
             "data": str(cal.root),
             "samples": len(samples),

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
 from ..calibration import load_calibration_set
 from ..errors import ExportError
 from ..request import ModelRequest
@@ -297,11 +296,7 @@ def run_qat(request: ModelRequest, opts: QATOptions) -> Path:
     first, last = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
     log.info("  distillation loss: first %d steps %.4f -> last %d steps %.4f", window, first, window, last)
     config = {
-        "method": "qat",
-        "created_by": f"autoglm-export {__version__}",
-        "source": {"label": src.label, **request.to_dict()},
-        "model": summary,
-        "recipe": opts.recipe.to_dict(),
+        **qcheckpoint.provenance("qat", src, request, summary, opts.recipe),
         "calibration": {
             "data": str(cal.root),
             "samples": len(samples),

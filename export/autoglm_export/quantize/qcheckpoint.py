@@ -296,6 +296,21 @@ def recipe_matches(qc: QuantizedCheckpoint, linear: str, encoder: str, group_siz
         )
 
 
+def provenance(method: str, src, request, fingerprint: dict, recipe) -> dict:
+    """The head of every quantization_config.json (``calibrate`` and ``qat`` add their own record):
+    what made it, from which model (``fingerprint``: ``summary.model_summary``, taken before any
+    weight changed; ``check_matches`` compares it), with which recipe."""
+    from .. import __version__
+
+    return {
+        "method": method,
+        "created_by": f"autoglm-export {__version__}",
+        "source": {"label": src.label, **request.to_dict()},
+        "model": fingerprint,
+        "recipe": recipe.to_dict(),
+    }
+
+
 def block_size_for(layers: dict[str, dict], block_size: int | None, path) -> int:
     """The int4 block size an export uses for a quantized checkpoint with these layers
     (``{fqn: {"bits", "group_size"}}``): its group size (``--block-size``, when given, must equal

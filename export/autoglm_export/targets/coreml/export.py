@@ -33,6 +33,7 @@ from ...errors import ExportError
 from ...quantize import QuantRecipe
 from ...quantize.qcheckpoint import block_size_for, read_layers
 from ...quantize.recipes import int_scheme
+from ...sizes import count
 from .. import ExportOptions, Job, Target, register_target
 from .convert import CONVERTERS, PACKAGES, PackageInfo, convert_text_decoder
 from .recipe import COMPUTE_UNITS, CoreMLRecipe
@@ -76,14 +77,11 @@ def checkpoint_recipe(recipe: CoreMLRecipe, layers: dict[str, dict], path) -> Co
 
 
 def tower_parameters(model) -> dict[str, int]:
-    emb = model.text.embed_tokens.weight.numel()
-    out = {
-        "vision_encoder": sum(p.numel() for p in model.vision.parameters()),
-        "token_embedding": emb,
-        "text_decoder": sum(p.numel() for p in model.text.parameters()) - emb,
-    }
+    """Parameters each package holds (the decoder package without the token embedding table)."""
+    emb = count(model.text.embed_tokens)
+    out = {"vision_encoder": count(model.vision), "token_embedding": emb, "text_decoder": count(model.text) - emb}
     if model.audio is not None:
-        out["audio_encoder"] = sum(p.numel() for p in model.audio.parameters())
+        out["audio_encoder"] = count(model.audio)
     return out
 
 
