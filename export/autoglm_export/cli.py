@@ -19,6 +19,7 @@ from . import (
 from . import options as opt
 from .native_stderr import drop_native_log_lines
 from .options import parse_hw
+from .presets import preset_for
 from .request import ModelRequest
 
 app = typer.Typer(
@@ -44,17 +45,21 @@ def guarded(fn):
     return wrapper
 
 
-def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint=None):
-    """A torchao QuantRecipe; options left unset come from a quantized checkpoint when one is given."""
+def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint=None, preset=None):
+    """A torchao QuantRecipe; an option left unset comes from the quantized checkpoint when one is
+    given, else from the preset's defaults, else from QuantRecipe's."""
+    from .presets import get_preset
     from .quantize import QuantRecipe
     from .quantize.qcheckpoint import read_recipe
 
-    base = read_recipe(quantized_checkpoint) if quantized_checkpoint is not None else {}
+    base = {**QuantRecipe().to_dict(), **(get_preset(preset).recipe if preset else {})}
+    if quantized_checkpoint is not None:
+        base.update(read_recipe(quantized_checkpoint))
     return QuantRecipe(
-        linear=quant or base.get("linear", "8da4w"),
-        group_size=group_size or int(base.get("group_size", 32)),
-        encoder=quant_encoder or base.get("encoder", "8da8w"),
-        embedding=quant_embedding,
+        linear=quant or base["linear"],
+        group_size=group_size or int(base["group_size"]),
+        encoder=quant_encoder or base["encoder"],
+        embedding=quant_embedding or str(base["embedding"]),
     )
 
 
@@ -118,7 +123,7 @@ def info(
         for line in summarize_bundle(bundle):
             console.print(line, highlight=False)
         return
-    preset = preset or "tiny"
+    preset = preset_for(checkpoint, preset)
     src = open_source(checkpoint, audio_checkpoint, preset, weights=False)  # meta device: seconds at any size
     for line in describe(src, preset):
         console.print(line, highlight=False)
@@ -182,7 +187,7 @@ def _open_backend(bundle: Path | None, checkpoint, audio_checkpoint, preset, max
 
     from .source import open_source
 
-    src = open_source(checkpoint, audio_checkpoint, preset or "tiny", max_context=max_context)
+    src = open_source(checkpoint, audio_checkpoint, preset_for(checkpoint, preset), max_context=max_context)
     return TorchBackend(src.model), src.tokenizer_path, src.spec, None
 
 
@@ -250,7 +255,7 @@ def run(
 def android(
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,
     out: opt.BundleOut = Path("dist/android"),
     quant: str | None = typer.Option(
         None, "--quant", help="Text decoder linears: 8da4w (default: int8 dynamic act, int4 weights), 8da8w, fp32."
@@ -261,7 +266,9 @@ def android(
     quant_encoder: str | None = typer.Option(
         None, "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w (default), fp32."
     ),
-    quant_embedding: str = typer.Option("8", "--quant-embedding", help="Token embedding: 4, 8 or none."),
+    quant_embedding: str | None = typer.Option(
+        None, "--quant-embedding", help="Token embedding: 4, 8 or none. [default: 8, or the preset's]"
+    ),
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Longest text_decoder call (prefill chunk)."),
     max_context: opt.MaxContext = None,
@@ -273,15 +280,21 @@ def android(
     custom_ops: bool = typer.Option(
         True, "--custom-ops/--no-custom-ops", help="Use ExecuTorch's update_cache/custom_sdpa kernels in the decoder."
     ),
+    external_weights: bool = typer.Option(
+        False,
+        "--external-weights",
+        help="Weights in model.ptd beside a small model.pte (for runtimes that take a data file: ExecuTorch's "
+        "C++ Module, LLM runner, Python runtime; the Android Java Module loads a single .pte).",
+    ),
     force: opt.Force = False,
 ):
     """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
     from .targets.executorch.export import ExecuTorchOptions
 
-    recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint)
     request = ModelRequest(
         checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
     )
+    recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint, request.preset)
     _export(
         "executorch",
         request,
@@ -294,6 +307,7 @@ def android(
             validate=validate,
             force=force,
             custom_ops=custom_ops,
+            external_weights=external_weights,
         ),
     )
 
@@ -303,7 +317,7 @@ def android(
 def onnx(
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,
     out: opt.BundleOut = Path("dist/onnx"),
     quant: str = typer.Option(
         "int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."
@@ -340,7 +354,7 @@ def onnx(
 def ios(
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,
     out: opt.BundleOut = Path("dist/ios"),
     min_ios: int = typer.Option(
         18,
@@ -397,7 +411,7 @@ def ios(
 def calibrate(
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,
     out: opt.QuantizedOut = Path("dist/quantized"),
     method: str = typer.Option(
         "gptq", "--method", help="gptq (activation-aware, block by block) or rtn (round-to-nearest, for comparison)."
@@ -438,7 +452,7 @@ def calibrate(
 def qat(
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,
     out: opt.QuantizedOut = Path("dist/qat"),
     steps: int = typer.Option(200, "--steps", help="Training steps (one calibration sample each)."),
     lr: float = typer.Option(
@@ -520,13 +534,13 @@ def validate(
 def verify(
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
-    preset: opt.Preset = "tiny",
+    preset: opt.Preset = None,
 ):
     """Check our re-implementation against transformers on an image+text prompt (needs transformers)."""
     from .checks.against_transformers import verify_against_transformers
     from .source import open_source
 
-    report = verify_against_transformers(open_source(checkpoint, audio_checkpoint, preset))
+    report = verify_against_transformers(open_source(checkpoint, audio_checkpoint, preset_for(checkpoint, preset)))
     for line in report.lines():
         console.print("  " + line, highlight=False)
     if not report.passed:

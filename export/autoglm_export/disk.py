@@ -105,6 +105,36 @@ def estimate_bundle_bytes(
     return BundleEstimate(components, kv)
 
 
+def unpacked_quantized_bytes(cfg: ModelConfig, shape: ExportShape, recipe: QuantRecipe) -> int:
+    """Bytes of torchao's unpacked form of every weight ``recipe`` quantizes (one int8 per weight plus an
+    fp32 scale and an int8 zero point per group or row): what an ExecuTorch export keeps in its scratch
+    folder (``scratch.py``) until the program is written."""
+    from .loader import meta_model
+
+    model = meta_model(cfg, shape)
+
+    def quantized(n: int, rows: int, groups: int) -> int:
+        return n + groups * (FP32 + 1) if groups else n + rows * (FP32 + 1)
+
+    total = 0
+    towers = [(model.text, recipe.linear), (model.vision, recipe.encoder)]
+    if model.audio is not None:
+        towers.append((model.audio, recipe.encoder))
+    for root, scheme in towers:
+        if scheme == "fp32":
+            continue
+        for mod in root.modules():
+            if isinstance(mod, nn.Linear):
+                four = applied_scheme(scheme, mod.in_features, recipe.group_size) == "8da4w"
+                n = mod.weight.numel()
+                total += quantized(n, mod.out_features, n // recipe.group_size if four else 0)
+    embed = model.text.embed_tokens
+    if recipe.embedding != "none":
+        n = embed.weight.numel()
+        total += quantized(n, embed.num_embeddings, n // recipe.group_size if recipe.embedding == "4" else 0)
+    return total
+
+
 def free_bytes(path: Path) -> tuple[Path, int]:
     """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
     probe = Path(path).resolve()

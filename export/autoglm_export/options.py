@@ -19,9 +19,11 @@ AudioCheckpoint = Annotated[
     ),
 ]
 Preset = Annotated[
-    str,
+    str | None,
     typer.Option(
-        "--preset", help="Model preset used when no --checkpoint is given: tiny (the default), small, autoglm-phone-9b."
+        "--preset",
+        help="Model preset: tiny, small, autoglm-phone-9b. Default: tiny; with --checkpoint, the preset whose widths "
+        "it has (its export shapes and quantization defaults), else tiny.",
     ),
 ]
 MaxContext = Annotated[int | None, typer.Option("--max-context-len", help="KV-cache length (default: preset's).")]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -37,12 +38,14 @@ from autoglm_runtime.parity import ParityReport
 from .bundle import BundleWriter, check_destination
 from .checks.against_references import compare
 from .checks.against_transformers import check_against_transformers
-from .checks.probes import build_probes, run_components
+from .checks.probes import build_probes, probe_budget, run_components
 from .disk import check_free_space, estimate_bundle_bytes
 from .errors import ExportError
 from .quantize import qcheckpoint
 from .quantize.recipes import in_row_slices
 from .request import ModelRequest
+from .scratch import Scratch
+from .sizes import human_bytes
 from .stages import Stages
 from .stored import fp32_while_running
 from .summary import base_manifest
@@ -84,7 +87,8 @@ def fp32_references(src, chunk: int, stages: Stages):
         )
     with stages.stage("fp32 reference outputs"), fp32_while_running(src.model):
         backend = TorchBackend(src.model)
-        probes = build_probes(src.spec, src.tokenizer_path, backend)
+        cases, steps = probe_budget(sum(p.numel() for p in src.model.parameters()))
+        probes = build_probes(src.spec, src.tokenizer_path, backend, cases, steps)
         return probes, run_components(backend, probes, chunk)
 
 
@@ -140,8 +144,10 @@ def check_disk(target: Target, request: ModelRequest, options) -> None:
     the meta device) must fit beside ``--out`` before anything is loaded."""
     meta = request.open(weights=False)
     estimate = estimate_bundle_bytes(meta.config, meta.model.shape, target.size_recipe(options))
-    log.info("bundle estimate: %s", estimate.describe())
-    check_free_space(options.out, estimate.total, what=f"the {target.command} bundle")
+    scratch = target.scratch_bytes(meta.config, meta.model.shape, options, estimate.total)
+    log.info("bundle estimate: %s; scratch during export %s", estimate.describe(), human_bytes(scratch))
+    what = f"the {target.command} bundle" + (f" and its export's scratch ({human_bytes(scratch)})" if scratch else "")
+    check_free_space(options.out, estimate.total + scratch, what=what)
 
 
 def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple[Path, ParityReport | None]:
@@ -150,46 +156,47 @@ def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple
     check_destination(options.out, options.force)
     options = target.resolve(options, request.quantized_checkpoint)
     check_disk(target, request, options)
-    stages = Stages()
-    with stages.stage("load model"):
-        src = request.open(keep_stored=target.keeps_stored)
-    target.check(src, options)
-    qc = open_quantized(request, src)
-    job = Job(src, options, stages, qc)
-    reference_check = check_against_transformers(src, stages) if options.validate else None
-    chunk = target.chunk(options)
-    probes, references = [], {}
-    if options.validate:
-        probes, fp32 = fp32_references(src, chunk, stages)
-        references["fp32"] = fp32
-    load_quantized_weights(qc, src, stages)
-    report = None
-    with BundleWriter(options.out, force=options.force) as bundle:
-        job.bundle = bundle
-        build(target, job)
+    with Scratch(Path(options.out).absolute().parent) as scratch:
+        stages = Stages()
+        with stages.stage("load model"):
+            src = request.open(keep_stored=target.keeps_stored)
+        target.check(src, options)
+        qc = open_quantized(request, src)
+        job = Job(src, options, stages, qc, scratch=scratch)
+        reference_check = check_against_transformers(src, stages) if options.validate else None
+        chunk = target.chunk(options)
+        probes, references = [], {}
         if options.validate:
-            with stages.stage("quantized eager reference outputs"), in_row_slices(src.model):
-                references["quantized_eager"] = run_components(TorchBackend(src.model), probes, chunk)
-        if src.tokenizer_path is not None:
-            bundle.copy("tokenizer.json", src.tokenizer_path)
-        fields = target.manifest_fields(job)
-        if options.validate:
-            with stages.stage(f"validate the bundle with {target.runtime_name(options)}"):
-                report = check_artifacts(target, job, Path(bundle.tmp_dir), fields, probes, references)
-            gate_on_parity(report, bundle, options.out)
-        manifest = base_manifest(
-            target.name,
-            src,
-            request,
-            target.recipe(options),
-            job.quant_report,
-            qc,
-            target.quant_kinds(options, job.fixed),
-            stages,
-        )
-        manifest.update(fields)
-        manifest.update({"validated": options.validate, "reference_check": reference_check})
-        bundle.finish(manifest)
+            probes, fp32 = fp32_references(src, chunk, stages)
+            references["fp32"] = fp32
+        load_quantized_weights(qc, src, stages)
+        report = None
+        with BundleWriter(options.out, force=options.force) as bundle:
+            job.bundle = bundle
+            build(target, job)
+            if options.validate:
+                with stages.stage("quantized eager reference outputs"), in_row_slices(src.model):
+                    references["quantized_eager"] = run_components(TorchBackend(src.model), probes, chunk)
+            if src.tokenizer_path is not None:
+                bundle.copy("tokenizer.json", src.tokenizer_path)
+            fields = target.manifest_fields(job)
+            if options.validate:
+                with stages.stage(f"validate the bundle with {target.runtime_name(options)}"):
+                    report = check_artifacts(target, job, Path(bundle.tmp_dir), fields, probes, references)
+                gate_on_parity(report, bundle, options.out)
+            manifest = base_manifest(
+                target.name,
+                src,
+                request,
+                target.recipe(options),
+                job.quant_report,
+                qc,
+                target.quant_kinds(options, job.fixed),
+                stages,
+            )
+            manifest.update(fields)
+            manifest.update({"validated": options.validate, "reference_check": reference_check})
+            bundle.finish(manifest)
     parity_failed_path(options.out).unlink(missing_ok=True)
     log.info("published %s", options.out)
     return options.out, report
@@ -242,14 +249,15 @@ def validate_bundle(
     stages = Stages()
     src = request.open(keep_stored=target.keeps_stored)
     qc = bundle_checkpoint(manifest, src, request)
-    job = Job(src, options, stages, qc)
-    chunk = target.chunk(options)
-    probes, fp32 = fp32_references(src, chunk, stages)
-    load_quantized_weights(qc, src, stages)
-    job.quant_report = target.twin(job)
-    with in_row_slices(src.model):
-        references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
-    report = check_artifacts(target, job, bundle.root, manifest, probes, references)
+    with Scratch(tempfile.gettempdir()) as scratch:
+        job = Job(src, options, stages, qc, scratch=scratch)
+        chunk = target.chunk(options)
+        probes, fp32 = fp32_references(src, chunk, stages)
+        load_quantized_weights(qc, src, stages)
+        job.quant_report = target.twin(job)
+        with in_row_slices(src.model):
+            references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
+        report = check_artifacts(target, job, bundle.root, manifest, probes, references)
     return BundleValidation(
         report.target, report.rows, report.info, unchecked=unchecked_components(bundle.spec, src.spec, audio_checkpoint)
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .presets import preset_for
 from .source import ModelSource, open_source
 
 
@@ -18,11 +19,14 @@ class ModelRequest:
 
     checkpoint: Path | None = None
     audio_checkpoint: Path | None = None
-    preset: str = "tiny"
+    preset: str | None = None  # None: the preset whose widths the checkpoint has, else tiny (``preset_for``)
     max_context: int | None = None
     image_hw: tuple[int, int] | None = None
     audio_frames: int | None = None
     quantized_checkpoint: Path | None = None  # from `calibrate` / `qat`: its integer weights replace round-to-nearest
+
+    def __post_init__(self):
+        self.preset = preset_for(self.checkpoint, self.preset)
 
     def open(self, keep_stored: bool = False, weights: bool = True) -> ModelSource:
         """``keep_stored``: big weights memory-mapped as stored (``stored.py``); ``weights=False``: on meta."""

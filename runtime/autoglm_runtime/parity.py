@@ -178,8 +178,20 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
         return shifted - np.log(np.sum(np.exp(shifted), axis=-1, keepdims=True))
 
 
+ROWS = 64  # rows of logits per step: a float64 temporary is ROWS x vocab, not positions x vocab (5 GB at 9B)
+
+
+def _row_chunks(*arrays: np.ndarray):
+    for i in range(0, arrays[0].shape[0], ROWS):
+        yield tuple(a[i : i + ROWS] for a in arrays)
+
+
 def kl_divergence(ref_logits: np.ndarray, got_logits: np.ndarray) -> np.ndarray:
-    """KL(softmax(ref) || softmax(got)) over the last axis, in nats, float64; one value per row."""
+    """KL(softmax(ref) || softmax(got)) over the last axis, in nats, float64; one value per row
+    (computed ``ROWS`` rows at a time: each row on its own, so the same numbers)."""
+    ref_logits, got_logits = np.asarray(ref_logits), np.asarray(got_logits)
+    if ref_logits.ndim == 2 and ref_logits.shape[0] > ROWS:
+        return np.concatenate([kl_divergence(r, g) for r, g in _row_chunks(ref_logits, got_logits)])
     lp_ref = _log_softmax(np.asarray(ref_logits, dtype=np.float64))
     lp_got = _log_softmax(np.asarray(got_logits, dtype=np.float64))
     p_ref = np.exp(lp_ref)
@@ -197,7 +209,9 @@ def compare_arrays(name: str, got: np.ndarray, ref: np.ndarray, *, logits: bool 
         raise ValueError(f"{name}: empty output")
     nonfinite = int(got.size - np.count_nonzero(np.isfinite(got)))
     with np.errstate(invalid="ignore", over="ignore"):
-        max_abs = float(np.max(np.abs(got - ref)))
+        width = got.shape[-1] if got.ndim else 1
+        flat_got, flat_ref = got.reshape(-1, width), ref.reshape(-1, width)
+        max_abs = max(float(np.max(np.abs(a - b))) for a, b in _row_chunks(flat_got, flat_ref))
         ref_scale = float(np.max(np.abs(ref)))
         g, r = got.ravel(), ref.ravel()
         ng, nr = float(np.linalg.norm(g)), float(np.linalg.norm(r))
@@ -212,7 +226,7 @@ def compare_arrays(name: str, got: np.ndarray, ref: np.ndarray, *, logits: bool 
         vocab = got.shape[-1]
         g2, r2 = got.reshape(-1, vocab), ref.reshape(-1, vocab)
         agree = np.argmax(g2, axis=-1) == np.argmax(r2, axis=-1)
-        top2 = np.sort(r2, axis=-1)[:, -2:]
+        top2 = np.concatenate([np.sort(r, axis=-1)[:, -2:] for (r,) in _row_chunks(r2)])
         decisive = (top2[:, 1] - top2[:, 0]) >= TIE_MARGIN * max(ref_scale, 1e-6)
         m.top1_all = float(np.mean(agree))
         m.top1_positions = int(np.count_nonzero(decisive))

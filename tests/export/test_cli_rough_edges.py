@@ -305,7 +305,7 @@ def test_lowering_announces_each_method():
             return program
 
     said: list[str] = []
-    [p] = _announced([Partitioner()], "lowering text_decoder to xnnpack (4/5)", said.append)
+    [p] = _announced([Partitioner()], "lowering text_decoder to xnnpack (4/5)", said.append, None)
     assert p.partition("ep") == "ep" and said == ["lowering text_decoder to xnnpack (4/5)"]
 
 

@@ -19,6 +19,7 @@ LAYERS = [
         "config",
         "checkpoint",
         "stored",
+        "scratch",
         "loader",
         "presets",
         "model",

@@ -9,6 +9,7 @@ Glm4v, so the audio tower is compared with ``GlmAsr``'s encoder + projector dire
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ from autoglm_runtime.splice import splice
 from autoglm_runtime.tokenizer import Tokenizer
 
 from ..calibration import synthetic_screenshot
+from ..checkpoint import SafetensorsCheckpoint
 from ..errors import ExportError
 from ..source import ModelSource
 from ..stored import big_weights_only, fp32_while_running, remaining
@@ -81,8 +83,51 @@ def _load_reference(src: ModelSource, stored_dtype: torch.dtype | None = None):
     config._attn_implementation = "eager"
     if stored_dtype is None:
         return cls.from_pretrained(src.checkpoint, config=config, dtype=torch.float32).eval()
-    hf = cls.from_pretrained(src.checkpoint, config=config, dtype=stored_dtype)
+    hf = _on_stored_weights(cls, config, stored_dtype, src.checkpoint)
+    if hf is None:  # checkpoint names transformers maps on load (legacy layouts): its own loader
+        hf = cls.from_pretrained(src.checkpoint, config=config, dtype=stored_dtype)
     return big_weights_only(hf, hf.get_input_embeddings()).eval()
+
+
+@contextmanager
+def _parameters_on_meta():
+    """Modules built inside get their parameters on the meta device (no memory, no init), their
+    buffers (rotary tables) computed as usual on the CPU."""
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None:
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=False)
+
+    torch.nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def _on_stored_weights(cls, config, dtype: torch.dtype, directory):
+    """transformers' model whose parameters ARE the checkpoint's tensors, memory-mapped as stored (zero
+    copy: at 9B, a second 20 GB copy would not fit beside ours); None when some parameter is not in the
+    checkpoint under transformers' own name."""
+    with _parameters_on_meta():
+        hf = cls._from_config(config, dtype=dtype)
+    ckpt = SafetensorsCheckpoint.open(directory)
+    wanted = {name for name, _ in hf.named_parameters(remove_duplicate=False)}
+    tied = hf.lm_head.weight is hf.get_input_embeddings().weight
+    keys = set(ckpt.keys())
+    if not wanted - {"lm_head.weight"} <= keys or (not tied and "lm_head.weight" not in keys):
+        return None
+    for key, tensor in ckpt.tensors(sorted(wanted & keys), dtype=None):
+        owner, _, name = key.rpartition(".")
+        module = hf.get_submodule(owner)
+        if tuple(module._parameters[name].shape) != tuple(tensor.shape):
+            return None
+        module._parameters[name] = torch.nn.Parameter(tensor, requires_grad=False)
+    if tied:
+        hf.lm_head.weight = hf.get_input_embeddings().weight
+    return hf
 
 
 @torch.no_grad()
@@ -145,7 +190,8 @@ def _verify_audio(src: ModelSource) -> Comparison:
     return compare("audio embeddings vs transformers", got[:n], ref[:n])
 
 
-# Holding transformers' copy next to ours doubles memory: only done for models below this size.
+# Holding transformers' own fp32 copy next to ours doubles memory: above this size the check runs
+# only when both models read the checkpoint's weights as stored (memory-mapped, ``_on_stored_weights``).
 REFERENCE_CHECK_MAX_PARAMS = 2_000_000_000
 
 
@@ -159,7 +205,7 @@ def check_against_transformers(src: ModelSource, stages) -> dict | None:
     if src.checkpoint is None or src.tokenizer_path is None:
         log.info("reference check skipped: %s has no checkpoint/tokenizer for transformers to load", src.label)
         return None
-    if params > REFERENCE_CHECK_MAX_PARAMS:
+    if params > REFERENCE_CHECK_MAX_PARAMS and not remaining(src.model):
         log.info(
             "reference check skipped for %.1fB params (memory); run `autoglm-export verify` separately", params / 1e9
         )

@@ -82,6 +82,17 @@ class Probe:
     continuation_embeds: np.ndarray | None = None  # [1, K, D]
 
 
+# Above this size an eager decoder call takes seconds to minutes (each weight converted to fp32 as its
+# module runs): the gate then runs the first two cases (a screenshot prompt among them) with three
+# decode steps, still through prefill chunks and the KV cache, instead of three cases with six.
+LARGE_MODEL_PARAMS = 2_000_000_000
+
+
+def probe_budget(params: int) -> tuple[int, int]:
+    """(cases, decode steps) of the parity probes for a model of ``params`` parameters."""
+    return (3, 6) if params <= LARGE_MODEL_PARAMS else (2, 3)
+
+
 def build_probes(
     spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int = 3, decode_steps: int = 6
 ) -> list[Probe]:

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model.autoglm import ExportShape
 
+log = logging.getLogger(__name__)
 PRESET_DIR = Path(__file__).parent
 TINY_DIR = PRESET_DIR / "tiny"
 TINY_AUDIO_DIR = TINY_DIR / "audio"
@@ -32,6 +34,8 @@ class Preset:
     checkpoint: Path | None = None
     audio_checkpoint: Path | None = None
     audio_config: dict | None = None
+    # Quantization defaults where the global ones (QuantRecipe) do not suit the model; flags override.
+    recipe: dict = field(default_factory=dict)
 
 
 SMALL_CONFIG = {
@@ -126,8 +130,37 @@ PRESETS: dict[str, Preset] = {
         "autoglm-phone-9b",
         ExportShape(max_context=8192, image_hw=(672, 308), audio_frames=3000),
         config=AUTOGLM_PHONE_9B_CONFIG,
+        # The int4 bundle's 5.5 GB budget (issue 11): at group 32, int8 vision and int8 embedding it is
+        # ~6.6 GB. Group 128 (ExecuTorch's own Llama-3-8B recipe), int4 vision linears and an int4
+        # embedding make it ~5.4 GB; BENCHMARKS.md has the quality cost of each choice.
+        recipe={"group_size": 128, "encoder": "8da4w", "embedding": "4"},
     ),
 }
+
+
+def _widths(cfg) -> tuple:
+    return (cfg.text.hidden_size, cfg.text.intermediate_size, cfg.vision.hidden_size, cfg.vision.out_hidden_size)
+
+
+def preset_for(checkpoint: Path | None, preset: str | None) -> str:
+    """The preset asked for; else the one whose widths a ``--checkpoint`` has (its export shapes and
+    quantization defaults then apply: a 9B checkpoint must not get the tiny model's 512-token
+    context); else tiny."""
+    if preset is not None:
+        return preset
+    if checkpoint is None:
+        return "tiny"
+    from ..config import load_model_config, parse_model_config
+
+    try:
+        widths = _widths(load_model_config(Path(checkpoint)))
+    except Exception:  # the loader names the problem with the checkpoint; here only the default is chosen
+        return "tiny"
+    for name, p in PRESETS.items():
+        if p.config is not None and _widths(parse_model_config(p.config, name)) == widths:
+            log.info("%s has the widths of the %s preset: its export shapes and defaults apply", checkpoint, name)
+            return name
+    return "tiny"
 
 
 def get_preset(name: str) -> Preset:

@@ -24,6 +24,7 @@ from torch import nn
 from .. import stored
 from ..checkpoint import release_pages
 from ..errors import ExportError
+from ..scratch import Scratch, keep_quantized
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _embedding_config(bits: str, group_size: int):
     return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
 
 
-def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed) -> None:
+def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed, scratch: Scratch | None = None) -> None:
     """Swap torchao's round-to-nearest integers for calibrated ones (same grid, same activation quantization)."""
     from torchao.quantization import IntxUnpackedToInt8Tensor
 
@@ -137,7 +138,7 @@ def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed) -> None:
         dtype=rtn.dtype,
         activation_quantization=rtn.activation_quantization,
     )
-    linear.weight = nn.Parameter(weight, requires_grad=False)
+    linear.weight = nn.Parameter(keep_quantized(weight, scratch), requires_grad=False)
 
 
 # Rows per torchao call for a large weight: torchao's temporaries are about 3x the fp32 weight it
@@ -145,9 +146,12 @@ def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed) -> None:
 ROW_CHUNK_WEIGHTS = 1 << 25  # 32M weights: 128 MB in fp32
 
 
-def quantize_module(mod: nn.Linear | nn.Embedding, config, chunk_weights: int = ROW_CHUNK_WEIGHTS) -> None:
+def quantize_module(
+    mod: nn.Linear | nn.Embedding, config, chunk_weights: int = ROW_CHUNK_WEIGHTS, scratch: Scratch | None = None
+) -> None:
     """torchao's ``config`` on one linear or embedding, in place, from fp32 (a weight kept as stored,
-    ``stored.py``, is converted slice by slice and its pages given back).
+    ``stored.py``, is converted slice by slice and its pages given back). With ``scratch`` the
+    quantized tensors are moved to disk and memory-mapped (``scratch.py``).
 
     A weight above ``chunk_weights`` is quantized in slices of whole rows: per-row and per-group
     quantization never mixes rows, so each slice gets exactly the integers and scales of those rows
@@ -162,6 +166,7 @@ def quantize_module(mod: nn.Linear | nn.Embedding, config, chunk_weights: int = 
     if w.shape[0] <= rows:
         stored.to_fp32(mod)
         quantize_(mod, config, is_target)
+        mod.weight = nn.Parameter(keep_quantized(mod.weight, scratch), requires_grad=False)
         return
     parts = []
     for start in range(0, w.shape[0], rows):
@@ -186,7 +191,7 @@ def quantize_module(mod: nn.Linear | nn.Embedding, config, chunk_weights: int = 
         dtype=first.dtype,
         activation_quantization=first.activation_quantization,
     )
-    mod.weight = nn.Parameter(joined, requires_grad=False)
+    mod.weight = nn.Parameter(keep_quantized(joined, scratch), requires_grad=False)
 
 
 @contextmanager
@@ -248,7 +253,13 @@ def _gathered_embedding(mod: nn.Embedding):
 
 
 def _quantize_linears(
-    root: nn.Module, prefix: str, scheme: str, group_size: int, report: QuantReport, fixed: dict | None = None
+    root: nn.Module,
+    prefix: str,
+    scheme: str,
+    group_size: int,
+    report: QuantReport,
+    fixed: dict | None = None,
+    scratch: Scratch | None = None,
 ) -> None:
 
     if scheme == "fp32":
@@ -274,17 +285,19 @@ def _quantize_linears(
     modules = dict(root.named_modules())
     configs = {target: linear_config(target, group_size) for target in set(chosen.values())}
     for fqn, target in chosen.items():  # one linear at a time: its fp32 copy lives only until quantized
-        quantize_module(modules[fqn], configs[target])
-    for fqn, target in chosen.items():
         name = f"{prefix}.{fqn}"
-        if fixed and name in fixed:
-            _use_fixed_codes(modules[fqn], name, fixed[name])
+        calibrated = fixed is not None and name in fixed
+        quantize_module(modules[fqn], configs[target], scratch=None if calibrated else scratch)
+        if calibrated:
+            _use_fixed_codes(modules[fqn], name, fixed[name], scratch)
             report.calibrated.append(name)
         report.layers[name] = target
 
 
 @torch.no_grad()
-def apply_recipe(model: nn.Module, recipe: QuantRecipe, fixed: dict | None = None) -> QuantReport:
+def apply_recipe(
+    model: nn.Module, recipe: QuantRecipe, fixed: dict | None = None, scratch: Scratch | None = None
+) -> QuantReport:
     """Quantize an ``AutoGLM`` in place. Embeddings first: quantize_'s linear filter must not see them.
 
     Layer by layer: each weight kept as stored (bf16, ``stored.py``) becomes fp32 just before torchao
@@ -293,6 +306,7 @@ def apply_recipe(model: nn.Module, recipe: QuantRecipe, fixed: dict | None = Non
 
     ``fixed``: fqn -> ``qcheckpoint.QuantizedLinear`` whose integers replace round-to-nearest's
     (every one must be used: a layer the recipe leaves fp32 is an error, not a silent skip).
+    ``scratch``: quantized tensors go to disk, memory-mapped back, as each layer is done (``scratch.py``).
     """
 
     report = QuantReport()
@@ -308,15 +322,15 @@ def apply_recipe(model: nn.Module, recipe: QuantRecipe, fixed: dict | None = Non
             )
             report.fallbacks.append("text.embed_tokens")
             bits = "8"
-        quantize_module(embed, _embedding_config(bits, recipe.group_size))
+        quantize_module(embed, _embedding_config(bits, recipe.group_size), scratch=scratch)
         report.layers["text.embed_tokens"] = f"int{bits} embedding"
     else:
         stored.to_fp32(embed)
         report.layers["text.embed_tokens"] = "fp32"
-    _quantize_linears(model.text, "text", recipe.linear, recipe.group_size, report, fixed)
-    _quantize_linears(model.vision, "vision", recipe.encoder, recipe.group_size, report, fixed)
+    _quantize_linears(model.text, "text", recipe.linear, recipe.group_size, report, fixed, scratch)
+    _quantize_linears(model.vision, "vision", recipe.encoder, recipe.group_size, report, fixed, scratch)
     if model.audio is not None:
-        _quantize_linears(model.audio, "audio", recipe.encoder, recipe.group_size, report, fixed)
+        _quantize_linears(model.audio, "audio", recipe.encoder, recipe.group_size, report, fixed, scratch)
     left = stored.remaining(model)
     if left:  # a bug, not a user error: a weight the recipe never reached would be lowered in bf16
         raise RuntimeError(f"weights left as stored (not fp32) after quantizing: {left[:5]}")

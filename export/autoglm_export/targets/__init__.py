@@ -58,6 +58,7 @@ class Job:
     bundle: object | None = None  # bundle.BundleWriter (None when re-validating a bundle)
     quant_report: QuantReport | None = None
     artifacts: dict = field(default_factory=dict)  # what convert() wrote, for the manifest and backend
+    scratch: object | None = None  # scratch.Scratch: big intermediates on disk for this export
 
     @property
     def fixed(self) -> dict | None:
@@ -92,6 +93,10 @@ class Target:
     def chunk(self, options) -> int:
         """Longest text_decoder call of the parity probes (the prefill chunk)."""
         raise NotImplementedError
+
+    def scratch_bytes(self, cfg, shape, options, bundle_bytes: int) -> int:
+        """Disk the export needs beside the bundle for its intermediates (``scratch.py``) until it ends."""
+        return 0
 
     def twin(self, job: Job) -> QuantReport:
         """The eager model made the artifact's quantized twin, in place."""

@@ -65,18 +65,21 @@ def _to_python(value: Any) -> Any:
 
 
 class ExecuTorchProgram:
-    """A loaded ``.pte``: lazily loaded methods, metadata, and numpy-in/numpy-out calls."""
+    """A loaded ``.pte`` (and its ``.ptd`` when the weights are external): both memory-mapped by the
+    runtime; lazily loaded methods, metadata, and numpy-in/numpy-out calls."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, weights: str | Path | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise BundleError(f"{self.path}: no such ExecuTorch program")
+        if weights is not None and not Path(weights).is_file():
+            raise BundleError(f"{weights}: no such ExecuTorch weights file (the program's .ptd)")
         Runtime, self._missing_kernels = _import_executorch()
         import torch
 
         self._torch = torch
         try:
-            self.program = Runtime.get().load_program(self.path)
+            self.program = Runtime.get().load_program(self.path, data_path=weights)
         except Exception as e:
             raise BundleError(f"{self.path}: ExecuTorch cannot load this program: {e}") from None
         self.method_names: set[str] = set(self.program.method_names)
@@ -133,8 +136,8 @@ class ExecuTorchProgram:
 class ExecuTorchBackend:
     name = "executorch"
 
-    def __init__(self, pte_path: str | Path):
-        self.program = ExecuTorchProgram(pte_path)
+    def __init__(self, pte_path: str | Path, weights_path: str | Path | None = None):
+        self.program = ExecuTorchProgram(pte_path, weights_path)
         missing = [m for m in REQUIRED_COMPONENTS if not self.program.has(m)]
         if missing:
             raise BundleError(f"{self.program.path}: the program lacks method(s) {', '.join(missing)}")
@@ -147,11 +150,13 @@ class ExecuTorchBackend:
         self._embedding_chunk = self.program.input_bounds("token_embedding")[0][1]
 
     @classmethod
-    def from_bundle(cls, bundle, file: str = "model.pte") -> ExecuTorchBackend:
-        """The backend for an opened Bundle; its metadata must agree with the manifest's spec."""
+    def from_bundle(cls, bundle) -> ExecuTorchBackend:
+        """The backend for an opened Bundle (the manifest's ``program`` and, when the weights are
+        external, ``weights``); its metadata must agree with the manifest's spec."""
         if bundle.target != "executorch":
             raise BundleError(f"{bundle.root}: a {bundle.target} bundle, not an ExecuTorch one")
-        backend = cls(bundle.path(file))
+        weights = bundle.manifest.get("weights")
+        backend = cls(bundle.path(bundle.manifest.get("program", "model.pte")), weights and bundle.path(weights))
         spec = bundle.spec
         for key, expected in (("get_vocab_size", spec.vocab_size), ("get_max_context_len", spec.max_context)):
             if key in backend.meta and backend.meta[key] != expected:

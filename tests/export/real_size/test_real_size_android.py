@@ -42,10 +42,14 @@ def test_android_export_stays_below_an_fp32_copy(real_width, tmp_path):
             str(out),
             "--max-seq-len",
             "64",
+            "--external-weights",  # the 9B layout: a small model.pte, the weights in model.ptd
         ]
     )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["program"], manifest["weights"]) == ("model.pte", "model.ptd")
+    files = manifest["files"]
+    assert files["model.ptd"]["bytes"] > 10 * files["model.pte"]["bytes"]  # the weights are outside the program
     assert manifest["validated"] and json.loads((out / "parity.json").read_text())["passed"]
     assert manifest["reference_check"]["passed"]  # our fp32 model vs transformers, at the real widths
     bound = base + PER_CHECKPOINT * size

@@ -202,3 +202,8 @@ def test_from_bundle_checks_metadata_against_the_manifest(tmp_path, toy_pte):
     assert ExecuTorchBackend.from_bundle(make("good", VOCAB)).max_seq_len == MAX_SEQ
     with pytest.raises(BundleError, match="get_vocab_size is 16 but manifest.json says 4096"):
         ExecuTorchBackend.from_bundle(make("bad", 4096))
+
+
+def test_missing_external_weights_file_is_named(toy_pte, tmp_path):
+    with pytest.raises(BundleError, match=r"model\.ptd: no such ExecuTorch weights file"):
+        ExecuTorchBackend(toy_pte[1], tmp_path / "model.ptd")

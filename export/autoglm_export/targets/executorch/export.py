@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ...components import COMPONENTS, components
+from ...disk import unpacked_quantized_bytes
 from ...errors import ExportError
 from ...quantize import QuantRecipe
 from ...source import ModelSource
@@ -23,6 +24,7 @@ from .twin import quantize_twin
 
 log = logging.getLogger(__name__)
 PTE = "model.pte"
+WEIGHTS = "model"  # external weights file stem: model.ptd (ExecuTorch adds the suffix)
 
 
 @dataclass
@@ -33,6 +35,7 @@ class ExecuTorchOptions(ExportOptions):
     backend: str = "xnnpack"
     soc: str | None = None
     custom_ops: bool = True  # ExecuTorch's update_cache + custom_sdpa kernels in the decoder
+    external_weights: bool = False  # weights in model.ptd beside a small model.pte
 
     @property
     def uses_custom_ops(self) -> bool:
@@ -93,6 +96,10 @@ class ExecuTorchTarget(Target):
     def size_recipe(self, options: ExecuTorchOptions) -> QuantRecipe:
         return options.recipe
 
+    def scratch_bytes(self, cfg, shape, options: ExecuTorchOptions, bundle_bytes: int) -> int:
+        # torchao's unpacked quantized weights, then XNNPACK's packed copies (about the bundle again).
+        return unpacked_quantized_bytes(cfg, shape, options.recipe) + bundle_bytes
+
     def chunk(self, options: ExecuTorchOptions) -> int:
         return options.max_seq_len
 
@@ -102,7 +109,7 @@ class ExecuTorchTarget(Target):
     def twin(self, job: Job):
         recipe = job.options.recipe
         with job.stages.stage("quantize " + ", ".join(f"{k}={v}" for k, v in recipe.to_dict().items())):
-            return quantize_twin(job.src.model, recipe, job.qc)
+            return quantize_twin(job.src.model, recipe, job.qc, job.scratch)
 
     def convert(self, job: Job) -> None:
         opts, src = job.options, job.src
@@ -116,6 +123,8 @@ class ExecuTorchTarget(Target):
                 opts.backend,
                 opts.soc,
                 progress=lambda msg: log.info("  %s%s", msg, memory()),
+                external_weights=WEIGHTS if opts.external_weights else None,
+                scratch=job.scratch,
             )
         for name, d in lowered.delegation.items():
             log.info(
@@ -127,8 +136,13 @@ class ExecuTorchTarget(Target):
             )
         with job.stages.stage(f"write {PTE}"):
             size = lowered.write(job.bundle.path(PTE))
+            weights = lowered.write_weights(job.bundle.tmp_dir)
         lowered.program = None  # its serialised copy and lowered graphs are not needed any more: free them
         log.info("wrote %s (%.1f MB)", PTE, size / 1e6)
+        for name, n in weights.items():
+            log.info("wrote %s (%.1f MB)", name, n / 1e6)
+        if opts.external_weights and list(weights) != [WEIGHTS + ".ptd"]:
+            raise RuntimeError(f"expected the external weights in {WEIGHTS}.ptd, ExecuTorch wrote {list(weights)}")
         job.artifacts["lowered"] = lowered
 
     def quant_kinds(self, options: ExecuTorchOptions, fixed) -> dict[str, str]:
@@ -140,7 +154,8 @@ class ExecuTorchTarget(Target):
     def backend(self, root: Path, fields: dict, options):
         from autoglm_runtime.backends.executorch_backend import ExecuTorchBackend
 
-        return ExecuTorchBackend(Path(root) / fields["program"])
+        weights = fields.get("weights")
+        return ExecuTorchBackend(Path(root) / fields["program"], weights and Path(root) / weights)
 
     def manifest_fields(self, job: Job) -> dict:
         opts, lowered = job.options, job.artifacts["lowered"]
@@ -149,6 +164,7 @@ class ExecuTorchTarget(Target):
             "soc": opts.soc,
             "max_seq_len": opts.max_seq_len,
             "program": PTE,
+            **({"weights": WEIGHTS + ".ptd"} if opts.external_weights else {}),
             "methods": lowered.methods,
             "constant_methods": lowered.constant_methods,
             "delegation": lowered.delegation,
@@ -163,4 +179,5 @@ class ExecuTorchTarget(Target):
             backend=manifest.get("backend", "xnnpack"),
             soc=manifest.get("soc"),
             custom_ops=bool(manifest.get("custom_ops", True)),
+            external_weights="weights" in manifest,
         )

@@ -8,16 +8,19 @@ Conventions follow ExecuTorch's LLM runner: methods ``vision_encoder``, ``audio_
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
 from collections import Counter
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from ...components import Component
 from ...errors import ExportError
+from ...scratch import Scratch
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,14 @@ class LoweredProgram:
         with open(path, "wb") as f:
             self.program.write_to_file(f)
         return os.path.getsize(path)
+
+    def write_weights(self, directory) -> dict[str, int]:
+        """The external weight files (``<tag>.ptd``), streamed like the .pte; name -> size in bytes."""
+        data = self.program._tensor_data or {}  # no public accessor in executorch 1.5.1
+        if data:
+            self.program.write_tensor_data_to_file(str(directory))
+        names = [n if n.endswith(".ptd") else n + ".ptd" for n in data]
+        return {n: os.path.getsize(os.path.join(directory, n)) for n in names}
 
 
 def check_backend(backend: str, soc: str | None, quant: str) -> None:
@@ -117,24 +128,104 @@ def _partitioners(backend: str, soc: str | None):
     return [QnnPartitioner(specs)]
 
 
-def _announced(partitioners: list, message: str, progress) -> list:
-    """Partitioners that report ``message`` when lowering reaches their method: lowering is the long,
-    otherwise silent step (minutes at full size), and it takes the methods one by one."""
-    if progress is None:
+def _announced(partitioners: list, message: str, progress, external_weights: str | None) -> list:
+    """Partitioners that report ``message`` when lowering reaches their method (lowering is the long,
+    otherwise silent step: minutes at full size) and tag its weights for ``external_weights`` first (on
+    the edge program: torch.export's decompositions drop the tag from placeholders)."""
+    if progress is None and external_weights is None:
         return partitioners
     for p in partitioners:
 
         def partition(exported_program, _partition=p.partition):
-            progress(message)
+            if progress:
+                progress(message)
+            if external_weights:
+                _tag_weights(exported_program, external_weights)
             return _partition(exported_program)
 
         p.partition = partition
     return partitioners
 
 
+def _tag_weights(program, tag: str) -> None:
+    """Mark every parameter and constant of ``program`` for the external data file ``tag``: the ones a
+    delegate consumes (XNNPACK puts them in its named data under this tag) and the ones left to
+    portable kernels (``external_constants`` below). Mutable buffers (the KV cache) stay planned."""
+    sig = program.graph_signature
+    weights = set(sig.inputs_to_parameters) | set(sig.inputs_to_lifted_tensor_constants)
+    weights |= {n for n, b in sig.inputs_to_buffers.items() if b not in sig.buffers_to_mutate.values()}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in weights:
+            node.meta.setdefault("custom", {})["delegate_constant_tag"] = tag
+
+
+def _external_tag(tag: str):
+    """The ``external_constants`` rule: every weight to ``tag``, except constants that ExecuTorch's own
+    passes create (``_prop_tensor_constant<N>``, e.g. the packed int4 embedding): those names restart
+    at 0 in every method, and the data file is keyed by name, so two methods' different constants
+    would collide there (the runtime then fails with "Scalar type mismatch"). They stay in the .pte."""
+
+    def rule(node) -> str | None:
+        return None if node.name.startswith("_prop_tensor_constant") else tag
+
+    return rule
+
+
+SPILL_BYTES = 1 << 20  # delegate blobs from 1 MB up go to disk; small ones are not worth a file
+
+
+@contextmanager
+def packed_weights_on_disk(scratch: Scratch):
+    """Lowering without a second copy of the weights in memory:
+
+    - ExecuTorch deep-copies every partition's program, weights included, before the backend packs it
+      ("in case backends change graph inside preprocess"): at 9B, 9 GB of copies of the quantized
+      weights held at once. The copies here share the weight tensors instead (the graphs are still
+      copied; XNNPACK reads the weights and never writes them);
+    - XNNPACK's packed weights are written to ``scratch`` as it makes them (ExecuTorch's
+      FileBackedData, which the .pte/.ptd writer copies from disk in chunks) instead of held as bytes
+      until the program is written (~5 GB at 9B); after each one the quantized tensors it was packed
+      from (memory-mapped from the same scratch) give their pages back.
+    """
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+    from executorch.exir._serialize._cord import FileBackedData
+    from executorch.exir._serialize._named_data_store import NamedDataStore
+
+    original = NamedDataStore.add_named_data
+
+    def add_named_data(self, key, data, alignment=1, external_tag=None, tensor_layout=None):
+        if isinstance(data, (bytes, bytearray)) and len(data) >= SPILL_BYTES:
+            data = FileBackedData(str(scratch.file_for(data)))
+            scratch.release()
+        return original(self, key, data, alignment, external_tag, tensor_layout)
+
+    def copy_sharing_weights(cls, program, compile_specs):
+        weights = [*program.state_dict.values(), *program.constants.values()]
+        return copy.deepcopy(program, {id(t): t for t in weights if isinstance(t, torch.Tensor)})
+
+    name = "copy_exported_program_for_preprocess"
+    own = XnnpackBackend.__dict__.get(name)  # None: it inherits BackendDetails' deep copy
+    NamedDataStore.add_named_data = add_named_data
+    setattr(XnnpackBackend, name, classmethod(copy_sharing_weights))
+    try:
+        yield
+    finally:
+        NamedDataStore.add_named_data = original
+        if own is None:
+            delattr(XnnpackBackend, name)
+        else:
+            setattr(XnnpackBackend, name, own)
+
+
 @torch.no_grad()
 def lower(
-    components: list[Component], constant_methods: dict, backend: str = "xnnpack", soc: str | None = None, progress=None
+    components: list[Component],
+    constant_methods: dict,
+    backend: str = "xnnpack",
+    soc: str | None = None,
+    progress=None,
+    external_weights: str | None = None,
+    scratch: Scratch | None = None,
 ) -> LoweredProgram:
     """torch.export every component, lower with the backend's partitioner, emit the program (``write`` it)."""
     import executorch.extension.llm.custom_ops  # noqa: F401  (registers llama:: ops if the graph uses them)
@@ -162,10 +253,16 @@ def lower(
     out.seconds["torch_export"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     partitioners = {
-        name: _announced(_partitioners(backend, soc), f"lowering {name} to {backend} ({i}/{len(exported)})", progress)
+        name: _announced(
+            _partitioners(backend, soc),
+            f"lowering {name} to {backend} ({i}/{len(exported)})",
+            progress,
+            external_weights,
+        )
         for i, name in enumerate(exported, 1)
     }
-    edge = to_edge_transform_and_lower(exported, partitioner=partitioners, constant_methods=constant_methods)
+    with packed_weights_on_disk(scratch) if scratch is not None else nullcontext():
+        edge = to_edge_transform_and_lower(exported, partitioner=partitioners, constant_methods=constant_methods)
     out.seconds["lower"] = time.perf_counter() - t1
     for comp in components:
         out.delegation[comp.name] = _delegation(edge.exported_program(comp.name))
@@ -181,6 +278,7 @@ def lower(
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False, share_mutable_buffers=True),
             # Fuses dequantize + embedding into the quantized embedding kernels (else "missing out variants").
             do_quant_fusion_and_const_prop=True,
+            external_constants=_external_tag(external_weights) if external_weights else False,
         )
     )
     out.program = program
