@@ -392,6 +392,23 @@ def ios(
     )
 
 
+def _relaunch(nproc: int) -> None:
+    """``--nproc N``: the same command line as N processes under torchrun (not when already under it)."""
+    from .quantize import distributed
+
+    if nproc < 1:
+        raise InputError(f"--nproc {nproc}: expected at least 1")
+    if nproc > 1 and not distributed.under_torchrun():
+        raise typer.Exit(distributed.relaunch(nproc, sys.argv[1:]))
+
+
+def _written(path: Path) -> None:
+    from .quantize import distributed
+
+    if distributed.is_rank_zero():
+        console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
+
+
 @app.command()
 @guarded
 def calibrate(
@@ -411,11 +428,14 @@ def calibrate(
     seq_len: opt.SeqLen = 256,
     damp: float = typer.Option(0.01, "--damp", help="GPTQ dampening, a fraction of the mean Hessian diagonal."),
     max_context: opt.MaxContext = None,
+    nproc: opt.Nproc = 1,
     force: opt.Force = False,
 ):
     """Post-training quantization with calibration (GPTQ) through the full multimodal path; writes a quantized checkpoint."""
     from .quantize import QuantRecipe
     from .quantize.calibrate import CalibrateOptions, run_calibrate
+
+    _relaunch(nproc)
 
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
     opts = CalibrateOptions(
@@ -430,7 +450,7 @@ def calibrate(
         force=force,
     )
     path = run_calibrate(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
-    console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
+    _written(path)
 
 
 @app.command()
@@ -451,6 +471,9 @@ def qat(
     train_encoders: bool = typer.Option(
         False, "--train-encoders", help="Also update the vision/audio towers (default: frozen, still fake-quantized)."
     ),
+    batch_size: int = typer.Option(
+        1, "--batch-size", help="Samples per step, over all processes (a multiple of their number)."
+    ),
     quant: opt.CalibrationQuant = "8da4w",
     group_size: opt.CalibrationGroupSize = 32,
     quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
@@ -459,11 +482,14 @@ def qat(
     text_windows: opt.TextWindows = 32,
     seq_len: opt.SeqLen = 256,
     max_context: opt.MaxContext = None,
+    nproc: opt.Nproc = 1,
     force: opt.Force = False,
 ):
     """Quantization-aware training (torchao QATConfig) distilled from the fp model; writes a quantized checkpoint."""
     from .quantize import QuantRecipe
     from .quantize.qat import QATOptions, run_qat
+
+    _relaunch(nproc)
 
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
     opts = QATOptions(
@@ -476,6 +502,7 @@ def qat(
         save_every=save_every,
         resume=resume,
         train_encoders=train_encoders,
+        batch_size=batch_size,
         data=data,
         max_prompts=max_prompts,
         text_windows=text_windows,
@@ -483,7 +510,7 @@ def qat(
         force=force,
     )
     path = run_qat(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
-    console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
+    _written(path)
 
 
 @app.command()
