@@ -392,13 +392,17 @@ def ios(
     )
 
 
-def _relaunch(nproc: int) -> None:
-    """``--nproc N``: the same command line as N processes under torchrun (not when already under it)."""
+def _relaunch(nproc: int, opts, batch_size: int | None = None) -> None:
+    """``--nproc N``: the same command line as N processes under torchrun (not when already under it);
+    the options are checked first, so a bad one is one error line, not one per process."""
     from .quantize import distributed
 
     if nproc < 1:
         raise InputError(f"--nproc {nproc}: expected at least 1")
     if nproc > 1 and not distributed.under_torchrun():
+        opts.check()
+        if batch_size is not None:
+            distributed.check_batch(batch_size, distributed.Ranks(0, nproc))
         raise typer.Exit(distributed.relaunch(nproc, sys.argv[1:]))
 
 
@@ -435,8 +439,6 @@ def calibrate(
     from .quantize import QuantRecipe
     from .quantize.calibrate import CalibrateOptions, run_calibrate
 
-    _relaunch(nproc)
-
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
     opts = CalibrateOptions(
         out=out,
@@ -449,6 +451,7 @@ def calibrate(
         damp=damp,
         force=force,
     )
+    _relaunch(nproc, opts)
     path = run_calibrate(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
     _written(path)
 
@@ -489,8 +492,6 @@ def qat(
     from .quantize import QuantRecipe
     from .quantize.qat import QATOptions, run_qat
 
-    _relaunch(nproc)
-
     recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
     opts = QATOptions(
         out=out,
@@ -509,6 +510,7 @@ def qat(
         seq_len=seq_len,
         force=force,
     )
+    _relaunch(nproc, opts, batch_size)
     path = run_qat(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
     _written(path)
 

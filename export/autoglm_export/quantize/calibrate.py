@@ -61,6 +61,8 @@ class CalibrateOptions:
             raise ExportError(f"--damp {self.damp}: expected a fraction between 0 and 1")
         if self.seq_len < 8:
             raise ExportError(f"--seq-len {self.seq_len}: too short to calibrate on")
+        if self.out.exists() and not self.force:
+            raise ExportError(f"{self.out} exists; pass --force to overwrite")
 
 
 # ----------------------------------------------------------------------------- block-wise forward
@@ -244,8 +246,6 @@ def block_progress(method: str, shown: bool = True):
 def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     """One process, or each of the ranks under torchrun (rank 0 logs and writes ``opts.out``)."""
     opts.check()
-    if opts.out.exists() and not opts.force:
-        raise ExportError(f"{opts.out} exists; pass --force to overwrite")
     with distributed.join() as ranks:
         return _calibrate(request, opts, ranks)
 

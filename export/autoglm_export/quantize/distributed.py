@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,9 +138,29 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 
 def relaunch(nproc: int, argv: list[str]) -> int:
-    """Run ``autoglm-export <argv>`` (without ``--nproc``) as ``nproc`` processes on this machine under
-    torchrun; returns its exit status. Several machines: run torchrun yourself (README)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    cmd += ["-m", "autoglm_export.cli", *without_nproc(argv)]
-    log.info("  %s", " ".join(cmd))
-    return subprocess.run(cmd, check=False).returncode
+    """Run ``autoglm-export <argv>`` (without ``--nproc``) as ``nproc`` processes on this machine, as
+    ``torchrun --standalone --nproc-per-node nproc`` would; returns 0, or 1 when a rank failed (each rank
+    prints its own ``error:`` line; torchrun's traceback of the failure is not shown)."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: N processes must not each take every core
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+    )
+    log.info("  %d processes: %s -m autoglm_export.cli %s", nproc, sys.executable, " ".join(without_nproc(argv)))
+    try:
+        elastic_launch(config, sys.executable)("-m", "autoglm_export.cli", *without_nproc(argv))
+    except ChildFailedError:
+        return 1
+    return 0

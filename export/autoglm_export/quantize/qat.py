@@ -76,6 +76,8 @@ class QATOptions:
             raise ExportError(f"--top-k {self.top_k}: expected at least 1")
         if self.batch_size < 1:
             raise ExportError(f"--batch-size {self.batch_size}: expected at least 1")
+        if self.out.exists() and not self.force:
+            raise ExportError(f"{self.out} exists; pass --force to overwrite")
 
     @property
     def state_dir(self) -> Path:
@@ -290,8 +292,6 @@ def batch_at(step: int, opts: QATOptions, n: int) -> list[int]:
 def run_qat(request: ModelRequest, opts: QATOptions) -> Path:
     """One process, or each of the ranks under torchrun (rank 0 logs and writes ``opts.out``)."""
     opts.check()
-    if opts.out.exists() and not opts.force:
-        raise ExportError(f"{opts.out} exists; pass --force to overwrite")
     with distributed.join() as ranks:
         distributed.check_batch(opts.batch_size, ranks)
         return _qat(request, opts, ranks)
