@@ -28,7 +28,7 @@ from pathlib import Path
 from harness import results
 from harness.load import LoadMonitor
 from harness.machine import machine_info
-from harness.markdown import machine_line, markdown_table, section_head, update_markdown_section
+from harness.markdown import machine_line, markdown_table, section_head
 from harness.paths import REPO, default_results
 
 GB = 1e9
@@ -250,13 +250,7 @@ def main(argv=None) -> int:
         return worker(args)
     data = json.loads(args.from_json.read_text()) if args.from_json else measure(args)
     out = args.out or default_results("qat-distributed", data["preset"])
-    if not args.from_json:
-        results.write_json(out, data)
-        print(f"wrote {out}")
-    body = render(data)
-    print(body)
-    if args.markdown:
-        update_markdown_section(f"qat_distributed:{data['preset']}", body)
+    results.publish(args, data, out, f"qat_distributed:{data['preset']}", render(data))
     return 0
 
 
