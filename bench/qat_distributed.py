@@ -234,8 +234,9 @@ def render(r: dict) -> str:
         "",
         "The tiny model (2.3 M parameters, 9 MB in fp32) is far too small for sharding to pay: each rank's "
         "peak RSS is the Python + torch + torchao runtime, not the model, and a step is dominated by "
-        "per-op overhead and gloo round trips on the same 2 cores. What carries over to 9B is the "
-        "per-parameter cost of the sharded state, measured below, not the speed.",
+        "per-op overhead and gloo round trips on the same 2 cores; while other processes keep a core "
+        "busy, two threads in one process wait on each other, which makes the 1 x 2 leg the slowest here. "
+        "What carries over to 9B is the per-parameter cost of the sharded state, measured below, not the speed.",
         "",
         "### Projection: AutoGLM-Phone-9B QAT on 8 GPUs (on paper)",
         "",
