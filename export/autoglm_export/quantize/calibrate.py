@@ -223,10 +223,10 @@ def block_progress(method: str, shown: bool = True):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
     if not shown:
         yield None
         return
+    console = Console(stderr=True)
     if not console.is_terminal:
         yield lambda done, total, block: log.info("  %s block %d/%d: %s", method, done, total, block)
         return

@@ -363,6 +363,8 @@ def _qat(request: ModelRequest, opts: QATOptions, ranks: Ranks) -> Path:
                 loss = distillation_loss(logits, tuple(t.to(ranks.device) for t in targets[i]))
                 (loss / len(mine) if len(mine) > 1 else loss).backward()
                 total += loss.item()
+            if student is not None:
+                student.drop_idle_gradients([samples[i] for i in batch])
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(round(ranks.mean(total / len(mine)), 6))

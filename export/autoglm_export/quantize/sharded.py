@@ -25,12 +25,25 @@ PREFIX = "model."  # the root module holds the model under this name
 class Student(nn.Module):
     """The FSDP root: ``forward(sample)`` is ``pass_fn(model, sample)`` (logits of one sample)."""
 
-    def __init__(self, model: nn.Module, pass_fn):
+    def __init__(self, model: nn.Module, pass_fn, trained_towers: list[str]):
         super().__init__()
-        self.model, self.pass_fn = model, pass_fn
+        self.model, self.pass_fn, self.trained_towers = model, pass_fn, trained_towers
 
     def forward(self, sample) -> torch.Tensor:
-        return self.pass_fn(self.model, sample)
+        logits = self.pass_fn(self.model, sample)
+        # FSDP reduces a group's gradients in one collective, so every rank must have a gradient for the same
+        # parameters: a trained tower this sample did not run (no screenshot here, one on another rank) gets zeros.
+        towers = [p for name in self.trained_towers for p in getattr(self.model, name).parameters()]
+        return logits + 0.0 * sum(p.sum() for p in towers) if towers else logits
+
+    def drop_idle_gradients(self, batch: list) -> None:
+        """After the step's backward: a trained tower that no sample of the whole batch ran gets no gradient
+        (AdamW then leaves it alone, as in one process), not the zeros ``forward`` gave it."""
+        ran = {"vision": any(s.pixels is not None for s in batch), "audio": any(s.features is not None for s in batch)}
+        for name in self.trained_towers:
+            if not ran[name]:
+                for p in getattr(self.model, name).parameters():
+                    p.grad = None
 
 
 def shard(model: nn.Module, pass_fn, ranks: Ranks) -> Student:
@@ -43,12 +56,15 @@ def shard(model: nn.Module, pass_fn, ranks: Ranks) -> Student:
         fully_shard(layer, mesh=mesh)
     # A tower runs only for samples with its modality, which differ between ranks, so it cannot be a
     # group of its own: frozen, it is replicated and left out of FSDP; trained, it joins the root group.
-    frozen = set()
-    for tower in (model.vision, model.audio):
+    frozen, trained = set(), []
+    for name in ("vision", "audio"):
+        tower = getattr(model, name)
         if tower is not None and not any(p.requires_grad for p in tower.parameters()):
             frozen |= set(tower.parameters())
             tower.to(ranks.device)
-    student = Student(model, pass_fn)
+        elif tower is not None:
+            trained.append(name)
+    student = Student(model, pass_fn, trained)
     fully_shard(student, mesh=mesh, ignored_params=frozen)  # moves the rest to ranks.device
     return student
 

@@ -18,6 +18,7 @@ def killed_at_call(*args, **kwargs):
     return real(*args, **kwargs)
 
 
-qat.distillation_loss = killed_at_call
-sys.argv = ["autoglm-export", *sys.argv[2:]]
-app()
+if __name__ == "__main__":
+    qat.distillation_loss = killed_at_call
+    sys.argv = ["autoglm-export", *sys.argv[2:]]
+    app()
