@@ -119,10 +119,10 @@ def teacher_targets(
         logp = F.log_softmax(sample_logits(model, samples[i], spec).float(), dim=-1)
         vals, idx = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
         out[i] = (idx, vals)
-    for i, s in enumerate(samples):
-        if ranks.distributed:
-            n = len(s.token_ids)
-            out[i] = out[i] or (torch.empty(n, k, dtype=torch.int64), torch.empty(n, k))
+    if ranks.distributed:
+        for i, s in enumerate(samples):
+            if out[i] is None:
+                out[i] = (torch.empty(len(s.token_ids), k, dtype=torch.int64), torch.empty(len(s.token_ids), k))
             ranks.share_(i, *out[i])
     return out
 

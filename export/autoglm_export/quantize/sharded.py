@@ -111,4 +111,7 @@ def gather(student: Student, plain_model) -> nn.Module | None:
     model = plain_model()
     model.load_state_dict({name.removeprefix(PREFIX): t for name, t in full.items()}, strict=True, assign=True)
     model.prepare()  # derived constants and the KV cache, as the loader does
+    leftovers = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if leftovers:  # a bug, not a user error: the gathered state or prepare() missed a tensor
+        raise RuntimeError(f"tensors left on the meta device after gathering: {leftovers[:5]}")
     return model
