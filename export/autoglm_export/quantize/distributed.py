@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -103,7 +104,9 @@ def join() -> Iterator[Ranks]:
         device, backend = torch.device("cuda", local), "cpu:gloo,cuda:nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend)
+    # Ranks wait for one another for long stretches at full size (GPTQ of a wide linear on its owner,
+    # rank 0 converting and writing the checkpoint): far longer than the default 10 min NCCL timeout.
+    dist.init_process_group(backend, timeout=timedelta(hours=2))
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), device)
     if not ranks.main:
         logging.disable(logging.INFO)  # warnings and errors only
