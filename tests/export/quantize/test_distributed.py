@@ -149,3 +149,11 @@ def test_a_batch_the_ranks_cannot_share_evenly_is_refused():
     distributed.check_batch(4, distributed.Ranks(0, 2))
     with pytest.raises(AutoglmError, match="--batch-size 3: not a multiple of the 2 ranks"):
         distributed.check_batch(3, distributed.Ranks(0, 2))
+
+
+def test_bad_options_are_refused_once_before_the_processes_start(tmp_path):
+    result = CliRunner().invoke(app, ["qat", "--nproc", "2", "--batch-size", "3", "--out", str(tmp_path / "q")])
+    assert result.exit_code == 1 and result.stderr.count("error:") == 1 and "--batch-size 3" in result.stderr
+    result = CliRunner().invoke(app, ["calibrate", "--nproc", "0", "--out", str(tmp_path / "q")])
+    assert result.exit_code == 1 and "--nproc 0" in result.stderr
+    assert not (tmp_path / "q").exists()
