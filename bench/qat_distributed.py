@@ -187,6 +187,10 @@ def projection(r: dict, gpus: int = 8) -> list[str]:
         f"= {6 * TEXT_PARAMS * 8 * 256 / 1e15:.2f} PFLOP, {6 * TEXT_PARAMS * 8 * 256 / gpus / 1e12:.0f} TFLOP per GPU: "
         "about 0.5 s at 30 TFLOP/s (fp32 matmuls without TF32, ~45% of an H100's 67), so roughly 1-2 steps/s "
         "with fake quantization's overhead; 300 steps in a few minutes, plus loading and the teacher pass.",
+        f"- Teacher pass (on the CPU, before sharding; each rank its share of the samples): 2 x {TEXT_PARAMS / 1e9:.1f} B "
+        f"x 256 tokens = {2 * TEXT_PARAMS * 256 / 1e12:.1f} TFLOP per sample, some 5-10 s per sample at the 0.5-1 "
+        "TFLOP/s of a many-core host CPU share (set OMP_NUM_THREADS: torchrun gives each rank one thread), "
+        "so about a minute for 75 samples over 8 ranks.",
     ]
 
 
