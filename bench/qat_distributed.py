@@ -190,7 +190,7 @@ def projection(r: dict, gpus: int = 8) -> list[str]:
         f"- Teacher pass (on the CPU, before sharding; each rank its share of the samples): 2 x {TEXT_PARAMS / 1e9:.1f} B "
         f"x 256 tokens = {2 * TEXT_PARAMS * 256 / 1e12:.1f} TFLOP per sample, some 5-10 s per sample at the 0.5-1 "
         "TFLOP/s of a many-core host CPU share (set OMP_NUM_THREADS: torchrun gives each rank one thread), "
-        "so about a minute for 75 samples over 8 ranks.",
+        "so one to two minutes for 75 samples over 8 ranks (10 each).",
     ]
 
 
