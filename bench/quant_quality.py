@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from harness import results
 from harness.machine import machine_info
-from harness.markdown import markdown_table, update_markdown_section
+from harness.markdown import markdown_table
 from harness.paths import BENCH_DIR, default_results
 
 VARIANTS = ("fp32", "rtn", "gptq", "qat")
@@ -310,13 +310,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     data = json.loads(args.from_json.read_text()) if args.from_json else measure(args)
     out = args.out or default_results("quant-quality", data["preset"])
-    if not args.from_json:
-        results.write_json(out, data)
-        print(f"wrote {out}")
-    body = render(data)
-    print(body)
-    if args.markdown:
-        update_markdown_section(f"quant_quality:{data['preset']}", body)
+    results.publish(args, data, out, f"quant_quality:{data['preset']}", render(data))
     return 0
 
 

@@ -76,3 +76,16 @@ def write_json(path: Path | str, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def publish(args: argparse.Namespace, data: dict, out: Path, section: str, body: str) -> None:
+    """The end of a measure-or-reread script: the results JSON (unless re-rendered ``--from-json``), the
+    report on stdout, and with ``--markdown`` its section of BENCHMARKS.md."""
+    from .markdown import update_markdown_section
+
+    if not args.from_json:
+        write_json(out, data)
+        print(f"wrote {out}")
+    print(body)
+    if args.markdown:
+        update_markdown_section(section, body)

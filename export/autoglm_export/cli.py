@@ -406,6 +406,27 @@ def ios(
     )
 
 
+def _relaunch(nproc: int, opts, batch_size: int | None = None) -> None:
+    """``--nproc N``: the same command line as N processes under torchrun (not when already under it);
+    the options are checked first, so a bad one is one error line, not one per process."""
+    from .quantize import distributed
+
+    if nproc < 1:
+        raise InputError(f"--nproc {nproc}: expected at least 1")
+    if nproc > 1 and not distributed.under_torchrun():
+        opts.check()
+        if batch_size is not None:
+            distributed.check_batch(batch_size, distributed.Ranks(0, nproc))
+        raise typer.Exit(distributed.relaunch(nproc, sys.argv[1:]))
+
+
+def _written(path: Path) -> None:
+    from .quantize import distributed
+
+    if distributed.is_rank_zero():
+        console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
+
+
 @app.command()
 @guarded
 def calibrate(
@@ -425,6 +446,7 @@ def calibrate(
     seq_len: opt.SeqLen = 256,
     damp: float = typer.Option(0.01, "--damp", help="GPTQ dampening, a fraction of the mean Hessian diagonal."),
     max_context: opt.MaxContext = None,
+    nproc: opt.Nproc = 1,
     force: opt.Force = False,
 ):
     """Post-training quantization with calibration (GPTQ) through the full multimodal path; writes a quantized checkpoint."""
@@ -443,8 +465,9 @@ def calibrate(
         damp=damp,
         force=force,
     )
+    _relaunch(nproc, opts)
     path = run_calibrate(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
-    console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
+    _written(path)
 
 
 @app.command()
@@ -465,6 +488,9 @@ def qat(
     train_encoders: bool = typer.Option(
         False, "--train-encoders", help="Also update the vision/audio towers (default: frozen, still fake-quantized)."
     ),
+    batch_size: int = typer.Option(
+        1, "--batch-size", help="Samples per step, over all processes (a multiple of their number)."
+    ),
     quant: opt.CalibrationQuant = "8da4w",
     group_size: opt.CalibrationGroupSize = 32,
     quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
@@ -473,6 +499,7 @@ def qat(
     text_windows: opt.TextWindows = 32,
     seq_len: opt.SeqLen = 256,
     max_context: opt.MaxContext = None,
+    nproc: opt.Nproc = 1,
     force: opt.Force = False,
 ):
     """Quantization-aware training (torchao QATConfig) distilled from the fp model; writes a quantized checkpoint."""
@@ -490,14 +517,16 @@ def qat(
         save_every=save_every,
         resume=resume,
         train_encoders=train_encoders,
+        batch_size=batch_size,
         data=data,
         max_prompts=max_prompts,
         text_windows=text_windows,
         seq_len=seq_len,
         force=force,
     )
+    _relaunch(nproc, opts, batch_size)
     path = run_qat(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
-    console.print(f"[green]quantized checkpoint written to {path}[/]; export it with --quantized-checkpoint {path}")
+    _written(path)
 
 
 @app.command()

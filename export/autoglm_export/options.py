@@ -93,6 +93,14 @@ TextWindows = Annotated[
     int, typer.Option("--text-windows", help="Text-only samples of --seq-len tokens from the calibration text.")
 ]
 SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per text-only sample.")]
+Nproc = Annotated[
+    int,
+    typer.Option(
+        "--nproc",
+        help="Run as N processes on this machine under torchrun (gloo on CPU, NCCL with one GPU each); "
+        "across machines, start it with torchrun yourself (README).",
+    ),
+]
 
 
 def parse_hw(value: str | None) -> tuple[int, int] | None:

@@ -9,6 +9,10 @@ dequantized weights back so later blocks see quantized inputs -> quantized check
 
 Memory: one model; per block one [in, in] Gram matrix per linear; no activations are kept between
 blocks (each block re-runs the samples from the input, cutting the forward short after the block).
+
+On several ranks (``distributed.py``) each rank runs its share of the samples, the Gram matrices are
+summed over ranks, each rank runs GPTQ on its share of the block's linears and sends the integers to
+the others: every rank then holds the same quantized block before the next one.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from ..errors import ExportError
 from ..request import ModelRequest
 from ..stages import Stages
 from ..summary import model_summary
-from . import qcheckpoint
+from . import distributed, qcheckpoint
+from .distributed import ONE, Ranks
 from .gptq import HessianAccumulator, gptq_quantize
 from .qcheckpoint import QuantizedLinear
 from .recipes import QuantRecipe
@@ -56,6 +61,8 @@ class CalibrateOptions:
             raise ExportError(f"--damp {self.damp}: expected a fraction between 0 and 1")
         if self.seq_len < 8:
             raise ExportError(f"--seq-len {self.seq_len}: too short to calibrate on")
+        if self.out.exists() and not self.force:
+            raise ExportError(f"{self.out} exists; pass --force to overwrite")
 
 
 # ----------------------------------------------------------------------------- block-wise forward
@@ -100,18 +107,53 @@ def _run_sample(model, sample: Sample, spec, tower: str, cached: dict | None) ->
         model.text_decoder(embeds, torch.arange(n), torch.from_numpy(sample.position_ids))
 
 
-def _encoder_outputs(model, samples: list[Sample]) -> list[dict]:
-    """The (already quantized) encoders' outputs, computed once for all text blocks."""
-    out = []
+def _encoder_outputs(model, samples: list[Sample], mine: range) -> list[dict | None]:
+    """The (already quantized) encoders' outputs, computed once for all text blocks (for the samples in
+    ``mine``; None for the others)."""
+    out: list[dict | None] = [None] * len(samples)
     with torch.no_grad():
-        for s in samples:
-            out.append(
-                {
-                    "vision": model.vision_encoder(torch.from_numpy(s.pixels)) if s.pixels is not None else None,
-                    "audio": model.audio_encoder(torch.from_numpy(s.features)) if s.features is not None else None,
-                }
-            )
+        for i in mine:
+            s = samples[i]
+            out[i] = {
+                "vision": model.vision_encoder(torch.from_numpy(s.pixels)) if s.pixels is not None else None,
+                "audio": model.audio_encoder(torch.from_numpy(s.features)) if s.features is not None else None,
+            }
     return out
+
+
+def _method(method: str, acc: HessianAccumulator) -> str:
+    return "rtn" if method == "rtn" or acc.tokens == 0 else "gptq"
+
+
+def _quantize_linear(fqn: str, mod: nn.Linear, acc: HessianAccumulator, bits: int, group: int, method: str, damp):
+    """(QuantizedLinear, stats) of one linear from its inputs' Gram matrix."""
+    from . import grid
+
+    if _method(method, acc) == "rtn":
+        if method != "rtn":
+            log.warning("%s saw no calibration tokens (an unrouted expert?); round-to-nearest", fqn)
+        codes, scales = grid.round_to_nearest(mod.weight, bits, group)
+        return QuantizedLinear(codes, scales, bits), {"tokens": acc.tokens, "method": "rtn"}
+    r = gptq_quantize(mod.weight, acc, bits, group, damp=damp)
+    stats = {"tokens": acc.tokens, "method": "gptq", "output_mse": r.loss, "rtn_output_mse": r.rtn_loss}
+    return QuantizedLinear(r.codes, r.scales, bits), stats
+
+
+def _linear_from_owner(ranks: Ranks, k: int, fqn: str, mod, acc, bits: int, group: int, method: str, damp):
+    """Linear ``k`` of a block, quantized by the rank that owns it and sent to the others (GPTQ of one
+    linear depends only on its weight and its summed Gram matrix, which every rank holds: exact)."""
+    if ranks.owner(k) == ranks.rank:
+        q, stats = _quantize_linear(fqn, mod, acc, bits, group, method, damp)
+    else:
+        out_f, in_f = mod.weight.shape
+        q = QuantizedLinear(torch.empty(out_f, in_f, dtype=torch.int8), torch.empty(out_f, in_f // group), bits)
+        stats = {"tokens": acc.tokens, "method": _method(method, acc)}
+    if ranks.distributed:
+        mse = torch.tensor([stats.get("output_mse", 0.0), stats.get("rtn_output_mse", 0.0)], dtype=torch.float64)
+        ranks.share_(k, q.codes, q.scales, mse)
+        if stats["method"] == "gptq":
+            stats |= {"output_mse": float(mse[0]), "rtn_output_mse": float(mse[1])}
+    return q, stats
 
 
 @torch.no_grad()
@@ -123,13 +165,13 @@ def calibrate_model(
     method: str = "gptq",
     damp: float = 0.01,
     progress=None,
+    ranks: Ranks = ONE,
 ) -> tuple[dict[str, QuantizedLinear], dict]:
     """Quantize every linear the recipe covers, in place (weights become their dequantized codes).
 
     Returns (fqn -> QuantizedLinear, per-layer stats). ``progress(done, total, block)`` is called per block.
+    ``ranks``: this process's share of the work when several run it (the result is the same on each).
     """
-    from . import grid
-
     targets = qcheckpoint.quantizable_linears(model, recipe)
     blocks = _blocks(model, targets)
     modules = dict(model.named_modules())
@@ -139,7 +181,7 @@ def calibrate_model(
     for done, (block, linears) in enumerate(blocks):
         tower = block.split(".")[0]
         if tower == "text" and cached is None:
-            cached = _encoder_outputs(model, samples)
+            cached = _encoder_outputs(model, samples, ranks.mine(len(samples)))
         accs = {fqn: HessianAccumulator(targets[fqn][0].in_features) for fqn in linears}
         hooks = [
             modules[fqn].register_forward_pre_hook(lambda m, args, acc=accs[fqn]: acc.add(args[0])) for fqn in linears
@@ -150,32 +192,19 @@ def calibrate_model(
 
         hooks.append(modules[block].register_forward_hook(stop))
         try:
-            for i, s in enumerate(samples):
+            for i in ranks.mine(len(samples)):
                 try:
-                    _run_sample(model, s, spec, tower, cached[i] if cached else None)
+                    _run_sample(model, samples[i], spec, tower, cached[i] if cached else None)
                 except _StopForward:
                     pass
         finally:
             for h in hooks:
                 h.remove()
-        for fqn in linears:
+        for acc in accs.values():
+            acc.merge(ranks)
+        for k, fqn in enumerate(linears):
             mod, bits, group = targets[fqn]
-            acc = accs[fqn]
-            if method == "rtn" or acc.tokens == 0:
-                if method != "rtn":
-                    log.warning("%s saw no calibration tokens (an unrouted expert?); round-to-nearest", fqn)
-                codes, scales = grid.round_to_nearest(mod.weight, bits, group)
-                stats[fqn] = {"tokens": acc.tokens, "method": "rtn"}
-            else:
-                r = gptq_quantize(mod.weight, acc, bits, group, damp=damp)
-                codes, scales = r.codes, r.scales
-                stats[fqn] = {
-                    "tokens": acc.tokens,
-                    "method": "gptq",
-                    "output_mse": r.loss,
-                    "rtn_output_mse": r.rtn_loss,
-                }
-            result[fqn] = QuantizedLinear(codes, scales, bits)
+            result[fqn], stats[fqn] = _linear_from_owner(ranks, k, fqn, mod, accs[fqn], bits, group, method, damp)
             mod.weight.copy_(result[fqn].dequantize().to(mod.weight.dtype))
         if progress:
             progress(done + 1, len(blocks), block)
@@ -187,12 +216,16 @@ def calibrate_model(
 
 
 @contextmanager
-def block_progress(method: str):
+def block_progress(method: str, shown: bool = True):
     """``progress(done, total, block)`` for calibrate_model: a live bar on a terminal, one log line per
-    block otherwise (a bar is invisible in logs and CI, and GPTQ takes minutes at full size)."""
+    block otherwise (a bar is invisible in logs and CI, and GPTQ takes minutes at full size); nothing
+    where not ``shown`` (ranks other than 0)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if not shown:
+        yield None
+        return
     console = Console(stderr=True)
     if not console.is_terminal:
         yield lambda done, total, block: log.info("  %s block %d/%d: %s", method, done, total, block)
@@ -211,9 +244,13 @@ def block_progress(method: str):
 
 
 def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
+    """One process, or each of the ranks under torchrun (rank 0 logs and writes ``opts.out``)."""
     opts.check()
-    if opts.out.exists() and not opts.force:
-        raise ExportError(f"{opts.out} exists; pass --force to overwrite")
+    with distributed.join() as ranks:
+        return _calibrate(request, opts, ranks)
+
+
+def _calibrate(request: ModelRequest, opts: CalibrateOptions, ranks: Ranks) -> Path:
     stages = Stages()
     cal = load_calibration_set(opts.data)  # before the model: a missing set fails fast
     with stages.stage("load model"):
@@ -233,9 +270,9 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
     )
     summary = model_summary(src)  # before any weight changes (the fingerprint the exporters check)
     t0 = time.perf_counter()
-    with stages.stage(f"{opts.method} block by block"), block_progress(opts.method) as progress:
+    with stages.stage(f"{opts.method} block by block"), block_progress(opts.method, ranks.main) as progress:
         linears, stats = calibrate_model(
-            src.model, src.spec, samples, opts.recipe, opts.method, opts.damp, progress=progress
+            src.model, src.spec, samples, opts.recipe, opts.method, opts.damp, progress=progress, ranks=ranks
         )
     gptq = [s for s in stats.values() if s.get("method") == "gptq"]
     mse = sum(s["output_mse"] for s in gptq)
@@ -262,6 +299,11 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
             "layers": stats,
         },
     }
+    if ranks.distributed:
+        config["calibration"]["ranks"] = ranks.world
+    if not ranks.main:  # every rank holds the same result; rank 0 writes it
+        ranks.barrier()
+        return opts.out
     with stages.stage(f"write {opts.out}"):
         qc = qcheckpoint.from_model(src.model, linears, config)
         qcheckpoint.save(qc, opts.out, force=opts.force)
@@ -271,4 +313,5 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
         len(linears),
         sum(f.stat().st_size for f in opts.out.iterdir()) / 1e6,
     )
+    ranks.barrier()
     return opts.out

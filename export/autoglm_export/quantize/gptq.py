@@ -29,6 +29,12 @@ class HessianAccumulator:
         self.h += (x.T @ x).double()  # fp32 products per batch, fp64 running sum
         self.tokens += x.shape[0]
 
+    def merge(self, ranks) -> None:
+        """Sum over ranks that each saw a share of the samples (``distributed.Ranks``; one rank: nothing)."""
+        if ranks.distributed:
+            ranks.sum_(self.h)
+            self.tokens = int(ranks.sum_(torch.tensor([self.tokens], dtype=torch.int64))[0])
+
 
 @dataclass
 class GPTQResult:

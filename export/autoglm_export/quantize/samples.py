@@ -73,9 +73,10 @@ def build_samples(
     return samples
 
 
-def spliced_embeds(model, sample: Sample, spec, vision=None, audio=None) -> torch.Tensor:
-    """[1, S, D] token embeddings with the image / audio placeholder rows replaced by encoder outputs."""
-    ids = torch.from_numpy(sample.token_ids)[None]
+def spliced_embeds(model, sample: Sample, spec, vision=None, audio=None, device=None) -> torch.Tensor:
+    """[1, S, D] token embeddings with the image / audio placeholder rows replaced by encoder outputs
+    (``device``: where the model computes, when not the CPU)."""
+    ids = torch.from_numpy(sample.token_ids)[None].to(device)
     embeds = model.token_embedding(ids)
     if vision is None and audio is None:
         return embeds
