@@ -309,6 +309,11 @@ def onnx(
         "int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."
     ),
     block_size: opt.BlockSize = None,
+    int8_activations: bool = typer.Option(
+        False,
+        "--int8-activations",
+        help="MatMulNBits accuracy_level 4: activations quantized to int8 at run time (faster; its own parity limits).",
+    ),
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_seq_len: int = typer.Option(
         128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."
@@ -330,7 +335,11 @@ def onnx(
         "onnx",
         request,
         OnnxOptions(
-            out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len, validate=validate, force=force
+            out=out,
+            quant=OnnxQuant(quant, block_size, 4 if int8_activations else 0),
+            max_seq_len=max_seq_len,
+            validate=validate,
+            force=force,
         ),
     )
 
