@@ -321,7 +321,8 @@ def analysis_lines(r: dict) -> list[str]:
         )
     if where:
         out.append("- **Where decode time goes:** " + ". ".join(where) + ".")
-    d = (pte.get("delegation") or {}).get("text_decoder")
+    delegation = pte.get("delegation") or {}
+    d = delegation.get("text_decoder_step") or delegation.get("text_decoder")  # the method a decode step runs
     if d:
         top = d.get("top_non_delegated_ops", {})
         causes = []
@@ -341,7 +342,7 @@ def analysis_lines(r: dict) -> list[str]:
             )
         causes.append("update_cache/custom_sdpa (by design)")
         out.append(
-            f"- **Why {d['delegated_subgraphs']} subgraphs per step:** {d['non_delegated_nodes']} text_decoder nodes stay "
+            f"- **Why {d['delegated_subgraphs']} subgraphs per step:** {d['non_delegated_nodes']} decode-step nodes stay "
             f"outside XNNPACK, and each one between two delegated ops splits the graph: " + "; ".join(causes) + "."
         )
     out.append(
@@ -399,5 +400,6 @@ def analysis_lines(r: dict) -> list[str]:
 
 
 def _subgraphs(r: dict) -> str:
-    d = (r["pte"].get("delegation") or {}).get("text_decoder")
+    delegation = r["pte"].get("delegation") or {}
+    d = delegation.get("text_decoder_step") or delegation.get("text_decoder")
     return str(d["delegated_subgraphs"]) if d else "the"

@@ -2,7 +2,8 @@
 
 The ExecuTorch target of ``pipeline.export_bundle``: the eager model is quantized in place with
 torchao (``twin.py``), then that very model is torch.exported and lowered (``lower.py``), with the
-decoder's attention swapped for ExecuTorch's fused kernels (``attention.py``) during lowering only.
+decoder's attention swapped for ExecuTorch's fused kernels (``attention.py``) and its graph made
+delegable, plus a single-token ``text_decoder_step`` (``decoder.py``), during lowering only.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ...components import COMPONENTS, components
+from ...components import COMPONENTS
 from ...errors import ExportError
 from ...quantize import QuantRecipe
 from ...source import ModelSource
 from ...stages import memory
 from .. import ExportOptions, Job, Target, register_target
-from .attention import executorch_attention
+from .decoder import executorch_decoder
 from .lower import check_backend, lower
 from .twin import quantize_twin
 
@@ -108,10 +109,10 @@ class ExecuTorchTarget(Target):
         opts, src = job.options, job.src
         with (
             job.stages.stage(f"export + lower ({opts.backend})"),
-            executorch_attention(src.model, opts.uses_custom_ops),
+            executorch_decoder(src.model, opts.max_seq_len, opts.uses_custom_ops) as comps,
         ):
             lowered = lower(
-                components(src.model, opts.max_seq_len),
+                comps,
                 constant_methods(src, opts.max_seq_len),
                 opts.backend,
                 opts.soc,
