@@ -76,6 +76,7 @@ def profile_decode_step(pte: Path, hidden: int, position: int, steps: int = 24) 
     return {
         "steps": steps,
         "position": position,
+        "method": method,
         "wall_ms_median": float(np.median(wall[2:])) * 1e3,
         "execute_ms": total,
         "delegate_calls": n_delegate,
@@ -105,7 +106,7 @@ def profile_lines(r: dict) -> list[str]:
     gemm_calls = sum(v["calls"] for v in gemm.values())
     lines = [
         (
-            f"one text_decoder decode step at position {prof['position']}: {total:.2f} ms in Method::execute "
+            f"one {prof.get('method', 'text_decoder')} decode step at position {prof['position']}: {total:.2f} ms in Method::execute "
             f"(wall with ETDump on {prof['wall_ms_median']:.2f} ms; without it {r['executorch']['decode']['ms_per_token_decoder_only']['median']:.2f} ms)"
         ),
         f"  XNNPACK: {prof['delegate_calls']} delegate calls, {prof['delegate_ms']:.2f} ms ({pct(prof['delegate_ms'])})",
