@@ -273,6 +273,11 @@ def android(
     custom_ops: bool = typer.Option(
         True, "--custom-ops/--no-custom-ops", help="Use ExecuTorch's update_cache/custom_sdpa kernels in the decoder."
     ),
+    decode_step: bool = typer.Option(
+        True,
+        "--decode-step/--no-decode-step",
+        help="Add text_decoder_step (one token, static shapes) for decode; XNNPACK packs its weights again at load.",
+    ),
     force: opt.Force = False,
 ):
     """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
@@ -294,6 +299,7 @@ def android(
             validate=validate,
             force=force,
             custom_ops=custom_ops,
+            decode_step=decode_step,
         ),
     )
 

@@ -411,6 +411,8 @@ def test_decode_step_is_one_xnnpack_subgraph_per_layer(exported):
     router, top-k and scatter, stays outside too: only dense decoders get the count bound.)"""
     manifest = _manifest(exported)
     cfg = _config(exported)
+    if not manifest["decode_step"]:
+        pytest.skip("exported with --no-decode-step")
     step = manifest["delegation"]["text_decoder_step"]
     if cfg["model_type"] == "glm4v":
         assert step["delegated_subgraphs"] <= cfg["text_config"]["num_hidden_layers"] + 2, step
@@ -428,7 +430,7 @@ def _expected_methods(manifest: dict) -> dict:
     def t(name, shape, dtype="float32"):
         return {"name": name, "shape": shape, "dtype": dtype}
 
-    return {
+    expected = {
         "vision_encoder": {
             "inputs": [t("pixel_values", [patches, patch_dim])],
             "outputs": [t("image_embeds", [rt["image_tokens"], hidden])],
@@ -460,6 +462,9 @@ def _expected_methods(manifest: dict) -> dict:
         },
         "reset_cache": {"inputs": [], "outputs": [t("done", [1])]},
     }
+    if not manifest["decode_step"]:  # --no-decode-step (the MoE bundles)
+        del expected["text_decoder_step"]
+    return expected
 
 
 def _sized(shape, seq):
@@ -471,8 +476,11 @@ def test_methods_in_the_manifest_match_the_program(exported):
     assert manifest["methods"] == _expected_methods(manifest)
     backend = ExecuTorchBackend.from_bundle(open_bundle(exported.out))
     program = backend.program
-    assert program.method_names == set(METHODS) | set(manifest["constant_methods"])
-    for name in METHODS:
+    methods = [m for m in METHODS if m in manifest["methods"]]
+    assert manifest["decode_step"] == ("text_decoder_step" in methods) == exported.name.startswith("tiny")
+    assert backend.has_step_method == manifest["decode_step"]
+    assert program.method_names == set(methods) | set(manifest["constant_methods"])
+    for name in methods:
         spec = manifest["methods"][name]
         # exported upper bounds: "seq" is max_seq_len
         assert program.input_bounds(name) == [_sized(i["shape"], MAX_SEQ_LEN) for i in spec["inputs"]], name

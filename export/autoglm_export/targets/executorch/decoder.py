@@ -12,7 +12,10 @@ ones. While lowering, with the same weights and the same math as ``model.text``:
 - the cache position becomes an int once per call, not once per layer;
 - a second method, ``text_decoder_step``, takes exactly one token: every reshape is static, so
   delegable. It shares the KV cache with ``text_decoder`` (same buffer names; the program is emitted
-  with ``share_mutable_buffers``), so a prompt prefilled by one is decoded by the other.
+  with ``share_mutable_buffers``), so a prompt prefilled by one is decoded by the other. Its weights are
+  stored once in the .pte, but XNNPACK packs them again when the method loads (measured on ``small``:
+  +124 MB RSS, about the decoder's int4 bytes), and on this machine it decoded no faster than
+  ``text_decoder`` with the rewrites above (BENCHMARKS.md): ``--no-decode-step`` leaves it out.
 
 What is left outside XNNPACK per layer is ExecuTorch's ``update_cache`` x2 and ``custom_sdpa``.
 """
@@ -124,9 +127,9 @@ def _swap_modules(text) -> list[tuple[nn.Module, str, nn.Module]]:
 
 
 @contextmanager
-def executorch_decoder(model, max_seq_len: int, enabled: bool = True):
+def executorch_decoder(model, max_seq_len: int, enabled: bool = True, step: bool = True):
     """The components to lower, with the decoder above while ``enabled`` (the llama:: kernels are
-    used); the eager model (the parity reference's) back afterwards."""
+    used), plus ``text_decoder_step`` with ``step``; the eager model (the parity reference's) back afterwards."""
     comps = components(model, max_seq_len)
     if not enabled:
         yield comps
@@ -140,7 +143,9 @@ def executorch_decoder(model, max_seq_len: int, enabled: bool = True):
             for comp in comps:
                 if comp.name == "text_decoder":
                     comp = replace(comp, module=ExecuTorchDecoderEntry(model, rotary))
-                    out += [comp, step_component(comp, ExecuTorchDecoderEntry(model, rotary), text.hidden_size)]
+                    out.append(comp)
+                    if step:
+                        out.append(step_component(comp, ExecuTorchDecoderEntry(model, rotary), text.hidden_size))
                 else:
                     out.append(comp)
             yield out

@@ -34,6 +34,8 @@ class ExecuTorchOptions(ExportOptions):
     backend: str = "xnnpack"
     soc: str | None = None
     custom_ops: bool = True  # ExecuTorch's update_cache + custom_sdpa kernels in the decoder
+    # text_decoder_step (decoder.py): XNNPACK packs its weights again at load, about the decoder's int4 bytes
+    decode_step: bool = True
 
     @property
     def uses_custom_ops(self) -> bool:
@@ -109,7 +111,7 @@ class ExecuTorchTarget(Target):
         opts, src = job.options, job.src
         with (
             job.stages.stage(f"export + lower ({opts.backend})"),
-            executorch_decoder(src.model, opts.max_seq_len, opts.uses_custom_ops) as comps,
+            executorch_decoder(src.model, opts.max_seq_len, opts.uses_custom_ops, opts.decode_step) as comps,
         ):
             lowered = lower(
                 comps,
@@ -154,6 +156,7 @@ class ExecuTorchTarget(Target):
             "constant_methods": lowered.constant_methods,
             "delegation": lowered.delegation,
             "custom_ops": opts.uses_custom_ops,
+            "decode_step": "text_decoder_step" in lowered.methods,
         }
 
     def options_from_manifest(self, manifest: dict) -> ExecuTorchOptions:
@@ -164,4 +167,5 @@ class ExecuTorchTarget(Target):
             backend=manifest.get("backend", "xnnpack"),
             soc=manifest.get("soc"),
             custom_ops=bool(manifest.get("custom_ops", True)),
+            decode_step=bool(manifest.get("decode_step", False)),
         )
