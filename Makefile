@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test android parity calibrate qat android-calibrated quant-quality demo-test demo-traces help
+.PHONY: install lint test android parity calibrate qat android-calibrated quant-quality demo-test demo-traces peer-venv help
 
 help:
 	@echo "make install  - create .venv with pinned dependencies (torch==2.13.0 CPU)"
@@ -22,6 +22,7 @@ help:
 	@echo "make demo-test - export the tiny model, golden traces, javac + JUnit of android_demo's engine, parse + name-check both apps"
 	@echo "make demo-traces - only the bundles and golden traces in build/demo (for swift test on a Mac)"
 	@echo "make quant-quality - fp32 / RTN / GPTQ / QAT quality table (bench/quant_quality.py) into BENCHMARKS.md"
+	@echo "make peer-venv - the optimum-executorch peer's own venv (PEER_VENV, default /work/venv-peer) for bench/android_peer.py"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 required)" >&2; exit 1; }
@@ -70,3 +71,8 @@ demo-test: $(STAMP)
 
 demo-traces: $(STAMP)
 	PY=$(PY) bash tests/demo/demo_test.sh --traces-only
+
+# The optimum-executorch peer pins its own transformers: its own venv, for bench/android_peer.py (not CI).
+PEER_VENV ?= /work/venv-peer
+peer-venv:
+	PYTHON=$(PYTHON) bash bench/peer/make_venv.sh $(PEER_VENV)

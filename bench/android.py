@@ -43,8 +43,8 @@ from android_probes import linears_probe, paired_rounds
 from android_profile import profile_decode_step
 from android_report import render
 from harness import results
-from harness.backend_timing import measure_backend, workload
-from harness.bundles import ExportFailed, add_worker_flag, export_or_reuse, run_export_worker
+from harness.backend_timing import measure_backend, model_workload
+from harness.bundles import ExportFailed, add_worker_flag, dispatch, export_or_reuse
 from harness.load import LoadMonitor, wait_quiet
 from harness.machine import machine_info, memory_bandwidth
 from harness.memory import current_rss_bytes, peak_rss_bytes
@@ -151,14 +151,9 @@ def request_and_options(out: Path, args: argparse.Namespace) -> tuple:
 
 def main() -> int:
     args = parse_args()
-    if args.export_worker is not None:
-        return run_export_worker(args.export_worker, "executorch", request_and_options)
-
-    from rich.console import Console
-
-    console = Console()
-    if args.from_json is not None:
-        return render(json.loads(args.from_json.read_text()), args.markdown, console)
+    done, console = dispatch(args, "executorch", request_and_options, render)
+    if console is None:
+        return done
     out = args.out or default_results("android", args.preset)
     out_str = repo_relative(out)
     onnx_args = onnx_leg_args(args) if args.with_onnx else None
@@ -322,14 +317,7 @@ def measure_and_report(
     if n_prefill + n_decode > shape.max_context:
         console.print(f"[red]--prefill-tokens + --decode-tokens must fit max_context {shape.max_context}[/red]")
         return 2
-    mel_shape = (1, model.audio.cfg.num_mel_bins, model.audio.num_frames) if model.audio else None
-    kw = workload(
-        args,
-        hidden=hidden,
-        pixel_shape=(model.vision.num_patches, model.vision.patch_dim),
-        mel_shape=mel_shape,
-        console=console,
-    )
+    kw = model_workload(args, model, console)
 
     et, pte_result, et_threads = time_pte(pte, args.threads, kw, console)
     gc.collect()

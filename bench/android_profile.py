@@ -13,7 +13,7 @@ from harness.units import GB, fmt_mb
 
 
 def profile_decode_step(pte: Path, hidden: int, position: int, steps: int = 24) -> dict:
-    """ETDump of ``steps`` text_decoder decode steps (seq 1, at ``position``) on a separately loaded copy.
+    """ETDump of ``steps`` decode steps (``text_decoder_step`` when the program has it, else ``text_decoder``) (seq 1, at ``position``) on a separately loaded copy.
 
     The runtime groups identical runs into one event block; every event keeps one time per run, and
     this takes the median per event. Top level of a step: ``DELEGATE_CALL`` events (one per XNNPACK
@@ -25,13 +25,16 @@ def profile_decode_step(pte: Path, hidden: int, position: int, steps: int = 24) 
     from executorch.devtools import Inspector
     from executorch.extension.pybindings import portable_lib
 
+    from autoglm_runtime.backends.executorch_backend import STEP_METHOD
+
     module = portable_lib._load_for_executorch(str(pte), enable_etdump=True, debug_buffer_size=0)
+    method = STEP_METHOD if STEP_METHOD in module.method_names() else "text_decoder"  # what a decode step calls
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 1, hidden), dtype=np.float32))
     wall = []
     for i in range(steps):  # the cache content does not matter for timing; positions do (sdpa length)
         pos = torch.tensor([position + i])
         t0 = time.perf_counter()
-        module.run_method("text_decoder", (x, pos, pos.expand(3, -1).contiguous()))
+        module.run_method(method, (x, pos, pos.expand(3, -1).contiguous()))
         wall.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "etdump.etdp"
@@ -73,6 +76,7 @@ def profile_decode_step(pte: Path, hidden: int, position: int, steps: int = 24) 
     return {
         "steps": steps,
         "position": position,
+        "method": method,
         "wall_ms_median": float(np.median(wall[2:])) * 1e3,
         "execute_ms": total,
         "delegate_calls": n_delegate,
@@ -102,7 +106,7 @@ def profile_lines(r: dict) -> list[str]:
     gemm_calls = sum(v["calls"] for v in gemm.values())
     lines = [
         (
-            f"one text_decoder decode step at position {prof['position']}: {total:.2f} ms in Method::execute "
+            f"one {prof.get('method', 'text_decoder')} decode step at position {prof['position']}: {total:.2f} ms in Method::execute "
             f"(wall with ETDump on {prof['wall_ms_median']:.2f} ms; without it {r['executorch']['decode']['ms_per_token_decoder_only']['median']:.2f} ms)"
         ),
         f"  XNNPACK: {prof['delegate_calls']} delegate calls, {prof['delegate_ms']:.2f} ms ({pct(prof['delegate_ms'])})",

@@ -321,7 +321,8 @@ def analysis_lines(r: dict) -> list[str]:
         )
     if where:
         out.append("- **Where decode time goes:** " + ". ".join(where) + ".")
-    d = (pte.get("delegation") or {}).get("text_decoder")
+    delegation = pte.get("delegation") or {}
+    d = delegation.get("text_decoder_step") or delegation.get("text_decoder")  # the method a decode step runs
     if d:
         top = d.get("top_non_delegated_ops", {})
         causes = []
@@ -341,15 +342,23 @@ def analysis_lines(r: dict) -> list[str]:
             )
         causes.append("update_cache/custom_sdpa (by design)")
         out.append(
-            f"- **Why {d['delegated_subgraphs']} subgraphs per step:** {d['non_delegated_nodes']} text_decoder nodes stay "
+            f"- **Why {d['delegated_subgraphs']} subgraphs per step:** {d['non_delegated_nodes']} decode-step nodes stay "
             f"outside XNNPACK, and each one between two delegated ops splits the graph: " + "; ".join(causes) + "."
         )
     out.append(
-        f"- **What would {'cut the rest' if met else 'close the gap'}:** (1) fewer partitions and fewer portable kernels per step: RMSNorm as "
-        "`x * rsqrt(F.linear(x * x, full((1, D), 1/D)) + eps)` is delegated (checked on a toy layer with a dynamic "
-        "sequence: same output to 2e-6); rotary without slices (cos/sin padded to head_dim with 1/0, the pair rotation "
-        "as a constant [head_dim, head_dim] matrix) removes the slices; a static seq-1 decode method would make every "
-        "reshape and slice static, hence delegable. (2) custom_sdpa is per-call cost at ~100 positions, not bandwidth. "
+        f"- **What would {'cut the rest' if met else 'close the gap'}:** (1) "
+        + (
+            "done in this program: `text_decoder_step` (static seq 1; RMSNorm's mean as a linear, rotary by constant "
+            "matrices, the MLP halves by static slices) leaves only the llama:: cache/attention kernels between "
+            "XNNPACK subgraphs. "
+            if "text_decoder_step" in delegation
+            else "fewer partitions and fewer portable kernels per step: RMSNorm as "
+            "`x * rsqrt(F.linear(x * x, full((1, D), 1/D)) + eps)` is delegated (checked on a toy layer with a dynamic "
+            "sequence: same output to 2e-6); rotary without slices (cos/sin padded to head_dim with 1/0, the pair "
+            "rotation as a constant [head_dim, head_dim] matrix) removes the slices; a static seq-1 decode method would "
+            "make every reshape and slice static, hence delegable. "
+        )
+        + "(2) custom_sdpa is per-call cost at ~100 positions, not bandwidth. "
         "(3) On a phone, where ~120 MB cannot stay in cache, bytes matter: lm_head is 32.8M of the 209M decoder linear "
         "weights, and group size 64/128 halves/quarters the bf16 scale bytes (-5%/-8% per token) at some accuracy cost."
     )
@@ -399,5 +408,6 @@ def analysis_lines(r: dict) -> list[str]:
 
 
 def _subgraphs(r: dict) -> str:
-    d = (r["pte"].get("delegation") or {}).get("text_decoder")
+    delegation = r["pte"].get("delegation") or {}
+    d = delegation.get("text_decoder_step") or delegation.get("text_decoder")
     return str(d["delegated_subgraphs"]) if d else "the"

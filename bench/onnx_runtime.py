@@ -18,8 +18,8 @@ In one run:
 5. Where a decode step goes: onnxruntime's profiler on a separate decoder session, time per op type
    (``--no-profile`` skips it).
 6. The int8-activation probe: the same decoder with ``accuracy_level=4`` on its MatMulNBits (int8
-   activations, as ExecuTorch's 8da4w), timed the same way. Not what the exporter ships: its numerics
-   differ (reported); it shows what onnxruntime's int8 kernels would give (``--no-int8-probe``).
+   activations, as ExecuTorch's 8da4w), timed the same way: what ``autoglm-export onnx --int8-activations``
+   exports (its numerics differ, reported; that option has its own parity thresholds) (``--no-int8-probe``).
 7. The decode bandwidth floor: the decoder graph's weight bytes plus one token-embedding row, over
    the bandwidth probe of this run; and this graph's whole-KV-cache traffic per step.
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from harness import results
 from harness.backend_timing import measure_backend, workload
-from harness.bundles import ExportFailed, add_worker_flag, export_or_reuse, run_export_worker
+from harness.bundles import ExportFailed, add_worker_flag, dispatch, export_or_reuse
 from harness.load import LoadMonitor, wait_quiet
 from harness.machine import machine_info, memory_bandwidth
 from harness.memory import current_rss_bytes, peak_rss_bytes
@@ -121,14 +121,9 @@ def request_and_options(out: Path, args: argparse.Namespace) -> tuple:
 
 def main() -> int:
     args = parse_args()
-    if args.export_worker is not None:
-        return run_export_worker(args.export_worker, "onnx", request_and_options)
-
-    from rich.console import Console
-
-    console = Console()
-    if args.from_json is not None:
-        return render(json.loads(args.from_json.read_text()), args.markdown, console)
+    done, console = dispatch(args, "onnx", request_and_options, render)
+    if console is None:
+        return done
     return run(args, console)
 
 

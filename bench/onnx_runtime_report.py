@@ -119,7 +119,7 @@ def summary_rows(r: dict) -> list[tuple[str, str]]:
     if probe and "error" not in probe:
         rows.append(
             (
-                f"probe, int8 activations (accuracy_level {INT8_ACCURACY_LEVEL}; not exported)",
+                f"probe, int8 activations (accuracy_level {INT8_ACCURACY_LEVEL}; `onnx --int8-activations`)",
                 (
                     f"prefill {probe['prefill']['tokens_per_s']:.0f} tokens/s, decode "
                     f"{probe['decode']['ms_per_token_with_embedding']['median']:.2f} ms/token; logits differ by "
@@ -300,8 +300,8 @@ def analysis_lines(r: dict) -> list[str]:
             f"fly, per block here, per token in ExecuTorch's 8da4w) decodes at {pd:.2f} ms/token ({dec / pd:.1f}x the shipped graph's speed) and prefills "
             f"{probe['prefill']['tokens_per_s']:.0f} tokens/s; its logits move by {probe['logits_rel_max_abs']:.1e} x "
             f"their max on random inputs (top-1 agrees on {100 * probe['top1_agreement']:.0f}% of "
-            f"{probe['compared_positions']} positions). Not what `autoglm-export onnx` ships: it would need an "
-            "exporter option and parity thresholds for dynamic int8."
+            f"{probe['compared_positions']} positions). `autoglm-export onnx --int8-activations` exports these graphs, "
+            "gated by their own parity thresholds (quant kind `int8_activations`)."
         )
     files = r["files"]
     emb = files["token_embedding"]

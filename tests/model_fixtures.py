@@ -60,6 +60,8 @@ def moe_options(out: Path, **kw):
     from autoglm_export.quantize import QuantRecipe
     from autoglm_export.targets.executorch.export import ExecuTorchOptions
 
+    # No text_decoder_step: the MoE bundles decode through text_decoder (the tiny bundle has the step).
+    kw.setdefault("decode_step", False)
     return ExecuTorchOptions(
         out=out, recipe=QuantRecipe(linear="8da4w", group_size=GROUP_SIZE), max_seq_len=MAX_SEQ_LEN, **kw
     )

@@ -6,7 +6,8 @@
 - ``memory``: this process's RSS.
 - ``machine``: machine facts (CPU, cores, memory, versions, L3) and the memory-bandwidth probe.
 - ``load``: CPU load from other processes while a benchmark runs; waiting for a quiet machine.
-- ``bundles``: export-or-reuse of a bundle, the export in a child process with its own peak RSS.
+- ``bundles``: export-or-reuse of a bundle, the export in a child process with its own peak RSS; ``dispatch``, a
+  script's first step (the export child, ``--from-json``).
 - ``backend_timing``: prefill / decode / encoders through a runtime backend (ExecuTorch, ONNX Runtime, torch).
 - ``results``: the results JSON (command, run record, header fields).
 - ``markdown``: tables and the idempotent sections of BENCHMARKS.md.

@@ -38,6 +38,13 @@ def workload(args, *, hidden: int, pixel_shape: tuple, mel_shape: tuple | None, 
     }
 
 
+def model_workload(args, model, console) -> dict:
+    """``workload`` for an AutoGLM model: its hidden size and its towers' export-shape inputs."""
+    mel = (1, model.audio.cfg.num_mel_bins, model.audio.num_frames) if model.audio else None
+    pixels = (model.vision.num_patches, model.vision.patch_dim)
+    return workload(args, hidden=model.cfg.text.hidden_size, pixel_shape=pixels, mel_shape=mel, console=console)
+
+
 def measure_backend(
     backend,
     *,

@@ -64,6 +64,19 @@ def run_export_worker(
 # ---- in the parent
 
 
+def dispatch(args: argparse.Namespace, target: str, request_and_options: Callable, render: Callable):
+    """A benchmark's first step: as the export child (``--export-worker``) export and stop; with ``--from-json``
+    re-render and stop. Returns ``(exit code, None)`` then, else ``(None, console)`` to measure with."""
+    if args.export_worker is not None:
+        return run_export_worker(args.export_worker, target, request_and_options), None
+    from rich.console import Console
+
+    console = Console()
+    if args.from_json is not None:
+        return render(json.loads(args.from_json.read_text()), args.markdown, console), None
+    return None, console
+
+
 def run_child(cmd: list[str], log_path: Path) -> dict:
     """Run ``cmd`` from the repository root, output to ``log_path``: its wall time, its peak RSS (what it
     reports with ``print_peak_rss``, else ru_maxrss) and CPU time (``os.wait4``), exit code, and the

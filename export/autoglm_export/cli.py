@@ -286,6 +286,12 @@ def android(
         help="Weights in model.ptd beside a small model.pte (for runtimes that take a data file: ExecuTorch's "
         "C++ Module, LLM runner, Python runtime; the Android Java Module loads a single .pte).",
     ),
+    decode_step: bool = typer.Option(
+        False,
+        "--decode-step/--no-decode-step",
+        help="Add text_decoder_step (one token, static shapes) for decode; no faster than text_decoder here, and "
+        "XNNPACK packs its weights again at load.",
+    ),
     force: opt.Force = False,
 ):
     """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
@@ -308,6 +314,7 @@ def android(
             force=force,
             custom_ops=custom_ops,
             external_weights=external_weights,
+            decode_step=decode_step,
         ),
     )
 
@@ -323,6 +330,11 @@ def onnx(
         "int4", "--quant", help="Linear layers of all towers, lm_head included: int4 (MatMulNBits) or fp32."
     ),
     block_size: opt.BlockSize = None,
+    int8_activations: bool = typer.Option(
+        False,
+        "--int8-activations",
+        help="MatMulNBits accuracy_level 4: activations quantized to int8 at run time (faster; its own parity limits).",
+    ),
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_seq_len: int = typer.Option(
         128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."
@@ -344,7 +356,11 @@ def onnx(
         "onnx",
         request,
         OnnxOptions(
-            out=out, quant=OnnxQuant(quant, block_size), max_seq_len=max_seq_len, validate=validate, force=force
+            out=out,
+            quant=OnnxQuant(quant, block_size, 4 if int8_activations else 0),
+            max_seq_len=max_seq_len,
+            validate=validate,
+            force=force,
         ),
     )
 

@@ -21,15 +21,20 @@ def plane_selector(mrope_section: tuple[int, ...]) -> torch.Tensor:
     )  # ExecuTorch needs contiguous constants
 
 
-def mrope_cos_sin(
-    position_ids: torch.Tensor, inv_freq: torch.Tensor, selector: torch.Tensor, interleaved: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """position_ids [3, S] -> cos, sin [S, rotary_dim].
+def mrope_angles(position_ids: torch.Tensor, inv_freq: torch.Tensor, selector: torch.Tensor) -> torch.Tensor:
+    """position_ids [3, S] -> rotary angles [S, rotary_dim/2] (or [3, S, 1] with selector [3, 1, R/2] -> [S, 1, R/2]).
 
     Selecting the plane with a 0/1 mask and a sum is exact, and exports without gathers.
     """
     positions = (position_ids.to(torch.float32)[:, :, None] * selector[:, None, :]).sum(0)  # [S, R/2]
-    freqs = positions * inv_freq
+    return positions * inv_freq
+
+
+def mrope_cos_sin(
+    position_ids: torch.Tensor, inv_freq: torch.Tensor, selector: torch.Tensor, interleaved: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """position_ids [3, S] -> cos, sin [S, rotary_dim]."""
+    freqs = mrope_angles(position_ids, inv_freq, selector)
     cos, sin = freqs.cos(), freqs.sin()
     if interleaved:  # GLM-4.1V rotates adjacent pairs (x0, x1), (x2, x3), ...
         return cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)

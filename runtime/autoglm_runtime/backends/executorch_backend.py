@@ -1,8 +1,8 @@
 """Runs the four components from one ExecuTorch ``.pte`` program through ExecuTorch's Python runtime.
 
 The program holds methods ``vision_encoder``, ``audio_encoder`` (optional), ``token_embedding``,
-``text_decoder``, optionally ``reset_cache``, and constant metadata methods (``get_max_seq_len``,
-``get_eos_ids``, ``use_kv_cache``, ... as ExecuTorch's LLM runner expects).
+``text_decoder``, optionally ``reset_cache`` and ``text_decoder_step``, and constant metadata methods
+(``get_max_seq_len``, ``get_eos_ids``, ``use_kv_cache``, ... as ExecuTorch's LLM runner expects).
 
 KV cache, as measured with executorch 1.5.1 (the first and last points are tests/test_executorch_backend.py):
 
@@ -17,6 +17,9 @@ KV cache, as measured with executorch 1.5.1 (the first and last points are tests
   the same buffers; with share_mutable_buffers, buffers with the same FQN share storage across
   methods). Without it, reset is a no-op: correct because the decoder attends only to slots
   ``0..cache_position`` and a prefill rewrites them from 0, but stale values stay in memory.
+
+``text_decoder_step`` is ``text_decoder`` at exactly one token with static shapes (every op of a
+step delegable), sharing its KV cache; single-token calls go to it when the program has it.
 
 ``token_embedding`` and ``text_decoder`` calls longer than the method's exported bound on the
 sequence axis run in chunks (``max_seq_len`` for the decoder), so any prompt up to the context fits.
@@ -33,6 +36,7 @@ from ..errors import BundleError
 from ..spec import REQUIRED_COMPONENTS
 
 RESET_METHOD = "reset_cache"
+STEP_METHOD = "text_decoder_step"
 METADATA_PREFIXES = ("get_", "use_", "enable_")
 
 
@@ -147,6 +151,7 @@ class ExecuTorchBackend:
         self.max_seq_len: int = int(self.meta.get("get_max_seq_len", bound))
         self.max_seq_len = min(self.max_seq_len, bound)
         self.has_reset_method = self.program.has(RESET_METHOD)
+        self.has_step_method = self.program.has(STEP_METHOD)
         self._embedding_chunk = self.program.input_bounds("token_embedding")[0][1]
 
     @classmethod
@@ -194,11 +199,17 @@ class ExecuTorchBackend:
         n, step = embeds.shape[1], self.max_seq_len
         outs = [
             self.program.run(
-                "text_decoder", embeds[:, i : i + step], cache_position[i : i + step], position_ids[:, i : i + step]
+                self._decoder_method(min(step, n - i)),
+                embeds[:, i : i + step],
+                cache_position[i : i + step],
+                position_ids[:, i : i + step],
             )[0]
             for i in range(0, n, step)
         ]
         return outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+    def _decoder_method(self, tokens: int) -> str:
+        return STEP_METHOD if tokens == 1 and self.has_step_method else "text_decoder"
 
     def reset(self) -> None:
         """Clear the KV cache with the program's reset_cache method; without one, rely on the decoder's mask."""

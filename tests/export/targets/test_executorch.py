@@ -85,7 +85,7 @@ TINY_ARGS = [
     str(MAX_SEQ_LEN),
 ]
 ENCODERS = ("vision_encoder", "audio_encoder")
-METHODS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder", "reset_cache")
+METHODS = ("vision_encoder", "audio_encoder", "token_embedding", "text_decoder", "text_decoder_step", "reset_cache")
 LLM_RUNNER_KEYS = (
     "get_max_seq_len",
     "get_max_context_len",
@@ -404,6 +404,23 @@ def test_manifest_toolchain_and_stages(exported):
         assert manifest["delegation"][name]["delegated_nodes"] > 0, name
 
 
+def test_decode_step_is_one_xnnpack_subgraph_per_layer(exported):
+    """text_decoder_step leaves only the llama:: cache/attention kernels (and the position's int) outside
+    XNNPACK: one delegated subgraph between two layers' attentions, plus one before the first and the
+    rotary tables. Each extra non-delegated op in a layer would add a subgraph per layer. (A MoE layer's
+    router, top-k and scatter, stays outside too: only dense decoders get the count bound.)"""
+    manifest = _manifest(exported)
+    cfg = _config(exported)
+    if not manifest["decode_step"]:
+        pytest.skip("exported with --no-decode-step")
+    step = manifest["delegation"]["text_decoder_step"]
+    if cfg["model_type"] == "glm4v":
+        assert step["delegated_subgraphs"] <= cfg["text_config"]["num_hidden_layers"] + 2, step
+    outside = set(step["top_non_delegated_ops"])
+    assert not outside & {"aten_mean_dim", "aten_slice_copy_tensor", "aten_view_copy_default"}, outside
+    assert not any(op.startswith("aten_split") for op in outside), outside
+
+
 def _expected_methods(manifest: dict) -> dict:
     rt = manifest["runtime"]
     hidden, vocab, img = rt["hidden_size"], rt["vocab_size"], rt["image"]
@@ -413,7 +430,7 @@ def _expected_methods(manifest: dict) -> dict:
     def t(name, shape, dtype="float32"):
         return {"name": name, "shape": shape, "dtype": dtype}
 
-    return {
+    expected = {
         "vision_encoder": {
             "inputs": [t("pixel_values", [patches, patch_dim])],
             "outputs": [t("image_embeds", [rt["image_tokens"], hidden])],
@@ -434,8 +451,20 @@ def _expected_methods(manifest: dict) -> dict:
             ],
             "outputs": [t("logits", [1, "seq", vocab])],
         },
+        # the single-token step: static shapes, the same inputs
+        "text_decoder_step": {
+            "inputs": [
+                t("inputs_embeds", [1, 1, hidden]),
+                t("cache_position", [1], "int64"),
+                t("position_ids", [3, 1], "int64"),
+            ],
+            "outputs": [t("logits", [1, 1, vocab])],
+        },
         "reset_cache": {"inputs": [], "outputs": [t("done", [1])]},
     }
+    if not manifest["decode_step"]:  # --no-decode-step (the MoE bundles)
+        del expected["text_decoder_step"]
+    return expected
 
 
 def _sized(shape, seq):
@@ -447,8 +476,11 @@ def test_methods_in_the_manifest_match_the_program(exported):
     assert manifest["methods"] == _expected_methods(manifest)
     backend = ExecuTorchBackend.from_bundle(open_bundle(exported.out))
     program = backend.program
-    assert program.method_names == set(METHODS) | set(manifest["constant_methods"])
-    for name in METHODS:
+    methods = [m for m in METHODS if m in manifest["methods"]]
+    assert manifest["decode_step"] == ("text_decoder_step" in methods) == exported.name.startswith("tiny")
+    assert backend.has_step_method == manifest["decode_step"]
+    assert program.method_names == set(methods) | set(manifest["constant_methods"])
+    for name in methods:
         spec = manifest["methods"][name]
         # exported upper bounds: "seq" is max_seq_len
         assert program.input_bounds(name) == [_sized(i["shape"], MAX_SEQ_LEN) for i in spec["inputs"]], name

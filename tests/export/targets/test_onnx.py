@@ -134,6 +134,14 @@ def tiny_int4(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def tiny_int8_activations(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_a4") / "onnx"
+    result = runner.invoke(app, ["onnx", "--int8-activations", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out
+
+
+@pytest.fixture(scope="module")
 def tiny_fp32(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_fp32") / "onnx"
     opts = OnnxOptions(out=out, quant=OnnxQuant("fp32"), max_seq_len=24, external_data_threshold=0)
@@ -265,6 +273,35 @@ def test_tiny_int4_bundle(tiny_int4):
         assert rows[(comp, "fp32")]["metrics"]["cosine"] > 0.95  # what int4 costs this random-weight model
     counts = _check_int4_graphs(out, open_source().model)
     assert counts["text_decoder"] == layers * 6 + 1  # q k v o gate_up down per layer, plus lm_head
+
+
+def test_int8_activations_bundle(tiny_int8_activations, tiny_int4):
+    """--int8-activations: every MatMulNBits of every graph carries accuracy_level 4, the manifest says so, and the
+    gate judged it by the int8_activations thresholds, which it passed while really differing from fp32 compute."""
+    from autoglm_runtime.parity import thresholds_for
+
+    out = tiny_int8_activations
+    m = open_bundle(out).manifest
+    assert m["quantization"]["recipe"] == {"scheme": "int4", "block_size": 32, "accuracy_level": 4}
+    assert m["quantization"]["kinds"] == {
+        "vision_encoder": "int8_activations",
+        "audio_encoder": "int8_activations",
+        "token_embedding": "fp32",
+        "text_decoder": "int8_activations",
+    }
+    for comp in ("vision_encoder", "audio_encoder", "text_decoder"):
+        nodes = [n for n in onnx.load(out / f"{comp}.onnx").graph.node if n.op_type == "MatMulNBits"]
+        levels = {a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"}
+        assert nodes and levels == {4} and all(any(a.name == "accuracy_level" for a in n.attribute) for n in nodes)
+    rows = _rows(out)
+    int4_rows = _rows(tiny_int4[0])
+    for comp in ("vision_encoder", "audio_encoder", "text_decoder"):
+        row = rows[(comp, "quantized_eager")]
+        assert row["thresholds"] == thresholds_for("quantized_eager", "int8_activations", comp).to_dict()
+        # int8 activations really ran: far from the fp32-compute graph's ~1e-6
+        assert row["metrics"]["rel_max_abs"] > 10 * int4_rows[(comp, "quantized_eager")]["metrics"]["rel_max_abs"]
+    with pytest.raises(ExportError, match="needs --quant int4"):
+        OnnxQuant("fp32", 32, 4)
 
 
 def test_graphs_carry_no_paths_of_the_exporting_checkout(tiny_int4):

@@ -71,7 +71,7 @@ class Reset(Vision):
         return self.toy.reset_cache()
 
 
-def _export(path, toy, with_reset=True):
+def _export(path, toy, with_reset=True, with_step=False):
     from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
@@ -88,6 +88,9 @@ def _export(path, toy, with_reset=True):
     }
     if with_reset:
         programs["reset_cache"] = e(Reset(toy), ())
+    if with_step:  # the decoder at one token, static shapes, the same cache buffer
+        step_inputs = (torch.randn(1, 1, HIDDEN), torch.zeros(1, dtype=torch.long), torch.zeros(3, 1, dtype=torch.long))
+        programs["text_decoder_step"] = e(Decoder(toy), step_inputs)
     meta = {
         "get_max_seq_len": MAX_SEQ,
         "get_max_context_len": CONTEXT,
@@ -207,3 +210,22 @@ def test_from_bundle_checks_metadata_against_the_manifest(tmp_path, toy_pte):
 def test_missing_external_weights_file_is_named(toy_pte, tmp_path):
     with pytest.raises(BundleError, match=r"model\.ptd: no such ExecuTorch weights file"):
         ExecuTorchBackend(toy_pte[1], tmp_path / "model.ptd")
+
+
+def test_single_token_calls_go_to_the_step_method_which_shares_the_cache(tmp_path):
+    torch.manual_seed(1)
+    toy = Toy().eval()
+    b = ExecuTorchBackend(_export(tmp_path / "step.pte", toy, with_step=True))
+    assert b.has_step_method
+    calls = []
+    run = b.program.run
+    b.program.run = lambda name, *a: calls.append((name, a[0].shape[1] if a else 0)) or run(name, *a)
+    b.reset()
+    toy.reset_cache()
+    # 5 tokens in chunks of 4: the trailing single-token chunk is a step too
+    embeds, prefill = _decode(b, [1, 2, 3, 4, 5], 0)
+    np.testing.assert_allclose(prefill, _eager(toy, embeds, 0), atol=1e-5)
+    embeds, step = _decode(b, [7], 5)  # sees the 5 slots text_decoder and the step wrote
+    np.testing.assert_allclose(step, _eager(toy, embeds, 5), atol=1e-5)
+    decoder_calls = [c for c in calls if c[0].startswith("text_decoder")]
+    assert decoder_calls == [("text_decoder", 4), ("text_decoder_step", 1), ("text_decoder_step", 1)]

@@ -41,19 +41,39 @@ class ExecuTorchAttention(nn.Module):
         self.kv_cache = ExecuTorchKVCache(max_context, self.n_kv_heads, self.head_dim, attn.kv_cache.k_cache.dtype)
 
     def forward(self, x, cos, sin, cache_position, mask):
+        """``Attention``'s signature (the eager decoder's layers call it): cos, sin [S, rotary_dim]."""
         bsz, seq, _ = x.shape
         q = self.q_proj(x).view(bsz, seq, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(bsz, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(bsz, seq, self.n_kv_heads, self.head_dim)
         q = apply_rotary(q, cos, sin, self.interleaved).transpose(1, 2)
         k = apply_rotary(k, cos, sin, self.interleaved).transpose(1, 2)
-        start = cache_position[0].item()
-        torch._check(start >= 0)
-        torch._check(start < self.max_context)
+        return self._cached(x, q, k, v, start_position(cache_position, self.max_context))
+
+    def attend(self, x, rotary, start: int):
+        """What the lowered decoder calls: ``rotary`` rotates [B, S, heads, head_dim] in place of
+        ``apply_rotary`` (no slices, no transposes), ``start`` is the step's first cache slot."""
+        bsz, seq, _ = x.shape
+        q = rotary(self.q_proj(x).view(bsz, seq, self.n_heads, self.head_dim))
+        k = rotary(self.k_proj(x).view(bsz, seq, self.n_kv_heads, self.head_dim))
+        v = self.v_proj(x).view(bsz, seq, self.n_kv_heads, self.head_dim)
+        return self._cached(x, q, k, v, start)
+
+    def _cached(self, x, q, k, v, start: int):
+        """q [B, S, heads, D], k/v [B, S, kv_heads, D]: write k/v at ``start``, attend causally from it."""
+        bsz, seq, _ = x.shape
         torch.ops.llama.update_cache(k, self.kv_cache.k_cache, start)
         torch.ops.llama.update_cache(v, self.kv_cache.v_cache, start)
         out = torch.ops.llama.custom_sdpa(q, self.kv_cache.k_cache, self.kv_cache.v_cache, start, None, 0, True)
         return self.o_proj(out.reshape(bsz, seq, self.n_heads * self.head_dim))
+
+
+def start_position(cache_position: torch.Tensor, max_context: int):
+    """The first cache slot of a call (positions are contiguous), as the int the llama:: kernels take."""
+    start = cache_position[0].item()
+    torch._check(start >= 0)
+    torch._check(start < max_context)
+    return start
 
 
 def use_executorch_attention(model) -> None:

@@ -2,7 +2,8 @@
 
 The ExecuTorch target of ``pipeline.export_bundle``: the eager model is quantized in place with
 torchao (``twin.py``), then that very model is torch.exported and lowered (``lower.py``), with the
-decoder's attention swapped for ExecuTorch's fused kernels (``attention.py``) during lowering only.
+decoder's attention swapped for ExecuTorch's fused kernels (``attention.py``) and its graph made
+delegable, plus a single-token ``text_decoder_step`` (``decoder.py``), during lowering only.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ...components import COMPONENTS, components
+from ...components import COMPONENTS
 from ...disk import unpacked_quantized_bytes
 from ...errors import ExportError
 from ...quantize import QuantRecipe
 from ...source import ModelSource
 from ...stages import memory
 from .. import ExportOptions, Job, Target, register_target
-from .attention import executorch_attention
+from .decoder import executorch_decoder
 from .lower import check_backend, lower
 from .twin import quantize_twin
 
@@ -36,6 +37,9 @@ class ExecuTorchOptions(ExportOptions):
     soc: str | None = None
     custom_ops: bool = True  # ExecuTorch's update_cache + custom_sdpa kernels in the decoder
     external_weights: bool = False  # weights in model.ptd beside a small model.pte
+    # text_decoder_step (decoder.py): no faster than text_decoder for one token (BENCHMARKS.md), and
+    # XNNPACK packs its weights again at load (+ the decoder's int4 bytes: GBs at 9B), so off by default
+    decode_step: bool = False
 
     @property
     def uses_custom_ops(self) -> bool:
@@ -115,10 +119,10 @@ class ExecuTorchTarget(Target):
         opts, src = job.options, job.src
         with (
             job.stages.stage(f"export + lower ({opts.backend})"),
-            executorch_attention(src.model, opts.uses_custom_ops),
+            executorch_decoder(src.model, opts.max_seq_len, opts.uses_custom_ops, opts.decode_step) as comps,
         ):
             lowered = lower(
-                components(src.model, opts.max_seq_len),
+                comps,
                 constant_methods(src, opts.max_seq_len),
                 opts.backend,
                 opts.soc,
@@ -169,6 +173,7 @@ class ExecuTorchTarget(Target):
             "constant_methods": lowered.constant_methods,
             "delegation": lowered.delegation,
             "custom_ops": opts.uses_custom_ops,
+            "decode_step": "text_decoder_step" in lowered.methods,
         }
 
     def options_from_manifest(self, manifest: dict) -> ExecuTorchOptions:
@@ -180,4 +185,5 @@ class ExecuTorchTarget(Target):
             soc=manifest.get("soc"),
             custom_ops=bool(manifest.get("custom_ops", True)),
             external_weights="weights" in manifest,
+            decode_step=bool(manifest.get("decode_step", False)),
         )

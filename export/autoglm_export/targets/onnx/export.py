@@ -42,7 +42,7 @@ def quant_kinds(quant: OnnxQuant, fixed: dict | None = None) -> dict[str, str]:
     if fixed is None:
         return {c: quant.kind(c) for c in COMPONENTS}
     quantized = {component_of(fqn) for fqn in fixed}
-    return {c: "weight_only" if c in quantized else "fp32" for c in COMPONENTS}
+    return {c: quant.weight_kind if c in quantized else "fp32" for c in COMPONENTS}
 
 
 def checkpoint_quant(quant: OnnxQuant, layers: dict[str, dict], path) -> OnnxQuant:
@@ -115,6 +115,7 @@ class OnnxTarget(Target):
                 opts.external_data_threshold,
                 progress=log.info,
                 fixed=job.fixed,
+                accuracy_level=quant.accuracy_level,
             )
         job.stages.seconds.update(exported.seconds)
         job.artifacts["exported"] = exported

@@ -8,6 +8,7 @@ from ...errors import ExportError
 from ...quantize.grid import BLOCK_SIZES
 
 QUANT_SCHEMES = ("int4", "fp32")
+ACCURACY_LEVELS = (0, 4)
 
 
 @dataclass(frozen=True)
@@ -16,22 +17,38 @@ class OnnxQuant:
     block_size: int | None = (
         32  # None: 32, or a quantized checkpoint's int4 group size (OnnxTarget.resolve resolves it)
     )
+    # MatMulNBits' accuracy_level: 0 computes in fp32 (the eager twin's math); 4 quantizes activations to
+    # int8 per block at run time (onnxruntime's int8 kernels, --int8-activations): faster, judged by its own
+    # parity thresholds (kind "int8_activations").
+    accuracy_level: int = 0
 
     def __post_init__(self):
         if self.scheme not in QUANT_SCHEMES:
             raise ExportError(f"--quant {self.scheme}: expected one of {', '.join(QUANT_SCHEMES)}")
         if self.block_size is not None and self.block_size not in BLOCK_SIZES:
             raise ExportError(f"--block-size {self.block_size}: expected one of {', '.join(map(str, BLOCK_SIZES))}")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise ExportError(f"MatMulNBits accuracy_level {self.accuracy_level}: expected one of {ACCURACY_LEVELS}")
+        if self.accuracy_level and self.scheme == "fp32":
+            raise ExportError("--int8-activations needs --quant int4: an fp32 graph has no MatMulNBits")
 
     def kind(self, component: str) -> str:
-        """How the component is quantized (decides its parity thresholds): int4 weights, fp32 activations."""
+        """How the component is quantized (decides its parity thresholds): int4 weights, fp32 or int8 activations."""
         if self.scheme == "fp32" or component == "token_embedding":
             return "fp32"
-        return "weight_only"
+        return self.weight_kind
+
+    @property
+    def weight_kind(self) -> str:
+        """The parity kind of a component whose linears are MatMulNBits."""
+        return "int8_activations" if self.accuracy_level == 4 else "weight_only"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.accuracy_level:  # fp32 compute: recorded as before the option existed
+            del d["accuracy_level"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> OnnxQuant:
-        return cls(d.get("scheme", "int4"), int(d.get("block_size", 32)))
+        return cls(d.get("scheme", "int4"), int(d.get("block_size", 32)), int(d.get("accuracy_level", 0)))

@@ -8,7 +8,7 @@ import org.pytorch.executorch.EValue;
 import org.pytorch.executorch.Module;
 
 /**
- * Runs the methods of model.pte (vision_encoder, audio_encoder, token_embedding, text_decoder,
+ * Runs the methods of model.pte (vision_encoder, audio_encoder, token_embedding, text_decoder[_step],
  * reset_cache) with ExecuTorch's Android library: Module.execute(method, EValue...).
  *
  * <p>The Module keeps each method's planned memory, so text_decoder's KV cache persists between

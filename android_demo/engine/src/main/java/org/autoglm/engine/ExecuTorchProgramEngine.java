@@ -6,13 +6,16 @@ import java.util.List;
 /**
  * {@link Engine} over the methods of an ExecuTorch bundle's model.pte, called exactly as the Python
  * runtime's ExecuTorchBackend calls them: token_embedding and text_decoder in chunks of at most
- * max_seq_len tokens (their exported dynamic bound), reset_cache before each prompt.
+ * max_seq_len tokens (their exported dynamic bound), a one-token call to text_decoder_step when the
+ * program has it (the same decoder at static shapes, sharing the KV cache), reset_cache before each
+ * prompt.
  */
 public final class ExecuTorchProgramEngine implements Engine {
   public static final String VISION_ENCODER = ModelNames.METHOD_VISION_ENCODER;
   public static final String AUDIO_ENCODER = ModelNames.METHOD_AUDIO_ENCODER;
   public static final String TOKEN_EMBEDDING = ModelNames.METHOD_TOKEN_EMBEDDING;
   public static final String TEXT_DECODER = ModelNames.METHOD_TEXT_DECODER;
+  public static final String TEXT_DECODER_STEP = ModelNames.METHOD_TEXT_DECODER_STEP;
   public static final String RESET_CACHE = ModelNames.METHOD_RESET_CACHE;
 
   private final MethodRunner runner;
@@ -30,6 +33,10 @@ public final class ExecuTorchProgramEngine implements Engine {
         ModelNames.INPUT_POSITION_IDS);
     if (manifest.methods.containsKey(AUDIO_ENCODER)) {
       expect(manifest, AUDIO_ENCODER, ModelNames.INPUT_INPUT_FEATURES);
+    }
+    if (manifest.methods.containsKey(TEXT_DECODER_STEP)) {
+      expect(manifest, TEXT_DECODER_STEP, ModelNames.INPUT_INPUTS_EMBEDS, ModelNames.INPUT_CACHE_POSITION,
+          ModelNames.INPUT_POSITION_IDS);
     }
     this.runner = runner;
     this.manifest = manifest;
@@ -83,7 +90,9 @@ public final class ExecuTorchProgramEngine implements Engine {
       Tensor e = Tensor.ofFloats(Arrays.copyOfRange(embeds.floats(), i * hidden, end * hidden), 1, s, hidden);
       Tensor c = Tensor.ofLongs(Arrays.copyOfRange(cachePosition, i, end), s);
       Tensor p = Tensor.ofLongs(Positions.flatten(positionIds, i, end), 3, s);
-      Tensor out = runner.execute(TEXT_DECODER, e, c, p)[0];
+      String method =
+          s == 1 && manifest.methods.containsKey(TEXT_DECODER_STEP) ? TEXT_DECODER_STEP : TEXT_DECODER;
+      Tensor out = runner.execute(method, e, c, p)[0];
       System.arraycopy(out.floats(), 0, logits, i * vocab, s * vocab);
     }
     return Tensor.ofFloats(logits, 1, n, vocab);

@@ -11,6 +11,7 @@ public final class ModelNames {
   public static final String METHOD_AUDIO_ENCODER = "audio_encoder";
   public static final String METHOD_TOKEN_EMBEDDING = "token_embedding";
   public static final String METHOD_TEXT_DECODER = "text_decoder";
+  public static final String METHOD_TEXT_DECODER_STEP = "text_decoder_step";
   public static final String METHOD_RESET_CACHE = "reset_cache";
 
   public static final String INPUT_PIXEL_VALUES = "pixel_values";
