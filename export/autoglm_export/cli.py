@@ -266,6 +266,7 @@ def android(
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Longest text_decoder call (prefill chunk)."),
     max_context: opt.MaxContext = None,
     image_size: opt.ImageSize = None,
+    max_pixels: opt.MaxPixels = None,
     audio_frames: opt.AudioFrames = None,
     backend: str = typer.Option("xnnpack", "--backend", help="xnnpack or qnn (needs QNN_SDK_ROOT)."),
     soc: str | None = typer.Option(None, "--soc", help="Snapdragon SoC for qnn, e.g. SM8650."),
@@ -280,7 +281,14 @@ def android(
 
     recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint)
     request = ModelRequest(
-        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+        checkpoint,
+        audio_checkpoint,
+        preset,
+        max_context,
+        parse_hw(image_size),
+        audio_frames,
+        quantized_checkpoint,
+        max_pixels,
     )
     _export(
         "executorch",
@@ -315,6 +323,7 @@ def onnx(
     ),
     max_context: opt.MaxContext = None,
     image_size: opt.ImageSize = None,
+    max_pixels: opt.MaxPixels = None,
     audio_frames: opt.AudioFrames = None,
     validate: opt.Validate = True,
     force: opt.Force = False,
@@ -324,7 +333,14 @@ def onnx(
     from .targets.onnx.recipe import OnnxQuant
 
     request = ModelRequest(
-        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+        checkpoint,
+        audio_checkpoint,
+        preset,
+        max_context,
+        parse_hw(image_size),
+        audio_frames,
+        quantized_checkpoint,
+        max_pixels,
     )
     _export(
         "onnx",
@@ -359,6 +375,7 @@ def ios(
         64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."
     ),
     image_size: opt.ImageSize = None,
+    max_pixels: opt.MaxPixels = None,
     audio_frames: opt.AudioFrames = None,
     compute_units: str = typer.Option(
         "all",
@@ -376,7 +393,14 @@ def ios(
         weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios
     )
     request = ModelRequest(
-        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+        checkpoint,
+        audio_checkpoint,
+        preset,
+        max_context,
+        parse_hw(image_size),
+        audio_frames,
+        quantized_checkpoint,
+        max_pixels,
     )
     _export(
         "coreml",

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoglm_runtime.preprocess.buckets import DEFAULT_MAX_PIXELS, bucket_sizes
+
 from ..model.autoglm import ExportShape
 
 PRESET_DIR = Path(__file__).parent
@@ -106,6 +108,10 @@ AUTOGLM_PHONE_9B_CONFIG = {
     "tie_word_embeddings": False,
 }
 
+# The buckets of the default phone budget (sizes fixed by the budget and the 28-pixel merge unit); their first,
+# the 1080x2400 portrait screenshot's, is the default image size. ``tiny`` keeps one fixed size unless --max-pixels.
+PHONE_BUCKETS = bucket_sizes(DEFAULT_MAX_PIXELS)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny",
@@ -115,16 +121,16 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         "small",
-        ExportShape(max_context=1024, image_hw=(224, 112), audio_frames=400),
+        ExportShape(max_context=1024, image_hw=PHONE_BUCKETS[0], audio_frames=400, max_pixels=DEFAULT_MAX_PIXELS),
         config=SMALL_CONFIG,
         audio_config=SMALL_AUDIO_CONFIG,
     ),
-    # A phone screenshot at 1080x2400 is ~3.3k tokens at full size; 672x308 keeps ~264 image tokens.
+    # A phone screenshot at 1080x2400 is ~3.3k tokens at full size; the phone budget keeps it at 644x280, 230 tokens.
     # 8192 tokens hold an agent turn: a ~3k-token system prompt, one screenshot, a few turns of history
     # (issue 11 item 7); the KV cache is then 0.34 GB in fp16.
     "autoglm-phone-9b": Preset(
         "autoglm-phone-9b",
-        ExportShape(max_context=8192, image_hw=(672, 308), audio_frames=3000),
+        ExportShape(max_context=8192, image_hw=PHONE_BUCKETS[0], audio_frames=3000, max_pixels=DEFAULT_MAX_PIXELS),
         config=AUTOGLM_PHONE_9B_CONFIG,
     ),
 }
