@@ -153,12 +153,6 @@ def _read_prompt(prompt: str) -> str:
     return text
 
 
-def _one_image(images: list[Path] | None) -> Path | None:
-    if images and len(images) > 1:
-        raise InputError(f"--image given {len(images)} times; a prompt takes one image for now")
-    return images[0] if images else None
-
-
 def _backend_label(backend) -> str:
     """The stats line's backend: on Linux a Core ML bundle runs through our MIL interpreter, not Core ML."""
     if getattr(backend, "engine_name", None) == "mil":
@@ -193,8 +187,10 @@ def run(
         None, help="Bundle directory (dist/android, ...). Without it: the eager PyTorch model."
     ),
     prompt: str = typer.Option(..., "--prompt", "-p", help="User message; - reads it from standard input."),
-    image: list[Path] | None = typer.Option(None, "--image", help="Image file (PNG/JPEG/...); one per prompt."),
-    audio: Path | None = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
+    image: list[Path] | None = typer.Option(
+        None, "--image", help="Image file (PNG/JPEG/...); repeat it for several images, in prompt order."
+    ),
+    audio: Path | None = typer.Option(None, "--audio", help="WAV or MP3 file (resampled to 16 kHz mono)."),
     system: str | None = typer.Option(None, "--system", help="System message."),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
@@ -222,13 +218,13 @@ def run(
     from autoglm_runtime.sampling import SamplingConfig
     from autoglm_runtime.session import Session
 
-    prompt, image = _read_prompt(prompt), _one_image(image)
+    prompt = _read_prompt(prompt)
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=seed)  # checked before any loading
     backend, tokenizer, spec, chunk = _open_backend(bundle, checkpoint, audio_checkpoint, preset, max_context)
     session = Session(backend, tokenizer, spec, prefill_chunk=chunk)
     result = session.generate(
         prompt,
-        image=image,
+        images=image or [],
         audio=audio,
         system=system,
         max_new_tokens=max_new_tokens,
