@@ -65,8 +65,12 @@ def main() -> None:
         program = ExecuTorchProgram(pte)
         rows, et = [], {}
         for size in spec.sizes:
-            px = np.random.default_rng(0).standard_normal((spec.at(size).num_patches, spec.patch_dim)).astype(np.float32)
-            et[size] = time_runs(lambda px=px, m=spec.method(size): program.run(m, px), warmup=args.warmup, runs=args.runs)
+            px = (
+                np.random.default_rng(0).standard_normal((spec.at(size).num_patches, spec.patch_dim)).astype(np.float32)
+            )
+            et[size] = time_runs(
+                lambda px=px, m=spec.method(size): program.run(m, px), warmup=args.warmup, runs=args.runs
+            )
     load = monitor.stop()
     screens = {}
     for name, h, w in SCREENS:

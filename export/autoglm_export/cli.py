@@ -180,6 +180,22 @@ def _open_backend(bundle: Path | None, checkpoint, audio_checkpoint, preset, max
     return TorchBackend(src.model), src.tokenizer_path, src.spec, None
 
 
+def export_request(
+    checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
+) -> ModelRequest:
+    """The export commands' shared model options as one request."""
+    return ModelRequest(
+        checkpoint,
+        audio_checkpoint,
+        preset,
+        max_context,
+        parse_hw(image_size),
+        audio_frames,
+        quantized_checkpoint,
+        max_pixels,
+    )
+
+
 @app.command()
 @guarded
 def run(
@@ -276,15 +292,8 @@ def android(
     from .targets.executorch.export import ExecuTorchOptions
 
     recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint)
-    request = ModelRequest(
-        checkpoint,
-        audio_checkpoint,
-        preset,
-        max_context,
-        parse_hw(image_size),
-        audio_frames,
-        quantized_checkpoint,
-        max_pixels,
+    request = export_request(
+        checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
     )
     _export(
         "executorch",
@@ -328,15 +337,8 @@ def onnx(
     from .targets.onnx.export import OnnxOptions
     from .targets.onnx.recipe import OnnxQuant
 
-    request = ModelRequest(
-        checkpoint,
-        audio_checkpoint,
-        preset,
-        max_context,
-        parse_hw(image_size),
-        audio_frames,
-        quantized_checkpoint,
-        max_pixels,
+    request = export_request(
+        checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
     )
     _export(
         "onnx",
@@ -388,15 +390,8 @@ def ios(
     recipe = CoreMLRecipe(
         weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios
     )
-    request = ModelRequest(
-        checkpoint,
-        audio_checkpoint,
-        preset,
-        max_context,
-        parse_hw(image_size),
-        audio_frames,
-        quantized_checkpoint,
-        max_pixels,
+    request = export_request(
+        checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
     )
     _export(
         "coreml",

@@ -146,7 +146,9 @@ class Session:
         if max_new_tokens is not None and n + max_new_tokens > spec.max_context:
             asked = f" + max_new_tokens {max_new_tokens}" if max_new_tokens else ""
             media = int((inputs.mm_token_types != 0).sum())
-            shown = ", ".join(f"{g[2] * spec.image.patch_size}x{g[1] * spec.image.patch_size}" for g in inputs.image_grids)
+            shown = ", ".join(
+                f"{g[2] * spec.image.patch_size}x{g[1] * spec.image.patch_size}" for g in inputs.image_grids
+            )
             of_images = f" ({media} of them for image(s) at {shown})" if media else ""
             raise InputError(
                 f"prompt of {n} tokens{of_images}{asked} exceeds the context limit of {spec.max_context} tokens"

@@ -43,7 +43,12 @@ class ModelSpec:
             "image": self.image.to_dict(),
             # For apps (derived, not read back): each bucket's size, image tokens and vision method.
             "image_buckets": [
-                {"height": h, "width": w, "tokens": self.image.at((h, w)).num_tokens, "method": self.image.method((h, w))}
+                {
+                    "height": h,
+                    "width": w,
+                    "tokens": self.image.at((h, w)).num_tokens,
+                    "method": self.image.method((h, w)),
+                }
                 for h, w in self.image.sizes
             ],
             "audio_token_id": self.audio_token_id,

@@ -40,6 +40,8 @@ def splice(embeds, token_ids, spec, image_embeds=None, audio_embeds=None):
         rows = _joined(out)
         mask = token_ids == token_id
         if int(mask.sum()) != rows.shape[0]:
-            raise InputError(f"the prompt has {int(mask.sum())} placeholder rows for token {token_id}, the media {rows.shape[0]}")
+            raise InputError(
+                f"the prompt has {int(mask.sum())} placeholder rows for token {token_id}, the media {rows.shape[0]}"
+            )
         embeds[0, mask] = rows
     return embeds

@@ -138,4 +138,6 @@ def test_bucket_that_does_not_fit_the_context_is_one_line():
     with pytest.raises(InputError) as e:
         session.generate("hi", image=screenshot(1080, 2400), max_new_tokens=4)
     msg = str(e.value)
-    assert "exceeds the context limit of 200" in msg and "230 of them for image(s) at 280x644" in msg and "\n" not in msg
+    assert (
+        "exceeds the context limit of 200" in msg and "230 of them for image(s) at 280x644" in msg and "\n" not in msg
+    )

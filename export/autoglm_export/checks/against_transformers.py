@@ -142,7 +142,9 @@ def compare_bucket(src: ModelSource, hf, prompt: str, report: TransformersReport
             f"image{label}: transformers' processor makes a {grid} patch grid, our bucket {ours.spec.grid_thw}"
         )
     report.comparisons.append(
-        compare(f"pixel values{label} vs processor", torch.from_numpy(ours.pixels), torch.from_numpy(ref["pixel_values"]))
+        compare(
+            f"pixel values{label} vs processor", torch.from_numpy(ours.pixels), torch.from_numpy(ref["pixel_values"])
+        )
     )
     _compare_prompt(src, hf, prompt, report, ours.pixels, ours.size, label)
 

@@ -67,6 +67,13 @@ class ImageSpec:
         """Every (height, width) the vision tower runs at, the default first."""
         return self.buckets or ((self.height, self.width),)
 
+    def buckets_text(self) -> str:
+        """``; N buckets under max_pixels M (WxH tokens): ...`` for ``info`` lines; empty without buckets."""
+        if not self.buckets:
+            return ""
+        shown = ", ".join(f"{w}x{h} {self.at((h, w)).num_tokens}" for h, w in self.buckets)
+        return f"; {len(self.buckets)} buckets under max_pixels {self.max_pixels} (WxH tokens): {shown}"
+
     def method(self, size: tuple[int, int] | None = None) -> str:
         """The vision method / function / graph that runs one size (the default size: ``vision_encoder``)."""
         return method_name(size or self.sizes[0], self.sizes[0])

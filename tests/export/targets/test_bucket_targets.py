@@ -36,7 +36,9 @@ def _options(target: str, out):
 @pytest.fixture(scope="module", params=["onnx", "coreml", "executorch"])
 def bucket_bundle(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"buckets-{request.param}") / "bundle"
-    _, report = export_bundle(request.param, ModelRequest(preset="tiny", max_pixels=MAX_PIXELS), _options(request.param, out))
+    _, report = export_bundle(
+        request.param, ModelRequest(preset="tiny", max_pixels=MAX_PIXELS), _options(request.param, out)
+    )
     return open_bundle(out), report
 
 
@@ -44,11 +46,15 @@ def test_every_bucket_is_a_method_gated_on_parity(bucket_bundle):
     bundle, report = bucket_bundle
     spec = bundle.spec
     assert len(spec.image.sizes) >= 6 and spec.image.max_pixels == MAX_PIXELS
-    assert [b["method"] for b in bundle.manifest["runtime"]["image_buckets"]] == [spec.image.method(s) for s in spec.image.sizes]
+    assert [b["method"] for b in bundle.manifest["runtime"]["image_buckets"]] == [
+        spec.image.method(s) for s in spec.image.sizes
+    ]
     assert report.passed
     # the gate ran the probe screenshot at every bucket: vision rows of all buckets' token counts
     rows = [r for r in report.rows if r["component"] == "vision_encoder"]
-    assert rows and all(r["metrics"]["shape"][0] >= sum(spec.image.at(s).num_tokens for s in spec.image.sizes) for r in rows)
+    assert rows and all(
+        r["metrics"]["shape"][0] >= sum(spec.image.at(s).num_tokens for s in spec.image.sizes) for r in rows
+    )
     backend = backend_for_bundle(bundle)
     outs = {}
     for size in spec.image.sizes:
@@ -69,7 +75,7 @@ def test_two_screenshots_and_text_history(bucket_bundle):
     messages = [
         Message("system", "You are a phone agent."),
         Message("user", "Open WeChat."),  # an earlier turn, its screenshot dropped: text only
-        Message("assistant", "<think>Tap the icon.</think><answer>do(action=\"Tap\", element=[500, 500])</answer>"),
+        Message("assistant", '<think>Tap the icon.</think><answer>do(action="Tap", element=[500, 500])</answer>'),
         Message("user", [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which screen is wider?"}]),
     ]
     result = session.generate(messages, images=[portrait, landscape], max_new_tokens=3)
