@@ -112,7 +112,8 @@ def main() -> None:
                 timing_load_line(record),
                 f"- Budget: `--max-pixels {args.max_pixels}` (the default); medians of {args.runs} runs after "
                 f"{args.warmup} warmup; the vision methods alone in one `.pte`: {size_bytes / 1e6:.1f} MB "
-                f"({len(rows)} methods sharing the weights). Random weights: times only.",
+                f"({len(rows)} methods sharing the weights). Random weights: times only. The machine was shared "
+                "with other jobs while timing (see the load line): compare buckets within this run, not across runs.",
                 "",
                 table,
             ]
