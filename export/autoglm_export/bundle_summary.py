@@ -76,7 +76,9 @@ def _summary(root: Path, bundle) -> list[str]:
     lines = [
         f"bundle {root}: target {bundle.target}, {m.get('created_by', 'unknown exporter')}, from {origin}",
         f"validation: {_validation(m, root)}",
-        f"shapes: max_context {spec.max_context}, image {spec.image.height}x{spec.image.width} ({spec.image_tokens} tokens)"
+        f"shapes: max_context {spec.max_context}, image {spec.image.height}x{spec.image.width} ({spec.image_tokens} tokens"
+        + spec.image.buckets_text()
+        + ")"
         + (
             f", audio {shape.get('audio_frames', spec.audio.num_frames)} frames ({spec.audio_tokens} tokens)"
             if spec.has_audio

@@ -158,12 +158,6 @@ def _read_prompt(prompt: str) -> str:
     return text
 
 
-def _one_image(images: list[Path] | None) -> Path | None:
-    if images and len(images) > 1:
-        raise InputError(f"--image given {len(images)} times; a prompt takes one image for now")
-    return images[0] if images else None
-
-
 def _backend_label(backend) -> str:
     """The stats line's backend: on Linux a Core ML bundle runs through our MIL interpreter, not Core ML."""
     if getattr(backend, "engine_name", None) == "mil":
@@ -191,6 +185,22 @@ def _open_backend(bundle: Path | None, checkpoint, audio_checkpoint, preset, max
     return TorchBackend(src.model), src.tokenizer_path, src.spec, None
 
 
+def export_request(
+    checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
+) -> ModelRequest:
+    """The export commands' shared model options as one request."""
+    return ModelRequest(
+        checkpoint,
+        audio_checkpoint,
+        preset,
+        max_context,
+        parse_hw(image_size),
+        audio_frames,
+        quantized_checkpoint,
+        max_pixels,
+    )
+
+
 @app.command()
 @guarded
 def run(
@@ -198,8 +208,10 @@ def run(
         None, help="Bundle directory (dist/android, ...). Without it: the eager PyTorch model."
     ),
     prompt: str = typer.Option(..., "--prompt", "-p", help="User message; - reads it from standard input."),
-    image: list[Path] | None = typer.Option(None, "--image", help="Image file (PNG/JPEG/...); one per prompt."),
-    audio: Path | None = typer.Option(None, "--audio", help="WAV file (resampled to 16 kHz mono)."),
+    image: list[Path] | None = typer.Option(
+        None, "--image", help="Image file (PNG/JPEG/...); repeat it for several images, in prompt order."
+    ),
+    audio: Path | None = typer.Option(None, "--audio", help="WAV or MP3 file (resampled to 16 kHz mono)."),
     system: str | None = typer.Option(None, "--system", help="System message."),
     checkpoint: opt.Checkpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
@@ -227,13 +239,13 @@ def run(
     from autoglm_runtime.sampling import SamplingConfig
     from autoglm_runtime.session import Session
 
-    prompt, image = _read_prompt(prompt), _one_image(image)
+    prompt = _read_prompt(prompt)
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=seed)  # checked before any loading
     backend, tokenizer, spec, chunk = _open_backend(bundle, checkpoint, audio_checkpoint, preset, max_context)
     session = Session(backend, tokenizer, spec, prefill_chunk=chunk)
     result = session.generate(
         prompt,
-        image=image,
+        images=image or [],
         audio=audio,
         system=system,
         max_new_tokens=max_new_tokens,
@@ -273,6 +285,7 @@ def android(
     max_seq_len: int = typer.Option(128, "--max-seq-len", help="Longest text_decoder call (prefill chunk)."),
     max_context: opt.MaxContext = None,
     image_size: opt.ImageSize = None,
+    max_pixels: opt.MaxPixels = None,
     audio_frames: opt.AudioFrames = None,
     backend: str = typer.Option("xnnpack", "--backend", help="xnnpack or qnn (needs QNN_SDK_ROOT)."),
     soc: str | None = typer.Option(None, "--soc", help="Snapdragon SoC for qnn, e.g. SM8650."),
@@ -297,8 +310,8 @@ def android(
     """Export an ExecuTorch bundle for Android: model.pte + tokenizer.json + manifest.json + parity.json."""
     from .targets.executorch.export import ExecuTorchOptions
 
-    request = ModelRequest(
-        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+    request = export_request(
+        checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
     )
     recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint, request.preset)
     _export(
@@ -341,6 +354,7 @@ def onnx(
     ),
     max_context: opt.MaxContext = None,
     image_size: opt.ImageSize = None,
+    max_pixels: opt.MaxPixels = None,
     audio_frames: opt.AudioFrames = None,
     validate: opt.Validate = True,
     force: opt.Force = False,
@@ -349,8 +363,8 @@ def onnx(
     from .targets.onnx.export import OnnxOptions
     from .targets.onnx.recipe import OnnxQuant
 
-    request = ModelRequest(
-        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+    request = export_request(
+        checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
     )
     _export(
         "onnx",
@@ -389,6 +403,7 @@ def ios(
         64, "--prefill-chunk", "--max-seq-len", help="Tokens per prefill call (the decoder's fixed prefill shape)."
     ),
     image_size: opt.ImageSize = None,
+    max_pixels: opt.MaxPixels = None,
     audio_frames: opt.AudioFrames = None,
     compute_units: str = typer.Option(
         "all",
@@ -405,8 +420,8 @@ def ios(
     recipe = CoreMLRecipe(
         weights=quant or ("int4" if min_ios >= 18 else "int8"), block_size=block_size, min_ios=min_ios
     )
-    request = ModelRequest(
-        checkpoint, audio_checkpoint, preset, max_context, parse_hw(image_size), audio_frames, quantized_checkpoint
+    request = export_request(
+        checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
     )
     _export(
         "coreml",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from autoglm_runtime.preprocess.buckets import method_name
 from autoglm_runtime.spec import COMPONENTS  # noqa: F401  (re-exported: the export side names components from here)
 
 from .model.autoglm import AutoGLM
@@ -34,8 +35,31 @@ class _Entry(nn.Module):
 
 
 class VisionEntry(_Entry):
+    """The vision tower at one image size (a bucket; None: the default size)."""
+
+    def __init__(self, model: AutoGLM, size: tuple[int, int] | None = None):
+        super().__init__(model)
+        self.size = size
+
     def forward(self, pixel_values):
-        return self.model.vision_encoder(pixel_values)
+        return self.model.vision_encoder(pixel_values, self.size)
+
+
+def vision_components(model: AutoGLM) -> list[Component]:
+    """One vision entry per image size the model has (every aspect bucket; else the one fixed size), each
+    named by the runtime's rule: ``vision_encoder`` for the default size, ``vision_encoder_HxW`` for the others."""
+    v = model.vision
+    p = v.cfg.patch_size
+    return [
+        Component(
+            method_name((h, w), v.image_hw),
+            VisionEntry(model, None if (h, w) == v.image_hw else (h, w)),
+            (torch.zeros(h // p * (w // p), v.patch_dim),),
+            ("pixel_values",),
+            ("image_embeds",),
+        )
+        for h, w in v.sizes
+    ]
 
 
 class AudioEntry(_Entry):
@@ -73,7 +97,7 @@ class Component:
 
 
 def components(model: AutoGLM, max_seq_len: int) -> list[Component]:
-    """vision_encoder, audio_encoder (if any), token_embedding, text_decoder.
+    """vision_encoder (one per image bucket), audio_encoder (if any), token_embedding, text_decoder.
 
     ``max_seq_len`` is the longest chunk one ``text_decoder`` call takes (prefill in chunks of it);
     the KV cache holds ``model.shape.max_context`` tokens.
@@ -83,15 +107,7 @@ def components(model: AutoGLM, max_seq_len: int) -> list[Component]:
     if not 2 <= max_seq_len <= model.shape.max_context:
         raise ValueError(f"max_seq_len {max_seq_len} must be in [2, max_context {model.shape.max_context}]")
     hidden = model.cfg.text.hidden_size
-    out = [
-        Component(
-            "vision_encoder",
-            VisionEntry(model),
-            (torch.zeros(model.vision.num_patches, model.vision.patch_dim),),
-            ("pixel_values",),
-            ("image_embeds",),
-        )
-    ]
+    out = vision_components(model)
     if model.audio is not None:
         mel = model.cfg.audio.num_mel_bins
         out.append(

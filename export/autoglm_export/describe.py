@@ -38,7 +38,8 @@ def describe(src: ModelSource, preset: str) -> list[str]:
         f"merge {v.spatial_merge_size} -> {v.out_hidden_size}"
     )
     lines.append(
-        f"  context {s.max_context}, image {s.image.height}x{s.image.width} -> {s.image_tokens} tokens{audio}{shapes_of}"
+        f"  context {s.max_context}, image {s.image.height}x{s.image.width} -> {s.image_tokens} tokens"
+        f"{s.image.buckets_text()}{audio}{shapes_of}"
     )
     lines.append(
         f"  shapes: vision_encoder [{model.vision.num_patches}, {model.vision.patch_dim}] -> "

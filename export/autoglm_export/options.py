@@ -32,8 +32,18 @@ ImageSize = Annotated[
     str | None,
     typer.Option(
         "--image-size",
-        help="Export image resolution HxW, multiples of 28 "
-        "[default: the preset's: tiny 168x84, small 224x112, autoglm-phone-9b 672x308].",
+        help="One fixed export image resolution HxW, multiples of 28: every image is stretched to it "
+        "[default: aspect buckets under --max-pixels; tiny: 168x84].",
+    ),
+]
+MaxPixels = Annotated[
+    int | None,
+    typer.Option(
+        "--max-pixels",
+        help="Image budget in transformers' processor units (size['longest_edge'], 2 frames x H x W): one "
+        "vision method per aspect bucket (phone portrait, tablet, square, landscape), each the processor's size "
+        "under it [default: small, autoglm-phone-9b 401408 (<= 256 image tokens); tiny: one fixed size].",
+        min=1,
     ),
 ]
 AudioFrames = Annotated[

@@ -241,7 +241,8 @@ def validate_bundle(
     request = replace(
         ModelRequest.from_dict(manifest["source"]),
         max_context=shape["max_context"],
-        image_hw=tuple(shape["image_hw"]),
+        image_hw=None if shape.get("image_buckets") else tuple(shape["image_hw"]),
+        max_pixels=shape.get("max_pixels") if shape.get("image_buckets") else None,
         audio_frames=shape["audio_frames"],
     )
     if checkpoint is not None:

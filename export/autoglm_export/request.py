@@ -24,6 +24,7 @@ class ModelRequest:
     image_hw: tuple[int, int] | None = None
     audio_frames: int | None = None
     quantized_checkpoint: Path | None = None  # from `calibrate` / `qat`: its integer weights replace round-to-nearest
+    max_pixels: int | None = None  # the image budget of aspect-preserving buckets (None: the preset's)
 
     def __post_init__(self):
         self.preset = preset_for(self.checkpoint, self.preset)
@@ -37,6 +38,7 @@ class ModelRequest:
             max_context=self.max_context,
             image_hw=self.image_hw,
             audio_frames=self.audio_frames,
+            max_pixels=self.max_pixels,
             keep_stored=keep_stored,
             weights=weights,
         )
@@ -49,6 +51,7 @@ class ModelRequest:
             "max_context": self.max_context,
             "image_hw": list(self.image_hw) if self.image_hw else None,
             "audio_frames": self.audio_frames,
+            "max_pixels": self.max_pixels,
             "quantized_checkpoint": str(self.quantized_checkpoint) if self.quantized_checkpoint else None,
         }
 
@@ -62,4 +65,5 @@ class ModelRequest:
             tuple(d["image_hw"]) if d.get("image_hw") else None,
             d.get("audio_frames"),
             _path(d.get("quantized_checkpoint")),
+            max_pixels=d.get("max_pixels"),
         )

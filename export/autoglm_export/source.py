@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 
 from autoglm_runtime.preprocess import AudioSpec, ImageSpec
+from autoglm_runtime.preprocess.buckets import bucket_sizes
+from autoglm_runtime.preprocess.image import min_pixels_of
 from autoglm_runtime.spec import ModelSpec
 
 from .config import ModelConfig, parse_audio_config, parse_model_config
-from .errors import CheckpointError
+from .errors import CheckpointError, ExportError
 from .loader import load_config, load_model, meta_model, random_model
 from .model.autoglm import AutoGLM, ExportShape
 from .presets import get_preset
@@ -60,7 +62,7 @@ def build_spec(model: AutoGLM, checkpoint: Path | None, tokenizer_path: Path | N
         "temporal_patch_size": cfg.vision.temporal_patch_size,
         "merge_size": cfg.vision.spatial_merge_size,
     }
-    image = ImageSpec.from_preprocessor_config(pre, *shape.image_hw)
+    image = ImageSpec.from_preprocessor_config(pre, *shape.image_hw, shape.image_buckets, shape.max_pixels)
     audio = None
     if cfg.audio is not None:
         audio = AudioSpec(num_mel_bins=cfg.audio.num_mel_bins, num_frames=shape.audio_frames)
@@ -77,6 +79,40 @@ def build_spec(model: AutoGLM, checkpoint: Path | None, tokenizer_path: Path | N
     )
 
 
+def export_shape(
+    default: ExportShape,
+    cfg: ModelConfig,
+    preprocessor: dict,
+    max_context: int | None,
+    image_hw: tuple[int, int] | None,
+    audio_frames: int | None,
+    max_pixels: int | None,
+) -> ExportShape:
+    """The static shapes: a fixed ``image_hw`` (``--image-size``), or buckets under the pixel budget ``max_pixels``
+    (``--max-pixels``, else the preset's), or the preset's fixed size."""
+    if image_hw and max_pixels:
+        raise ExportError("--image-size fixes one image size and --max-pixels makes aspect buckets: pass one of them")
+    budget = None if image_hw else (max_pixels or default.max_pixels)
+    buckets: tuple[tuple[int, int], ...] = ()
+    if budget:
+        v = cfg.vision
+        factor = v.patch_size * v.spatial_merge_size
+        min_pixels = min_pixels_of(preprocessor)
+        if budget < 2 * factor * factor or budget < min_pixels:
+            raise ExportError(
+                f"--max-pixels {budget} is below one {factor}x{factor} image (in the processor's units, "
+                f"{2 * factor * factor}) or the processor's minimum {min_pixels}"
+            )
+        buckets = bucket_sizes(budget, min_pixels, factor, v.temporal_patch_size)
+    return ExportShape(
+        max_context=max_context or default.max_context,
+        image_hw=buckets[0] if buckets else (image_hw or default.image_hw),
+        audio_frames=audio_frames or default.audio_frames,
+        image_buckets=buckets,
+        max_pixels=budget,
+    )
+
+
 def open_source(
     checkpoint: Path | None = None,
     audio_checkpoint: Path | None = None,
@@ -84,6 +120,7 @@ def open_source(
     max_context: int | None = None,
     image_hw: tuple[int, int] | None = None,
     audio_frames: int | None = None,
+    max_pixels: int | None = None,
     with_audio: bool = True,
     dtype: torch.dtype | None = torch.float32,
     weights: bool = True,
@@ -97,20 +134,21 @@ def open_source(
     the rest is ``dtype`` (``stored.py``; a preset without weights is built in fp32 either way).
     """
     p = get_preset(preset)
-    shape = ExportShape(
-        max_context=max_context or p.shape.max_context,
-        image_hw=image_hw or p.shape.image_hw,
-        audio_frames=audio_frames or p.shape.audio_frames,
-    )
     if checkpoint is None and p.checkpoint is not None:
         checkpoint = p.checkpoint
         if audio_checkpoint is None and with_audio:
             audio_checkpoint = p.audio_checkpoint
     if checkpoint is not None:
+        cfg = load_config(Path(checkpoint), audio_checkpoint and Path(audio_checkpoint))
+        pre = _read_optional_json(Path(checkpoint) / "preprocessor_config.json")
+    else:
+        cfg, pre = parse_model_config(p.config, f"preset {preset}"), {}
+    shape = export_shape(p.shape, cfg, pre, max_context, image_hw, audio_frames, max_pixels)
+    if checkpoint is not None:
         if weights:
             model = load_model(checkpoint, shape, audio_checkpoint, dtype=dtype, keep_stored=keep_stored)
         else:
-            model = meta_model(load_config(Path(checkpoint), audio_checkpoint and Path(audio_checkpoint)), shape)
+            model = meta_model(cfg, shape)
         tok = Path(checkpoint) / "tokenizer.json"
         tokenizer_path = tok if tok.exists() else None
         label = preset if checkpoint == p.checkpoint else str(checkpoint)
@@ -122,7 +160,6 @@ def open_source(
             audio_checkpoint,
             tokenizer_path,
         )
-    cfg = parse_model_config(p.config, f"preset {preset}")
     if with_audio and p.audio_config is not None:
         cfg = replace(cfg, audio=parse_audio_config(p.audio_config, f"preset {preset} audio"))
     model = random_model(cfg, shape) if weights else meta_model(cfg, shape)

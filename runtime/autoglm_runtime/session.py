@@ -25,11 +25,12 @@ import numpy as np
 
 from .errors import InputError
 from .positions import decode_positions
-from .preprocess import preprocess_audio, preprocess_image
+from .preprocess import PreparedImage, prepare_image, preprocess_audio
 from .preprocess.image import ImageSource
 from .prompt import Message, PromptInputs, encode_chat
 from .sampling import Sampler, SamplingConfig
 from .spec import ModelSpec
+from .splice import item_rows, splice
 from .tokenizer import StreamDecoder, Tokenizer
 
 
@@ -102,10 +103,11 @@ class Session:
             )
 
     # ---- prompt
-    def messages_for(self, prompt: str, *, image: ImageSource | None, audio, system: str | None) -> list[Message]:
-        parts: list[dict] = []
-        if image is not None:
-            parts.append({"type": "image"})
+    def messages_for(
+        self, prompt: str, *, image: ImageSource | None = None, audio=None, system: str | None = None, images=()
+    ) -> list[Message]:
+        """One user turn: its images (``image``, or several ``images``), audio clip and text."""
+        parts: list[dict] = [{"type": "image"} for _ in [*([image] if image is not None else []), *images]]
         if audio is not None:
             if not self.spec.has_audio:
                 raise InputError("this model has no audio tower; drop --audio or export with --audio-checkpoint")
@@ -115,16 +117,27 @@ class Session:
         messages.append(Message("user", parts))
         return messages
 
+    def prepare_images(self, images: Sequence[ImageSource | PreparedImage]) -> list[PreparedImage]:
+        """Each image at its bucket (the size transformers' processor gives it under the export's budget)."""
+        return [i if isinstance(i, PreparedImage) else prepare_image(i, self.spec.image) for i in images]
+
     def encode(
-        self, messages: Sequence[Message], *, enable_thinking: bool | None = None, max_new_tokens: int | None = 0
+        self,
+        messages: Sequence[Message],
+        *,
+        images: Sequence[ImageSource | PreparedImage] | None = None,
+        enable_thinking: bool | None = None,
+        max_new_tokens: int | None = 0,
     ) -> PromptInputs:
         """Tokenize a chat (no backend call); InputError if it and max_new_tokens overrun the context
-        (``max_new_tokens=None``: no context check, the caller does its own)."""
+        (``max_new_tokens=None``: no context check, the caller does its own). ``images``: the messages'
+        images, whose buckets decide their token counts and positions (None: every image at the default size)."""
         spec = self.spec
+        grids = spec.image.grid_thw if images is None else [p.spec.grid_thw for p in self.prepare_images(images)]
         inputs = encode_chat(
             self.tokenizer,
             messages,
-            image_grids=spec.image.grid_thw,
+            image_grids=grids,
             spatial_merge_size=spec.image.merge_size,
             audio_tokens_per_clip=spec.audio_tokens,
             enable_thinking=enable_thinking,
@@ -132,51 +145,52 @@ class Session:
         n = len(inputs.input_ids)
         if max_new_tokens is not None and n + max_new_tokens > spec.max_context:
             asked = f" + max_new_tokens {max_new_tokens}" if max_new_tokens else ""
-            raise InputError(f"prompt of {n} tokens{asked} exceeds the context limit of {spec.max_context} tokens")
+            media = int((inputs.mm_token_types != 0).sum())
+            shown = ", ".join(
+                f"{g[2] * spec.image.patch_size}x{g[1] * spec.image.patch_size}" for g in inputs.image_grids
+            )
+            of_images = f" ({media} of them for image(s) at {shown})" if media else ""
+            raise InputError(
+                f"prompt of {n} tokens{of_images}{asked} exceeds the context limit of {spec.max_context} tokens"
+            )
         return inputs
 
-    def embed(self, inputs: PromptInputs, images: Sequence[ImageSource] = (), audios: Sequence = ()) -> PreparedPrompt:
-        """Token embeddings with the image / audio features spliced in."""
+    def embed(
+        self, inputs: PromptInputs, images: Sequence[ImageSource | PreparedImage] = (), audios: Sequence = ()
+    ) -> PreparedPrompt:
+        """Token embeddings with the image / audio features spliced in; each media item's rows are recorded
+        (by content) for prefix reuse."""
         spec = self.spec
         if len(inputs.image_grids) != len(images) or len(inputs.audio_tokens) != len(audios):
             raise InputError(
                 f"messages have {len(inputs.image_grids)} image and {len(inputs.audio_tokens)} audio parts, "
                 f"but {len(images)} images and {len(audios)} audio clips were given"
             )
+        prepared = self.prepare_images(images)
+        for k, (img, grid) in enumerate(zip(prepared, inputs.image_grids)):
+            if tuple(img.spec.grid_thw) != tuple(grid):
+                raise InputError(f"image {k + 1} is at grid {img.spec.grid_thw} but the prompt was encoded for {grid}")
+        features = [p.pixels for p in prepared] + [preprocess_audio(a, spec.audio) for a in audios]
         embeds = self.backend.token_embedding(inputs.input_ids[None, :])
-        media_rows: list[tuple[np.ndarray, int]] = []
-        for token_id, counts, items, encode in (
-            (
-                spec.image_token_id,
-                [spec.image_tokens] * len(images),
-                [preprocess_image(i, spec.image) for i in images],
-                self.backend.vision_encoder,
-            ),
-            (
-                spec.audio_token_id,
-                inputs.audio_tokens,
-                [preprocess_audio(a, spec.audio) for a in audios],
-                self.backend.audio_encoder,
-            ),
-        ):
-            if not items:
-                continue
-            rows = np.flatnonzero(inputs.input_ids == token_id)
-            embeds[0, rows] = np.concatenate([encode(x) for x in items], axis=0)
-            starts = np.cumsum([0, *counts])
-            media_rows += [(rows[starts[k] : starts[k + 1]], _media_key(x)) for k, x in enumerate(items)]
-        return PreparedPrompt(inputs, embeds, _row_keys(inputs, media_rows))
+        image_out = [self.backend.vision_encoder(p.pixels, p.size) for p in prepared]
+        audio_out = [self.backend.audio_encoder(f) for f in features[len(prepared) :]]
+        splice(embeds, inputs.input_ids, spec, image_out, audio_out)
+        rows = item_rows(inputs.input_ids, spec.image_token_id, [len(e) for e in image_out])
+        if audio_out:
+            rows += item_rows(inputs.input_ids, spec.audio_token_id, [len(e) for e in audio_out])
+        return PreparedPrompt(inputs, embeds, _row_keys(inputs, [(r, _media_key(f)) for r, f in zip(rows, features)]))
 
     def prepare(
         self,
         messages: Sequence[Message],
-        images: Sequence[ImageSource] = (),
+        images: Sequence[ImageSource | PreparedImage] = (),
         audios: Sequence = (),
         *,
         enable_thinking: bool | None = None,
         max_new_tokens: int = 0,
     ) -> PreparedPrompt:
-        inputs = self.encode(messages, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens)
+        images = self.prepare_images(images)
+        inputs = self.encode(messages, images=images, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens)
         return self.embed(inputs, images, audios)
 
     # ---- what the KV cache holds
@@ -262,6 +276,7 @@ class Session:
         image: ImageSource | None = None,
         audio=None,
         system: str | None = None,
+        images: Sequence[ImageSource] = (),
         max_new_tokens: int = 64,
         sampling: SamplingConfig = SamplingConfig(),
         enable_thinking: bool | None = None,
@@ -272,10 +287,10 @@ class Session:
         if max_new_tokens < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if isinstance(prompt, str):
-            messages = self.messages_for(prompt, image=image, audio=audio, system=system)
+            messages = self.messages_for(prompt, image=image, audio=audio, system=system, images=images)
         else:
             messages = list(prompt)
-        images = [image] if image is not None else []
+        images = [*([image] if image is not None else []), *images]
         audios = [audio] if audio is not None else []
         prepared = self.prepare(
             messages, images, audios, enable_thinking=enable_thinking, max_new_tokens=max_new_tokens

@@ -41,6 +41,16 @@ class ModelSpec:
             "image_token_id": self.image_token_id,
             "image_tokens": self.image_tokens,
             "image": self.image.to_dict(),
+            # For apps (derived, not read back): each bucket's size, image tokens and vision method.
+            "image_buckets": [
+                {
+                    "height": h,
+                    "width": w,
+                    "tokens": self.image.at((h, w)).num_tokens,
+                    "method": self.image.method((h, w)),
+                }
+                for h, w in self.image.sizes
+            ],
             "audio_token_id": self.audio_token_id,
             "audio_tokens": self.audio_tokens,
             "audio": self.audio.to_dict() if self.audio else None,

@@ -281,9 +281,9 @@ def _keep_component_inputs(backend: Any, store: dict[str, np.ndarray]) -> None:
     ):
         original: Callable = getattr(backend, method)
 
-        def wrapped(x: np.ndarray, _original=original, _key=key) -> np.ndarray:
+        def wrapped(x: np.ndarray, *rest, _original=original, _key=key) -> np.ndarray:
             store[_key] = np.asarray(x, dtype=np.float32).copy()
-            return _original(x)
+            return _original(x, *rest)
 
         setattr(backend, method, wrapped)
 

@@ -229,9 +229,16 @@ def test_missing_checkpoint_directory_is_named(tmp_path):
     assert line == f"error: {missing}: no such checkpoint directory"
 
 
-def test_second_image_is_refused(tmp_path):
-    line = _only_error_line(runner.invoke(app, ["run", "-p", "hi", "--image", "a.png", "--image", "b.png"]))
-    assert "--image given 2 times" in line
+def test_several_images_run_in_one_prompt(tmp_path):
+    from PIL import Image
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (108, 240), (200, 30, 30)).save(a)
+    Image.new("RGB", (240, 108), (30, 200, 30)).save(b)
+    result = runner.invoke(app, ["run", "-p", "hi", "--image", str(a), "--image", str(b), "--max-new-tokens", "2"])
+    assert result.exit_code == 0, result.stderr
+    missing = _only_error_line(runner.invoke(app, ["run", "-p", "hi", "--image", str(a), "--image", "nope.png"]))
+    assert missing.startswith("error: cannot read image nope.png")
 
 
 # ---- noise and silence

@@ -48,7 +48,7 @@ class _ExecuTorchLike:
     def __init__(self, module):
         self.program = _Program(module)
 
-    def vision_encoder(self, x):
+    def vision_encoder(self, x, size=None):
         return self.program.run("vision_encoder", x.astype(np.float32))[0]
 
     def audio_encoder(self, x):

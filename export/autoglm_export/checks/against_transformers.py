@@ -2,7 +2,9 @@
 
 The prompt holds text and an image, built by the runtime's own prompt and preprocessing code,
 so the check covers tokens, placeholder expansion, M-RoPE positions, the vision tower, the
-splice of image embeddings and the decoder. Audio has no transformers counterpart inside
+splice of image embeddings and the decoder. With aspect buckets the prompt runs once per bucket,
+on a screenshot of the screen that bucket is made for, against transformers' own image processor
+given the same ``max_pixels``: the same size, the same pixel values, the same logits. Audio has no transformers counterpart inside
 Glm4v, so the audio tower is compared with ``GlmAsr``'s encoder + projector directly.
 """
 
@@ -16,7 +18,8 @@ import numpy as np
 import torch
 
 from autoglm_runtime.parity import FAITHFUL_FP32, Metrics, compare_arrays
-from autoglm_runtime.preprocess import preprocess_audio, preprocess_image
+from autoglm_runtime.preprocess import prepare_image, preprocess_audio, preprocess_image
+from autoglm_runtime.preprocess.buckets import SCREENS
 from autoglm_runtime.prompt import Message, encode_chat
 from autoglm_runtime.splice import splice
 from autoglm_runtime.tokenizer import Tokenizer
@@ -147,30 +150,75 @@ def verify_against_transformers(
     return report
 
 
+def hf_image_processor(spec):
+    """transformers' PIL image processor with the export's preprocessing and pixel budget."""
+    from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
+
+    return Glm4vImageProcessorPil(
+        patch_size=spec.patch_size,
+        temporal_patch_size=spec.temporal_patch_size,
+        merge_size=spec.merge_size,
+        image_mean=list(spec.image_mean),
+        image_std=list(spec.image_std),
+        rescale_factor=spec.rescale_factor,
+        size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels},
+    )
+
+
 def _compare_image_text(src: ModelSource, hf, prompt: str, report: TransformersReport) -> None:
+    """One image + text prompt per bucket (one with the fixed size when there are none)."""
+    if not src.spec.image.buckets:
+        pixels = preprocess_image(synthetic_screenshot(), src.spec.image)
+        _compare_prompt(src, hf, prompt, report, pixels, None, "")
+        return
+    processor = hf_image_processor(src.spec.image)
+    for seed, (_, height, width) in enumerate(SCREENS):
+        compare_bucket(src, hf, prompt, report, processor, synthetic_screenshot(height, width, seed))
+
+
+def compare_bucket(src: ModelSource, hf, prompt: str, report: TransformersReport, processor, image) -> None:
+    """Our bucket choice and pixels for ``image`` against transformers' processor, then the prompt's logits."""
+    ours = prepare_image(image, src.spec.image)
+    ref = processor(images=image, return_tensors="np")
+    label = f" {image.width}x{image.height}"
+    grid = tuple(int(v) for v in ref["image_grid_thw"][0])
+    if grid != ours.spec.grid_thw:
+        raise ExportError(
+            f"image{label}: transformers' processor makes a {grid} patch grid, our bucket {ours.spec.grid_thw}"
+        )
+    report.comparisons.append(
+        compare(
+            f"pixel values{label} vs processor", torch.from_numpy(ours.pixels), torch.from_numpy(ref["pixel_values"])
+        )
+    )
+    _compare_prompt(src, hf, prompt, report, ours.pixels, ours.size, label)
+
+
+def _compare_prompt(src: ModelSource, hf, prompt: str, report: TransformersReport, pixels, size, label: str) -> None:
     ours, spec = src.model, src.spec
+    grid = spec.image.at(size).grid_thw if size else spec.image.grid_thw
     tok = Tokenizer(src.tokenizer_path)
     messages = [Message("user", [{"type": "image"}, {"type": "text", "text": prompt}])]
-    inputs = encode_chat(tok, messages, image_grids=spec.image.grid_thw, spatial_merge_size=spec.image.merge_size)
-    pixels = torch.from_numpy(preprocess_image(synthetic_screenshot(), spec.image))
+    inputs = encode_chat(tok, messages, image_grids=grid, spatial_merge_size=spec.image.merge_size)
+    pixels = torch.from_numpy(pixels)
     ids = torch.from_numpy(inputs.input_ids)[None]
 
     ref = hf(
         input_ids=ids,
         pixel_values=pixels,
-        image_grid_thw=torch.tensor([spec.image.grid_thw]),
+        image_grid_thw=torch.tensor([grid]),
         mm_token_type_ids=torch.from_numpy(inputs.mm_token_types.astype(np.int64))[None],
     ).logits
     ours.reset_cache()
-    embeds = splice(ours.token_embedding(ids), ids[0], spec, ours.vision_encoder(pixels))
+    embeds = splice(ours.token_embedding(ids), ids[0], spec, ours.vision_encoder(pixels, size))
     got = ours.text_decoder(embeds, torch.arange(ids.shape[1]), torch.from_numpy(inputs.position_ids))
     ours.reset_cache()
-    report.comparisons.append(compare("image+text logits vs transformers", got, ref, logits=True))
+    report.comparisons.append(compare(f"image+text logits{label} vs transformers", got, ref, logits=True))
     report.comparisons.append(
         compare(
-            "vision embeddings vs transformers",
-            ours.vision_encoder(pixels),
-            torch.cat(hf.get_image_features(pixels, torch.tensor([spec.image.grid_thw])).pooler_output),
+            f"vision embeddings{label} vs transformers",
+            ours.vision_encoder(pixels, size),
+            torch.cat(hf.get_image_features(pixels, torch.tensor([grid])).pooler_output),
         )
     )
 

@@ -3,9 +3,12 @@
 1. ``build_probes``: calibration prompts (text + their committed screenshot and speech clip) turned
    into exact component inputs by the runtime's own prompt/preprocessing code, plus a short greedy
    continuation from the fp32 model so the decoder is checked through prefill *and* decode.
+   Each image takes its bucket (as transformers' processor sizes it); the first image is also resized to
+   every other bucket, so every vision method of an export with aspect buckets is checked.
 2. ``run_components``: run any backend (eager torch, ExecuTorch, onnxruntime, Core ML interpreter)
-   on those inputs: encoder embeddings, token embeddings, and teacher-forced decoder logits over
-   prefill chunks followed by single-token decode steps through the KV cache.
+   on those inputs: encoder embeddings (every bucket's, as rows of ``vision_encoder``), token embeddings,
+   and teacher-forced decoder logits over prefill chunks followed by single-token decode steps through
+   the KV cache.
 
 ``checks.against_references.compare`` then judges the outputs.
 """
@@ -18,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from autoglm_runtime.positions import decode_positions
-from autoglm_runtime.preprocess import preprocess_audio, preprocess_image
+from autoglm_runtime.preprocess import prepare_image, preprocess_audio, preprocess_image
 from autoglm_runtime.prompt import Message, encode_chat
 from autoglm_runtime.spec import ModelSpec
 from autoglm_runtime.splice import splice
@@ -77,6 +80,8 @@ class Probe:
     rope_delta: int
     pixels: np.ndarray | None
     audio_features: np.ndarray | None
+    size: tuple[int, int] | None = None  # the image's bucket (height, width)
+    other_buckets: list[tuple[tuple[int, int], np.ndarray]] | None = None  # the image at every other bucket
     prompt_embeds: np.ndarray | None = None  # [1, S, D] from the fp32 reference (images/audio spliced in)
     continuation: list[int] | None = None  # greedy tokens of the fp32 reference
     continuation_embeds: np.ndarray | None = None  # [1, K, D]
@@ -100,10 +105,11 @@ def build_probes(
     probes = []
     for case in probe_cases(cases):
         parts: list[dict] = []
-        pixels = feats = None
+        pixels = feats = image = None
         if case.image is not None:
             parts.append({"type": "image"})
-            pixels = preprocess_image(case.image, spec.image)
+            image = prepare_image(case.image, spec.image)
+            pixels = image.pixels
         if case.audio is not None and spec.has_audio:
             parts.append({"type": "audio"})
             feats = preprocess_audio(case.audio, spec.audio)
@@ -111,11 +117,17 @@ def build_probes(
         inputs = encode_chat(
             tok,
             [Message("user", parts)],
-            image_grids=spec.image.grid_thw,
+            image_grids=[image.spec.grid_thw] if image else None,
             spatial_merge_size=spec.image.merge_size,
             audio_tokens_per_clip=spec.audio_tokens,
         )
         probe = Probe(case.case_id, inputs.input_ids, inputs.position_ids, inputs.rope_delta, pixels, feats)
+        if image is not None:
+            probe.size = image.size
+            if not any(p.other_buckets for p in probes):
+                probe.other_buckets = [
+                    (b, preprocess_image(case.image, spec.image.at(b))) for b in spec.image.sizes if b != image.size
+                ]
         _complete_with_reference(probe, spec, fp32_backend, decode_steps)
         probes.append(probe)
     return probes
@@ -126,7 +138,7 @@ def _splice(backend, probe: Probe, spec: ModelSpec) -> np.ndarray:
         backend.token_embedding(probe.token_ids[None]),
         probe.token_ids,
         spec,
-        backend.vision_encoder(probe.pixels) if probe.pixels is not None else None,
+        backend.vision_encoder(probe.pixels, probe.size) if probe.pixels is not None else None,
         backend.audio_encoder(probe.audio_features) if probe.audio_features is not None else None,
     )
 
@@ -178,7 +190,9 @@ def run_components(backend, probes: list[Probe], max_seq_len: int) -> dict[str, 
     out: dict[str, list[np.ndarray]] = {c: [] for c in COMPONENTS}
     for probe in probes:
         if probe.pixels is not None:
-            out["vision_encoder"].append(backend.vision_encoder(probe.pixels))
+            out["vision_encoder"].append(backend.vision_encoder(probe.pixels, probe.size))
+        for size, pixels in probe.other_buckets or ():
+            out["vision_encoder"].append(backend.vision_encoder(pixels, size))
         if probe.audio_features is not None:
             out["audio_encoder"].append(backend.audio_encoder(probe.audio_features))
         out["token_embedding"].append(backend.token_embedding(probe.token_ids[None])[0])

@@ -22,11 +22,21 @@ class ExportShape:
     """The static shapes an export is built for."""
 
     max_context: int = 512
-    image_hw: tuple[int, int] = (336, 336)
+    image_hw: tuple[int, int] = (336, 336)  # the default image size (with buckets: the first bucket)
     audio_frames: int = 3000
+    # Aspect-preserving buckets made under the pixel budget max_pixels (autoglm_runtime.preprocess.buckets),
+    # image_hw first; () = one fixed image size that every image is stretched to.
+    image_buckets: tuple[tuple[int, int], ...] = ()
+    max_pixels: int | None = None
 
     def to_dict(self) -> dict:
-        return {"max_context": self.max_context, "image_hw": list(self.image_hw), "audio_frames": self.audio_frames}
+        return {
+            "max_context": self.max_context,
+            "image_hw": list(self.image_hw),
+            "audio_frames": self.audio_frames,
+            "image_buckets": [list(b) for b in self.image_buckets],
+            "max_pixels": self.max_pixels,
+        }
 
 
 class AutoGLM(nn.Module):
@@ -34,7 +44,7 @@ class AutoGLM(nn.Module):
         super().__init__()
         self.cfg, self.shape = cfg, shape
         self.text = TextDecoder(cfg.text, shape.max_context)
-        self.vision = VisionEncoder(cfg.vision, shape.image_hw)
+        self.vision = VisionEncoder(cfg.vision, shape.image_hw, shape.image_buckets)
         self.audio = AudioEncoder(cfg.audio, shape.audio_frames) if cfg.audio is not None else None
 
     @torch.no_grad()
@@ -50,9 +60,10 @@ class AutoGLM(nn.Module):
         """token_ids [1, S] int64 -> [1, S, hidden]."""
         return self.text.embed(token_ids)
 
-    def vision_encoder(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values [num_patches, patch_dim] -> [image_tokens, hidden]."""
-        return self.vision(pixel_values)
+    def vision_encoder(self, pixel_values: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """pixel_values [num_patches, patch_dim] of an image of ``size`` (a bucket; None: the default image size)
+        -> [image_tokens, hidden]."""
+        return self.vision(pixel_values, size)
 
     def audio_encoder(self, input_features: torch.Tensor) -> torch.Tensor:
         """input_features [1, mel_bins, frames] -> [audio_tokens, hidden]."""

@@ -202,22 +202,35 @@ def rotary_cos_sin(hpos: Tensor, wpos: Tensor, head_dim: int, theta: float) -> t
     return freqs.cos(), freqs.sin()
 
 
+class GridConstants(nn.Module):
+    """The resolution-dependent constants of one more bucket (see ``VisionEncoder.prepare``), never saved."""
+
+    def __init__(self, num_patches: int, hidden: int, head_dim: int):
+        super().__init__()
+        self.register_buffer("pos_embed", torch.empty(num_patches, hidden), persistent=False)
+        self.register_buffer("rope_cos", torch.empty(num_patches, head_dim), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(num_patches, head_dim), persistent=False)
+
+
 class VisionEncoder(nn.Module):
-    """GLM-4.1V vision tower for one image at a fixed ``image_hw``.
+    """GLM-4.1V vision tower for one image at a fixed ``image_hw``, or at any of several bucket sizes
+    (``buckets``; each a static shape with its own constants, all sharing the weights).
 
     ``forward(pixel_values[num_patches, patch_dim]) -> [num_tokens, out_hidden_size]``, equal to the
     ``pooler_output`` of transformers' ``Glm4vVisionModel`` (the merged image embeddings that
     ``get_image_features`` splices into the text sequence).
     """
 
-    def __init__(self, cfg: VisionConfig, image_hw: tuple[int, int]):
+    def __init__(self, cfg: VisionConfig, image_hw: tuple[int, int], buckets: tuple[tuple[int, int], ...] = ()):
         super().__init__()
         p, m = cfg.patch_size, cfg.spatial_merge_size
         h, w = (int(v) for v in image_hw)
-        if h <= 0 or w <= 0 or h % (p * m) or w % (p * m):
-            raise ExportError(
-                f"image size {h}x{w} must be positive multiples of patch_size*spatial_merge_size = {p * m}"
-            )
+        sizes = [(h, w)] + [(int(a), int(b)) for a, b in buckets if (int(a), int(b)) != (h, w)]
+        for bh, bw in sizes:
+            if bh <= 0 or bw <= 0 or bh % (p * m) or bw % (p * m):
+                raise ExportError(
+                    f"image size {bh}x{bw} must be positive multiples of patch_size*spatial_merge_size = {p * m}"
+                )
         if cfg.hidden_size % cfg.num_heads:
             raise CheckpointError(
                 f"vision_config: hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}"
@@ -249,10 +262,15 @@ class VisionEncoder(nn.Module):
         self.downsample = ConvAsLinear(cfg.hidden_size * m * m, cfg.out_hidden_size, bias=True)
         self.merger = PatchMerger(cfg)
 
-        # Constants for this resolution; filled by prepare(), never saved.
+        # Constants for the default resolution; filled by prepare(), never saved.
         self.register_buffer("pos_embed", torch.empty(self.num_patches, cfg.hidden_size), persistent=False)
         self.register_buffer("rope_cos", torch.empty(self.num_patches, head_dim), persistent=False)
         self.register_buffer("rope_sin", torch.empty(self.num_patches, head_dim), persistent=False)
+        # The same constants for every other bucket (aspect-preserving sizes sharing these weights).
+        self.sizes = tuple(sizes)
+        self.bucket_constants = nn.ModuleDict(
+            {f"{bh}x{bw}": GridConstants(bh // p * (bw // p), cfg.hidden_size, head_dim) for bh, bw in sizes[1:]}
+        )
         self.prepare()
 
     @torch.no_grad()
@@ -261,30 +279,39 @@ class VisionEncoder(nn.Module):
         weight = self.embeddings.position_embedding.weight
         if weight.is_meta:
             return  # weights not materialised yet; call again after loading
-        gh, gw = self.grid_hw
-        hpos, wpos = patch_positions(gh, gw, self.merge)
-        # Contiguous on purpose: ExecuTorch's to_edge (convert_constant_dim_order_pass) crashes with
-        # "Missing input spec for lifted tensor" on a non-contiguous non-persistent buffer.
-        self.pos_embed = resample_position_embedding(weight, hpos, wpos, gh, gw).contiguous()
-        cos, sin = rotary_cos_sin(hpos, wpos, self.head_dim, self.rope_theta)
-        self.rope_cos = cos.to(weight.device).contiguous()
-        self.rope_sin = sin.to(weight.device).contiguous()
+        p = self.cfg.patch_size
+        for (h, w), consts in zip(self.sizes, [self, *self.bucket_constants.values()]):
+            gh, gw = h // p, w // p
+            hpos, wpos = patch_positions(gh, gw, self.merge)
+            # Contiguous on purpose: ExecuTorch's to_edge (convert_constant_dim_order_pass) crashes with
+            # "Missing input spec for lifted tensor" on a non-contiguous non-persistent buffer.
+            consts.pos_embed = resample_position_embedding(weight, hpos, wpos, gh, gw).contiguous()
+            cos, sin = rotary_cos_sin(hpos, wpos, self.head_dim, self.rope_theta)
+            consts.rope_cos = cos.to(weight.device).contiguous()
+            consts.rope_sin = sin.to(weight.device).contiguous()
 
-    def forward(self, pixel_values: Tensor) -> Tensor:
-        if tuple(pixel_values.shape) != (self.num_patches, self.patch_dim):
+    def forward(self, pixel_values: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """``size``: the bucket (height, width) of ``pixel_values`` (None: the default ``image_hw``)."""
+        size = self.image_hw if size is None else (int(size[0]), int(size[1]))
+        if size not in self.sizes:
+            raise ExportError(f"image size {size[0]}x{size[1]} is none of this encoder's sizes {list(self.sizes)}")
+        consts = self if size == self.image_hw else self.bucket_constants[f"{size[0]}x{size[1]}"]
+        num_patches = consts.pos_embed.shape[0]
+        if tuple(pixel_values.shape) != (num_patches, self.patch_dim):
             raise ExportError(
-                f"pixel_values shape {tuple(pixel_values.shape)} != ({self.num_patches}, {self.patch_dim}) "
-                f"expected for a {self.image_hw[0]}x{self.image_hw[1]} image"
+                f"pixel_values shape {tuple(pixel_values.shape)} != ({num_patches}, {self.patch_dim}) "
+                f"expected for a {size[0]}x{size[1]} image"
             )
         x = self.patch_embed.proj(pixel_values.to(self.post_conv_layernorm.weight.dtype))  # the compute dtype
         x = self.post_conv_layernorm(x)
-        x = x + self.pos_embed
+        x = x + consts.pos_embed
         for block in self.blocks:
-            x = block(x, self.rope_cos, self.rope_sin)
+            x = block(x, consts.rope_cos, consts.rope_sin)
         x = self.post_layernorm(x)
 
         # Each merge block is m*m consecutive rows; flatten it as (C, mh, mw), the Conv2d weight's layout.
         c, mm = x.shape[-1], self.merge * self.merge
-        x = x.view(self.num_tokens, mm, c).transpose(1, 2).reshape(self.num_tokens, c * mm)
+        tokens = num_patches // mm
+        x = x.view(tokens, mm, c).transpose(1, 2).reshape(tokens, c * mm)
         x = self.downsample(x)
         return self.merger(x)

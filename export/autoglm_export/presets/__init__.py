@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoglm_runtime.preprocess.buckets import DEFAULT_MAX_PIXELS, bucket_sizes
+
 from ..model.autoglm import ExportShape
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,10 @@ AUTOGLM_PHONE_9B_CONFIG = {
     "tie_word_embeddings": False,
 }
 
+# The buckets of the default phone budget (sizes fixed by the budget and the 28-pixel merge unit); their first,
+# the 1080x2400 portrait screenshot's, is the default image size. ``tiny`` keeps one fixed size unless --max-pixels.
+PHONE_BUCKETS = bucket_sizes(DEFAULT_MAX_PIXELS)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny",
@@ -119,16 +125,16 @@ PRESETS: dict[str, Preset] = {
     ),
     "small": Preset(
         "small",
-        ExportShape(max_context=1024, image_hw=(224, 112), audio_frames=400),
+        ExportShape(max_context=1024, image_hw=PHONE_BUCKETS[0], audio_frames=400, max_pixels=DEFAULT_MAX_PIXELS),
         config=SMALL_CONFIG,
         audio_config=SMALL_AUDIO_CONFIG,
     ),
-    # A phone screenshot at 1080x2400 is ~3.3k tokens at full size; 672x308 keeps ~264 image tokens.
+    # A phone screenshot at 1080x2400 is ~3.3k tokens at full size; the phone budget keeps it at 644x280, 230 tokens.
     # 8192 tokens hold an agent turn: a ~3k-token system prompt, one screenshot, a few turns of history
     # (issue 11 item 7); the KV cache is then 0.34 GB in fp16.
     "autoglm-phone-9b": Preset(
         "autoglm-phone-9b",
-        ExportShape(max_context=8192, image_hw=(672, 308), audio_frames=3000),
+        ExportShape(max_context=8192, image_hw=PHONE_BUCKETS[0], audio_frames=3000, max_pixels=DEFAULT_MAX_PIXELS),
         config=AUTOGLM_PHONE_9B_CONFIG,
         # The int4 bundle's 5.5 GB budget (issue 11): at group 32, int8 vision and int8 embedding it is
         # ~6.6 GB. Group 128 (ExecuTorch's own Llama-3-8B recipe), int4 vision linears and an int4

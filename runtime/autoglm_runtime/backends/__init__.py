@@ -1,6 +1,7 @@
 """Backends run the four components on one runtime. Each has the same numpy-in/numpy-out methods:
 
-``vision_encoder(pixel_values)``, ``audio_encoder(input_features)``, ``token_embedding(token_ids)``,
+``vision_encoder(pixel_values, size=None)`` (``size``: the image's bucket (height, width); None: the default size;
+each bucket is its own method: ``preprocess.buckets.method_among``), ``audio_encoder(input_features)``, ``token_embedding(token_ids)``,
 ``text_decoder(embeds, cache_position, position_ids) -> logits`` and ``reset()`` (clear the KV cache).
 """
 
@@ -12,7 +13,7 @@ import numpy as np
 class Backend(Protocol):
     name: str
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray: ...
+    def vision_encoder(self, pixel_values: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray: ...
     def audio_encoder(self, input_features: np.ndarray) -> np.ndarray: ...
     def token_embedding(self, token_ids: np.ndarray) -> np.ndarray: ...
     def text_decoder(self, embeds: np.ndarray, cache_position: np.ndarray, position_ids: np.ndarray) -> np.ndarray: ...

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
+from ..preprocess.buckets import DEFAULT_METHOD, method_among
 
 ENGINES = ("mil", "mlmodel")
 MASK_MIN = -np.inf
@@ -204,8 +205,12 @@ class CoreMLBackend:
             raise BundleError(f"{eng.path}: {function}({shapes}) failed: {type(e).__name__}: {e}") from None
 
     # ---- the four components
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        out = self._run("vision_encoder", {"pixel_values": np.asarray(pixel_values, np.float16)})
+    def vision_encoder(self, pixel_values: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        # One multifunction VisionEncoder package: a function per bucket, the default one "main".
+        functions = self.packages["vision_encoder"].get("functions") or ["main"]
+        function = method_among(size, functions)
+        function = "main" if function == DEFAULT_METHOD else function
+        out = self._run("vision_encoder", {"pixel_values": np.asarray(pixel_values, np.float16)}, function)
         return np.asarray(out["image_embeds"], np.float32)
 
     def audio_encoder(self, input_features: np.ndarray) -> np.ndarray:

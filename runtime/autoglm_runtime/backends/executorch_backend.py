@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BundleError
+from ..preprocess.buckets import method_among
 from ..spec import REQUIRED_COMPONENTS
 
 RESET_METHOD = "reset_cache"
@@ -173,8 +174,9 @@ class ExecuTorchBackend:
     def metadata(self) -> dict[str, Any]:
         return dict(self.meta)
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.program.run("vision_encoder", pixel_values.astype(np.float32, copy=False))[0]
+    def vision_encoder(self, pixel_values: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        method = method_among(size, self.program.method_names)
+        return self.program.run(method, pixel_values.astype(np.float32, copy=False))[0]
 
     def audio_encoder(self, input_features: np.ndarray) -> np.ndarray:
         if not self.program.has("audio_encoder"):

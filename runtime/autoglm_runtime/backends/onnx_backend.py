@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BundleError
+from ..preprocess.buckets import is_vision_method, method_among
 from ..spec import COMPONENTS, REQUIRED_COMPONENTS
 
 PAST, PRESENT = "past_", "present_"
@@ -127,7 +128,7 @@ class OnnxBackend:
         missing = [c for c in REQUIRED_COMPONENTS if c not in files]
         if missing:
             raise BundleError(f"no ONNX model for {', '.join(missing)}")
-        self.models = {c: OnnxModel(p, threads) for c, p in files.items() if c in COMPONENTS}
+        self.models = {c: OnnxModel(p, threads) for c, p in files.items() if c in COMPONENTS or is_vision_method(c)}
         dec = self.models["text_decoder"]
         self.cache_inputs = [n for n in dec.inputs if n.startswith(PAST)]
         if not self.cache_inputs or any(PRESENT + n[len(PAST) :] not in dec.output_names for n in self.cache_inputs):
@@ -172,8 +173,8 @@ class OnnxBackend:
             )
         return backend
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.models["vision_encoder"].run({"pixel_values": pixel_values})[0]
+    def vision_encoder(self, pixel_values: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        return self.models[method_among(size, self.models)].run({"pixel_values": pixel_values})[0]
 
     def audio_encoder(self, input_features: np.ndarray) -> np.ndarray:
         if "audio_encoder" not in self.models:

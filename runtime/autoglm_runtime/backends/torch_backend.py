@@ -23,8 +23,8 @@ class TorchBackend:
             out = fn(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))
         return out.float().numpy()
 
-    def vision_encoder(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self._run(self.module.vision_encoder, pixel_values.astype(np.float32))
+    def vision_encoder(self, pixel_values: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+        return self._run(lambda x: self.module.vision_encoder(x, size), pixel_values.astype(np.float32))
 
     def audio_encoder(self, input_features: np.ndarray) -> np.ndarray:
         return self._run(self.module.audio_encoder, input_features.astype(np.float32))

@@ -7,6 +7,7 @@ its zero padding / truncation to a fixed number of samples, so a fixed-shape exp
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import struct
 from collections.abc import Callable
@@ -241,8 +242,39 @@ def log_mel(audio_16k: np.ndarray, spec: AudioSpec) -> np.ndarray:
     return ((logspec + 4.0) / 4.0).astype(np.float32)
 
 
+def decode_compressed(raw: bytes, name: str) -> tuple[np.ndarray, int]:
+    """MP3 (or FLAC / OGG) bytes -> (mono float32 samples, sample rate), decoded by libsndfile through
+    ``soundfile`` (an optional dependency: the ``serve`` extra). InputError naming ``name`` when it cannot."""
+    try:
+        import soundfile
+    except ImportError:
+        raise InputError(
+            f"{name}: compressed audio (mp3) needs the soundfile package (pip install 'autoglm-export[serve]')"
+        ) from None
+    try:
+        samples, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - libsndfile reports every decode problem as one of its own errors
+        raise InputError(f"cannot decode audio {name}: {str(e).splitlines()[0]}") from None
+    if samples.size == 0:
+        raise InputError(f"audio {name} contains no samples")
+    return samples.mean(axis=1, dtype=np.float32), int(rate)
+
+
+def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """A WAV file (our RIFF reader, which the demo apps mirror) or an MP3 / FLAC / OGG file (libsndfile)
+    -> (mono float32 samples, sample rate)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise InputError(f"cannot read audio file {path}: {e.strerror or e}") from None
+    if head == b"RIFF" or Path(path).suffix.lower() == ".wav":
+        return load_wav(path)
+    return decode_compressed(Path(path).read_bytes(), str(path))
+
+
 def preprocess_audio(src: AudioSource, spec: AudioSpec, sampling_rate: int | None = None) -> np.ndarray:
-    """WAV path or mono array -> float32 [1, num_mel_bins, num_frames] encoder input.
+    """WAV / MP3 path or mono array -> float32 [1, num_mel_bins, num_frames] encoder input.
 
     sampling_rate is only for arrays (default: spec.sampling_rate); files carry their own rate.
     """
@@ -254,9 +286,11 @@ def preprocess_audio(src: AudioSource, spec: AudioSpec, sampling_rate: int | Non
             raise InputError(f"audio {name}: sample rate {rate} Hz is outside the supported {MIN_RATE}-{MAX_RATE} Hz")
     else:
         if sampling_rate is not None:
-            raise ValueError("sampling_rate is only for array input; a WAV file's own rate is used")
+            raise ValueError("sampling_rate is only for array input; an audio file's own rate is used")
         name = None
-        audio, rate = load_wav(src)
+        audio, rate = load_audio(src)
+        if not MIN_RATE <= rate <= MAX_RATE:
+            raise InputError(f"audio {src}: sample rate {rate} Hz is outside the supported {MIN_RATE}-{MAX_RATE} Hz")
     if rate != spec.sampling_rate:
         audio = resample(audio, rate, spec.sampling_rate)
     if len(audio) > spec.num_samples:  # the exported encoder's window is fixed: say what is dropped

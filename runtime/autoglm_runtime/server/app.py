@@ -185,11 +185,13 @@ def create_app(
         _admit(engine)  # refuse before decoding any media when the queue is already full
         conv = await run_in_threadpool(to_conversation, body, spec, config)
         requested = body.max_completion_tokens or body.max_tokens
-        inputs = await run_in_threadpool(_encode, session, conv.messages, enable_thinking(body), requested)
+        inputs, images = await run_in_threadpool(
+            _encode, session, conv.messages, conv.images, enable_thinking(body), requested
+        )
         n_prompt = len(inputs.input_ids)
         job = Job(
             inputs,
-            conv.images,
+            images,
             conv.audios,
             requested or spec.max_context - n_prompt,
             sampling,
@@ -240,10 +242,12 @@ def _check_model(name: str | None, config: ServerConfig) -> str:
     return config.model_name
 
 
-def _encode(session: Session, messages, thinking: bool | None, requested: int | None):
+def _encode(session: Session, messages, images, thinking: bool | None, requested: int | None):
+    """The prompt's ids and positions, and its images at their buckets (which decide their token counts)."""
     limit = session.spec.max_context
     try:
-        inputs = session.encode(messages, enable_thinking=thinking, max_new_tokens=None)
+        images = session.prepare_images(images)
+        inputs = session.encode(messages, images=images, enable_thinking=thinking, max_new_tokens=None)
     except InputError as e:
         raise bad_request(str(e), "messages") from None
     n = len(inputs.input_ids)
@@ -261,7 +265,7 @@ def _encode(session: Session, messages, thinking: bool | None, requested: int | 
             "messages" if n >= limit else "max_tokens",
             "context_length_exceeded",
         )
-    return inputs
+    return inputs, images
 
 
 class Reply:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..preprocess.audio import MAX_RATE, MIN_RATE, load_wav, resample
+from ..preprocess.audio import MAX_RATE, MIN_RATE, decode_compressed, load_wav, resample
 from .config import ServerConfig
 from .errors import bad_request, too_large
 
@@ -179,24 +179,9 @@ def _decode_wav(raw: bytes, param: str) -> tuple[np.ndarray, int]:
 
 def _decode_mp3(raw: bytes, param: str) -> tuple[np.ndarray, int]:
     try:
-        import soundfile
-    except ImportError:
-        raise bad_request(
-            "mp3 input needs the soundfile package on the server (pip install autoglm-export[serve])",
-            param,
-            "invalid_audio",
-        ) from None
-    try:
-        samples, rate = soundfile.read(io.BytesIO(raw), dtype="float32", always_2d=True)
-    except Exception as e:  # noqa: BLE001 - libsndfile reports every decode problem as one of its own errors
-        raise bad_request(
-            f"cannot decode the mp3 audio: {str(e).splitlines()[0]}",
-            param,
-            "invalid_audio",
-        ) from None
-    if samples.size == 0:
-        raise bad_request("the mp3 audio contains no samples", param, "invalid_audio")
-    return samples.mean(axis=1, dtype=np.float32), int(rate)
+        return decode_compressed(raw, "the mp3 audio")
+    except InputError as e:
+        raise bad_request(str(e), param, "invalid_audio") from None
 
 
 def load_input_audio(data: str, fmt: str, sampling_rate: int, config: ServerConfig, param: str) -> np.ndarray:

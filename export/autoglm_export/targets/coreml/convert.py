@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoglm_runtime.backends.coreml_backend import causal_mask
+from autoglm_runtime.preprocess.buckets import method_name
 
 from ...errors import ExportError
 from ...model.autoglm import AutoGLM
@@ -463,36 +465,66 @@ def _finish(component: str, mlmodel, path: Path, extra: dict | None = None) -> P
 # --------------------------------------------------------------------------- encoders and embedding
 
 
-class VisionWrapper(nn.Module):
+class _Wrapper(nn.Module):
     def __init__(self, model: AutoGLM):
         super().__init__()
         self.model = model
 
+
+class VisionWrapper(_Wrapper):
+    def __init__(self, model: AutoGLM, size: tuple[int, int] | None = None):
+        super().__init__(model)
+        self.size = size
+
     def forward(self, pixel_values):
-        return self.model.vision_encoder(pixel_values)
+        return self.model.vision_encoder(pixel_values, self.size)
 
 
-class AudioWrapper(VisionWrapper):
+class AudioWrapper(_Wrapper):
     def forward(self, input_features):
         return self.model.audio_encoder(input_features)
 
 
-class EmbeddingWrapper(VisionWrapper):
+class EmbeddingWrapper(_Wrapper):
     def forward(self, token_ids):
         return self.model.token_embedding(token_ids)
 
 
-def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
-    """pixel_values [patches, 3*T*p*p] fp16 -> image_embeds [image_tokens, hidden] fp16."""
+def _vision_package(model: AutoGLM, recipe: CoreMLRecipe, size, fixed: dict | None):
     v = model.vision
-    example = (torch.zeros(v.num_patches, v.patch_dim),)
+    h, w = size or v.image_hw
+    example = (torch.zeros(h // v.cfg.patch_size * (w // v.cfg.patch_size), v.patch_dim),)
     ml = _convert(
-        _trace(VisionWrapper(model), example),
+        _trace(VisionWrapper(model, size), example),
         recipe=recipe,
         inputs=[_tensor("pixel_values", example[0].shape, np.float16)],
         outputs=[_tensor("image_embeds", None, np.float16)],
     )
-    return _finish("vision_encoder", _compress_linears(ml, recipe, fixed, "vision"), path)
+    return _compress_linears(ml, recipe, fixed, "vision")
+
+
+def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
+    """pixel_values [patches, 3*T*p*p] fp16 -> image_embeds [image_tokens, hidden] fp16.
+
+    With aspect buckets: one multifunction package (iOS 18), a function per bucket sharing the weights:
+    ``main`` for the default size, ``vision_encoder_HxW`` for the others (``ImageSpec.method``'s names)."""
+    v = model.vision
+    if len(v.sizes) == 1:
+        return _finish("vision_encoder", _vision_package(model, recipe, None, fixed), path)
+    ct = _ct()  # multifunction needs iOS 18: CoreMLTarget.check refused iOS 17 with buckets
+    desc = ct.utils.MultiFunctionDescriptor()
+    with tempfile.TemporaryDirectory(prefix="autoglm-coreml-vision-") as work:
+        for h, w in v.sizes:
+            default = (h, w) == v.image_hw
+            function = "main" if default else method_name((h, w), v.image_hw)
+            part = Path(work) / f"{function}.mlpackage"
+            _vision_package(model, recipe, None if default else (h, w), fixed).save(str(part))
+            desc.add_function(str(part), src_function_name="main", target_function_name=function)
+        desc.default_function_name = "main"
+        with warnings.catch_warnings(), _quiet_coremltools():
+            warnings.simplefilter("ignore")
+            ct.utils.save_multifunction(desc, str(path))
+    return _finish("vision_encoder", None, path, {"buckets": [list(b) for b in v.sizes]})
 
 
 def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:

@@ -180,6 +180,12 @@ class CoreMLTarget(Target):
                 f"--prefill-chunk {options.prefill_chunk} must be between 1 and the context length "
                 f"{src.spec.max_context}"
             )
+        buckets = len(src.spec.image.sizes)
+        if buckets > 1 and options.recipe.min_ios < 18:
+            raise ExportError(
+                f"--min-ios {options.recipe.min_ios}: {buckets} image buckets need a multifunction VisionEncoder "
+                "(iOS 18); pass --min-ios 18, or --image-size HxW for one fixed size"
+            )
 
     def chunk(self, options: CoreMLOptions) -> int:
         return options.prefill_chunk

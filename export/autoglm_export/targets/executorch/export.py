@@ -68,6 +68,9 @@ def constant_methods(src: ModelSource, max_seq_len: int) -> dict:
         "get_image_height": spec.image.height,
         "get_image_width": spec.image.width,
     }
+    if spec.image.buckets:  # flat (height, width) pairs, the default first; method names in the manifest
+        meta["get_image_buckets"] = [v for size in spec.image.buckets for v in size]
+        meta["get_max_pixels"] = spec.image.max_pixels
     if spec.audio is not None:
         meta.update(
             {

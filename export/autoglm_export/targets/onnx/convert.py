@@ -53,6 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoglm_runtime.preprocess.buckets import is_vision_method
+
 from ...components import components
 from ...errors import ExportError
 from ...model.autoglm import AutoGLM
@@ -602,7 +604,7 @@ def _component_modules(model: AutoGLM, max_seq_len: int):
 
     seq = Dim("seq", min=1, max=model.shape.max_context)
     for comp in components(model, max_seq_len):
-        if comp.name in ("vision_encoder", "audio_encoder"):
+        if is_vision_method(comp.name) or comp.name == "audio_encoder":  # one static graph per image bucket
             yield comp.name, comp.module, comp.example_inputs, comp.input_names, comp.output_names, None
         elif comp.name == "token_embedding":
             yield comp.name, comp.module, comp.example_inputs, comp.input_names, comp.output_names, ({1: seq},)
@@ -657,11 +659,12 @@ def export_onnx_files(
         drop_stack_traces(proto)
         out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
         record = OnnxFile(name, f"{name}.onnx", None, [], [])
+        component = "vision_encoder" if is_vision_method(name) else name  # whose linears the graph holds
         if quant == "int4" and fixed is not None:
             t1 = time.perf_counter()
             gemm_to_matmul(proto)
             proto = apply_checkpoint_codes(
-                proto, name, linears.get(name, []), fixed, block_size, _router_matmuls(proto, routers), record
+                proto, component, linears.get(component, []), fixed, block_size, _router_matmuls(proto, routers), record
             )
             out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
         elif quant == "int4":
@@ -673,7 +676,7 @@ def export_onnx_files(
             left = [n.name for n in constant_matmuls(proto)]
             record.fp32_matmuls = [f"{n}: {ROUTER_NOTE}" for n in left if n in excluded]
             stray = [n for n in left if n not in excluded]
-            expected = len(linears.get(name, []))
+            expected = len(linears.get(component, []))
             if stray or record.quantized_matmuls != expected:
                 raise ExportError(
                     f"{name}: int4 rewrote {record.quantized_matmuls} MatMuls but the model has {expected} linear layers"
