@@ -194,6 +194,11 @@ def render(r: dict) -> str:
         "- The checkpoint is made by `tools/make_real_checkpoint.py` (never committed); the export command is in the script's docstring.",
         "",
         markdown_table(["", "measured"], rows),
+        "",
+        "The export row is whatever `--export-time` recorded. For the run above that was `--no-validate`,",
+        "before ExecuTorch's partition copies shared their weights: the export part peaks at 8.0 GB since",
+        "then (README, Android). Random weights, so only speed and memory are meaningful here. Other",
+        "processes shared the 2 cores (load line): decode / floor is within this run.",
     ]
     return "\n".join(lines) + "\n"
 
