@@ -43,6 +43,10 @@ def test_android_export_stays_below_an_fp32_copy(real_width, tmp_path):
             "--max-seq-len",
             "64",
             "--external-weights",  # the 9B layout: a small model.pte, the weights in model.ptd
+            # One vision method: each image bucket's method plans its own activation arena when the
+            # runtime loads it (+1.8 GB for the preset's 8 at these widths), which is not weights.
+            "--image-size",
+            "644x280",
         ]
     )
     assert run.returncode == 0, run.stderr[-3000:]
