@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 MAX_STOP_SEQUENCES = 16
 
@@ -58,6 +58,11 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+# Sampling numbers as JSON numbers only: pydantic's lax mode would take false as 0.0 and "1" as 1.
+Number = Annotated[float, Strict()]
+Count = Annotated[int, Strict()]
+
+
 class ChatCompletionRequest(_Request):
     model: str | None = Field(
         None,
@@ -66,18 +71,18 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2, description="0 = greedy (default 1, as OpenAI)")
-    top_p: float | None = Field(None, gt=0, le=1)
-    max_tokens: int | None = Field(None, ge=1, description="default: what is left of the context")
-    max_completion_tokens: int | None = Field(None, ge=1, description="same as max_tokens (it wins if both are given)")
+    temperature: Number | None = Field(None, ge=0, le=2, description="0 = greedy (default 1, as OpenAI)")
+    top_p: Number | None = Field(None, gt=0, le=1)
+    max_tokens: Count | None = Field(None, ge=1, description="default: what is left of the context")
+    max_completion_tokens: Count | None = Field(None, ge=1, description="same as max_tokens (it wins if both are given)")
     stop: str | list[str] | None = Field(
         None,
         description=f"up to {MAX_STOP_SEQUENCES} strings; the text ends before the first",
     )
-    seed: int | None = None
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    n: int | None = Field(None, ge=1, le=1, description="only 1 is supported")
+    seed: Count | None = None
+    frequency_penalty: Number | None = Field(None, ge=-2, le=2)
+    presence_penalty: Number | None = Field(None, ge=-2, le=2)
+    n: Count | None = Field(None, ge=1, le=1, description="only 1 is supported")
     logprobs: bool | None = None
     tools: list[Any] | None = None
     enable_thinking: bool | None = Field(

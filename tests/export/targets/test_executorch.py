@@ -185,7 +185,8 @@ def tiny_bundle(tmp_path_factory, background):
     out.mkdir()
     (out / "manifest.json").write_text('{"schema_version": 1}')
     (out / "stale.bin").write_bytes(b"from an earlier export")
-    result = runner.invoke(app, ["android", "--out", str(out), *TINY_ARGS, "--force"])
+    # --decode-step (off by default): this bundle covers the single-token method too
+    result = runner.invoke(app, ["android", "--out", str(out), *TINY_ARGS, "--decode-step", "--force"])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     request = ModelRequest(None, None, "tiny", MAX_CONTEXT, IMAGE_HW, AUDIO_FRAMES)
     return SimpleNamespace(
@@ -291,6 +292,8 @@ def test_manifest_describes_the_model(exported):
         "max_context": MAX_CONTEXT,
         "image_hw": list(IMAGE_HW),
         "audio_frames": AUDIO_FRAMES,
+        "max_pixels": None,  # a fixed image size (--image-size): no buckets
+        "image_buckets": [],
     }
     assert manifest["max_seq_len"] == MAX_SEQ_LEN
     model = manifest["model"]
@@ -412,7 +415,7 @@ def test_decode_step_is_one_xnnpack_subgraph_per_layer(exported):
     manifest = _manifest(exported)
     cfg = _config(exported)
     if not manifest["decode_step"]:
-        pytest.skip("exported with --no-decode-step")
+        pytest.skip("exported without --decode-step")
     step = manifest["delegation"]["text_decoder_step"]
     if cfg["model_type"] == "glm4v":
         assert step["delegated_subgraphs"] <= cfg["text_config"]["num_hidden_layers"] + 2, step
@@ -462,7 +465,7 @@ def _expected_methods(manifest: dict) -> dict:
         },
         "reset_cache": {"inputs": [], "outputs": [t("done", [1])]},
     }
-    if not manifest["decode_step"]:  # --no-decode-step (the MoE bundles)
+    if not manifest["decode_step"]:  # without --decode-step (the MoE bundles)
         del expected["text_decoder_step"]
     return expected
 

@@ -63,3 +63,14 @@ def test_fuzz_every_operation(server):
     invalid = fuzz(url, operations[chat], GenerationMode.NEGATIVE)
     print(statuses, invalid)
     assert {200, 400} <= statuses[chat] and 400 in invalid and max(invalid) < 500
+
+
+@pytest.mark.parametrize("field, value", [("presence_penalty", False), ("temperature", "1"), ("max_tokens", True)])
+def test_sampling_numbers_are_not_coerced(field, value):
+    """Found by the fuzzer: lax parsing took `presence_penalty: false` as 0.0 and answered 200."""
+    from pydantic import ValidationError
+
+    from autoglm_runtime.server.schemas import ChatCompletionRequest
+
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "hi"}], field: value})
