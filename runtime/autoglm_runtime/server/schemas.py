@@ -74,7 +74,9 @@ class ChatCompletionRequest(_Request):
     temperature: Number | None = Field(None, ge=0, le=2, description="0 = greedy (default 1, as OpenAI)")
     top_p: Number | None = Field(None, gt=0, le=1)
     max_tokens: Count | None = Field(None, ge=1, description="default: what is left of the context")
-    max_completion_tokens: Count | None = Field(None, ge=1, description="same as max_tokens (it wins if both are given)")
+    max_completion_tokens: Count | None = Field(
+        None, ge=1, description="same as max_tokens (it wins if both are given)"
+    )
     stop: str | list[str] | None = Field(
         None,
         description=f"up to {MAX_STOP_SEQUENCES} strings; the text ends before the first",
