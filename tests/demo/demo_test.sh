@@ -31,7 +31,7 @@ step "export the embedded model (android, ios 18, ios 17)"
 mkdir -p "$OUT"
 CLI=("$PY" -m autoglm_export.cli)
 # The ExecuTorch lowering is mostly one core: the Core ML exports run beside it.
-"${CLI[@]}" android --force --out "$OUT/android" > "$OUT/export-android.log" 2>&1 &
+"${CLI[@]}" android --force --decode-step --out "$OUT/android" > "$OUT/export-android.log" 2>&1 &
 android_pid=$!
 "${CLI[@]}" ios --force --out "$OUT/ios" > "$OUT/export-ios.log" 2>&1 || { tail -5 "$OUT/export-ios.log"; exit 1; }
 "${CLI[@]}" ios --force --min-ios 17 --quant int8 --out "$OUT/ios17" > "$OUT/export-ios17.log" 2>&1 || { tail -5 "$OUT/export-ios17.log"; exit 1; }
