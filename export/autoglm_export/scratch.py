@@ -79,18 +79,3 @@ class Scratch:
         self._tensors.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         log.debug("scratch %s removed (%.1f GB written)", self.dir, self.bytes / 1e9)
-
-
-def keep_quantized(weight, scratch: Scratch | None):
-    """A torchao quantized weight with its integers, scales and zero points moved to ``scratch``."""
-    if scratch is None:
-        return weight
-    return type(weight)(
-        qdata=scratch.keep(weight.qdata),
-        scale=scratch.keep(weight.scale),
-        zero_point=scratch.keep(weight.zero_point),
-        target_dtype=weight.target_dtype,
-        block_size=weight.block_size,
-        dtype=weight.dtype,
-        activation_quantization=weight.activation_quantization,
-    )

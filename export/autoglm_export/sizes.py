@@ -41,3 +41,9 @@ def human_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{int(n)} B"
+
+
+# Where a model counts as large for the export's checks: above it an fp32 copy of all weights no longer
+# fits beside the model, and each eager call through it takes seconds (checks/against_transformers.py,
+# checks/probes.py).
+LARGE_MODEL_PARAMS = 2_000_000_000

@@ -27,6 +27,7 @@ from autoglm_runtime.tokenizer import Tokenizer
 from ..calibration import synthetic_screenshot
 from ..checkpoint import SafetensorsCheckpoint
 from ..errors import ExportError
+from ..sizes import LARGE_MODEL_PARAMS
 from ..source import ModelSource
 from ..stored import big_weights_only, fp32_while_running, remaining
 
@@ -238,9 +239,8 @@ def _verify_audio(src: ModelSource) -> Comparison:
     return compare("audio embeddings vs transformers", got[:n], ref[:n])
 
 
-# Holding transformers' own fp32 copy next to ours doubles memory: above this size the check runs
-# only when both models read the checkpoint's weights as stored (memory-mapped, ``_on_stored_weights``).
-REFERENCE_CHECK_MAX_PARAMS = 2_000_000_000
+# Holding transformers' own fp32 copy next to ours doubles memory: above LARGE_MODEL_PARAMS the check
+# runs only when both models read the checkpoint's weights as stored (``_on_stored_weights``).
 
 
 def check_against_transformers(src: ModelSource, stages) -> dict | None:
@@ -253,7 +253,7 @@ def check_against_transformers(src: ModelSource, stages) -> dict | None:
     if src.checkpoint is None or src.tokenizer_path is None:
         log.info("reference check skipped: %s has no checkpoint/tokenizer for transformers to load", src.label)
         return None
-    if params > REFERENCE_CHECK_MAX_PARAMS and not remaining(src.model):
+    if params > LARGE_MODEL_PARAMS and not remaining(src.model):
         log.info(
             "reference check skipped for %.1fB params (memory); run `autoglm-export verify` separately", params / 1e9
         )

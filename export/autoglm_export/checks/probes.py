@@ -30,6 +30,7 @@ from autoglm_runtime.tokenizer import Tokenizer
 from ..calibration import load_calibration_set, load_image, load_speech, synthetic_screenshot, synthetic_speech
 from ..components import COMPONENTS
 from ..errors import ExportError
+from ..sizes import LARGE_MODEL_PARAMS
 
 # When the calibration set is not there (an installed package without the repository's
 # calibration_data/): the same kinds of case, with synthetic media.
@@ -87,10 +88,9 @@ class Probe:
     continuation_embeds: np.ndarray | None = None  # [1, K, D]
 
 
-# Above this size an eager decoder call takes seconds to minutes (each weight converted to fp32 as its
-# module runs): the gate then runs the first two cases (a screenshot prompt among them) with three
-# decode steps, still through prefill chunks and the KV cache, instead of three cases with six.
-LARGE_MODEL_PARAMS = 2_000_000_000
+# Above LARGE_MODEL_PARAMS an eager decoder call takes seconds to minutes (each weight converted to
+# fp32 as its module runs): the gate then runs the first two cases (a screenshot prompt among them)
+# with three decode steps, still through prefill chunks and the KV cache, instead of three with six.
 
 
 def probe_budget(params: int) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from torch import nn
 from .. import stored
 from ..checkpoint import release_pages
 from ..errors import ExportError
-from ..scratch import Scratch, keep_quantized
+from ..scratch import Scratch
 
 log = logging.getLogger(__name__)
 
@@ -119,26 +119,37 @@ def _embedding_config(bits: str, group_size: int):
     return IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0))
 
 
+def _like(w, qdata: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor):
+    """A torchao quantized tensor of ``w``'s kind (dtype, block size, activation quantization) over
+    other integers, scales and zero points."""
+    return type(w)(
+        qdata=qdata,
+        scale=scale,
+        zero_point=zero_point,
+        target_dtype=w.target_dtype,
+        block_size=w.block_size,
+        dtype=w.dtype,
+        activation_quantization=w.activation_quantization,
+    )
+
+
+def _kept(weight, scratch: Scratch | None):
+    """``weight`` with its integers, scales and zero points moved to ``scratch`` (``scratch.py``)."""
+    if scratch is None:
+        return weight
+    return _like(weight, scratch.keep(weight.qdata), scratch.keep(weight.scale), scratch.keep(weight.zero_point))
+
+
 def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed, scratch: Scratch | None = None) -> None:
     """Swap torchao's round-to-nearest integers for calibrated ones (same grid, same activation quantization)."""
-    from torchao.quantization import IntxUnpackedToInt8Tensor
-
     rtn, q = linear.weight, fixed
     if tuple(rtn.block_size) != (1, q.group_size) or rtn.target_dtype != getattr(torch, f"int{q.bits}"):
         raise ExportError(
             f"{fqn}: the quantized checkpoint has int{q.bits}/group {q.group_size}, the recipe made "
             f"{rtn.target_dtype}/block {tuple(rtn.block_size)}"
         )
-    weight = IntxUnpackedToInt8Tensor(
-        qdata=q.codes.to(torch.int8),
-        scale=q.scales.to(rtn.scale.dtype),
-        zero_point=torch.zeros_like(rtn.zero_point),
-        target_dtype=rtn.target_dtype,
-        block_size=rtn.block_size,
-        dtype=rtn.dtype,
-        activation_quantization=rtn.activation_quantization,
-    )
-    linear.weight = nn.Parameter(keep_quantized(weight, scratch), requires_grad=False)
+    weight = _like(rtn, q.codes.to(torch.int8), q.scales.to(rtn.scale.dtype), torch.zeros_like(rtn.zero_point))
+    linear.weight = nn.Parameter(_kept(weight, scratch), requires_grad=False)
 
 
 # Rows per torchao call for a large weight: torchao's temporaries are about 3x the fp32 weight it
@@ -166,7 +177,7 @@ def quantize_module(
     if w.shape[0] <= rows:
         stored.to_fp32(mod)
         quantize_(mod, config, is_target)
-        mod.weight = nn.Parameter(keep_quantized(mod.weight, scratch), requires_grad=False)
+        mod.weight = nn.Parameter(_kept(mod.weight, scratch), requires_grad=False)
         return
     parts = []
     for start in range(0, w.shape[0], rows):
@@ -181,17 +192,13 @@ def quantize_module(
         quantize_(tmp, config, is_target)
         parts.append(tmp.weight)
         release_pages([piece])
-    first = parts[0]
-    joined = type(first)(
-        qdata=torch.cat([p.qdata for p in parts]),
-        scale=torch.cat([p.scale for p in parts]),
-        zero_point=torch.cat([p.zero_point for p in parts]),
-        target_dtype=first.target_dtype,
-        block_size=first.block_size,
-        dtype=first.dtype,
-        activation_quantization=first.activation_quantization,
+    joined = _like(
+        parts[0],
+        torch.cat([p.qdata for p in parts]),
+        torch.cat([p.scale for p in parts]),
+        torch.cat([p.zero_point for p in parts]),
     )
-    mod.weight = nn.Parameter(keep_quantized(joined, scratch), requires_grad=False)
+    mod.weight = nn.Parameter(_kept(joined, scratch), requires_grad=False)
 
 
 @contextmanager
@@ -238,15 +245,7 @@ def _sliced_linear(mod: nn.Linear, rows: int):
 def _gathered_embedding(mod: nn.Embedding):
     def forward(ids):
         w, flat = mod.weight, ids.reshape(-1)
-        rows = type(w)(
-            qdata=w.qdata[flat],
-            scale=w.scale[flat],
-            zero_point=w.zero_point[flat],
-            target_dtype=w.target_dtype,
-            block_size=w.block_size,
-            dtype=w.dtype,
-            activation_quantization=w.activation_quantization,
-        )
+        rows = _like(w, w.qdata[flat], w.scale[flat], w.zero_point[flat])
         return rows.dequantize().reshape(*ids.shape, w.shape[1])
 
     return forward
