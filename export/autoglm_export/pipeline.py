@@ -28,17 +28,23 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from autoglm_runtime.backends.torch_backend import TorchBackend
 from autoglm_runtime.bundle import open_bundle
 from autoglm_runtime.parity import ParityReport
 
 from .bundle import BundleWriter, check_destination
+from .checks import layerwise
 from .checks.against_references import compare
 from .checks.against_transformers import check_against_transformers
-from .checks.probes import build_probes, probe_budget, run_components
+from .checks.floor import jittered, needs_floor
+from .checks.probes import build_probes, probe_budget, reference_traces, run_components
+from .components import COMPONENTS
 from .disk import check_free_space, estimate_bundle_bytes
 from .errors import ExportError
 from .quantize import qcheckpoint
@@ -79,17 +85,45 @@ def bundle_checkpoint(manifest: dict, src, request: ModelRequest):
     return qc
 
 
-def fp32_references(src, chunk: int, stages: Stages):
-    """Probes from the calibration prompts and the unquantized model's outputs on them."""
+@dataclass
+class References:
+    """The parity probes and what the references answered on them (step 5 and 8)."""
+
+    probes: list
+    outputs: dict[str, dict[str, np.ndarray]]  # reference -> component -> outputs
+    blocks: list | None = None  # the fp32 run's block inputs/outputs, when the cost is gated per block
+    block_rows: list[dict] = field(default_factory=list)  # the per-block cost rows (``layerwise.replay``)
+
+
+def fp32_references(src, chunk: int, stages: Stages) -> References:
+    """Probes from the calibration prompts and the unquantized model's outputs on them (with every
+    block's inputs and outputs for a model whose cost is gated per block: ``checks/layerwise.py``)."""
     if src.tokenizer_path is None:
         raise ExportError(
             f"{src.label}: no tokenizer.json next to the weights; validation needs it (or pass --no-validate)"
         )
-    with stages.stage("fp32 reference outputs"), fp32_while_running(src.model):
+    params = sum(p.numel() for p in src.model.parameters())
+    cases, steps = probe_budget(params)
+    with (
+        stages.stage("fp32 reference outputs"),
+        fp32_while_running(src.model),
+        layerwise.capture(src.model) if layerwise.per_layer(params) else nullcontext() as blocks,
+    ):
         backend = TorchBackend(src.model)
-        cases, steps = probe_budget(sum(p.numel() for p in src.model.parameters()))
-        probes = build_probes(src.spec, src.tokenizer_path, backend, cases, steps)
-        return probes, run_components(backend, probes, chunk)
+        probes = build_probes(src.spec, src.tokenizer_path, backend, cases, steps, chunk)  # runs the decoder
+        outputs = run_components(backend, probes, chunk, tuple(c for c in COMPONENTS if c != "text_decoder"))
+        outputs["text_decoder"] = reference_traces(probes)
+        return References(probes, {"fp32": outputs}, blocks)
+
+
+def quantized_references(src, refs: References, chunk: int, kinds: dict[str, str], stages: Stages) -> None:
+    """Step 8: the quantized twin on the probes, and its cost block by block when that is what is gated."""
+    with stages.stage("quantized eager reference outputs"), in_row_slices(src.model):
+        refs.outputs["quantized_eager"] = run_components(TorchBackend(src.model), refs.probes, chunk)
+    if refs.blocks is not None:
+        with stages.stage("quantization cost block by block"), in_row_slices(src.model):
+            refs.block_rows = layerwise.replay(refs.blocks, kinds)
+        refs.blocks = None  # the captured activations (hundreds of MB at 9B) are no longer needed
 
 
 def load_quantized_weights(qc, src, stages: Stages) -> None:
@@ -122,20 +156,31 @@ def gate_on_parity(report: ParityReport, bundle: BundleWriter, out: Path) -> Non
         failed = parity_failed_path(out)
         failed.write_text(json.dumps(report.to_json(), indent=2))
         raise ExportError(
-            f"parity failed ({sum(not r['passed'] for r in report.rows)} checks); nothing published "
-            f"to {out}; numbers in {failed}"
+            f"parity failed ({len(report.failures)} checks); nothing published to {out}; numbers in {failed}"
         )
     bundle.write_json("parity.json", report.to_json())
 
 
-def check_artifacts(target: Target, job: Job, root: Path, fields: dict, probes, references) -> ParityReport:
-    """Step 9: the artifacts under ``root`` run by the target's runtime backend, compared with the references."""
+def check_artifacts(target: Target, job: Job, root: Path, fields: dict, refs: References) -> ParityReport:
+    """Step 9: the artifacts under ``root`` run by the target's runtime backend, compared with the
+    references; a faithfulness miss of a run-time-rounded kind is re-judged against the twin's
+    rounding floor (``checks/floor.py``)."""
     options, chunk = job.options, target.chunk(job.options)
+    kinds = target.quant_kinds(options, job.fixed)
+    informative = tuple(r["component"] for r in refs.block_rows)
     backend = target.backend(root, fields, options)
-    report = compare(
-        target.name, run_components(backend, probes, chunk), references, target.quant_kinds(options, job.fixed)
-    )
-    report.info = target.parity_info(options, backend)
+    got = run_components(backend, refs.probes, chunk)
+    info = target.parity_info(options, backend)
+    del backend  # its memory (the program's weights) before the floor's twin run
+    report = compare(target.name, got, refs.outputs, kinds, informative=informative)
+    missed = needs_floor(report)
+    if missed:
+        model, what = job.src.model, ", ".join(missed)
+        with job.stages.stage(f"rounding floor of the quantized eager {what}"), jittered(model), in_row_slices(model):
+            floors = run_components(TorchBackend(model), refs.probes, chunk, missed)
+        report = compare(target.name, got, refs.outputs, kinds, floors=floors, informative=informative)
+    report.rows += refs.block_rows
+    report.info = info
     return report
 
 
@@ -165,24 +210,20 @@ def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple
         job = Job(src, options, stages, qc, scratch=scratch)
         reference_check = check_against_transformers(src, stages) if options.validate else None
         chunk = target.chunk(options)
-        probes, references = [], {}
-        if options.validate:
-            probes, fp32 = fp32_references(src, chunk, stages)
-            references["fp32"] = fp32
+        refs = fp32_references(src, chunk, stages) if options.validate else None
         load_quantized_weights(qc, src, stages)
         report = None
         with BundleWriter(options.out, force=options.force) as bundle:
             job.bundle = bundle
             build(target, job)
             if options.validate:
-                with stages.stage("quantized eager reference outputs"), in_row_slices(src.model):
-                    references["quantized_eager"] = run_components(TorchBackend(src.model), probes, chunk)
+                quantized_references(src, refs, chunk, target.quant_kinds(options, job.fixed), stages)
             if src.tokenizer_path is not None:
                 bundle.copy("tokenizer.json", src.tokenizer_path)
             fields = target.manifest_fields(job)
             if options.validate:
                 with stages.stage(f"validate the bundle with {target.runtime_name(options)}"):
-                    report = check_artifacts(target, job, Path(bundle.tmp_dir), fields, probes, references)
+                    report = check_artifacts(target, job, Path(bundle.tmp_dir), fields, refs)
                 gate_on_parity(report, bundle, options.out)
             manifest = base_manifest(
                 target.name,
@@ -253,12 +294,11 @@ def validate_bundle(
     with Scratch(tempfile.gettempdir()) as scratch:
         job = Job(src, options, stages, qc, scratch=scratch)
         chunk = target.chunk(options)
-        probes, fp32 = fp32_references(src, chunk, stages)
+        refs = fp32_references(src, chunk, stages)
         load_quantized_weights(qc, src, stages)
         job.quant_report = target.twin(job)
-        with in_row_slices(src.model):
-            references = {"fp32": fp32, "quantized_eager": run_components(TorchBackend(src.model), probes, chunk)}
-        report = check_artifacts(target, job, bundle.root, manifest, probes, references)
+        quantized_references(src, refs, chunk, target.quant_kinds(options, job.fixed), stages)
+        report = check_artifacts(target, job, bundle.root, manifest, refs)
     return BundleValidation(
         report.target, report.rows, report.info, unchecked=unchecked_components(bundle.spec, src.spec, audio_checkpoint)
     )

@@ -133,3 +133,16 @@ def test_top1_ignores_near_ties_but_reports_them():
     m = compare_arrays("logits", got, ref, logits=True)
     assert m.top1_positions == 2  # the middle row is a tie at this scale
     assert m.top1_agreement == 0.5 and abs(m.top1_all - 1 / 3) < 1e-12
+
+
+def test_an_ungated_row_is_shown_but_does_not_decide():
+    m = compare_arrays("x", np.ones(4), np.ones(4))
+    report = ParityReport(target="t", rows=[])
+    report.add("vision_encoder", "quantized_eager", m, Thresholds(min_cosine=0.5))
+    info = report.add("text_decoder", "fp32", m, Thresholds(min_cosine=1.5))  # fails...
+    info["gated"] = False  # ...but is informative only
+    assert report.passed and report.failures == []
+    assert report.lines()[1].startswith("INFO") and "(not gated)" in report.lines()[1]
+    assert ParityReport.from_json(json.loads(json.dumps(report.to_json()))).passed
+    info["gated"] = True
+    assert not report.passed and report.lines()[1].startswith("FAIL")

@@ -86,6 +86,7 @@ class Probe:
     prompt_embeds: np.ndarray | None = None  # [1, S, D] from the fp32 reference (images/audio spliced in)
     continuation: list[int] | None = None  # greedy tokens of the fp32 reference
     continuation_embeds: np.ndarray | None = None  # [1, K, D]
+    reference_trace: np.ndarray | None = None  # the fp32 decoder trace that chose them (``reference_traces``)
 
 
 # Above LARGE_MODEL_PARAMS an eager decoder call takes seconds to minutes (each weight converted to
@@ -99,8 +100,11 @@ def probe_budget(params: int) -> tuple[int, int]:
 
 
 def build_probes(
-    spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int = 3, decode_steps: int = 6
+    spec: ModelSpec, tokenizer_path: Path, fp32_backend, cases: int = 3, decode_steps: int = 6, max_seq_len: int = 128
 ) -> list[Probe]:
+    """The probes, their decoder inputs fixed by the fp32 reference: the prompt embeddings, and a greedy
+    continuation chosen while the fp32 decoder runs the probe's trace (prefill in ``max_seq_len``
+    chunks, then the steps), which is kept as ``reference_trace``: the decoder runs once per probe."""
     tok = Tokenizer(tokenizer_path)
     probes = []
     for case in probe_cases(cases):
@@ -128,7 +132,7 @@ def build_probes(
                 probe.other_buckets = [
                     (b, preprocess_image(case.image, spec.image.at(b))) for b in spec.image.sizes if b != image.size
                 ]
-        _complete_with_reference(probe, spec, fp32_backend, decode_steps)
+        _complete_with_reference(probe, spec, fp32_backend, decode_steps, max_seq_len)
         probes.append(probe)
     return probes
 
@@ -143,24 +147,26 @@ def _splice(backend, probe: Probe, spec: ModelSpec) -> np.ndarray:
     )
 
 
-def _complete_with_reference(probe: Probe, spec: ModelSpec, backend, steps: int) -> None:
+def _complete_with_reference(probe: Probe, spec: ModelSpec, backend, steps: int, max_seq_len: int) -> None:
     """Fix the decoder's inputs once, from the fp32 reference: every backend then sees the same."""
     probe.prompt_embeds = _splice(backend, probe, spec)
-    backend.reset()
-    n = len(probe.token_ids)
-    logits = backend.text_decoder(probe.prompt_embeds, np.arange(n), probe.position_ids)[0, -1]
-    tokens = []
-    for k in range(steps):
-        tokens.append(int(np.argmax(logits)))
-        e = backend.token_embedding(np.array([[tokens[-1]]]))
-        logits = backend.text_decoder(e, np.array([n + k]), decode_positions(n + k, probe.rope_delta, 1))[0, -1]
-    probe.continuation = tokens
-    probe.continuation_embeds = backend.token_embedding(np.array([tokens]))
-    backend.reset()
+    probe.reference_trace = decoder_trace(backend, probe, max_seq_len, greedy_steps=steps)
 
 
-def decoder_trace(backend, probe: Probe, max_seq_len: int) -> np.ndarray:
-    """Teacher-forced logits [S + K, vocab]: prefill in chunks of max_seq_len, then K single-token steps."""
+def reference_traces(probes: list[Probe]) -> np.ndarray:
+    """The fp32 decoder traces ``build_probes`` ran, as ``run_components`` would return them (taken
+    once: the probes then no longer hold them)."""
+    traces = [p.reference_trace for p in probes]
+    for p in probes:
+        p.reference_trace = None
+    return np.concatenate(traces, axis=0)
+
+
+def decoder_trace(backend, probe: Probe, max_seq_len: int, greedy_steps: int | None = None) -> np.ndarray:
+    """Teacher-forced logits [S + K, vocab]: prefill in chunks of max_seq_len, then K single-token steps.
+
+    ``greedy_steps`` (the fp32 reference, in ``build_probes``): the K tokens are chosen as the logits
+    come (argmax) and become the probe's continuation."""
     backend.reset()
     n = len(probe.token_ids)
     rows = []
@@ -171,30 +177,39 @@ def decoder_trace(backend, probe: Probe, max_seq_len: int) -> np.ndarray:
                 probe.prompt_embeds[:, start:end], np.arange(start, end), probe.position_ids[:, start:end]
             )[0]
         )
-    for k in range(len(probe.continuation)):
-        # As in generation: an embedding call between decoder steps. Its output is discarded (all
-        # backends get the same fp32 embeddings), but a runtime whose methods share memory with
-        # the KV cache is caught here.
-        backend.token_embedding(np.array([[probe.continuation[k]]]))
-        rows.append(
-            backend.text_decoder(
-                probe.continuation_embeds[:, k : k + 1], np.array([n + k]), decode_positions(n + k, probe.rope_delta, 1)
-            )[0]
-        )
+    if greedy_steps is not None:
+        probe.continuation = []
+    for k in range(len(probe.continuation) if greedy_steps is None else greedy_steps):
+        if greedy_steps is not None:
+            probe.continuation.append(int(np.argmax(rows[-1][-1])))
+        # As in generation: an embedding call between decoder steps. Teacher-forced runs discard its
+        # output (all backends get the same fp32 embeddings), but a runtime whose methods share memory
+        # with the KV cache is caught here.
+        step = backend.token_embedding(np.array([[probe.continuation[k]]]))
+        if greedy_steps is None:
+            step = probe.continuation_embeds[:, k : k + 1]
+        rows.append(backend.text_decoder(step, np.array([n + k]), decode_positions(n + k, probe.rope_delta, 1))[0])
+    if greedy_steps is not None:
+        probe.continuation_embeds = backend.token_embedding(np.array([probe.continuation]))
     backend.reset()
     return np.concatenate(rows, axis=0)
 
 
-def run_components(backend, probes: list[Probe], max_seq_len: int) -> dict[str, np.ndarray]:
-    """Every component's outputs over all probes, concatenated along the row axis."""
-    out: dict[str, list[np.ndarray]] = {c: [] for c in COMPONENTS}
+def run_components(
+    backend, probes: list[Probe], max_seq_len: int, components: tuple[str, ...] = COMPONENTS
+) -> dict[str, np.ndarray]:
+    """Every component's outputs (or those of ``components``) over all probes, concatenated along the row axis."""
+    out: dict[str, list[np.ndarray]] = {c: [] for c in components}
     for probe in probes:
-        if probe.pixels is not None:
-            out["vision_encoder"].append(backend.vision_encoder(probe.pixels, probe.size))
-        for size, pixels in probe.other_buckets or ():
-            out["vision_encoder"].append(backend.vision_encoder(pixels, size))
-        if probe.audio_features is not None:
+        if "vision_encoder" in out:
+            if probe.pixels is not None:
+                out["vision_encoder"].append(backend.vision_encoder(probe.pixels, probe.size))
+            for size, pixels in probe.other_buckets or ():
+                out["vision_encoder"].append(backend.vision_encoder(pixels, size))
+        if "audio_encoder" in out and probe.audio_features is not None:
             out["audio_encoder"].append(backend.audio_encoder(probe.audio_features))
-        out["token_embedding"].append(backend.token_embedding(probe.token_ids[None])[0])
-        out["text_decoder"].append(decoder_trace(backend, probe, max_seq_len))
+        if "token_embedding" in out:
+            out["token_embedding"].append(backend.token_embedding(probe.token_ids[None])[0])
+        if "text_decoder" in out:
+            out["text_decoder"].append(decoder_trace(backend, probe, max_seq_len))
     return {c: np.concatenate(v, axis=0) for c, v in out.items() if v}

@@ -39,6 +39,12 @@ def read_bundle(path: Path) -> BundleResult:
     return BundleResult(path, bundle.target, ParityReport.read(bundle.path(PARITY_NAME)))
 
 
+def _verdict(row: dict) -> str:
+    if not row.get("gated", True):
+        return "not gated" + (" (" + "; ".join(row["failures"]) + ")" if row["failures"] else "")
+    return "PASS" if row["passed"] else "FAIL: " + "; ".join(row["failures"])
+
+
 def _fmt(v, spec: str) -> str:
     return "—" if v is None else format(v, spec)
 
@@ -60,7 +66,7 @@ def markdown(results: list[BundleResult]) -> str:
             lines.append(
                 f"| {row['component']} | {row['reference']} | {row.get('quant_kind', '')} | {_fmt(m.get('cosine'), '.6f')} | "
                 f"{_fmt(m.get('rel_max_abs'), '.2e')} | {_fmt(m.get('top1_agreement'), '.1%')} | {_fmt(m.get('kl_mean'), '.2e')} | "
-                f"{'PASS' if row['passed'] else 'FAIL: ' + '; '.join(row['failures'])} |"
+                f"{_verdict(row)} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -143,6 +143,10 @@ class TextDecoder(nn.Module):
         x = inputs_embeds
         for layer in self.layers:
             x = layer(x, cos, sin, cache_position, mask)
+        return self.head(x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """After the layers: final norm and lm_head (logits)."""
         return self.lm_head(self.norm(x))
 
     def reset_cache(self) -> None:

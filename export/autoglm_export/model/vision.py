@@ -307,11 +307,14 @@ class VisionEncoder(nn.Module):
         x = x + consts.pos_embed
         for block in self.blocks:
             x = block(x, consts.rope_cos, consts.rope_sin)
-        x = self.post_layernorm(x)
+        return self.head(x)
 
+    def head(self, x: Tensor) -> Tensor:
+        """After the blocks: final norm, the 2x2 patch merge, downsample and merger."""
+        x = self.post_layernorm(x)
         # Each merge block is m*m consecutive rows; flatten it as (C, mh, mw), the Conv2d weight's layout.
         c, mm = x.shape[-1], self.merge * self.merge
-        tokens = num_patches // mm
+        tokens = x.shape[0] // mm
         x = x.view(tokens, mm, c).transpose(1, 2).reshape(tokens, c * mm)
         x = self.downsample(x)
         return self.merger(x)

@@ -53,3 +53,10 @@ def test_the_export_check_covers_every_bucket(bucket_source):
     assert report.passed, "\n".join(report.lines())
     logits = [c for c in report.comparisons if c.name.startswith("image+text logits")]
     assert len(logits) >= len(bucket_source.spec.image.sizes)  # one screen per bucket at least
+
+
+def test_the_large_model_screens_are_listed_screens():
+    from autoglm_export.checks.against_transformers import LARGE_MODEL_SCREENS
+    from autoglm_runtime.preprocess.buckets import SCREENS
+
+    assert set(LARGE_MODEL_SCREENS) <= {name for name, _, _ in SCREENS}

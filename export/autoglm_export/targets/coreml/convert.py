@@ -631,7 +631,7 @@ class StatefulDecoder(_DecoderBase):
             keys = self.keyCache[i, :, :, :end, :].to(q.dtype)
             values = self.valueCache[i, :, :, :end, :].to(q.dtype)
             x = layer.residual_tail(x, self.attend(attn, q, keys, values, causal_mask, seq))
-        return self.text.lm_head(self.text.norm(x))
+        return self.text.head(x)
 
 
 class ExplicitCacheDecoder(_DecoderBase):
@@ -654,7 +654,7 @@ class ExplicitCacheDecoder(_DecoderBase):
                 q.dtype
             )
             x = layer.residual_tail(x, self.attend(attn, q, keys, values, causal_mask, seq))
-        return self.text.lm_head(self.text.norm(x)), torch.stack(new_k), torch.stack(new_v)
+        return self.text.head(x), torch.stack(new_k), torch.stack(new_v)
 
 
 def _decoder_example(model: AutoGLM, seq: int, end: int):

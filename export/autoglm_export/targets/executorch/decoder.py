@@ -91,7 +91,7 @@ class ExecuTorchDecoderEntry(nn.Module):
         x = inputs_embeds
         for layer in text.layers:
             x = layer.residual_tail(x, layer.self_attn.attend(layer.input_layernorm(x), rotate, start))
-        return text.lm_head(text.norm(x))
+        return text.head(x)
 
 
 class SlicedSwiGLU(nn.Module):

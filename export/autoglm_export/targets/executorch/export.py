@@ -116,7 +116,7 @@ class ExecuTorchTarget(Target):
     def twin(self, job: Job):
         recipe = job.options.recipe
         with job.stages.stage("quantize " + ", ".join(f"{k}={v}" for k, v in recipe.to_dict().items())):
-            return quantize_twin(job.src.model, recipe, job.qc, job.scratch)
+            return quantize_twin(job.src.model, recipe, job.qc, job.scratch, job.options.backend)
 
     def convert(self, job: Job) -> None:
         opts, src = job.options, job.src

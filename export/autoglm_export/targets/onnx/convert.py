@@ -128,7 +128,7 @@ class OnnxTextDecoder(nn.Module):
             )
             present += [k, v]
             x = layer.residual_tail(x, h)
-        return (t.lm_head(t.norm(x)), *present)
+        return (t.head(x), *present)
 
 
 def cache_shape(model: AutoGLM) -> tuple[int, int, int, int]:
