@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -31,6 +32,9 @@ app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 
 
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 def guarded(fn):
     """User errors become one line on stderr and exit code 1; nothing else is swallowed."""
 
@@ -40,6 +44,14 @@ def guarded(fn):
             return fn(*args, **kwargs)
         except AutoglmError as exc:
             console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except OSError as exc:
+            if exc.errno not in OUT_OF_SPACE:  # a bug or an unexpected system error: keep its traceback
+                raise
+            # The disk check passed before any work; something else filled the disk since (nothing
+            # was published: bundles are written to a temp folder and moved in at the end).
+            where = f"{exc.filename}: " if exc.filename else ""
+            console.print(f"[bold red]error:[/] {where}{exc.strerror}; nothing was published", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper

@@ -104,3 +104,32 @@ def test_unknown_preset():
 def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_a_disk_that_fills_up_during_the_export_is_one_line_and_publishes_nothing(tmp_path, monkeypatch):
+    """The disk check passes before any work; another process can still fill the disk before the end."""
+    import errno
+    import os
+
+    from autoglm_export.targets.executorch import lower as executorch_lower
+
+    def full_disk(self, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(executorch_lower.LoweredProgram, "write", full_disk)
+    out = tmp_path / "bundle"
+    line = _error_line(runner.invoke(app, ["android", "--no-validate", "--out", str(out)]))
+    assert "No space left on device" in line and "model.pte" in line and "nothing was published" in line
+    assert not out.exists()
+    assert not list(tmp_path.glob(".autoglm-*"))  # the scratch folder went too
+
+
+def test_other_os_errors_keep_their_traceback(monkeypatch, tmp_path):
+    from autoglm_export.targets.executorch import lower as executorch_lower
+
+    def broken(self, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(executorch_lower.LoweredProgram, "write", broken)
+    result = runner.invoke(app, ["android", "--no-validate", "--out", str(tmp_path / "b")])
+    assert isinstance(result.exception, PermissionError)
