@@ -45,27 +45,67 @@ class GPTQResult:
 
 
 def output_error(weight: torch.Tensor, dequantized: torch.Tensor, h: torch.Tensor, tokens: int) -> float:
+    return float(_error_sum(weight, dequantized, h) / max(tokens * weight.shape[0], 1))
+
+
+def _error_sum(weight: torch.Tensor, dequantized: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     d = weight.double() - dequantized.double()
-    return float(torch.einsum("oi,ij,oj->", d, h, d) / max(tokens * weight.shape[0], 1))
+    return torch.einsum("oi,ij,oj->", d, h, d)
+
+
+# Rows of a weight swept at a time: GPTQ never mixes rows (each row's integers depend on that row and
+# the shared inverse Hessian), so a wide matrix (the 151552 x 4096 lm_head: 5 GB in fp64) goes in
+# slices of this many weights, 256 MB of fp64 each; smaller weights go whole.
+ROW_CHUNK_WEIGHTS = 1 << 25
 
 
 @torch.no_grad()
 def gptq_quantize(
-    weight: torch.Tensor, acc: HessianAccumulator, bits: int, group_size: int, damp: float = 0.01, block: int = 128
+    weight: torch.Tensor,
+    acc: HessianAccumulator,
+    bits: int,
+    group_size: int,
+    damp: float = 0.01,
+    block: int = 128,
+    chunk_weights: int = ROW_CHUNK_WEIGHTS,
 ) -> GPTQResult:
+    """``weight`` in any float dtype (a bf16 one memory-mapped from a checkpoint too: read a slice of
+    rows at a time)."""
     out_f, in_f = weight.shape
     if in_f % group_size:
         raise ValueError(f"in_features {in_f} is not a multiple of group size {group_size}")
-    qmin, qmax = grid.qrange(bits)
-    block = max(block, group_size) // group_size * group_size  # groups never straddle a lazy block
-    w = weight.detach().double().clone()
     h = acc.h.clone()
     dead = torch.diag(h) == 0  # inputs never non-zero: their weights cannot matter
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += torch.eye(in_f, dtype=h.dtype) * damp * torch.mean(torch.diag(h))
+    h.diagonal().add_(damp * torch.mean(torch.diag(h)))  # = h + damp * mean * I, without an [in, in] identity
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    del h
+    rows = max(1, chunk_weights // in_f)
+    codes, scales, loss, rtn_loss = [], [], 0.0, 0.0
+    for r0 in range(0, out_f, rows):
+        w = weight[r0 : r0 + rows]
+        c, s = _sweep(w, hinv, dead, bits, group_size, block)
+        rtn_codes, rtn_scales = grid.round_to_nearest(w.float(), bits, group_size)
+        loss = loss + _error_sum(w, grid.dequantize_codes(c, s), acc.h)
+        rtn_loss = rtn_loss + _error_sum(w, grid.dequantize_codes(rtn_codes, rtn_scales), acc.h)
+        codes.append(c)
+        scales.append(s)
+    n = max(acc.tokens * out_f, 1)
+    return GPTQResult(
+        codes=codes[0] if len(codes) == 1 else torch.cat(codes),
+        scales=scales[0] if len(scales) == 1 else torch.cat(scales),
+        loss=float(loss / n),
+        rtn_loss=float(rtn_loss / n),
+    )
 
+
+def _sweep(weight: torch.Tensor, hinv: torch.Tensor, dead: torch.Tensor, bits: int, group_size: int, block: int):
+    """(codes, scales) of some rows of a weight: the column sweep with lazy batch updates."""
+    out_f, in_f = weight.shape
+    qmin, qmax = grid.qrange(bits)
+    block = max(block, group_size) // group_size * group_size  # groups never straddle a lazy block
+    w = weight.detach().double().clone()
+    w[:, dead] = 0.0
     codes = torch.zeros(out_f, in_f, dtype=torch.int8)
     scales = torch.zeros(out_f, in_f // group_size, dtype=torch.float32)
     for b0 in range(0, in_f, block):
@@ -85,11 +125,4 @@ def gptq_quantize(
             w_blk[:, i:] -= e[:, None] * hinv_blk[i, i:][None, :]
             err_blk[:, i] = e
         w[:, b1:] -= err_blk @ hinv[b0:b1, b1:]
-
-    rtn_codes, rtn_scales = grid.round_to_nearest(weight.float(), bits, group_size)
-    return GPTQResult(
-        codes=codes,
-        scales=scales,
-        loss=output_error(weight, grid.dequantize_codes(codes, scales), acc.h, acc.tokens),
-        rtn_loss=output_error(weight, grid.dequantize_codes(rtn_codes, rtn_scales), acc.h, acc.tokens),
-    )
+    return codes, scales
