@@ -142,10 +142,24 @@ def _dequantized(modules: dict[str, nn.Linear], quantized: dict[str, QuantizedLi
         release_pages(kept.values())
 
 
+class _Stop(Exception):
+    pass
+
+
+def _stop(*_):
+    raise _Stop
+
+
 def _run(step, module: nn.Module, states: dict[int, torch.Tensor], samples: list[Sample]) -> dict[int, torch.Tensor]:
     """Every kept sample one step further; weights kept as stored are fp32 only while their module runs."""
+    out = {}
     with fp32_while_running(module):
-        return {i: step.run(x, samples[i]) for i, x in states.items()}
+        for i, x in states.items():
+            try:
+                out[i] = step.run(x, samples[i])
+            except _Stop:  # the pass only collects inputs
+                pass
+    return out
 
 
 def _tower_inputs(samples: list[Sample], mine: range, field: str) -> dict[int, torch.Tensor]:
@@ -213,6 +227,8 @@ def calibrate_model(
             linears = blocks[step.name]
             accs = {fqn: HessianAccumulator(targets[fqn][0].in_features) for fqn in linears}
             hooks = [modules[f].register_forward_pre_hook(lambda m, a, acc=accs[f]: acc.add(a[0])) for f in linears]
+            if isinstance(module, nn.Linear):  # a block of one linear (lm_head): its input is all this pass needs
+                hooks.append(module.register_forward_pre_hook(_stop))
             try:
                 _run(step, module, states, samples)  # the block as it is: only its linears' inputs matter
             finally:
@@ -224,6 +240,7 @@ def calibrate_model(
                 mod, bits, group = targets[fqn]
                 quantized[fqn], stats[fqn] = _linear_from_owner(ranks, j, fqn, mod, accs[fqn], bits, group, method, damp)
                 del accs[fqn]  # a Gram matrix is 1.5 GB at the 9B's MLP width
+                release_pages([mod.weight])
                 if sink is not None:
                     sink(fqn, quantized[fqn])
             if k < last or through:

@@ -5,7 +5,8 @@ H = sum x x^T [in, in], columns are quantized left to right and each column's ro
 pushed onto the not-yet-quantized columns through the inverse Hessian, which minimises
 ||W X - Q X||^2 instead of ||W - Q||^2. Group scales are chosen (torchao's rule) when the sweep
 enters a group, from the already-corrected weights, so the result stays on the exact grid
-round-to-nearest uses; only the integers change. Lazy batch updates follow the reference code.
+round-to-nearest uses; only the integers change (a per-row scale is chosen before the sweep: where it
+enters the row's only group). Lazy batch updates of 128 columns follow the reference code.
 """
 
 from __future__ import annotations
@@ -103,11 +104,20 @@ def _sweep(weight: torch.Tensor, hinv: torch.Tensor, dead: torch.Tensor, bits: i
     """(codes, scales) of some rows of a weight: the column sweep with lazy batch updates."""
     out_f, in_f = weight.shape
     qmin, qmax = grid.qrange(bits)
-    block = max(block, group_size) // group_size * group_size  # groups never straddle a lazy block
     w = weight.detach().double().clone()
     w[:, dead] = 0.0
     codes = torch.zeros(out_f, in_f, dtype=torch.int8)
     scales = torch.zeros(out_f, in_f // group_size, dtype=torch.float32)
+    # One scale per row (int8 per channel) is chosen before any column moved: from the weight as it is,
+    # so the sweep keeps lazy blocks of ``block`` columns. A block as wide as the row would update
+    # every remaining column after each one: out x in^2 memory-bound work (hours at 13696 inputs).
+    per_row = group_size == in_f and in_f > block
+    if per_row:
+        s_col = grid.group_scales(w.float(), bits, group_size)[:, 0]
+        scales[:, 0] = s_col
+        s_col = s_col.double()
+    else:
+        block = max(block, group_size) // group_size * group_size  # groups never straddle a lazy block
     for b0 in range(0, in_f, block):
         b1 = min(b0 + block, in_f)
         w_blk = w[:, b0:b1].clone()
@@ -115,7 +125,7 @@ def _sweep(weight: torch.Tensor, hinv: torch.Tensor, dead: torch.Tensor, bits: i
         hinv_blk = hinv[b0:b1, b0:b1]
         for i in range(b1 - b0):
             col = b0 + i
-            if col % group_size == 0:
+            if col % group_size == 0 and not per_row:
                 s = grid.group_scales(w_blk[:, i : i + group_size].float(), bits, group_size)[:, 0]
                 scales[:, col // group_size] = s
                 s_col = s.double()

@@ -2,9 +2,11 @@
 oracle that the streamed one must reproduce integer for integer.
 
 For every block it re-ran every sample from the model's input, as quantized so far, stopping right
-after the block while hooks summed each linear's x x^T; GPTQ (the whole-matrix sweep below, as it
-was) picked the integers and the dequantized weights were written back into the fp32 model.
-Kept verbatim but for names; do not "fix" it: it is what the new code is measured against.
+after the block while hooks summed each linear's x x^T; GPTQ picked the integers and the dequantized
+weights were written back into the fp32 model. Kept verbatim but for names; do not "fix" it: it is
+what the new code is measured against. ``gptq_as_it_was`` is the GPTQ sweep of that time, whose
+per-row (int8) layers used a lazy block as wide as the row (the new one: 128 columns; the same
+arithmetic in another order).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _blocks(model: nn.Module, targets: dict) -> list[tuple[str, list[str]]]:
     return sorted(blocks.items(), key=lambda kv: (order.get(kv[0].split(".")[0], 3), index[kv[0]]))
 
 
-def _gptq(weight, acc, bits, group_size, damp=0.01, block=128):
+def gptq_as_it_was(weight, acc, bits, group_size, damp=0.01, block=128):
     out_f, in_f = weight.shape
     qmin, qmax = grid.qrange(bits)
     block = max(block, group_size) // group_size * group_size
@@ -127,7 +129,7 @@ def rerun_calibrate(model, spec, samples, recipe, method="gptq", damp=0.01):
                 codes, scales = grid.round_to_nearest(mod.weight, bits, group)
                 stats[fqn] = {"tokens": acc.tokens, "method": "rtn"}
             else:
-                codes, scales, loss, rtn_loss = _gptq(mod.weight, acc, bits, group, damp)
+                codes, scales, loss, rtn_loss = gptq_as_it_was(mod.weight, acc, bits, group, damp)
                 stats[fqn] = {"tokens": acc.tokens, "method": "gptq", "output_mse": loss, "rtn_output_mse": rtn_loss}
             result[fqn] = QuantizedLinear(codes, scales, bits)
             mod.weight.copy_(result[fqn].dequantize().to(mod.weight.dtype))
