@@ -52,7 +52,10 @@ def vision_steps(model: AutoGLM) -> list[Step]:
         Step(f"vision.blocks.{i}", lambda x, s, b=block: b(x, consts.rope_cos, consts.rope_sin))
         for i, block in enumerate(v.blocks)
     ]
-    return steps + [Step("vision.downsample", lambda x, s: v.downsampled(x)), Step("vision.merger", lambda x, s: v.merger(x))]
+    return steps + [
+        Step("vision.downsample", lambda x, s: v.downsampled(x)),
+        Step("vision.merger", lambda x, s: v.merger(x)),
+    ]
 
 
 def audio_steps(model: AutoGLM) -> list[Step]:
@@ -60,7 +63,10 @@ def audio_steps(model: AutoGLM) -> list[Step]:
     a = model.audio
     if a is None:
         return []
-    return [Step("audio.encoder", lambda x, s: a.merged_frames(x)), Step("audio.projector", lambda x, s: a.projector(x))]
+    return [
+        Step("audio.encoder", lambda x, s: a.merged_frames(x)),
+        Step("audio.projector", lambda x, s: a.projector(x)),
+    ]
 
 
 def text_steps(model: AutoGLM) -> list[Step]:

@@ -209,7 +209,9 @@ def calibrate_model(
         if tower == "text":
             with fp32_while_running(model.text.embed_tokens):
                 states = {
-                    i: spliced_embeds(model, samples[i], spec, outputs["vision"].get(i), outputs.get("audio", {}).get(i))
+                    i: spliced_embeds(
+                        model, samples[i], spec, outputs["vision"].get(i), outputs.get("audio", {}).get(i)
+                    )
                     for i in mine
                 }
         else:
@@ -238,7 +240,9 @@ def calibrate_model(
             for j, fqn in enumerate(linears):
                 accs[fqn].merge(ranks)
                 mod, bits, group = targets[fqn]
-                quantized[fqn], stats[fqn] = _linear_from_owner(ranks, j, fqn, mod, accs[fqn], bits, group, method, damp)
+                quantized[fqn], stats[fqn] = _linear_from_owner(
+                    ranks, j, fqn, mod, accs[fqn], bits, group, method, damp
+                )
                 del accs[fqn]  # a Gram matrix is 1.5 GB at the 9B's MLP width
                 release_pages([mod.weight])
                 if sink is not None:

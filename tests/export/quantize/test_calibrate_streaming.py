@@ -92,7 +92,9 @@ def test_gptq_in_row_slices_is_the_whole_matrix_sweep():
     sliced = gptq_quantize(w.bfloat16(), acc, 4, 32, chunk_weights=40 * 128)  # 40 + 40 + 16 rows
     ref = gptq_quantize(w.bfloat16().float(), acc, 4, 32)
     assert torch.equal(sliced.codes, ref.codes) and torch.equal(sliced.scales, ref.scales)
-    assert sliced.loss == pytest.approx(ref.loss, rel=1e-12) and sliced.rtn_loss == pytest.approx(ref.rtn_loss, rel=1e-12)
+    assert sliced.loss == pytest.approx(ref.loss, rel=1e-12) and sliced.rtn_loss == pytest.approx(
+        ref.rtn_loss, rel=1e-12
+    )
     assert not torch.equal(whole.codes, ref.codes)  # bf16 rounding of the weight does change integers
 
 
@@ -109,7 +111,9 @@ def test_the_streamed_file_is_what_safetensors_writes(tmp_path):
 
     torch.manual_seed(0)
     qc = qcheckpoint.QuantizedCheckpoint(config={"method": "gptq"})
-    qc.linears["text.b"] = qcheckpoint.QuantizedLinear(torch.randint(-8, 8, (6, 64), dtype=torch.int8), torch.rand(6, 2), 4)
+    qc.linears["text.b"] = qcheckpoint.QuantizedLinear(
+        torch.randint(-8, 8, (6, 64), dtype=torch.int8), torch.rand(6, 2), 4
+    )
     qc.linears["text.a"] = qcheckpoint.QuantizedLinear(
         torch.randint(-128, 128, (5, 16), dtype=torch.int8), torch.rand(5, 1), 8
     )
@@ -144,7 +148,11 @@ def test_header_lists_every_tensor_before_the_data(tmp_path):
         w.linear("text.a", qcheckpoint.QuantizedLinear(torch.zeros(4, 64, dtype=torch.int8), torch.ones(4, 2), 4))
         w.param("n", torch.ones(3))
         w.finish({"method": "rtn"})
-    assert qcheckpoint.load(tmp_path / "q").config["layers"]["text.a"] == {"bits": 4, "group_size": 32, "shape": [4, 64]}
+    assert qcheckpoint.load(tmp_path / "q").config["layers"]["text.a"] == {
+        "bits": 4,
+        "group_size": 32,
+        "shape": [4, 64],
+    }
 
 
 def test_per_row_gptq_in_lazy_blocks_matches_the_row_wide_sweep():

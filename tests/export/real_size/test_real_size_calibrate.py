@@ -67,9 +67,12 @@ def test_calibrate_streams_within_one_blocks_arithmetic(real_width, tmp_path):
     assert torch.equal(qc.params["text.embed_tokens.weight"], modules["text.embed_tokens"].weight.float())
     bound = base + PER_GRAM * GRAM + PER_CHECKPOINT * size
     assert peak < bound, (
-        run.stderr[-4000:] + f"\npeak RSS {peak / 1e9:.2f} GB > {bound / 1e9:.2f} GB for a {size / 1e9:.2f} GB checkpoint"
+        run.stderr[-4000:]
+        + f"\npeak RSS {peak / 1e9:.2f} GB > {bound / 1e9:.2f} GB for a {size / 1e9:.2f} GB checkpoint"
     )
-    print(f"calibrate on a {size / 1e9:.2f} GB real-width checkpoint: peak RSS {peak / 1e9:.2f} GB (imports {base / 1e9:.2f} GB)")
+    print(
+        f"calibrate on a {size / 1e9:.2f} GB real-width checkpoint: peak RSS {peak / 1e9:.2f} GB (imports {base / 1e9:.2f} GB)"
+    )
 
 
 def qcheckpoint_recipe(qc):
