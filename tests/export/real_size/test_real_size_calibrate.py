@@ -22,9 +22,10 @@ from autoglm_export.source import open_source
 WIDEST = 13696  # the MLP's intermediate size: the widest linear input
 GRAM = WIDEST * WIDEST * 8  # one fp64 Gram matrix
 # Peak above the imports, in Gram matrices (the block's arithmetic, fixed by the widths) plus
-# checkpoint sizes (what scales with the model). Measured here: 3.3 GB for a 1.02 GB checkpoint
-# (rtn); an fp32 copy of the model would add 2 checkpoint sizes on its own.
-PER_GRAM, PER_CHECKPOINT = 2.0, 0.8
+# checkpoint sizes (what scales with the model). Measured here: 3.82 GB for a 1.02 GB checkpoint
+# (imports 0.24 GB; 5.25 GB before the Gram products were converted to fp64 in slices); loading the
+# model in fp32, as calibrate did before, adds 2 checkpoint sizes on its own.
+PER_GRAM, PER_CHECKPOINT = 2.2, 0.8
 IMPORTS = "import autoglm_export.cli, autoglm_export.quantize.calibrate, autoglm_export.quantize.gptq"
 
 
