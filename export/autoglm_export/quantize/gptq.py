@@ -18,7 +18,6 @@ import torch
 
 from . import grid
 
-
 ADD_CHUNK_ROWS_X_COLS = 1 << 24  # 128 MB of fp64 at a time
 
 

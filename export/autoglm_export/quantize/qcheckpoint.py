@@ -163,9 +163,28 @@ class Writer:
         self._f = open(self.tmp / WEIGHTS_NAME, "wb")  # noqa: SIM115  (open until finish or abort)
         self._f.write(struct.pack("<Q", len(raw)) + raw)
         self._data = 8 + len(raw)
-        self._f.truncate(self._data + offset)
         self.bytes = self._data + offset
+        self._reserve()
         self._published = False
+
+    def _reserve(self) -> None:
+        """The file's whole size taken on disk now: a full disk fails here, before the work, not after it."""
+        import os
+
+        from ..sizes import human_bytes
+
+        self._f.flush()
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self._f.fileno(), 0, self.bytes)
+            else:
+                self._f.truncate(self.bytes)
+        except OSError as exc:
+            self.abort()
+            raise ExportError(
+                f"{self.out_dir}: not enough disk space for the quantized checkpoint ({human_bytes(self.bytes)}): "
+                f"{exc.strerror}"
+            ) from None
 
     def __enter__(self) -> Writer:
         return self

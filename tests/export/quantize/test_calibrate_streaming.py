@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from rerun_calibrate import rerun_calibrate
+from typer.testing import CliRunner
 
 from autoglm_export import stored
 from autoglm_export.calibration import load_calibration_set
+from autoglm_export.cli import app
 from autoglm_export.quantize import QuantRecipe, grid, qcheckpoint
 from autoglm_export.quantize.calibrate import CalibrateOptions, calibrate_model, run_calibrate
 from autoglm_export.quantize.gptq import HessianAccumulator, gptq_quantize
@@ -171,3 +173,17 @@ def test_per_row_gptq_in_lazy_blocks_matches_the_row_wide_sweep():
     diff = (new.codes.int() - codes.int()).abs()
     assert int(diff.max()) <= 1 and int((diff > 0).sum()) <= codes.numel() * 1e-4
     assert new.loss == pytest.approx(loss, rel=1e-6) and new.rtn_loss == rtn_loss
+
+
+def test_a_full_disk_fails_before_the_work(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    result = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "q"), "--max-prompts", "1"])
+    assert result.exit_code == 1 and "not enough disk space for the quantized checkpoint" in result.stderr
+    assert "No space left" in result.stderr and "block" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
