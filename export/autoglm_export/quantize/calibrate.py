@@ -139,7 +139,12 @@ def _dequantized(modules: dict[str, nn.Linear], quantized: dict[str, QuantizedLi
     finally:
         for fqn, w in kept.items():
             modules[fqn].weight = w
-        release_pages(kept.values())
+        _release_stored(kept.values())
+
+
+def _release_stored(weights) -> None:
+    """Give back the pages of weights kept as stored (memory-mapped); fp32 ones are the process's own."""
+    release_pages([w for w in weights if w.dtype != torch.float32])
 
 
 class _Stop(Exception):
@@ -244,7 +249,7 @@ def calibrate_model(
                     ranks, j, fqn, mod, accs[fqn], bits, group, method, damp
                 )
                 del accs[fqn]  # a Gram matrix is 1.5 GB at the 9B's MLP width
-                release_pages([mod.weight])
+                _release_stored([mod.weight])
                 if sink is not None:
                     sink(fqn, quantized[fqn])
             if k < last or through:
@@ -379,7 +384,7 @@ def _calibrate(request: ModelRequest, opts: CalibrateOptions, ranks: Ranks) -> P
         with stages.stage(f"write {opts.out}"):
             for name, p in params.items():  # every other parameter, fp32 (as stored ones: slice by slice)
                 writer.param(name, p)
-                release_pages([p])
+                _release_stored([p])
             writer.finish(config)
     log.info("wrote %s (%d quantized linears, %.1f MB)", opts.out, len(layers), writer.bytes / 1e6)
     ranks.barrier()
