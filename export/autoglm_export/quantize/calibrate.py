@@ -91,11 +91,12 @@ def _round_to_nearest(weight: torch.Tensor, bits: int, group: int) -> tuple[torc
     as stored is converted slice by slice, not whole)."""
     from . import grid
 
-    rows = max(1, ROW_CHUNK_WEIGHTS // weight.shape[1])
-    parts = [grid.round_to_nearest(weight[r : r + rows], bits, group) for r in range(0, weight.shape[0], rows)]
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat([c for c, _ in parts]), torch.cat([s for _, s in parts])
+    out_f, in_f = weight.shape
+    codes, scales = torch.empty(out_f, in_f, dtype=torch.int8), torch.empty(out_f, in_f // group)
+    rows = max(1, ROW_CHUNK_WEIGHTS // in_f)
+    for r in range(0, out_f, rows):
+        codes[r : r + rows], scales[r : r + rows] = grid.round_to_nearest(weight[r : r + rows], bits, group)
+    return codes, scales
 
 
 def _quantize_linear(fqn: str, mod: nn.Linear, acc: HessianAccumulator, bits: int, group: int, method: str, damp):

@@ -194,22 +194,30 @@ class Writer:
             self.abort()
 
     def linear(self, fqn: str, q: QuantizedLinear) -> None:
-        self._put(f"{fqn}.qweight", grid.pack_int4(q.codes) if q.bits == 4 else q.codes)
+        self._put(f"{fqn}.qweight", q.codes, grid.pack_int4 if q.bits == 4 else None)
         self._put(f"{fqn}.scales", q.scales)
 
     def param(self, name: str, value: torch.Tensor) -> None:
         """Any floating tensor (a memory-mapped bf16 one too): converted to fp32 a slice of rows at a time."""
         self._put(name, value)
 
-    def _put(self, name: str, t: torch.Tensor) -> None:
+    def _put(self, name: str, t: torch.Tensor, convert=None) -> None:
+        """``t`` (made the stored form by ``convert``, a row-wise function) written a slice of rows at a
+        time: a conversion's temporaries stay the size of a slice (packing the 9B's lm_head whole: 3.5 GB)."""
         offset, dtype, shape = self._at.pop(name)
-        if tuple(t.shape) != shape:
+        if (tuple(t.shape) if convert is None else tuple(t.shape[:1])) != (shape if convert is None else shape[:1]):
             raise RuntimeError(f"{name}: shape {tuple(t.shape)}, the header says {shape}")
         rows = t.detach().reshape(t.shape[0] if t.dim() else 1, -1)
-        step = max(1, WRITE_CHUNK_BYTES // max(1, rows.shape[1] * dtype.itemsize))
+        step = max(1, WRITE_CHUNK_BYTES // max(1, rows.shape[1] * 4))
         self._f.seek(self._data + offset)
+        written = 0
         for i in range(0, rows.shape[0], step):
-            self._f.write(rows[i : i + step].to(dtype).contiguous().numpy().data)
+            part = rows[i : i + step]
+            part = (convert(part) if convert else part).to(dtype).contiguous()
+            self._f.write(part.numpy().data)
+            written += part.numel() * dtype.itemsize
+        if written != math.prod(shape) * dtype.itemsize:
+            raise RuntimeError(f"{name}: wrote {written} bytes, the header says {shape} of {dtype}")
 
     def finish(self, config: dict) -> Path:
         """Check every tensor was written, add the format fields and the sha256, publish."""
