@@ -320,8 +320,8 @@ def test_gptq_reports_each_block_when_not_on_a_terminal(caplog):
     from autoglm_export.quantize.calibrate import block_progress
 
     with caplog.at_level(logging.INFO, logger="autoglm_export"), block_progress("gptq") as progress:
-        progress(1, 12, "vision.patch_embed")
-        progress(12, 12, "text.lm_head")
+        progress(1, 12, "vision.patch_embed", 1.5)
+        progress(12, 12, "text.lm_head", 2.0)
     assert "gptq block 1/12: vision.patch_embed" in caplog.text and "gptq block 12/12: text.lm_head" in caplog.text
 
 

@@ -233,11 +233,14 @@ class AudioEncoder(nn.Module):
         self.rope_sin = emb.sin().to(device=weight.device, dtype=weight.dtype)
 
     def forward(self, input_features: Tensor) -> Tensor:
+        return self.projector(self.merged_frames(input_features))
+
+    def merged_frames(self, input_features: Tensor) -> Tensor:
+        """The tower's output, ``merge_factor`` frames concatenated per token: the projector's input."""
         hidden = self.encoder(input_features, self.rope_cos, self.rope_sin)  # [T', hidden]
         # Keep whole groups only; the leftover frames are what the valid-mask drops in transformers.
         kept = self.num_tokens * self.merge_factor
-        merged = hidden[:kept].reshape(self.num_tokens, self.merge_factor * hidden.shape[-1])
-        return self.projector(merged)
+        return hidden[:kept].reshape(self.num_tokens, self.merge_factor * hidden.shape[-1])
 
 
 def audio_state_dict(checkpoint: Mapping[str, Tensor]) -> dict[str, Tensor]:

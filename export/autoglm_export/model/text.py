@@ -137,9 +137,7 @@ class TextDecoder(nn.Module):
         self, inputs_embeds: torch.Tensor, cache_position: torch.Tensor, position_ids: torch.Tensor
     ) -> torch.Tensor:
         """inputs_embeds [1, S, D], cache_position [S], position_ids [3, S] -> logits [1, S, vocab]."""
-        cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.rope_selector, self.cfg.rope_interleaved)
-        # Query i sees cache slots 0..cache_position[i]; later slots may hold stale entries.
-        mask = self.key_positions[None, :] <= cache_position[:, None]
+        cos, sin, mask = self.layer_inputs(cache_position, position_ids)
         x = inputs_embeds
         for layer in self.layers:
             x = layer(x, cos, sin, cache_position, mask)
@@ -148,6 +146,13 @@ class TextDecoder(nn.Module):
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """After the layers: final norm and lm_head (logits)."""
         return self.lm_head(self.norm(x))
+
+    def layer_inputs(self, cache_position: torch.Tensor, position_ids: torch.Tensor):
+        """(cos, sin, mask) every layer takes beside its input: also for callers that run one layer at a time."""
+        cos, sin = mrope_cos_sin(position_ids, self.inv_freq, self.rope_selector, self.cfg.rope_interleaved)
+        # Query i sees cache slots 0..cache_position[i]; later slots may hold stale entries.
+        mask = self.key_positions[None, :] <= cache_position[:, None]
+        return cos, sin, mask
 
     def reset_cache(self) -> None:
         for layer in self.layers:

@@ -292,29 +292,40 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """``size``: the bucket (height, width) of ``pixel_values`` (None: the default ``image_hw``)."""
-        size = self.image_hw if size is None else (int(size[0]), int(size[1]))
-        if size not in self.sizes:
-            raise ExportError(f"image size {size[0]}x{size[1]} is none of this encoder's sizes {list(self.sizes)}")
-        consts = self if size == self.image_hw else self.bucket_constants[f"{size[0]}x{size[1]}"]
-        num_patches = consts.pos_embed.shape[0]
-        if tuple(pixel_values.shape) != (num_patches, self.patch_dim):
-            raise ExportError(
-                f"pixel_values shape {tuple(pixel_values.shape)} != ({num_patches}, {self.patch_dim}) "
-                f"expected for a {size[0]}x{size[1]} image"
-            )
-        x = self.patch_embed.proj(pixel_values.to(self.post_conv_layernorm.weight.dtype))  # the compute dtype
-        x = self.post_conv_layernorm(x)
-        x = x + consts.pos_embed
+        consts = self.constants(size)
+        x = self.embed_patches(pixel_values, consts)
         for block in self.blocks:
             x = block(x, consts.rope_cos, consts.rope_sin)
         return self.head(x)
 
+    def constants(self, size: tuple[int, int] | None = None) -> nn.Module:
+        """The module holding ``pos_embed``, ``rope_cos`` and ``rope_sin`` of the bucket ``size``."""
+        size = self.image_hw if size is None else (int(size[0]), int(size[1]))
+        if size not in self.sizes:
+            raise ExportError(f"image size {size[0]}x{size[1]} is none of this encoder's sizes {list(self.sizes)}")
+        return self if size == self.image_hw else self.bucket_constants[f"{size[0]}x{size[1]}"]
+
+    def embed_patches(self, pixel_values: Tensor, consts: nn.Module) -> Tensor:
+        """Patch rows -> the first block's input (patch projection, norm, position embedding)."""
+        num_patches = consts.pos_embed.shape[0]
+        if tuple(pixel_values.shape) != (num_patches, self.patch_dim):
+            raise ExportError(
+                f"pixel_values shape {tuple(pixel_values.shape)} != ({num_patches}, {self.patch_dim}) "
+                f"expected for a bucket of {num_patches} patches"
+            )
+        x = self.patch_embed.proj(pixel_values.to(self.post_conv_layernorm.weight.dtype))  # the compute dtype
+        x = self.post_conv_layernorm(x)
+        return x + consts.pos_embed
+
     def head(self, x: Tensor) -> Tensor:
         """After the blocks: final norm, the 2x2 patch merge, downsample and merger."""
+        return self.merger(self.downsampled(x))
+
+    def downsampled(self, x: Tensor) -> Tensor:
+        """The last block's output -> the merger's input (norm, merge blocks, downsample)."""
         x = self.post_layernorm(x)
         # Each merge block is m*m consecutive rows; flatten it as (C, mh, mw), the Conv2d weight's layout.
         c, mm = x.shape[-1], self.merge * self.merge
         tokens = x.shape[0] // mm
         x = x.view(tokens, mm, c).transpose(1, 2).reshape(tokens, c * mm)
-        x = self.downsample(x)
-        return self.merger(x)
+        return self.downsample(x)

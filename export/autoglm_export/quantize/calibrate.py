@@ -1,25 +1,28 @@
 """``autoglm-export calibrate``: GPTQ through the full multimodal path, block by block.
 
-checkpoint -> calibration samples (screenshots, speech, zh/en prompts and text from
-``calibration_data/``, turned into exact component inputs by the runtime's own preprocessing and chat
-template) -> for each block in data-flow order (vision blocks, audio layers, text decoder layers,
-lm_head): run the samples through the model *as quantized so far*, stopping right after the block,
-while hooks sum x x^T for each of its linears -> GPTQ each linear onto the recipe's grid -> write the
-dequantized weights back so later blocks see quantized inputs -> quantized checkpoint.
+checkpoint (big weights as stored, memory-mapped) -> calibration samples (screenshots, speech, zh/en
+prompts and text from ``calibration_data/``, turned into exact component inputs by the runtime's own
+preprocessing and chat template) -> for each block in data-flow order (vision blocks, audio tower,
+text decoder layers, lm_head; ``blockwise.py``): run each sample's state at the block's input through
+the block while hooks sum x x^T for each of its linears -> GPTQ each linear onto the recipe's grid ->
+stream the integers into the quantized checkpoint -> run the *quantized* block once more to carry
+the states to the next block, so later blocks see quantized inputs.
 
-Memory: one model; per block one [in, in] Gram matrix per linear; no activations are kept between
-blocks (each block re-runs the samples from the input, cutting the forward short after the block).
+Memory: the model memory-mapped as stored (each weight fp32 only while its module runs, or while its
+block runs dequantized); the samples' states at one block boundary; one [in, in] Gram matrix per
+linear of the current block. The quantized checkpoint is written as it is made (``qcheckpoint.Writer``).
+Time: two passes of every sample through every block (linear in depth), plus GPTQ per linear.
 
 On several ranks (``distributed.py``) each rank runs its share of the samples, the Gram matrices are
 summed over ranks, each rank runs GPTQ on its share of the block's linears and sends the integers to
-the others: every rank then holds the same quantized block before the next one.
+the others: every rank then holds the same quantized block before carrying its states on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +30,16 @@ import torch
 from torch import nn
 
 from ..calibration import load_calibration_set
+from ..checkpoint import release_pages
 from ..errors import ExportError
 from ..request import ModelRequest
-from ..stages import Stages
+from ..stages import Stages, memory
+from ..stored import fp32_while_running
 from ..summary import model_summary
-from . import distributed, qcheckpoint
+from . import blockwise, distributed, qcheckpoint
+from .blockwise import block_of
 from .distributed import ONE, Ranks
-from .gptq import HessianAccumulator, gptq_quantize
+from .gptq import ROW_CHUNK_WEIGHTS, HessianAccumulator, gptq_quantize
 from .qcheckpoint import QuantizedLinear
 from .recipes import QuantRecipe
 from .samples import Sample, build_samples, spliced_embeds
@@ -65,74 +71,40 @@ class CalibrateOptions:
             raise ExportError(f"{self.out} exists; pass --force to overwrite")
 
 
-# ----------------------------------------------------------------------------- block-wise forward
+# ----------------------------------------------------------------------------- block by block
 
 
-class _StopForward(Exception):
-    """Raised by a hook right after the block being calibrated: nothing later needs to run."""
-
-
-def _blocks(model: nn.Module, targets: dict) -> list[tuple[str, list[str]]]:
-    """(block fqn, [linear fqns]) in data-flow order: vision, audio, then the text decoder."""
-    order = {"vision": 0, "audio": 1, "text": 2}
-    index = {name: i for i, (name, _) in enumerate(model.named_modules())}
+def _blocks(targets: dict) -> dict[str, list[str]]:
+    """block -> [linear fqns] of the linears the recipe quantizes (``blockwise.block_of``)."""
     blocks: dict[str, list[str]] = {}
     for fqn in targets:
-        parts = fqn.split(".")
-        # text.layers.3.mlp.down_proj -> text.layers.3; vision.merger.proj -> vision.merger; text.lm_head -> itself
-        if len(parts) > 2 and parts[2].isdigit():
-            key = ".".join(parts[:3])
-        elif len(parts) > 2:
-            key = ".".join(parts[:2])
-        else:
-            key = fqn
-        blocks.setdefault(key, []).append(fqn)
-    return sorted(blocks.items(), key=lambda kv: (order.get(kv[0].split(".")[0], 3), index[kv[0]]))
-
-
-def _run_sample(model, sample: Sample, spec, tower: str, cached: dict | None) -> None:
-    """Forward one sample as far as ``tower`` needs; _StopForward ends it early."""
-    with torch.no_grad():
-        if tower == "vision":
-            if sample.pixels is not None:
-                model.vision_encoder(torch.from_numpy(sample.pixels))
-            return
-        if tower == "audio":
-            if sample.features is not None:
-                model.audio_encoder(torch.from_numpy(sample.features))
-            return
-        embeds = spliced_embeds(model, sample, spec, cached["vision"], cached["audio"])
-        model.reset_cache()
-        n = embeds.shape[1]
-        model.text_decoder(embeds, torch.arange(n), torch.from_numpy(sample.position_ids))
-
-
-def _encoder_outputs(model, samples: list[Sample], mine: range) -> list[dict | None]:
-    """The (already quantized) encoders' outputs, computed once for all text blocks (for the samples in
-    ``mine``; None for the others)."""
-    out: list[dict | None] = [None] * len(samples)
-    with torch.no_grad():
-        for i in mine:
-            s = samples[i]
-            out[i] = {
-                "vision": model.vision_encoder(torch.from_numpy(s.pixels)) if s.pixels is not None else None,
-                "audio": model.audio_encoder(torch.from_numpy(s.features)) if s.features is not None else None,
-            }
-    return out
+        blocks.setdefault(block_of(fqn), []).append(fqn)
+    return blocks
 
 
 def _method(method: str, acc: HessianAccumulator) -> str:
     return "rtn" if method == "rtn" or acc.tokens == 0 else "gptq"
 
 
-def _quantize_linear(fqn: str, mod: nn.Linear, acc: HessianAccumulator, bits: int, group: int, method: str, damp):
-    """(QuantizedLinear, stats) of one linear from its inputs' Gram matrix."""
+def _round_to_nearest(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``grid.round_to_nearest`` a slice of rows at a time (row-wise: the same integers; a weight kept
+    as stored is converted slice by slice, not whole)."""
     from . import grid
 
+    out_f, in_f = weight.shape
+    codes, scales = torch.empty(out_f, in_f, dtype=torch.int8), torch.empty(out_f, in_f // group)
+    rows = max(1, ROW_CHUNK_WEIGHTS // in_f)
+    for r in range(0, out_f, rows):
+        codes[r : r + rows], scales[r : r + rows] = grid.round_to_nearest(weight[r : r + rows], bits, group)
+    return codes, scales
+
+
+def _quantize_linear(fqn: str, mod: nn.Linear, acc: HessianAccumulator, bits: int, group: int, method: str, damp):
+    """(QuantizedLinear, stats) of one linear from its inputs' Gram matrix."""
     if _method(method, acc) == "rtn":
         if method != "rtn":
             log.warning("%s saw no calibration tokens (an unrouted expert?); round-to-nearest", fqn)
-        codes, scales = grid.round_to_nearest(mod.weight, bits, group)
+        codes, scales = _round_to_nearest(mod.weight, bits, group)
         return QuantizedLinear(codes, scales, bits), {"tokens": acc.tokens, "method": "rtn"}
     r = gptq_quantize(mod.weight, acc, bits, group, damp=damp)
     stats = {"tokens": acc.tokens, "method": "gptq", "output_mse": r.loss, "rtn_output_mse": r.rtn_loss}
@@ -156,6 +128,50 @@ def _linear_from_owner(ranks: Ranks, k: int, fqn: str, mod, acc, bits: int, grou
     return q, stats
 
 
+@contextmanager
+def _dequantized(modules: dict[str, nn.Linear], quantized: dict[str, QuantizedLinear]):
+    """The block's linears hold their dequantized codes (fp32) while it runs; the weights they had
+    (as stored, memory-mapped) are back afterwards and their pages given back."""
+    kept = {fqn: modules[fqn].weight for fqn in quantized}
+    for fqn, q in quantized.items():
+        modules[fqn].weight = nn.Parameter(q.dequantize(), requires_grad=False)
+    try:
+        yield
+    finally:
+        for fqn, w in kept.items():
+            modules[fqn].weight = w
+        _release_stored(kept.values())
+
+
+def _release_stored(weights) -> None:
+    """Give back the pages of weights kept as stored (memory-mapped); fp32 ones are the process's own."""
+    release_pages([w for w in weights if w.dtype != torch.float32])
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(*_):
+    raise _Stop
+
+
+def _run(step, module: nn.Module, states: dict[int, torch.Tensor], samples: list[Sample]) -> dict[int, torch.Tensor]:
+    """Every kept sample one step further; weights kept as stored are fp32 only while their module runs."""
+    out = {}
+    with fp32_while_running(module):
+        for i, x in states.items():
+            try:
+                out[i] = step.run(x, samples[i])
+            except _Stop:  # the pass only collects inputs
+                pass
+    return out
+
+
+def _tower_inputs(samples: list[Sample], mine: range, field: str) -> dict[int, torch.Tensor]:
+    return {i: torch.from_numpy(getattr(samples[i], field)) for i in mine if getattr(samples[i], field) is not None}
+
+
 @torch.no_grad()
 def calibrate_model(
     model: nn.Module,
@@ -166,50 +182,86 @@ def calibrate_model(
     damp: float = 0.01,
     progress=None,
     ranks: Ranks = ONE,
-) -> tuple[dict[str, QuantizedLinear], dict]:
-    """Quantize every linear the recipe covers, in place (weights become their dequantized codes).
+    sink=None,
+) -> dict[str, dict]:
+    """Quantize every linear the recipe covers, block by block in data-flow order; returns per-layer stats.
 
-    Returns (fqn -> QuantizedLinear, per-layer stats). ``progress(done, total, block)`` is called per block.
-    ``ranks``: this process's share of the work when several run it (the result is the same on each).
+    Each sample's state at the current block boundary is kept (``blockwise.py``); a block's linears'
+    Gram matrices are summed while the samples run through it as it is, GPTQ (or round-to-nearest)
+    picks their integers, then the *quantized* block carries the states to the next boundary: later
+    blocks calibrate on quantized inputs, each block runs twice per sample, and the model's weights
+    are as they were afterwards (a model loaded with ``keep_stored`` stays memory-mapped bf16; each
+    weight is fp32 only while its module runs). ``sink(fqn, QuantizedLinear)`` receives each result as
+    its block is done (nothing is kept here). ``progress(done, total, block, seconds)`` is called per
+    block. ``ranks``: this process's share of the samples when several run it (every rank gets the
+    same results).
     """
     targets = qcheckpoint.quantizable_linears(model, recipe)
-    blocks = _blocks(model, targets)
+    blocks = _blocks(targets)
+    towers = [("vision", blockwise.vision_steps(model)), ("audio", blockwise.audio_steps(model))]
+    towers.append(("text", blockwise.text_steps(model)))
+    unknown = sorted(set(blocks) - {step.name for _, steps in towers for step in steps})
+    if unknown:
+        raise RuntimeError(f"linears outside every calibration block: {unknown[:5]}")
     modules = dict(model.named_modules())
-    result: dict[str, QuantizedLinear] = {}
+    mine = ranks.mine(len(samples))
+    text_needed = any(b.startswith("text.") for b in blocks)
+    outputs: dict[str, dict[int, torch.Tensor]] = {}
     stats: dict[str, dict] = {}
-    cached = None
-    for done, (block, linears) in enumerate(blocks):
-        tower = block.split(".")[0]
-        if tower == "text" and cached is None:
-            cached = _encoder_outputs(model, samples, ranks.mine(len(samples)))
-        accs = {fqn: HessianAccumulator(targets[fqn][0].in_features) for fqn in linears}
-        hooks = [
-            modules[fqn].register_forward_pre_hook(lambda m, args, acc=accs[fqn]: acc.add(args[0])) for fqn in linears
-        ]
-
-        def stop(*_):
-            raise _StopForward
-
-        hooks.append(modules[block].register_forward_hook(stop))
-        try:
-            for i in ranks.mine(len(samples)):
-                try:
-                    _run_sample(model, samples[i], spec, tower, cached[i] if cached else None)
-                except _StopForward:
-                    pass
-        finally:
-            for h in hooks:
-                h.remove()
-        for acc in accs.values():
-            acc.merge(ranks)
-        for k, fqn in enumerate(linears):
-            mod, bits, group = targets[fqn]
-            result[fqn], stats[fqn] = _linear_from_owner(ranks, k, fqn, mod, accs[fqn], bits, group, method, damp)
-            mod.weight.copy_(result[fqn].dequantize().to(mod.weight.dtype))
-        if progress:
-            progress(done + 1, len(blocks), block)
-    model.reset_cache()  # the cut-short forwards left partial entries
-    return result, stats
+    done = 0
+    for tower, steps in towers:
+        if tower == "text" and not text_needed:
+            break
+        if tower == "text":
+            with fp32_while_running(model.text.embed_tokens):
+                states = {
+                    i: spliced_embeds(
+                        model, samples[i], spec, outputs["vision"].get(i), outputs.get("audio", {}).get(i)
+                    )
+                    for i in mine
+                }
+        else:
+            states = _tower_inputs(samples, mine, "pixels" if tower == "vision" else "features")
+        targeted = [k for k, step in enumerate(steps) if step.name in blocks]
+        # Run as far as the last block to calibrate, or through the tower when the text needs its output.
+        through = text_needed and tower != "text"
+        last = len(steps) - 1 if through else (targeted[-1] if targeted else -1)
+        for k, step in enumerate(steps[: last + 1]):
+            module = modules[step.name]
+            if step.name not in blocks:
+                states = _run(step, module, states, samples)
+                continue
+            t0 = time.perf_counter()
+            linears = blocks[step.name]
+            accs = {fqn: HessianAccumulator(targets[fqn][0].in_features) for fqn in linears}
+            hooks = [modules[f].register_forward_pre_hook(lambda m, a, acc=accs[f]: acc.add(a[0])) for f in linears]
+            if isinstance(module, nn.Linear):  # a block of one linear (lm_head): its input is all this pass needs
+                hooks.append(module.register_forward_pre_hook(_stop))
+            try:
+                _run(step, module, states, samples)  # the block as it is: only its linears' inputs matter
+            finally:
+                for h in hooks:
+                    h.remove()
+            quantized = {}
+            for j, fqn in enumerate(linears):
+                accs[fqn].merge(ranks)
+                mod, bits, group = targets[fqn]
+                quantized[fqn], stats[fqn] = _linear_from_owner(
+                    ranks, j, fqn, mod, accs[fqn], bits, group, method, damp
+                )
+                del accs[fqn]  # a Gram matrix is 1.5 GB at the 9B's MLP width
+                _release_stored([mod.weight])
+                if sink is not None:
+                    sink(fqn, quantized[fqn])
+            if k < last or through:
+                with _dequantized(modules, quantized):
+                    states = _run(step, module, states, samples)
+            done += 1
+            if progress:
+                progress(done, len(blocks), step.name, time.perf_counter() - t0)
+        outputs[tower] = states
+    model.reset_cache()
+    return stats
 
 
 # ----------------------------------------------------------------------------- command
@@ -217,9 +269,9 @@ def calibrate_model(
 
 @contextmanager
 def block_progress(method: str, shown: bool = True):
-    """``progress(done, total, block)`` for calibrate_model: a live bar on a terminal, one log line per
-    block otherwise (a bar is invisible in logs and CI, and GPTQ takes minutes at full size); nothing
-    where not ``shown`` (ranks other than 0)."""
+    """``progress(done, total, block, seconds)`` for calibrate_model: a live bar on a terminal, one log
+    line per block otherwise, with the block's time and the process's memory (a bar is invisible in
+    logs and CI, and a block takes minutes at full size); nothing where not ``shown`` (ranks other than 0)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -228,7 +280,11 @@ def block_progress(method: str, shown: bool = True):
         return
     console = Console(stderr=True)
     if not console.is_terminal:
-        yield lambda done, total, block: log.info("  %s block %d/%d: %s", method, done, total, block)
+
+        def line(done, total, block, seconds=0.0):
+            log.info("  %s block %d/%d: %s in %.1f s%s", method, done, total, block, seconds, memory())
+
+        yield line
         return
     with Progress(
         TextColumn("[bold]calibrate"),
@@ -240,7 +296,11 @@ def block_progress(method: str, shown: bool = True):
         console=console,
     ) as bar:
         task = bar.add_task("", total=None)
-        yield lambda done, total, block: bar.update(task, completed=done, total=total, description=block)
+
+        def update(done, total, block, seconds=0.0):
+            bar.update(task, completed=done, total=total, description=f"{block} ({seconds:.1f} s{memory()})")
+
+        yield update
 
 
 def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
@@ -253,8 +313,8 @@ def run_calibrate(request: ModelRequest, opts: CalibrateOptions) -> Path:
 def _calibrate(request: ModelRequest, opts: CalibrateOptions, ranks: Ranks) -> Path:
     stages = Stages()
     cal = load_calibration_set(opts.data)  # before the model: a missing set fails fast
-    with stages.stage("load model"):
-        src = request.open()
+    with stages.stage("load model (big weights as stored, memory-mapped)"):
+        src = request.open(keep_stored=True)
     with stages.stage("build calibration samples"):
         samples = build_samples(src, cal, opts.max_prompts, opts.text_windows, opts.seq_len)
     n_img = sum(s.pixels is not None for s in samples)
@@ -268,50 +328,65 @@ def _calibrate(request: ModelRequest, opts: CalibrateOptions, ranks: Ranks) -> P
         tokens,
         cal.root,
     )
-    summary = model_summary(src)  # before any weight changes (the fingerprint the exporters check)
-    t0 = time.perf_counter()
-    with stages.stage(f"{opts.method} block by block"), block_progress(opts.method, ranks.main) as progress:
-        linears, stats = calibrate_model(
-            src.model, src.spec, samples, opts.recipe, opts.method, opts.damp, progress=progress, ranks=ranks
-        )
-    gptq = [s for s in stats.values() if s.get("method") == "gptq"]
-    mse = sum(s["output_mse"] for s in gptq)
-    rtn_mse = sum(s["rtn_output_mse"] for s in gptq)
-    if gptq:
-        log.info(
-            "  summed layer output MSE: gptq %.4g vs round-to-nearest %.4g (%.0f%% lower)",
-            mse,
-            rtn_mse,
-            100 * (1 - mse / rtn_mse) if rtn_mse else 0.0,
-        )
-    config = {
-        **qcheckpoint.provenance(opts.method, src, request, summary, opts.recipe),
-        "calibration": {
-            "data": str(cal.root),
-            "samples": len(samples),
-            "with_image": n_img,
-            "with_audio": n_aud,
-            "tokens": tokens,
-            "damp": opts.damp,
-            "seconds": round(time.perf_counter() - t0, 1),
-            "summed_output_mse": mse,
-            "summed_rtn_output_mse": rtn_mse,
-            "layers": stats,
-        },
-    }
-    if ranks.distributed:
-        config["calibration"]["ranks"] = ranks.world
-    if not ranks.main:  # every rank holds the same result; rank 0 writes it
-        ranks.barrier()
-        return opts.out
-    with stages.stage(f"write {opts.out}"):
-        qc = qcheckpoint.from_model(src.model, linears, config)
-        qcheckpoint.save(qc, opts.out, force=opts.force)
-    log.info(
-        "wrote %s (%d quantized linears, %.1f MB)",
-        opts.out,
-        len(linears),
-        sum(f.stat().st_size for f in opts.out.iterdir()) / 1e6,
-    )
+    summary = model_summary(src)  # the fingerprint the exporters check
+    targets = qcheckpoint.quantizable_linears(src.model, opts.recipe)
+    weights = {f"{fqn}.weight" for fqn in targets}
+    params = {name: p for name, p in src.model.named_parameters() if name not in weights}
+    layers = {fqn: (bits, tuple(mod.weight.shape), group) for fqn, (mod, bits, group) in targets.items()}
+    with ExitStack() as stack:
+        # Rank 0 streams each block's integers into the checkpoint as they are made (qcheckpoint.Writer).
+        writer = None
+        if ranks.main:
+            shapes = {name: tuple(p.shape) for name, p in params.items()}
+            writer = stack.enter_context(qcheckpoint.Writer(opts.out, layers, shapes, force=opts.force))
+        t0 = time.perf_counter()
+        with stages.stage(f"{opts.method} block by block"), block_progress(opts.method, ranks.main) as progress:
+            stats = calibrate_model(
+                src.model,
+                src.spec,
+                samples,
+                opts.recipe,
+                opts.method,
+                opts.damp,
+                progress=progress,
+                ranks=ranks,
+                sink=writer.linear if writer else None,
+            )
+        gptq = [s for s in stats.values() if s.get("method") == "gptq"]
+        mse = sum(s["output_mse"] for s in gptq)
+        rtn_mse = sum(s["rtn_output_mse"] for s in gptq)
+        if gptq:
+            log.info(
+                "  summed layer output MSE: gptq %.4g vs round-to-nearest %.4g (%.0f%% lower)",
+                mse,
+                rtn_mse,
+                100 * (1 - mse / rtn_mse) if rtn_mse else 0.0,
+            )
+        config = {
+            **qcheckpoint.provenance(opts.method, src, request, summary, opts.recipe),
+            "calibration": {
+                "data": str(cal.root),
+                "samples": len(samples),
+                "with_image": n_img,
+                "with_audio": n_aud,
+                "tokens": tokens,
+                "damp": opts.damp,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "summed_output_mse": mse,
+                "summed_rtn_output_mse": rtn_mse,
+                "layers": stats,
+            },
+        }
+        if ranks.distributed:
+            config["calibration"]["ranks"] = ranks.world
+        if writer is None:  # every rank holds the same result; rank 0 writes it
+            ranks.barrier()
+            return opts.out
+        with stages.stage(f"write {opts.out}"):
+            for name, p in params.items():  # every other parameter, fp32 (as stored ones: slice by slice)
+                writer.param(name, p)
+                _release_stored([p])
+            writer.finish(config)
+    log.info("wrote %s (%d quantized linears, %.1f MB)", opts.out, len(layers), writer.bytes / 1e6)
     ranks.barrier()
     return opts.out

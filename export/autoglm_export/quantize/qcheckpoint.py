@@ -20,7 +20,9 @@ The model the weights belong to is not stored: the exporter opens it as usual (-
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,54 +106,162 @@ def from_model(model: nn.Module, linears: dict[str, QuantizedLinear], config: di
 # ----------------------------------------------------------------------------- save / load
 
 
-def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
-    """Write atomically: a temp dir next to ``out_dir``, renamed into place when complete."""
-    from safetensors.torch import save_file
+# Data order in model.safetensors: safetensors' own (dtype, widest first, then name), so a checkpoint
+# streamed by ``Writer`` is byte for byte what ``safetensors.torch.save_file`` writes for the same tensors.
+_STORED = {torch.float32: ("F32", 2), torch.int8: ("I8", 1), torch.uint8: ("U8", 0)}
+WRITE_CHUNK_BYTES = 1 << 26  # rows converted and written at a time (a bf16 token embedding is 1.2 GB at 9B)
 
-    from ..bundle import follow_umask, sha256_file, staging_dir
 
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        if not force:
-            raise ExportError(f"{out_dir} exists; pass --force to overwrite")
-        if not (out_dir / CONFIG_NAME).is_file():
+def stored_tensors(layers: dict[str, tuple[int, tuple[int, int], int]], params: dict[str, tuple]) -> dict:
+    """name -> (dtype, shape) of every tensor in model.safetensors: ``layers`` fqn -> (bits, [out, in],
+    group_size) of the quantized linears, ``params`` name -> shape of every other parameter."""
+    out: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    for fqn, (bits, (out_f, in_f), group) in layers.items():
+        out[f"{fqn}.qweight"] = (torch.uint8, (out_f, in_f // 2)) if bits == 4 else (torch.int8, (out_f, in_f))
+        out[f"{fqn}.scales"] = (torch.float32, (out_f, in_f // group))
+    out.update({name: (torch.float32, tuple(shape)) for name, shape in params.items()})
+    return out
+
+
+class Writer:
+    """A quantized checkpoint written as its tensors arrive, published atomically by ``finish``.
+
+    Every name and shape is known before any integer is (``stored_tensors``), so the safetensors header
+    is written first and each tensor goes straight to its place in the file: a 9B model's codes (about
+    10 GB) never sit in memory together. A staging folder next to ``out_dir`` becomes ``out_dir`` only
+    when every tensor was written; on an error (``with``) it is removed."""
+
+    def __init__(self, out_dir: Path, layers: dict[str, tuple[int, tuple[int, int], int]], params: dict, force=False):
+        from ..bundle import staging_dir
+
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists():
+            if not force:
+                raise ExportError(f"{self.out_dir} exists; pass --force to overwrite")
+            if not (self.out_dir / CONFIG_NAME).is_file():
+                raise ExportError(
+                    f"{self.out_dir} exists and is not a quantized checkpoint (no {CONFIG_NAME}); refusing to replace it"
+                )
+        self.layers = {
+            fqn: {"bits": bits, "group_size": group, "shape": list(shape)}
+            for fqn, (bits, shape, group) in sorted(layers.items())
+        }
+        specs = stored_tensors(layers, params)
+        header: dict = {"__metadata__": {"format": FORMAT}}
+        self._at: dict[str, tuple[int, torch.dtype, tuple[int, ...]]] = {}
+        offset = 0
+        for name in sorted(specs, key=lambda n: (-_STORED[specs[n][0]][1], n)):
+            dtype, shape = specs[name]
+            nbytes = math.prod(shape) * dtype.itemsize
+            header[name] = {"dtype": _STORED[dtype][0], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._at[name] = (offset, dtype, shape)
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = staging_dir(self.out_dir.parent, f".{self.out_dir.name}.")
+        self._f = open(self.tmp / WEIGHTS_NAME, "wb")  # noqa: SIM115  (open until finish or abort)
+        self._f.write(struct.pack("<Q", len(raw)) + raw)
+        self._data = 8 + len(raw)
+        self.bytes = self._data + offset
+        self._reserve()
+        self._published = False
+
+    def _reserve(self) -> None:
+        """The file's whole size taken on disk now: a full disk fails here, before the work, not after it."""
+        import os
+
+        from ..sizes import human_bytes
+
+        self._f.flush()
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(self._f.fileno(), 0, self.bytes)
+            else:
+                self._f.truncate(self.bytes)
+        except OSError as exc:
+            self.abort()
             raise ExportError(
-                f"{out_dir} exists and is not a quantized checkpoint (no {CONFIG_NAME}); refusing to replace it"
-            )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = staging_dir(out_dir.parent, f".{out_dir.name}.")
-    try:
-        tensors: dict[str, torch.Tensor] = {}
-        layers = {}
-        for fqn, q in sorted(qc.linears.items()):
-            tensors[f"{fqn}.qweight"] = grid.pack_int4(q.codes) if q.bits == 4 else q.codes.contiguous()
-            tensors[f"{fqn}.scales"] = q.scales.float().contiguous()
-            layers[fqn] = {"bits": q.bits, "group_size": q.group_size, "shape": list(q.codes.shape)}
-        for name, t in sorted(qc.params.items()):
-            tensors[name] = t.float().contiguous()
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
-        config = {
-            **qc.config,
+                f"{self.out_dir}: not enough disk space for the quantized checkpoint ({human_bytes(self.bytes)}): "
+                f"{exc.strerror}"
+            ) from None
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if not self._published:
+            self.abort()
+
+    def linear(self, fqn: str, q: QuantizedLinear) -> None:
+        self._put(f"{fqn}.qweight", q.codes, grid.pack_int4 if q.bits == 4 else None)
+        self._put(f"{fqn}.scales", q.scales)
+
+    def param(self, name: str, value: torch.Tensor) -> None:
+        """Any floating tensor (a memory-mapped bf16 one too): converted to fp32 a slice of rows at a time."""
+        self._put(name, value)
+
+    def _put(self, name: str, t: torch.Tensor, convert=None) -> None:
+        """``t`` (made the stored form by ``convert``, a row-wise function) written a slice of rows at a
+        time: a conversion's temporaries stay the size of a slice (packing the 9B's lm_head whole: 3.5 GB)."""
+        offset, dtype, shape = self._at.pop(name)
+        if (tuple(t.shape) if convert is None else tuple(t.shape[:1])) != (shape if convert is None else shape[:1]):
+            raise RuntimeError(f"{name}: shape {tuple(t.shape)}, the header says {shape}")
+        rows = t.detach().reshape(t.shape[0] if t.dim() else 1, -1)
+        step = max(1, WRITE_CHUNK_BYTES // max(1, rows.shape[1] * 4))
+        self._f.seek(self._data + offset)
+        written = 0
+        for i in range(0, rows.shape[0], step):
+            part = rows[i : i + step]
+            part = (convert(part) if convert else part).to(dtype).contiguous()
+            self._f.write(part.numpy().data)
+            written += part.numel() * dtype.itemsize
+        if written != math.prod(shape) * dtype.itemsize:
+            raise RuntimeError(f"{name}: wrote {written} bytes, the header says {shape} of {dtype}")
+
+    def finish(self, config: dict) -> Path:
+        """Check every tensor was written, add the format fields and the sha256, publish."""
+        from ..bundle import follow_umask, sha256_file
+
+        if self._at:
+            raise RuntimeError(f"quantized checkpoint incomplete: {sorted(self._at)[:5]} never written")
+        self._f.close()
+        self.config = {
+            **config,
             "format": FORMAT,
             "version": VERSION,
-            "layers": layers,
-            "files": {WEIGHTS_NAME: sha256_file(tmp / WEIGHTS_NAME)},
+            "layers": self.layers,
+            "files": {WEIGHTS_NAME: sha256_file(self.tmp / WEIGHTS_NAME)},
         }
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-        follow_umask(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
+        (self.tmp / CONFIG_NAME).write_text(json.dumps(self.config, indent=2, ensure_ascii=False) + "\n")
+        follow_umask(self.tmp)
+        if self.out_dir.exists():
+            old = self.out_dir.with_name(f".{self.out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
+            self.out_dir.rename(old)
+            self.tmp.rename(self.out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    qc.config, qc.path = config, out_dir
-    return out_dir
+            self.tmp.rename(self.out_dir)
+        self._published = True
+        return self.out_dir
+
+    def abort(self) -> None:
+        self._f.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def save(qc: QuantizedCheckpoint, out_dir: Path, force: bool = False) -> Path:
+    """Write atomically: a temp dir next to ``out_dir``, renamed into place when complete."""
+    layers = {fqn: (q.bits, tuple(q.codes.shape), q.group_size) for fqn, q in qc.linears.items()}
+    with Writer(out_dir, layers, {name: t.shape for name, t in qc.params.items()}, force=force) as w:
+        for fqn, q in qc.linears.items():
+            w.linear(fqn, q)
+        for name, t in qc.params.items():
+            w.param(name, t)
+        w.finish(qc.config)
+    qc.config, qc.path = w.config, w.out_dir
+    return w.out_dir
 
 
 def read_recipe(path: Path) -> dict:
