@@ -68,7 +68,14 @@ from ...model.text import Attention, TextDecoder
 from ...quantize.grid import BLOCK_SIZES, array_digest
 from .recipe import QUANT_SCHEMES
 from .twin import CHECKPOINT_FP32, ROUTER_NOTE, linear_modules
-from .weights import attach_weights, initializer_bytes, placeholder_weights, save_streaming
+from .weights import (
+    attach_weights,
+    drop_shared,
+    external_tensors,
+    initializer_bytes,
+    placeholder_weights,
+    save_streaming,
+)
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +377,7 @@ class OnnxFile:
     quantized_matmuls: int = 0
     fp32_matmuls: list[str] = field(default_factory=list)  # constant-weight MatMuls left in fp32, and why
     int8_matmuls: int = 0  # of the MatMulNBits, those with bits 8 (a quantized checkpoint's int8 per-channel layers)
+    shared_data: str | None = None  # another graph's external data file this one also reads (image buckets)
 
     def to_dict(self) -> dict:
         out = {
@@ -383,6 +391,8 @@ class OnnxFile:
         }
         if self.int8_matmuls:
             out["matmul_nbits_int8"] = self.int8_matmuls
+        if self.shared_data:
+            out["shared_external_data"] = self.shared_data
         return out
 
 
@@ -598,7 +608,8 @@ def save_model(model, path: Path, external_data_threshold: int = EXTERNAL_DATA_T
     }
     if written:
         onnx.save_model(model, str(path))
-        return written.pop() if len(written) == 1 else sorted(written)[0]
+        own = f"{path.name}.data"
+        return own if own in written else None  # None: it only reads another graph's file (shared_data)
     external = weight_bytes(model) > external_data_threshold
     location = f"{path.name}.data" if external else None
     if external:
@@ -722,6 +733,7 @@ def export_onnx_files(
     out = OnnxExport()
     linears = linear_modules(model)
     routers = [m.weight.detach().float().T.contiguous().numpy() for m in model.modules() if isinstance(m, TopKRouter)]
+    vision_weights: dict = {}  # the first vision graph's external linear weights, shared by the other buckets
     with placeholder_weights(model) as placeholders:
         for name, module, args, in_names, out_names, dyn in _component_modules(model, max_seq_len):
             t0 = time.perf_counter()
@@ -733,7 +745,7 @@ def export_onnx_files(
             record = OnnxFile(name, f"{name}.onnx", None, [], [])
             component = "vision_encoder" if is_vision_method(name) else name  # whose linears the graph holds
             excluded = _ir_router_matmuls(ir_model, routers)
-            record.quantized_matmuls = attach_weights(ir_model, placeholders, quant, block_size, accuracy_level)
+            record.quantized_matmuls, made = attach_weights(ir_model, placeholders, quant, block_size, accuracy_level)
             if quant == "int4":
                 left = [n.name for n in _ir_constant_matmuls(ir_model)]
                 record.fp32_matmuls = [f"{n}: {ROUTER_NOTE}" for n in left if n in excluded]
@@ -747,9 +759,15 @@ def export_onnx_files(
                         + "; the eager int4 reference would not match the graph"
                     )
             path = Path(out_dir) / record.file
-            save_streaming(ir_model, path, initializer_bytes(ir_model) > external_data_threshold)
+            reused = drop_shared(ir_model, vision_weights, made) if is_vision_method(name) else []
+            save_streaming(ir_model, path, initializer_bytes(ir_model) > external_data_threshold, placeholders)
             del ir_model
             proto = onnx.load(str(path), load_external_data=False)
+            if reused:  # another image bucket: its linears are the first vision graph's, in that graph's file
+                proto.graph.initializer.extend(vision_weights[n] for n in reused)
+                record.shared_data = next(iter(vision_weights.values())).external_data[0].value
+            elif is_vision_method(name):
+                vision_weights = external_tensors(proto, made)
             _finish_file(proto, record, out_dir, external_data_threshold, out, quant, progress)
             out.seconds[f"{'int4' if quant == 'int4' else 'fp32'} weights {name}"] = round(time.perf_counter() - t1, 3)
     return out

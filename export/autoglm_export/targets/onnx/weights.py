@@ -113,9 +113,9 @@ def int4_matmul_nbits(weight: torch.Tensor, block_size: int) -> tuple[np.ndarray
     packed, scales = [], []
     for _, rows in _row_slices(weight):
         p, s, _ = quantizer.qbits_block_quant(rows.float().t().contiguous().numpy())
+        release_pages([rows])  # the stored slice's pages go back as soon as it is done (the lm_head is 1.2 GB)
         packed.append(p)
         scales.append(s)
-    release_pages([weight])
     return np.concatenate(packed), np.concatenate(scales).reshape(-1)
 
 
@@ -124,7 +124,7 @@ def fp32_transposed(weight: torch.Tensor) -> np.ndarray:
     out = np.empty((weight.shape[1], weight.shape[0]), np.float32)
     for i, rows in _row_slices(weight):
         out[:, i : i + rows.shape[0]] = rows.float().t().numpy()
-    release_pages([weight])
+        release_pages([rows])
     return out
 
 
@@ -166,17 +166,25 @@ def _stored_tensor(weight: torch.Tensor):
     def func():
         from onnx_ir.tensor_adapters import TorchTensor
 
-        return TorchTensor(weight)
+        class Streamed(TorchTensor):
+            """Written to the external data file one row slice at a time, each slice's pages given back."""
+
+            def tofile(self, file) -> None:
+                for _, rows in _row_slices(weight):
+                    file.write(memoryview(rows.contiguous().view(torch.uint8).reshape(-1).numpy()))
+                    release_pages([rows])
+
+        return Streamed(weight)
 
     return func
 
 
 def attach_weights(
     model, placeholders: dict[int, Placeholder], quant: str, block_size: int, accuracy_level: int = 0
-) -> int:
+) -> tuple[int, list[str]]:
     """Give ``model``'s (an ``onnx_ir.Model`` exported inside ``placeholder_weights``) placeholder
     initializers their real values, as lazy tensors (module docstring). Returns how many linears became
-    MatMulNBits. Raises ExportError if a placeholder is used other than as a linear's MatMul weight or
+    MatMulNBits and the names of the initializers made from stored weights. Raises ExportError if a placeholder is used other than as a linear's MatMul weight or
     an embedding's Gather table (its zeros would be exported)."""
     import onnx_ir as ir
 
@@ -187,7 +195,7 @@ def attach_weights(
         raw = getattr(tensor, "raw", None)
         if isinstance(raw, torch.Tensor) and raw.data_ptr() in placeholders and raw.stride() == (0,) * raw.dim():
             found[name] = (value, placeholders[raw.data_ptr()])
-    quantized = 0
+    quantized, made = 0, []
     for name, (value, ph) in found.items():
         uses = value.uses()
         ok_op = "MatMul" if ph.linear else "Gather"
@@ -200,12 +208,14 @@ def attach_weights(
             value.const_value = ir.LazyTensor(
                 _stored_tensor(ph.weight), dtype=value.dtype, shape=value.shape, name=name
             )
+            made.append(name)
             continue
         n_out, k = ph.weight.shape
         if quant != "int4":
             value.const_value = ir.LazyTensor(
                 lambda w=ph.weight: ir.tensor(fp32_transposed(w)), dtype=ir.DataType.FLOAT, shape=value.shape, name=name
             )
+            made.append(name)
             continue
         blocks = -(-k // block_size)
         pair = _Int4Pair(ph.weight, block_size)
@@ -221,9 +231,10 @@ def attach_weights(
             ir.convenience.replace_nodes_and_values(graph, old, [old], [new], list(old.outputs), list(new.outputs))
             quantized += 1
         graph.initializers.pop(name)
+        made += [b.name, s.name]
     if quantized:
         model.opset_imports["com.microsoft"] = 1
-    return quantized
+    return quantized, made
 
 
 def initializer_bytes(model) -> int:
@@ -231,11 +242,37 @@ def initializer_bytes(model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
-def save_streaming(model, path, external: bool) -> str | None:
+def save_streaming(model, path, external: bool, placeholders: dict[int, Placeholder]) -> str | None:
     """``model`` written to ``path``; with ``external`` its initializers go to ``<name>.data`` beside it,
-    evaluated and written one at a time. Returns the external data file name, or None."""
+    evaluated and written one at a time. The stored weights' pages are given back afterwards (the token
+    embedding is written straight from its mapping). Returns the external data file name, or None."""
     import onnx_ir as ir
 
     location = f"{path.name}.data" if external else None
     ir.save(model, str(path), external_data=location, size_threshold_bytes=1024, alignment=ALIGNMENT)
+    release_pages([p.weight for p in placeholders.values()])
     return location
+
+
+# ---- image buckets: one vision graph per bucket, one copy of its weights
+
+
+def external_tensors(proto, names: list[str]) -> dict:
+    """The initializers ``names`` of a saved graph whose data sit in its external file (name -> TensorProto
+    pointing into that file), for the other buckets' graphs to reference instead of writing them again."""
+    from onnx import external_data_helper
+
+    wanted = set(names)
+    return {
+        t.name: t for t in proto.graph.initializer if t.name in wanted and external_data_helper.uses_external_data(t)
+    }
+
+
+def drop_shared(model, shared: dict, names: list[str]) -> list[str]:
+    """Remove from ``model`` (onnx_ir) the initializers among ``names`` that ``shared`` already holds
+    (same name: made from the same stored weight, so the same bytes); returns them, to be added back to
+    the saved graph as references into the shared file (``shared[name]``)."""
+    reused = [n for n in names if n in shared and n in model.graph.initializers]
+    for n in reused:
+        model.graph.initializers.pop(n)
+    return reused
