@@ -128,11 +128,22 @@ def measure(args) -> dict:
 def render(r: dict) -> str:
     t, ex = r["timing"], r["export"]
     tr = ex.get("time") or {}
-    onnx_files = {k: v for k, v in r["files"].items() if ".onnx" in k}
+    per_file: dict[str, int] = {}  # graph + its external data, by graph
+    for k, v in r["files"].items():
+        if ".onnx" in k:
+            per_file[k.split(".onnx")[0]] = per_file.get(k.split(".onnx")[0], 0) + v
+    buckets = [k for k in per_file if k.startswith("vision_encoder_")]
+    shown = {k: v for k, v in per_file.items() if k not in buckets}
+    if buckets:
+        shown[f"{len(buckets)} more image buckets"] = sum(per_file[k] for k in buckets)
+    stages: dict[str, float] = {}  # per-graph stages summed by kind ("export", "int4 weights")
+    for k, v in (ex.get("stage_seconds") or {}).items():
+        kind = next((p for p in ("export ", "int4 weights ", "fp32 weights ") if k.startswith(p)), k)
+        stages[kind.strip()] = stages.get(kind.strip(), 0) + v
     rows = [
         [
             "bundle (graphs + external data)",
-            f"{r['model_bytes'] / GB:.2f} GB ({', '.join(f'{k} {v / GB:.2f}' for k, v in onnx_files.items())})",
+            f"{r['model_bytes'] / GB:.2f} GB ({', '.join(f'{k} {v / GB:.2f}' for k, v in shown.items())})",
         ],
         ["recipe", ", ".join(f"{k} {v}" for k, v in r["recipe"].items())],
         [
@@ -141,7 +152,7 @@ def render(r: dict) -> str:
             if tr
             else "not recorded",
         ],
-        ["export stages (s)", ", ".join(f"{k} {v:.0f}" for k, v in (ex.get("stage_seconds") or {}).items())],
+        ["export stages (s)", ", ".join(f"{k} {v:.0f}" for k, v in stages.items())],
         ["validated (parity gate)", str(r["validated"])],
         ["load (sessions created)", f"{r['load_s']:.1f} s"],
         ["first decoder call", f"{r['first_decoder_call_s']:.1f} s"],

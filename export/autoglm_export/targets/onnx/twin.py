@@ -1,7 +1,8 @@
 """The ONNX twin: the eager model holding exactly the weights the int4 graphs hold.
 
 ``int4_twin`` rounds every linear as onnxruntime's ``MatMulNBits`` quantizer does (bit for bit),
-from the weights as loaded (bf16 memory-mapped at 9B) without an fp32 copy of the model; with a quantized checkpoint nothing is rounded (its weights are loaded as they are) and
+from the weights as loaded (bf16 memory-mapped at 9B) without an fp32 copy of the model; with a
+quantized checkpoint nothing is rounded (its weights are loaded as they are) and
 ``checkpoint_layers_report`` records what each layer becomes.
 """
 

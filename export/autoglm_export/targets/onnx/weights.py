@@ -184,8 +184,9 @@ def attach_weights(
 ) -> tuple[int, list[str]]:
     """Give ``model``'s (an ``onnx_ir.Model`` exported inside ``placeholder_weights``) placeholder
     initializers their real values, as lazy tensors (module docstring). Returns how many linears became
-    MatMulNBits and the names of the initializers made from stored weights. Raises ExportError if a placeholder is used other than as a linear's MatMul weight or
-    an embedding's Gather table (its zeros would be exported)."""
+    MatMulNBits and the names of the initializers made from stored weights. Raises ExportError if a
+    placeholder is used other than as a linear's MatMul weight or an embedding's Gather table (its
+    zeros would be exported)."""
     import onnx_ir as ir
 
     graph = model.graph
