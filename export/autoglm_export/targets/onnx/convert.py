@@ -678,6 +678,19 @@ def _ir_router_matmuls(model, routers: list[np.ndarray]) -> list[str]:
     return names
 
 
+def _router_weights(model: AutoGLM) -> list[np.ndarray]:
+    """Each MoE router's weight as the graph's MatMul B (``[hidden, experts]`` fp32)."""
+    return [m.weight.detach().float().T.contiguous().numpy() for m in model.modules() if isinstance(m, TopKRouter)]
+
+
+def _trace(out: OnnxExport, name: str, module, args, in_names, out_names, dynamic_shapes):
+    """``torch.onnx.export`` of one component, timed as ``export <name>``; returns the ONNXProgram."""
+    t0 = time.perf_counter()
+    program = _export_program(module, args, in_names, out_names, dynamic_shapes)
+    out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
+    return program
+
+
 def _finish_file(proto, record: OnnxFile, out_dir: Path, threshold: int, out: OnnxExport, quant: str, progress):
     """The graph's dims named, stack traces dropped, its I/O recorded, written (or its proto rewritten)."""
     name_dynamic_dims(proto)
@@ -731,16 +744,11 @@ def export_onnx_files(
     import onnx
 
     out = OnnxExport()
-    linears = linear_modules(model)
-    routers = [m.weight.detach().float().T.contiguous().numpy() for m in model.modules() if isinstance(m, TopKRouter)]
+    linears, routers = linear_modules(model), _router_weights(model)
     vision_weights: dict = {}  # the first vision graph's external linear weights, shared by the other buckets
     with placeholder_weights(model) as placeholders:
-        for name, module, args, in_names, out_names, dyn in _component_modules(model, max_seq_len):
-            t0 = time.perf_counter()
-            program = _export_program(module, args, in_names, out_names, dyn)
-            ir_model = program.model
-            del program
-            out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
+        for name, *traced in _component_modules(model, max_seq_len):
+            ir_model = _trace(out, name, *traced).model
             t1 = time.perf_counter()
             record = OnnxFile(name, f"{name}.onnx", None, [], [])
             component = "vision_encoder" if is_vision_method(name) else name  # whose linears the graph holds
@@ -786,14 +794,9 @@ def _export_checkpoint_codes(
     """``export_onnx_files`` with a quantized checkpoint: the model holds its fp32 ``codes * scales`` (every
     parameter was overwritten by ``load_into_model``), found in the traced graphs by value."""
     out = OnnxExport()
-    linears = linear_modules(model)
-    routers = [m.weight.detach().float().T.contiguous().numpy() for m in model.modules() if isinstance(m, TopKRouter)]
-    for name, module, args, in_names, out_names, dyn in _component_modules(model, max_seq_len):
-        t0 = time.perf_counter()
-        program = _export_program(module, args, in_names, out_names, dyn)
-        proto = program.model_proto
-        del program
-        out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
+    linears, routers = linear_modules(model), _router_weights(model)
+    for name, *traced in _component_modules(model, max_seq_len):
+        proto = _trace(out, name, *traced).model_proto
         record = OnnxFile(name, f"{name}.onnx", None, [], [])
         component = "vision_encoder" if is_vision_method(name) else name
         t1 = time.perf_counter()
