@@ -1,9 +1,10 @@
 """``autoglm-export onnx``: one .onnx per component + tokenizer + manifest + parity report.
 
-The ONNX target of ``pipeline.export_bundle``: each component is exported from the model's weights
-as they are (``convert.py``: fp32, or a quantized checkpoint's ``codes * scales``), int4 rewrites
-every linear's MatMul to ``MatMulNBits``, and then ``twin.py`` applies the same int4 rounding to
-the eager model. With ``--quantized-checkpoint`` nothing is rounded: the graphs hold the
+The ONNX target of ``pipeline.export_bundle``: each component is traced with placeholder weights and
+its initializers are made from the stored weights one linear at a time as the file is written
+(``convert.py``, ``weights.py``: int4 ``MatMulNBits`` or fp32; a quantized checkpoint's integers as
+they are), and then ``twin.py`` applies the same int4 rounding to the eager model, one linear at a
+time too, so no fp32 copy of the model exists at any point. With ``--quantized-checkpoint`` nothing is rounded: the graphs hold the
 checkpoint's integers (int4 and int8 per-channel as MatMulNBits with 4 / 8 bits, fp32 compute;
 fp32 layers stay fp32); ``--block-size`` defaults to the checkpoint's int4 group size and must
 equal it; ``--quant fp32`` is refused (it would drop the integers).
