@@ -80,22 +80,26 @@ def int4_layers(model: AutoGLM, block_size: int) -> dict[str, str]:
     return layers
 
 
-def _sliced_linear(mod: nn.Linear, weight_rows):
+def _sliced_linear(mod: nn.Linear, weight_rows, pages: list[torch.Tensor]):
     """``mod``'s forward with its weight made by ``weight_rows(start, stop)`` (fp32 rows), one row slice
     at a time: an fp32 copy of a whole weight never exists (each slice's outputs are those columns of
-    the whole call, to float summation order; small weights are one slice, the unsliced call)."""
+    the whole call, to float summation order; small weights are one slice, the unsliced call). After
+    each call the file pages of ``pages`` (what the rows are made from) go back, so resident memory
+    follows the layer being run, not the model."""
     out_f, in_f = mod.out_features, mod.in_features
     rows = max(1, ROW_CHUNK_WEIGHTS // in_f)
 
     def forward(x):
         b = mod.bias
-        return torch.cat(
+        out = torch.cat(
             [
                 F.linear(x, weight_rows(i, min(i + rows, out_f)), None if b is None else b[i : i + rows])
                 for i in range(0, out_f, rows)
             ],
             dim=-1,
         )
+        release_pages(pages)
+        return out
 
     return forward
 
@@ -137,7 +141,7 @@ def int4_twin(model: AutoGLM, block_size: int, scratch=None) -> dict[str, str]:
                 codes, scales = scratch.keep(codes), scratch.keep(scales)
                 scratch.release()
             release_pages([mod.weight])
-            mod.forward = _sliced_linear(mod, _dequantized_rows(codes, scales, mod.in_features))
+            mod.forward = _sliced_linear(mod, _dequantized_rows(codes, scales, mod.in_features), [codes, scales])
     _fp32_embedding(model)
     return int4_layers(model, block_size)
 
@@ -149,7 +153,7 @@ def fp32_twin(model: AutoGLM) -> dict[str, str]:
     for mods in linear_modules(model).values():
         for _, mod in mods:
             if mod.weight.dtype != torch.float32:
-                mod.forward = _sliced_linear(mod, _fp32_rows(mod.weight))
+                mod.forward = _sliced_linear(mod, _fp32_rows(mod.weight), [mod.weight])
     _fp32_embedding(model)
     layers = {"text.embed_tokens": "fp32"}
     layers.update({fqn: "fp32" for mods in linear_modules(model).values() for fqn, _ in mods})
