@@ -1,7 +1,8 @@
 """Runs the four components from an ONNX bundle with onnxruntime (CPU).
 
 One ``.onnx`` file per component (``manifest["models"][component]["file"]``; weights may sit in a
-``.onnx.data`` file next to it, which onnxruntime finds by itself). ``text_decoder`` is stateless:
+``.onnx.data`` file next to it, which onnxruntime finds by itself and memory-maps). An image
+bucket's vision session is created on its first image. ``text_decoder`` is stateless:
 its KV cache is explicit, ``past_key_{i}`` / ``past_value_{i}`` in and ``present_key_{i}`` /
 ``present_value_{i}`` out, each ``[1, kv_heads, max_context, head_dim]``. This backend holds the
 cache between calls (each call's presents become the next call's pasts); ``reset()`` zeroes it.
@@ -128,7 +129,17 @@ class OnnxBackend:
         missing = [c for c in REQUIRED_COMPONENTS if c not in files]
         if missing:
             raise BundleError(f"no ONNX model for {', '.join(missing)}")
-        self.models = {c: OnnxModel(p, threads) for c, p in files.items() if c in COMPONENTS or is_vision_method(c)}
+        self.threads = threads
+        # An image bucket's session is created when an image of that bucket first comes: each holds its
+        # own repacked copy of the vision weights (0.6 GB at 9B), so loading all of them up front costs
+        # memory for buckets a conversation may never use.
+        self.vision_files = {c: Path(p) for c, p in files.items() if is_vision_method(c)}
+        for path in self.vision_files.values():
+            if not path.is_file():
+                raise BundleError(f"{path}: no such ONNX model")
+        self.models = {
+            c: OnnxModel(p, threads) for c, p in files.items() if c in COMPONENTS and c not in self.vision_files
+        }
         dec = self.models["text_decoder"]
         self.cache_inputs = [n for n in dec.inputs if n.startswith(PAST)]
         if not self.cache_inputs or any(PRESENT + n[len(PAST) :] not in dec.output_names for n in self.cache_inputs):
@@ -174,7 +185,10 @@ class OnnxBackend:
         return backend
 
     def vision_encoder(self, pixel_values: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
-        return self.models[method_among(size, self.models)].run({"pixel_values": pixel_values})[0]
+        method = method_among(size, self.vision_files)
+        if method not in self.models:
+            self.models[method] = OnnxModel(self.vision_files[method], self.threads)
+        return self.models[method].run({"pixel_values": pixel_values})[0]
 
     def audio_encoder(self, input_features: np.ndarray) -> np.ndarray:
         if "audio_encoder" not in self.models:

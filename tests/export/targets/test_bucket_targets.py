@@ -23,7 +23,7 @@ def _options(target: str, out):
     if target == "onnx":
         from autoglm_export.targets.onnx.export import OnnxOptions
 
-        return OnnxOptions(out=out)
+        return OnnxOptions(out=out, external_data_threshold=0)  # the 9B layout: weights in .onnx.data files
     if target == "coreml":
         from autoglm_export.targets.coreml.export import CoreMLOptions
 
@@ -55,6 +55,19 @@ def test_every_bucket_is_a_method_gated_on_parity(bucket_bundle):
     assert rows and all(
         r["metrics"]["shape"][0] >= sum(spec.image.at(s).num_tokens for s in spec.image.sizes) for r in rows
     )
+    if bundle.target == "onnx":  # one copy of the vision weights: every bucket's graph reads the first one's file
+        import onnx
+
+        models = bundle.manifest["models"]
+        first = models["vision_encoder"]["external_data"]
+        buckets = [m for c, m in models.items() if c.startswith("vision_encoder_")]
+        assert first and buckets and all(m.get("shared_external_data") == first for m in buckets)
+        for m in buckets:
+            graph = onnx.load(str(bundle.root / m["file"]), load_external_data=False).graph
+            where = {t.name: {e.key: e.value for e in t.external_data}.get("location") for t in graph.initializer}
+            weights = [n.input[i] for n in graph.node if n.op_type == "MatMulNBits" for i in (1, 2)]
+            # below 1 KiB a tensor stays inline (None); every other one is read from the first graph's file
+            assert weights and {where[w] for w in weights} - {None} == {first}, m["file"]
     backend = backend_for_bundle(bundle)
     outs = {}
     for size in spec.image.sizes:

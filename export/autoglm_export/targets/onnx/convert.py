@@ -1,4 +1,4 @@
-"""ONNX recipe: ``torch.onnx.export`` (dynamo) per component, int4 ``MatMulNBits``, external data over 2 GB.
+"""ONNX recipe: ``torch.onnx.export`` (dynamo) per component, int4 ``MatMulNBits``, weights in external data.
 
 Files, one per component: ``vision_encoder.onnx``, ``audio_encoder.onnx`` (when the model has audio),
 ``token_embedding.onnx`` and ``text_decoder.onnx``. The decoder has no state: the KV cache is
@@ -9,16 +9,20 @@ The caller feeds each call's presents back as the next call's pasts (``OnnxBacke
 ``seq`` (the number of new tokens) is dynamic. Masking is the eager decoder's: query ``i`` sees
 cache slots ``0..cache_position[i]``, so stale slots never leak.
 
-int4: onnxruntime's ``MatMulNBitsQuantizer`` (symmetric, blocks of ``block_size`` along the input
-dimension, fp32 scales, no activation quantization) rewrites every constant-weight MatMul of a
-linear layer to ``com.microsoft::MatMulNBits``, lm_head included. ``Gemm`` nodes (linears on 2-D
-inputs, as in the vision tower) are first rewritten to MatMul + Add so they are covered too. The
-one exception is the MoE router's ``[hidden, experts]`` MatMul: it is not a linear layer, chooses
-the experts, and is kept fp32 (torchao leaves it alone for ExecuTorch too). ``fake_quantize_int4``
-applies the identical rounding to the eager model, giving the "quantized_eager" parity reference.
+Weights (``weights.py``): each component is traced with placeholder weights and every linear's
+initializer is made from its stored weight as the file is written, one linear at a time, so no fp32
+copy of the model ever exists (at 9B it would be 41 GB). int4: every linear's MatMul becomes
+``com.microsoft::MatMulNBits`` (symmetric, blocks of ``block_size`` along the input dimension, fp32
+scales, no activation quantization; B and scales from onnxruntime's own quantizer), lm_head included.
+The one exception is the MoE router's ``[hidden, experts]`` weight: it is not a linear layer, chooses
+the experts, and is kept fp32 (torchao leaves it alone for ExecuTorch too). ``twin.int4_twin`` applies
+the identical rounding to the eager model, giving the "quantized_eager" parity reference. Weights
+above ``EXTERNAL_DATA_THRESHOLD`` go to ``<file>.data`` beside the graph (64 KiB-aligned: onnxruntime
+maps them).
 
 A quantized checkpoint (``calibrate`` / ``qat``; ``fixed``: fqn -> ``QuantizedLinear``, already loaded
-into the model, so the exported fp32 weights are its ``codes * scales``): nothing is rounded here.
+into the model, so the exported fp32 weights are its ``codes * scales``; the model is then all fp32 and
+traced with its weights): nothing is rounded here.
 ``apply_checkpoint_codes`` finds each constant-weight MatMul's linear by value and writes
 - int4 layers: ``MatMulNBits`` (bits 4, block = the checkpoint's group size, no zero-point input,
   i.e. the default 8: symmetric) whose B is the checkpoint's codes + 8 packed two per byte (even
@@ -64,12 +68,22 @@ from ...model.text import Attention, TextDecoder
 from ...quantize.grid import BLOCK_SIZES, array_digest
 from .recipe import QUANT_SCHEMES
 from .twin import CHECKPOINT_FP32, ROUTER_NOTE, linear_modules
+from .weights import (
+    attach_weights,
+    drop_shared,
+    external_tensors,
+    initializer_bytes,
+    placeholder_weights,
+    save_streaming,
+)
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
-# A protobuf message cannot exceed 2 GiB: above this many bytes of weights, they go to "<file>.data".
-EXTERNAL_DATA_THRESHOLD = 2_000_000_000
+# Above this many bytes of weights, they go to "<file>.data": a protobuf message cannot exceed 2 GiB,
+# and onnxruntime maps aligned external data in place but parses inline weights into its own heap
+# (measured at the real widths: load peak 1.3x the weights with external data, 1.8x inline).
+EXTERNAL_DATA_THRESHOLD = 1 << 26  # 64 MiB
 
 
 # ---- the decoder with an explicit KV cache
@@ -363,6 +377,7 @@ class OnnxFile:
     quantized_matmuls: int = 0
     fp32_matmuls: list[str] = field(default_factory=list)  # constant-weight MatMuls left in fp32, and why
     int8_matmuls: int = 0  # of the MatMulNBits, those with bits 8 (a quantized checkpoint's int8 per-channel layers)
+    shared_data: str | None = None  # another graph's external data file this one also reads (image buckets)
 
     def to_dict(self) -> dict:
         out = {
@@ -376,6 +391,8 @@ class OnnxFile:
         }
         if self.int8_matmuls:
             out["matmul_nbits_int8"] = self.int8_matmuls
+        if self.shared_data:
+            out["shared_external_data"] = self.shared_data
         return out
 
 
@@ -575,12 +592,24 @@ def weight_bytes(model) -> int:
 
 def save_model(model, path: Path, external_data_threshold: int = EXTERNAL_DATA_THRESHOLD) -> str | None:
     """Write ``model`` to ``path``; weights go to ``<name>.data`` next to it when they exceed the threshold.
-
-    Returns the external data file name, or None.
+    A graph whose weights already sit in an external file (``weights.save_streaming``) is written
+    without touching them. Returns the external data file name, or None.
     """
     import onnx
+    from onnx import external_data_helper
 
     path = Path(path)
+    written = {
+        e.value
+        for t in model.graph.initializer
+        if external_data_helper.uses_external_data(t)
+        for e in t.external_data
+        if e.key == "location"
+    }
+    if written:
+        onnx.save_model(model, str(path))
+        own = f"{path.name}.data"
+        return own if own in written else None  # None: it only reads another graph's file (shared_data)
     external = weight_bytes(model) > external_data_threshold
     location = f"{path.name}.data" if external else None
     if external:
@@ -625,6 +654,64 @@ def _component_modules(model: AutoGLM, max_seq_len: int):
     )
 
 
+def _ir_constant_matmuls(model) -> list:
+    """An ``onnx_ir`` graph's MatMul / Gemm nodes whose weight (second input) is a constant."""
+    return [
+        n
+        for n in model.graph
+        if n.op_type in ("MatMul", "Gemm")
+        and len(n.inputs) > 1
+        and n.inputs[1] is not None
+        and n.inputs[1].const_value is not None
+    ]
+
+
+def _ir_router_matmuls(model, routers: list[np.ndarray]) -> list[str]:
+    """Names of an ``onnx_ir`` graph's constant MatMuls / Gemms whose weight is a router's (by value,
+    either layout: the exporter writes a router on 2-D tokens as Gemm with the weight untransposed)."""
+    names = []
+    for node in _ir_constant_matmuls(model):
+        b = node.inputs[1]
+        shape = tuple(b.shape.numpy()) if b.shape is not None else None
+        if any(shape == w.shape and np.array_equal(b.const_value.numpy(), w) for r in routers for w in (r, r.T)):
+            names.append(node.name)
+    return names
+
+
+def _router_weights(model: AutoGLM) -> list[np.ndarray]:
+    """Each MoE router's weight as the graph's MatMul B (``[hidden, experts]`` fp32)."""
+    return [m.weight.detach().float().T.contiguous().numpy() for m in model.modules() if isinstance(m, TopKRouter)]
+
+
+def _trace(out: OnnxExport, name: str, module, args, in_names, out_names, dynamic_shapes):
+    """``torch.onnx.export`` of one component, timed as ``export <name>``; returns the ONNXProgram."""
+    t0 = time.perf_counter()
+    program = _export_program(module, args, in_names, out_names, dynamic_shapes)
+    out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
+    return program
+
+
+def _finish_file(proto, record: OnnxFile, out_dir: Path, threshold: int, out: OnnxExport, quant: str, progress):
+    """The graph's dims named, stack traces dropped, its I/O recorded, written (or its proto rewritten)."""
+    name_dynamic_dims(proto)
+    drop_stack_traces(proto)
+    record.inputs, record.outputs = io_specs(proto)
+    path = Path(out_dir) / record.file
+    record.external_data = save_model(proto, path, threshold)
+    record.bytes = path.stat().st_size + (
+        (Path(out_dir) / record.external_data).stat().st_size if record.external_data else 0
+    )
+    out.files[record.component] = record
+    if progress:
+        progress(
+            f"exported {record.file} ({record.bytes / 1e6:.1f} MB"
+            + (f", {record.quantized_matmuls} MatMulNBits" if quant == "int4" else "")
+            + (f" ({record.int8_matmuls} of them int8)" if record.int8_matmuls else "")
+            + (f", weights in {record.external_data}" if record.external_data else "")
+            + ")"
+        )
+
+
 @torch.no_grad()
 def export_onnx_files(
     model: AutoGLM,
@@ -637,69 +724,89 @@ def export_onnx_files(
     fixed: dict | None = None,
     accuracy_level: int = 0,
 ) -> OnnxExport:
-    """Export every component of the (fp32) model to ``out_dir/<component>.onnx``; int4 rewrites the MatMuls.
+    """Export every component of the model to ``out_dir/<component>.onnx``; int4 makes every linear a
+    ``MatMulNBits``.
 
-    The model is not modified. Raises ExportError if the int4 graphs do not quantize exactly the
-    linear layers that ``fake_quantize_int4`` quantizes (the parity reference would not match).
-    ``fixed``: a quantized checkpoint's linears, already loaded into ``model``: their integers are
-    written as they are (``apply_checkpoint_codes``) and no other linear is quantized.
-    ``accuracy_level`` 4: every MatMulNBits quantizes its activations to int8 at run time (``set_accuracy_level``).
+    The model is not modified. Without ``fixed`` the weights never exist in fp32 all at once: the
+    graphs are traced with placeholders and each linear is quantized (or made fp32) from its stored
+    weight as the file is written (``weights.py``). Raises ExportError if the int4 graphs do not
+    quantize exactly the linear layers the eager twin rounds (the parity reference would not match).
+    ``fixed``: a quantized checkpoint's linears, already loaded into ``model`` (fp32): their integers
+    are written as they are (``apply_checkpoint_codes``) and no other linear is quantized.
+    ``accuracy_level`` 4: every MatMulNBits quantizes its activations to int8 at run time.
     """
     if quant not in QUANT_SCHEMES:
         raise ExportError(f"--quant {quant}: expected one of {', '.join(QUANT_SCHEMES)}")
-    out = OnnxExport()
-    linears = linear_modules(model)
-    routers = [m.weight.detach().float().T.contiguous().numpy() for m in model.modules() if isinstance(m, TopKRouter)]
-    for name, module, args, in_names, out_names, dyn in _component_modules(model, max_seq_len):
-        t0 = time.perf_counter()
-        program = _export_program(module, args, in_names, out_names, dyn)
-        proto = program.model_proto
-        del program
-        name_dynamic_dims(proto)
-        drop_stack_traces(proto)
-        out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
-        record = OnnxFile(name, f"{name}.onnx", None, [], [])
-        component = "vision_encoder" if is_vision_method(name) else name  # whose linears the graph holds
-        if quant == "int4" and fixed is not None:
-            t1 = time.perf_counter()
-            gemm_to_matmul(proto)
-            proto = apply_checkpoint_codes(
-                proto, component, linears.get(component, []), fixed, block_size, _router_matmuls(proto, routers), record
-            )
-            out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
-        elif quant == "int4":
-            t1 = time.perf_counter()
-            gemm_to_matmul(proto)
-            excluded = _router_matmuls(proto, routers)
-            proto = quantize_int4(proto, block_size, excluded)
-            record.quantized_matmuls = sum(n.op_type == "MatMulNBits" for n in proto.graph.node)
-            left = [n.name for n in constant_matmuls(proto)]
-            record.fp32_matmuls = [f"{n}: {ROUTER_NOTE}" for n in left if n in excluded]
-            stray = [n for n in left if n not in excluded]
-            expected = len(linears.get(component, []))
-            if stray or record.quantized_matmuls != expected:
-                raise ExportError(
-                    f"{name}: int4 rewrote {record.quantized_matmuls} MatMuls but the model has {expected} linear layers"
-                    + (f"; constant-weight MatMuls left in fp32: {', '.join(stray)}" if stray else "")
-                    + "; the eager int4 reference would not match the graph"
-                )
-            out.seconds[f"int4 {name}"] = round(time.perf_counter() - t1, 3)
-        if quant == "int4" and accuracy_level:
-            set_accuracy_level(proto, accuracy_level)
-        record.inputs, record.outputs = io_specs(proto)
-        path = Path(out_dir) / record.file
-        record.external_data = save_model(proto, path, external_data_threshold)
-        record.bytes = path.stat().st_size + (
-            (Path(out_dir) / record.external_data).stat().st_size if record.external_data else 0
+    if fixed is not None and quant == "int4":
+        return _export_checkpoint_codes(
+            model, out_dir, block_size, max_seq_len, external_data_threshold, progress, fixed, accuracy_level
         )
-        out.files[name] = record
+    import onnx
+
+    out = OnnxExport()
+    linears, routers = linear_modules(model), _router_weights(model)
+    vision_weights: dict = {}  # the first vision graph's external linear weights, shared by the other buckets
+    with placeholder_weights(model) as placeholders:
+        for name, *traced in _component_modules(model, max_seq_len):
+            ir_model = _trace(out, name, *traced).model
+            t1 = time.perf_counter()
+            record = OnnxFile(name, f"{name}.onnx", None, [], [])
+            component = "vision_encoder" if is_vision_method(name) else name  # whose linears the graph holds
+            excluded = _ir_router_matmuls(ir_model, routers)
+            record.quantized_matmuls, made = attach_weights(ir_model, placeholders, quant, block_size, accuracy_level)
+            if quant == "int4":
+                left = [n.name for n in _ir_constant_matmuls(ir_model)]
+                record.fp32_matmuls = [f"{n}: {ROUTER_NOTE}" for n in left if n in excluded]
+                stray = [n for n in left if n not in excluded]
+                expected = len(linears.get(component, []))
+                if stray or record.quantized_matmuls != expected:
+                    raise ExportError(
+                        f"{name}: int4 rewrote {record.quantized_matmuls} MatMuls but the model has {expected} "
+                        "linear layers"
+                        + (f"; constant-weight MatMuls left in fp32: {', '.join(stray)}" if stray else "")
+                        + "; the eager int4 reference would not match the graph"
+                    )
+            path = Path(out_dir) / record.file
+            reused = drop_shared(ir_model, vision_weights, made) if is_vision_method(name) else []
+            save_streaming(ir_model, path, initializer_bytes(ir_model) > external_data_threshold, placeholders)
+            del ir_model
+            proto = onnx.load(str(path), load_external_data=False)
+            if reused:  # another image bucket: its linears are the first vision graph's, in that graph's file
+                proto.graph.initializer.extend(vision_weights[n] for n in reused)
+                record.shared_data = next(iter(vision_weights.values())).external_data[0].value
+            elif is_vision_method(name):
+                vision_weights = external_tensors(proto, made)
+            _finish_file(proto, record, out_dir, external_data_threshold, out, quant, progress)
+            out.seconds[f"{'int4' if quant == 'int4' else 'fp32'} weights {name}"] = round(time.perf_counter() - t1, 3)
+    return out
+
+
+def _export_checkpoint_codes(
+    model: AutoGLM,
+    out_dir: Path,
+    block_size: int,
+    max_seq_len: int,
+    external_data_threshold: int,
+    progress,
+    fixed: dict,
+    accuracy_level: int,
+) -> OnnxExport:
+    """``export_onnx_files`` with a quantized checkpoint: the model holds its fp32 ``codes * scales`` (every
+    parameter was overwritten by ``load_into_model``), found in the traced graphs by value."""
+    out = OnnxExport()
+    linears, routers = linear_modules(model), _router_weights(model)
+    for name, *traced in _component_modules(model, max_seq_len):
+        proto = _trace(out, name, *traced).model_proto
+        record = OnnxFile(name, f"{name}.onnx", None, [], [])
+        component = "vision_encoder" if is_vision_method(name) else name
+        t1 = time.perf_counter()
+        gemm_to_matmul(proto)
+        proto = apply_checkpoint_codes(
+            proto, component, linears.get(component, []), fixed, block_size, _router_matmuls(proto, routers), record
+        )
+        out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
+        if accuracy_level:
+            set_accuracy_level(proto, accuracy_level)
+        _finish_file(proto, record, out_dir, external_data_threshold, out, "int4", progress)
         del proto
-        if progress:
-            progress(
-                f"exported {record.file} ({record.bytes / 1e6:.1f} MB"
-                + (f", {record.quantized_matmuls} MatMulNBits" if quant == "int4" else "")
-                + (f" ({record.int8_matmuls} of them int8)" if record.int8_matmuls else "")
-                + (f", weights in {record.external_data}" if record.external_data else "")
-                + ")"
-            )
     return out

@@ -1,9 +1,10 @@
 """``autoglm-export onnx``: one .onnx per component + tokenizer + manifest + parity report.
 
-The ONNX target of ``pipeline.export_bundle``: each component is exported from the model's weights
-as they are (``convert.py``: fp32, or a quantized checkpoint's ``codes * scales``), int4 rewrites
-every linear's MatMul to ``MatMulNBits``, and then ``twin.py`` applies the same int4 rounding to
-the eager model. With ``--quantized-checkpoint`` nothing is rounded: the graphs hold the
+The ONNX target of ``pipeline.export_bundle``: each component is traced with placeholder weights and
+its initializers are made from the stored weights one linear at a time as the file is written
+(``convert.py``, ``weights.py``: int4 ``MatMulNBits`` or fp32; a quantized checkpoint's integers as
+they are), and then ``twin.py`` applies the same int4 rounding to the eager model, one linear at a
+time too, so no fp32 copy of the model exists at any point. With ``--quantized-checkpoint`` nothing is rounded: the graphs hold the
 checkpoint's integers (int4 and int8 per-channel as MatMulNBits with 4 / 8 bits, fp32 compute;
 fp32 layers stay fp32); ``--block-size`` defaults to the checkpoint's int4 group size and must
 equal it; ``--quant fp32`` is refused (it would drop the integers).
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ...components import COMPONENTS, component_of
+from ...disk import unpacked_quantized_bytes
 from ...errors import ExportError
 from ...quantize import QuantRecipe, QuantReport
 from ...quantize.qcheckpoint import block_size_for, read_layers
@@ -23,7 +25,7 @@ from ...quantize.recipes import int_scheme
 from .. import ExportOptions, Job, Target, register_target
 from .convert import EXTERNAL_DATA_THRESHOLD, OPSET, cache_names, cache_shape, export_onnx_files
 from .recipe import OnnxQuant
-from .twin import checkpoint_layers_report, fake_quantize_int4, int4_layers, linear_modules
+from .twin import checkpoint_layers_report, fp32_twin, int4_layers, int4_twin
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class OnnxTarget(Target):
     name = "onnx"
     command = "onnx"
     converts = "original"  # MatMulNBits rounds the weights itself; the twin copies that rounding
+    keeps_stored = True  # the graphs' weights and the twin are made one linear at a time (weights.py, twin.py)
 
     def resolve(self, options: OnnxOptions, quantized_checkpoint):
         quant = options.quant
@@ -73,6 +76,12 @@ class OnnxTarget(Target):
             raise ExportError(
                 f"--max-seq-len {options.max_seq_len} must be between 2 and the context length {src.spec.max_context}"
             )
+
+    def scratch_bytes(self, cfg, shape, options: OnnxOptions, bundle_bytes: int) -> int:
+        # the twin's int4 codes (one int8 per weight) and scales, kept until the gate has run
+        if not options.validate or options.quant.scheme != "int4":
+            return 0
+        return unpacked_quantized_bytes(cfg, shape, self.size_recipe(options))
 
     def chunk(self, options: OnnxOptions) -> int:
         return options.max_seq_len
@@ -95,10 +104,9 @@ class OnnxTarget(Target):
             report.layers = int4_layers(model, quant.block_size)  # nothing to compare: leave the weights alone
         elif quant.scheme == "int4":
             with job.stages.stage(f"int4 weights (block {quant.block_size}) in the eager model"):
-                report.layers = fake_quantize_int4(model, quant.block_size)
+                report.layers = int4_twin(model, quant.block_size, job.scratch)
         else:
-            report.layers = {"text.embed_tokens": "fp32"}
-            report.layers.update({fqn: "fp32" for mods in linear_modules(model).values() for fqn, _ in mods})
+            report.layers = fp32_twin(model)
         return report
 
     def convert(self, job: Job) -> None:
