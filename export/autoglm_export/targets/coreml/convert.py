@@ -780,6 +780,19 @@ class ExplicitCacheDecoder(_DecoderBase):
         return self.tail(x), torch.stack(new_k), torch.stack(new_v)
 
 
+class HeadDecoder(nn.Module):
+    """The last package of a chained decoder: final norm and lm_head, no layers, no cache, no state."""
+
+    def __init__(self, model: AutoGLM, chunk: DecoderChunk):
+        super().__init__()
+        self.text, self.chunk, self.layers = model.text, chunk, []
+
+    parts = _DecoderBase.parts
+
+    def forward(self, inputs_embeds):
+        return self.text.lm_head(self.text.norm(inputs_embeds))
+
+
 def _decoder_example(model: AutoGLM, seq: int, end: int):
     hidden = model.cfg.text.hidden_size
     return (
@@ -842,18 +855,23 @@ def _stateful_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, p
     """iOS 18: one chunk as a multifunction package, ``prefill`` + ``decode`` over the chunk's state."""
     ct = _ct()
     ctx = model.shape.max_context
-    wrapper = StatefulDecoder(model, chunk)
-    states = [ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES]
+    head_only = chunk.start == chunk.stop
+    wrapper = HeadDecoder(model, chunk) if head_only else StatefulDecoder(model, chunk)
+    states = (
+        []
+        if head_only
+        else [ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES]
+    )
     parts = {}
     for fname, seq in (("prefill", prefill_chunk), ("decode", 1)):
+        example = _decoder_example(model, seq, min(ctx, seq + 2))
+        inputs = _decoder_inputs(model, seq, seq)
+        if head_only:
+            example, inputs = example[:1], inputs[:1]
         with fp32_weights(*wrapper.parts()):  # the traced module keeps the fp32 copies until it is dropped below
-            traced = _trace(wrapper, _decoder_example(model, seq, min(ctx, seq + 2)))
+            traced = _trace(wrapper, example)
         ml = _convert(
-            traced,
-            recipe=recipe,
-            inputs=_decoder_inputs(model, seq, seq),
-            outputs=[_tensor(chunk.output, None, np.float16)],
-            states=states,
+            traced, recipe=recipe, inputs=inputs, outputs=[_tensor(chunk.output, None, np.float16)], states=states
         )
         del traced
         ml = _compress_decoder(ml, recipe, wrapper, fixed)
@@ -870,28 +888,33 @@ def _stateful_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, p
     separate = {f: package_bytes(part) for f, part in parts.items()}
     for part in parts.values():
         shutil.rmtree(part, ignore_errors=True)
-    return wrapper.cache_shape, {"separate_function_bytes": separate}
+    return (None if head_only else wrapper.cache_shape), {"separate_function_bytes": separate}
 
 
 def _explicit_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, prefill_chunk: int, fixed):
     """iOS 17: one chunk as one function ``main`` with the chunk's cache as inputs and its new rows as outputs."""
     ct = _ct()
     ctx = model.shape.max_context
-    wrapper = ExplicitCacheDecoder(model, chunk)
     seq = ct.RangeDim(lower_bound=1, upper_bound=prefill_chunk, default=1, symbol="seq")
     n = min(2, prefill_chunk)
-    example = _decoder_example(model, n, min(ctx, n + 2)) + (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2
-    inputs = _decoder_inputs(model, seq, 1) + [
-        _tensor("key_cache", wrapper.cache_shape, np.float16),
-        _tensor("value_cache", wrapper.cache_shape, np.float16),
-    ]
-    outputs = [_tensor(n_, None, np.float16) for n_ in (chunk.output, "key_update", "value_update")]
+    example = _decoder_example(model, n, min(ctx, n + 2))
+    if chunk.start == chunk.stop:
+        wrapper = HeadDecoder(model, chunk)
+        example, inputs, outputs = example[:1], _decoder_inputs(model, seq, 1)[:1], [_tensor("logits", None, np.float16)]
+    else:
+        wrapper = ExplicitCacheDecoder(model, chunk)
+        example += (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2
+        inputs = _decoder_inputs(model, seq, 1) + [
+            _tensor("key_cache", wrapper.cache_shape, np.float16),
+            _tensor("value_cache", wrapper.cache_shape, np.float16),
+        ]
+        outputs = [_tensor(n_, None, np.float16) for n_ in (chunk.output, "key_update", "value_update")]
     with fp32_weights(*wrapper.parts()):
         traced = _trace(wrapper, example)
     ml = _convert(traced, recipe=recipe, inputs=inputs, outputs=outputs)
     del traced
     _compress_decoder(ml, recipe, wrapper, fixed).save(str(path))
-    return wrapper.cache_shape, {}
+    return (None if chunk.start == chunk.stop else wrapper.cache_shape), {}
 
 
 def convert_text_decoder(
@@ -930,7 +953,7 @@ def convert_text_decoder(
                 "head": chunk.head,
                 "input": "inputs_embeds",
                 "output": chunk.output,
-                "cache_shape": list(cache_shape),
+                "cache_shape": None if cache_shape is None else list(cache_shape),
                 "functions": d["functions"],
                 "ops": op_counts(path),
                 "bytes": package_bytes(path),
@@ -941,8 +964,7 @@ def convert_text_decoder(
         if progress is not None:
             progress(f"{path.name}: layers {chunk.start}..{chunk.stop - 1}{' + head' if chunk.head else ''}")
     first = described[0]
-    layers = len(model.text.layers)
-    cache_shape = [layers, *first["cache_shape"][1:]] if layers else first["cache_shape"]
+    cache_shape = [len(model.text.layers), *first["cache_shape"][1:]]
     extra = {
         "prefill_chunk": prefill_chunk,
         "max_context": ctx,
