@@ -311,16 +311,28 @@ def _fp16_overflow(op) -> bool:
 
 
 class _lean_fp16_pass:
-    """``_fp16_overflow`` in place of coremltools' own while converting."""
+    """coremltools' fp16 cast pass with its two whole-weight scans made lean while converting:
+    ``_fp16_overflow``, and the underflow fix-up that applies to constants of fewer than 400 values
+    only but flattens (copies) every weight to count them first."""
 
     def __enter__(self):
         from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
 
-        self.cls, self.original = FP16ComputePrecision, FP16ComputePrecision.fp16_overflow
+        self.cls = FP16ComputePrecision
+        self.overflow, self.underflow = FP16ComputePrecision.fp16_overflow, FP16ComputePrecision._check_underflow_to_zero
+        underflow = self.underflow
+
+        def check_underflow_to_zero(pass_, new_var, var):
+            if var.val is not None and np.size(var.val) >= 400:
+                return None  # coremltools' own check skips these too
+            return underflow(pass_, new_var, var)
+
         FP16ComputePrecision.fp16_overflow = staticmethod(_fp16_overflow)
+        FP16ComputePrecision._check_underflow_to_zero = check_underflow_to_zero
 
     def __exit__(self, *exc):
-        self.cls.fp16_overflow = staticmethod(self.original)
+        self.cls.fp16_overflow = staticmethod(self.overflow)
+        self.cls._check_underflow_to_zero = self.underflow
 
 
 def _convert(traced, *, inputs, outputs, states=None, recipe: CoreMLRecipe):
