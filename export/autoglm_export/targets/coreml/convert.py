@@ -157,7 +157,18 @@ def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "line
     config = OptimizationConfig(op_type_configs={op_type: _op_config(scheme, block_size)}, op_name_configs=per_name)
     with warnings.catch_warnings(), _quiet_coremltools():
         warnings.simplefilter("ignore")
-        return linear_quantize_weights(mlmodel, config)
+        out = linear_quantize_weights(mlmodel, config)
+    discard(mlmodel)  # the uncompressed program is not needed any more
+    return out
+
+
+def discard(*models) -> None:
+    """Remove the temporary package behind each MLModel now. coremltools writes one to /tmp for every
+    converted or compressed model and deletes it only when the process exits: at 9B that is tens of
+    GB of packages already saved elsewhere (the disk filled up). The objects must not be used after."""
+    for ml in models:
+        if ml is not None and getattr(ml, "is_temp_package", False) and getattr(ml, "package_path", None):
+            shutil.rmtree(ml.package_path, ignore_errors=True)
 
 
 def _sanitized(fqn: str) -> str:
@@ -249,6 +260,7 @@ def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
     with warnings.catch_warnings(), _quiet_coremltools():
         warnings.simplefilter("ignore")
         out = _apply_graph_pass(mlmodel, CheckpointCodes())
+    discard(mlmodel)
     missing = sorted(set(layers) - set(found))
     if missing:
         raise ExportError(
@@ -502,6 +514,7 @@ def _finish(component: str, mlmodel, path: Path, extra: dict | None = None) -> P
     path = Path(path)
     if mlmodel is not None:
         mlmodel.save(str(path))
+        discard(mlmodel)
     d = describe_package(path)
     return PackageInfo(
         component,
@@ -567,7 +580,9 @@ def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fix
             default = (h, w) == v.image_hw
             function = "main" if default else method_name((h, w), v.image_hw)
             part = Path(work) / f"{function}.mlpackage"
-            _vision_package(model, recipe, None if default else (h, w), fixed).save(str(part))
+            ml = _vision_package(model, recipe, None if default else (h, w), fixed)
+            ml.save(str(part))
+            discard(ml)
             desc.add_function(str(part), src_function_name="main", target_function_name=function)
         desc.default_function_name = "main"
         with warnings.catch_warnings(), _quiet_coremltools():
@@ -922,6 +937,7 @@ def _stateful_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, p
         ml = _compress_decoder(ml, recipe, wrapper, fixed)
         parts[fname] = workdir / f"{path.stem}-{fname}.mlpackage"
         ml.save(str(parts[fname]))
+        discard(ml)
         del ml
     desc = ct.utils.MultiFunctionDescriptor()
     for fname, part in parts.items():
@@ -958,7 +974,9 @@ def _explicit_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, p
         traced = _trace(wrapper, example)
     ml = _convert(traced, recipe=recipe, inputs=inputs, outputs=outputs)
     del traced
-    _compress_decoder(ml, recipe, wrapper, fixed).save(str(path))
+    ml = _compress_decoder(ml, recipe, wrapper, fixed)
+    ml.save(str(path))
+    discard(ml)
     return (None if chunk.start == chunk.stop else wrapper.cache_shape), {}
 
 
