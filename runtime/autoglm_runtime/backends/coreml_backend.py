@@ -164,7 +164,12 @@ class CoreMLBackend:
         self.prefill_chunk = int(dec["prefill_chunk"])
         self.max_context = int(dec["max_context"])
         self.cache_shape = tuple(dec["cache_shape"])
-        one = {"file": dec["file"], "cache_shape": dec["cache_shape"], "output": "logits", "functions": dec.get("functions")}
+        one = {
+            "file": dec["file"],
+            "cache_shape": dec["cache_shape"],
+            "output": "logits",
+            "functions": dec.get("functions"),
+        }
         self.chunks = list(dec.get("chunks") or [one])
         if self.chunks[-1].get("output", "logits") != "logits":
             raise BundleError(f"{self.root}: the last decoder package ({self.chunks[-1]['file']}) returns no logits")

@@ -397,7 +397,9 @@ def test_chained_decoder_packages_pass_the_gate(bundle, request, dense18):
     layers = dec["cache_shape"][0]
     assert [c["layers"] for c in chunks] == [[i, i + 1] for i in range(layers)] + [[layers, layers]]
     assert [c["head"] for c in chunks] == [False] * layers + [True]
-    assert [c["file"] for c in chunks] == [f"TextDecoder-{i:02d}of{layers + 1:02d}.mlpackage" for i in range(1, layers + 2)]
+    assert [c["file"] for c in chunks] == [
+        f"TextDecoder-{i:02d}of{layers + 1:02d}.mlpackage" for i in range(1, layers + 2)
+    ]
     assert not (path / "TextDecoder.mlpackage").exists() and dec["file"] == chunks[0]["file"]
     for c in chunks:
         fn = next(iter(c["functions"].values()))

@@ -496,12 +496,16 @@ def test_lean_load_reads_a_saved_package_weights_from_its_file(mlp_models, tmp_p
     for name in ("int4_block32_ios18", "int8_channel_ios17", "palette4_ios17"):
         target, _, cfg = COMPRESSIONS[name]
         opt = ct.optimize.coreml.OptimizationConfig(global_config=cfg())
-        compress = ct.optimize.coreml.palettize_weights if "palette" in name else ct.optimize.coreml.linear_quantize_weights
+        compress = (
+            ct.optimize.coreml.palettize_weights if "palette" in name else ct.optimize.coreml.linear_quantize_weights
+        )
         path = tmp_path / f"{name}.mlpackage"
         compress(base[target], opt).save(str(path))
         lean = MILModel(path, cache_weights=False)
         files = [v for f in lean._functions.values() for v in f.constants.values() if isinstance(v, FileValue)]
-        assert files and all(not isinstance(v, np.ndarray) or v.size < 64 for v in lean._functions["main"].constants.values())
+        assert files and all(
+            not isinstance(v, np.ndarray) or v.size < 64 for v in lean._functions["main"].constants.values()
+        )
         a = MILModel(path).predict({"x": x.numpy()})
         b = lean.predict({"x": x.numpy()})
         for k in a:

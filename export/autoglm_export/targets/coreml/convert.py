@@ -331,7 +331,10 @@ class _lean_fp16_pass:
         from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
 
         self.cls = FP16ComputePrecision
-        self.overflow, self.underflow = FP16ComputePrecision.fp16_overflow, FP16ComputePrecision._check_underflow_to_zero
+        self.overflow, self.underflow = (
+            FP16ComputePrecision.fp16_overflow,
+            FP16ComputePrecision._check_underflow_to_zero,
+        )
         underflow = self.underflow
 
         def check_underflow_to_zero(pass_, new_var, var):
@@ -911,7 +914,9 @@ def weight_bytes(path: str | Path) -> int:
     return weights.stat().st_size if weights.exists() else 0
 
 
-def _stateful_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, prefill_chunk: int, workdir: Path, fixed):
+def _stateful_package(
+    model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, prefill_chunk: int, workdir: Path, fixed
+):
     """iOS 18: one chunk as a multifunction package, ``prefill`` + ``decode`` over the chunk's state."""
     ct = _ct()
     ctx = model.shape.max_context
@@ -961,7 +966,11 @@ def _explicit_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, p
     example = _decoder_example(model, n, min(ctx, n + 2))
     if chunk.start == chunk.stop:
         wrapper = HeadDecoder(model, chunk)
-        example, inputs, outputs = example[:1], _decoder_inputs(model, seq, 1)[:1], [_tensor("logits", None, np.float16)]
+        example, inputs, outputs = (
+            example[:1],
+            _decoder_inputs(model, seq, 1)[:1],
+            [_tensor("logits", None, np.float16)],
+        )
     else:
         wrapper = ExplicitCacheDecoder(model, chunk)
         example += (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2

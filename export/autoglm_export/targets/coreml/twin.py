@@ -17,7 +17,6 @@ from ...model.autoglm import AutoGLM
 from ...quantize import QuantReport
 from .recipe import CoreMLRecipe
 
-
 QUANTIZE_SLICE = 1 << 24  # weights rounded per step: 32 MB of fp16 temporaries at any matrix size
 
 
