@@ -80,8 +80,9 @@ def causal_mask(start: int, rows: int) -> np.ndarray:
 
 
 # Packages with more compressed weight bytes than this run lean in the interpreter: weights read from the
-# weight file (memory-mapped) per call, not decompressed to fp32 at load (4 bytes per weight, 8x int4).
-LEAN_WEIGHT_BYTES = 256_000_000
+# weight file (memory-mapped) per call, not decompressed at load (an fp32 copy per function: 8 bytes a
+# weight for a prefill + decode package, 16x its int4; 7.6 GB peak for the 1-layer real-width bundle).
+LEAN_WEIGHT_BYTES = 64_000_000
 
 
 class _MILEngine:

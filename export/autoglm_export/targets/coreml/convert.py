@@ -54,6 +54,7 @@ position in the thousands would be off by whole radians). Output ``logits [1, S,
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -163,12 +164,16 @@ def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "line
 
 
 def discard(*models) -> None:
-    """Remove the temporary package behind each MLModel now. coremltools writes one to /tmp for every
-    converted or compressed model and deletes it only when the process exits: at 9B that is tens of
-    GB of packages already saved elsewhere (the disk filled up). The objects must not be used after."""
+    """Remove the temporary package behind each MLModel now, and free what it held. coremltools writes
+    one to /tmp for every converted or compressed model and deletes it only when the process exits: at
+    9B that is tens of GB of packages already saved elsewhere. The objects must not be used after."""
     for ml in models:
         if ml is not None and getattr(ml, "is_temp_package", False) and getattr(ml, "package_path", None):
             shutil.rmtree(ml.package_path, ignore_errors=True)
+    # A MIL program is a web of reference cycles (ops, vars, blocks): without a collection its weights
+    # stay until Python's cyclic collector happens to run (measured: 7.7 GB held after the 8 vision
+    # bucket conversions of a 4-block real-width tower, the weights of every bucket's programs).
+    gc.collect()
 
 
 def _sanitized(fqn: str) -> str:
