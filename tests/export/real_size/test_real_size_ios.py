@@ -2,21 +2,31 @@
 export at CI size, with the parity gate through our MIL interpreter, and its peak RSS measured in a
 process of its own.
 
-The bound is relative to the checkpoint's bf16 bytes: an fp32 copy of the whole model alone is 2x those
-bytes, so a path that makes one (as the target did before it kept the weights as stored and converted
-each package from fp32 copies of its own weights only) fails it.
+Two bounds, relative to the checkpoint's bf16 bytes (an fp32 copy of the whole model alone is 2x those
+bytes; the target made one before it kept the weights as stored, and was killed at 22 GB on the
+1.7B-parameter slice):
+
+- until conversion starts (load, our model vs transformers, the fp32 references) the process stays
+  below 1.5x: no fp32 copy of the model is ever made;
+- the whole export, parity gate included, stays below ``PER_CHECKPOINT``: coremltools holds about
+  9-14 bytes per parameter of the package it converts (fp32 traced constants, the fp16 program, the
+  compressed copy), and at one layer the largest package is a quarter of the model, so this bound
+  follows the largest package; at 9B it is a twentieth (``convert.plan_chunks``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from real_width import checkpoint_bytes, peak_rss
 
-# Peak above what the libraries take, in checkpoint sizes. Measured here: see the print below and
-# README's Core ML section. An fp32 copy of the weights is 2x by itself.
-PER_CHECKPOINT = 1.9
+# Peak above what the libraries take, in checkpoint sizes. Measured here: 3.85x for the whole export
+# (4.38 GB for a 1.02 GB checkpoint; the decoder package's conversion) and 1.1x before conversion.
+PER_CHECKPOINT = 4.3
+BEFORE_CONVERSION = 1.5
+REFERENCES_DONE = re.compile(r"fp32 reference outputs done in [\d.]+ s, RSS [\d.]+ GB \(peak ([\d.]+) GB\)")
 IMPORTS = "import autoglm_export.cli, coremltools, transformers, torchao.quantization"
 
 
@@ -48,6 +58,9 @@ def test_ios_export_stays_below_an_fp32_copy(real_width, tmp_path):
     packages = manifest["coreml"]["packages"]
     assert packages["text_decoder"]["kv_cache"] == "state"
     assert packages["token_embedding"]["ops"]["main"]["constexpr_blockwise_shift_scale"] == 1
+    before = REFERENCES_DONE.search(run.stderr)
+    assert before, run.stderr[-3000:]
+    assert float(before.group(1)) * 1e9 < base + BEFORE_CONVERSION * size, run.stderr[-3000:]
     bound = base + PER_CHECKPOINT * size
     assert peak < bound, (
         run.stderr[-4000:]
@@ -55,5 +68,6 @@ def test_ios_export_stays_below_an_fp32_copy(real_width, tmp_path):
     )
     print(
         f"ios on a {size / 1e9:.2f} GB real-width checkpoint: peak RSS {peak / 1e9:.2f} GB "
-        f"(imports {base / 1e9:.2f} GB, bound {bound / 1e9:.2f} GB), stages {manifest.get('stage_seconds')}"
+        f"(imports {base / 1e9:.2f} GB, bound {bound / 1e9:.2f} GB; before conversion {before.group(1)} GB), "
+        f"stages {manifest.get('stage_seconds')}"
     )
