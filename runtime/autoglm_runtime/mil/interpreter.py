@@ -160,13 +160,17 @@ class FileValue:
         return out.reshape(self.shape)
 
 
+_BYTES = np.arange(256, dtype=np.uint8)
+_NIBBLES = {
+    False: np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.uint8),
+    True: ((np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.int16) ^ 8) - 8).astype(np.int8),
+}
+
+
 def _unpack_sub_byte(packed: np.ndarray, nbits: int, count: int, signed: bool) -> np.ndarray:
-    if nbits == 4:  # the int4 weights: two per byte, low nibble first
-        out = np.empty(2 * packed.size, np.uint8)
-        out[0::2], out[1::2] = packed & 0x0F, packed >> 4
-        out = out[:count]
-    else:
-        out = _unpack_bits(packed, nbits, count)
+    if nbits == 4:  # the int4 weights: two per byte, low nibble first; one table lookup per byte
+        return _NIBBLES[signed][packed].reshape(-1)[:count]
+    out = _unpack_bits(packed, nbits, count)
     if signed:
         half = 1 << (nbits - 1)
         return ((out.astype(np.int16) ^ half) - half).astype(np.int8)
