@@ -73,7 +73,14 @@ def measure(args) -> dict:
         "export": time_report(args.export_time),
         "stage_seconds": m.get("stage_seconds"),
         "packages": packages,
-        "decoder_chunks": [{"file": c["file"], "layers": c["layers"], "bytes": c["bytes"]} for c in dec["chunks"]],
+        "decoder_chunks": [
+            {
+                "file": c["file"],
+                "layers": c.get("layers", [0, dec["cache_shape"][0]]),
+                "bytes": c.get("bytes", dec["bytes"]),
+            }
+            for c in backend.chunks
+        ],
         "total_bytes": sum(packages.values()),
         "load_s": load_s,
         "rss_loaded_bytes": rss_loaded,
