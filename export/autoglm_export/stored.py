@@ -113,3 +113,23 @@ def _fp32_lookup(mod: nn.Embedding, w: torch.Tensor):
         ).float()
 
     return forward
+
+
+@contextmanager
+def fp32_weights(*modules: nn.Module):
+    """The stored weights under ``modules`` held as fp32 for the duration of the block (one trace and
+    conversion of a part of the model), then the stored ones put back and their pages released: the
+    fp32 copies live as long as the block, never beyond it. No-op for weights already fp32."""
+    originals: dict[nn.Module, torch.Tensor] = {}
+    for root in modules:
+        for mod in root.modules():
+            w = _stored_weight(mod)
+            if w is not None and mod not in originals:
+                originals[mod] = w
+                mod.weight = nn.Parameter(w.float(), requires_grad=False)
+    try:
+        yield
+    finally:
+        for mod, w in originals.items():
+            mod.weight = w
+        release_pages(originals.values())

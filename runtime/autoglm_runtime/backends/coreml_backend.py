@@ -13,7 +13,11 @@ Engines (same ``predict(inputs, function, state)`` / ``make_state(function)`` su
 ``engine="auto"`` (default) picks ``mlmodel`` on macOS 15+ and ``mil`` elsewhere; the
 ``AUTOGLM_COREML_ENGINE`` environment variable overrides it.
 
-Decoder calls (``text_decoder(embeds, cache_position, position_ids)``):
+Decoder calls (``text_decoder(embeds, cache_position, position_ids)``). A large decoder is a chain of
+packages (the manifest's ``text_decoder.chunks``): each call runs them in order, the first on the
+embeddings, each next one on the previous one's ``hidden_states``, the last returning logits; each
+holds its own layers' KV cache (its own state, or its own cache arrays). Packages above
+``LEAN_WEIGHT_BYTES`` run in the interpreter with their weights memory-mapped, read per call.
 
 - iOS 18 packages: ``prefill`` takes exactly ``prefill_chunk`` tokens, ``decode`` one. A call of S
   tokens runs as chunks of ``prefill_chunk``; a shorter last chunk is padded with zero embeddings
@@ -26,8 +30,8 @@ Decoder calls (``text_decoder(embeds, cache_position, position_ids)``):
   padded chunk would run past ``max_context``, the remaining tokens go through ``decode`` one by
   one instead.
 - iOS 17 packages: one function ``main`` for 1..prefill_chunk tokens; the cache lives here as numpy
-  arrays, is passed in whole, and the returned ``key_update`` / ``value_update`` rows are written
-  at slots ``end - S .. end - 1``.
+  arrays (one pair per package), is passed in whole, and the returned ``key_update`` /
+  ``value_update`` rows are written at slots ``end - S .. end - 1``.
 
 ``cache_position`` must be consecutive (a prompt, then one token at a time), which is how the
 session and the parity gate call every backend.
@@ -75,10 +79,16 @@ def causal_mask(start: int, rows: int) -> np.ndarray:
     return np.where(k <= q, 0.0, MASK_MIN).astype(np.float16)[None, None]
 
 
+# Packages with more compressed weight bytes than this run lean in the interpreter: weights read from the
+# weight file (memory-mapped) per call, not decompressed at load (an fp32 copy per function: 8 bytes a
+# weight for a prefill + decode package, 16x its int4; 7.6 GB peak for the 1-layer real-width bundle).
+LEAN_WEIGHT_BYTES = 64_000_000
+
+
 class _MILEngine:
     """Our interpreter on one package."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lean: bool = False):
         try:
             from ..mil import MILModel
         except ImportError as e:  # pragma: no cover - the interpreter ships with the runtime
@@ -87,7 +97,7 @@ class _MILEngine:
         level = quiet.level
         quiet.setLevel(max(level, logging.WARNING))
         try:
-            self.model = MILModel(path)
+            self.model = MILModel(path, cache_weights=not lean)
         except Exception as e:
             raise BundleError(f"{path}: cannot load this Core ML package: {type(e).__name__}: {e}") from None
         finally:
@@ -155,6 +165,15 @@ class CoreMLBackend:
         self.prefill_chunk = int(dec["prefill_chunk"])
         self.max_context = int(dec["max_context"])
         self.cache_shape = tuple(dec["cache_shape"])
+        one = {
+            "file": dec["file"],
+            "cache_shape": dec["cache_shape"],
+            "output": "logits",
+            "functions": dec.get("functions"),
+        }
+        self.chunks = list(dec.get("chunks") or [one])
+        if self.chunks[-1].get("output", "logits") != "logits":
+            raise BundleError(f"{self.root}: the last decoder package ({self.chunks[-1]['file']}) returns no logits")
         self.reset()
 
     @classmethod
@@ -165,7 +184,8 @@ class CoreMLBackend:
         if not isinstance(coreml, dict):
             raise BundleError(f"{bundle.root}: manifest.json has no 'coreml' section")
         for _comp, pkg in (coreml.get("packages") or {}).items():
-            bundle.path(pkg["file"])  # listed in the manifest (its files were hash-checked by open_bundle)
+            for listed in [pkg, *pkg.get("chunks", [])]:
+                bundle.path(listed["file"])  # listed in the manifest (its files were hash-checked by open_bundle)
         backend = cls(bundle.root, coreml, engine=engine)
         if backend.max_context != bundle.spec.max_context:
             raise BundleError(
@@ -175,25 +195,34 @@ class CoreMLBackend:
         return backend
 
     # ---- engines, loaded on first use
-    def _engine(self, component: str):
-        eng = self._engines.get(component)
+    def _package(self, component: str, chunk: int) -> dict:
+        if component == "text_decoder":
+            return self.chunks[chunk]
+        pkg = self.packages.get(component)
+        if pkg is None:
+            what = "an audio encoder" if component == "audio_encoder" else component
+            raise BundleError(f"{self.root}: this bundle was exported without {what}")
+        return pkg
+
+    def _engine(self, component: str, chunk: int = 0):
+        key = (component, chunk)
+        eng = self._engines.get(key)
         if eng is None:
-            pkg = self.packages.get(component)
-            if pkg is None:
-                what = "an audio encoder" if component == "audio_encoder" else component
-                raise BundleError(f"{self.root}: this bundle was exported without {what}")
+            pkg = self._package(component, chunk)
             path = self.root / pkg["file"]
             if not path.is_dir():
                 raise BundleError(f"{path}: missing Core ML package")
             if self.engine_name == "mil":
-                eng = _MILEngine(path)
+                eng = _MILEngine(path, lean=int(pkg.get("weight_bytes") or 0) > LEAN_WEIGHT_BYTES)
             else:
                 eng = _MLModelEngine(path, list(pkg["functions"]), self.compute_units)
-            self._engines[component] = eng
+            self._engines[key] = eng
         return eng
 
-    def _run(self, component: str, inputs: dict, function: str = "main", state: Any = None) -> dict[str, np.ndarray]:
-        eng = self._engine(component)
+    def _run(
+        self, component: str, inputs: dict, function: str = "main", state: Any = None, chunk: int = 0
+    ) -> dict[str, np.ndarray]:
+        eng = self._engine(component, chunk)
         try:
             return eng.predict(inputs, function, state)
         except BundleError:
@@ -247,16 +276,37 @@ class CoreMLBackend:
         return run(embeds, start, position_ids)
 
     def reset(self) -> None:
-        """Fresh zeroed KV cache (a new Core ML state, or new numpy cache arrays)."""
-        self._state = None
-        self._cache = None
+        """Fresh zeroed KV cache (a new Core ML state per package, or new numpy cache arrays)."""
+        self._states = None
+        self._caches = None
         if self.kv_cache != "state":
-            self._cache = {n: np.zeros(self.cache_shape, np.float16) for n in ("key_cache", "value_cache")}
+            self._caches = [
+                {n: np.zeros(tuple(c["cache_shape"]), np.float16) for n in ("key_cache", "value_cache")}
+                if c.get("cache_shape")
+                else {}
+                for c in self.chunks
+            ]
+
+    def _chain(self, inputs: dict, function: str, caches: list | None = None) -> list[dict]:
+        """One decoder call through every package in order; each package's outputs, in order."""
+        outs, x = [], inputs["inputs_embeds"]
+        for i, chunk in enumerate(self.chunks):
+            feeds = {**inputs, "inputs_embeds": x, **(caches[i] if caches is not None else {})}
+            if not chunk.get("cache_shape"):  # the head: hidden states in, logits out, nothing else
+                feeds = {"inputs_embeds": x}
+            state = self._states[i] if self._states is not None else None
+            out = self._run("text_decoder", feeds, function, state, chunk=i)
+            outs.append(out)
+            x = out.get(chunk.get("output", "logits"))
+        return outs
 
     # ---- decoder, iOS 18: prefill / decode functions over one state
     def _decode_state(self, embeds: np.ndarray, start: int, position_ids: np.ndarray) -> np.ndarray:
-        if self._state is None:
-            self._state = self._engine("text_decoder").make_state("decode")
+        if self._states is None:
+            self._states = [
+                self._engine("text_decoder", i).make_state("decode") if c.get("cache_shape") else None
+                for i, c in enumerate(self.chunks)
+            ]
         C, n, rows, i = self.prefill_chunk, embeds.shape[1], [], 0
         while i < n:
             left, pos = n - i, start + i
@@ -281,8 +331,7 @@ class CoreMLBackend:
             "position_ids": position_ids.astype(np.int32),
             "causal_mask": causal_mask(start, rows),
         }
-        out = self._run("text_decoder", inputs, function, self._state)
-        return np.asarray(out["logits"], np.float32)
+        return np.asarray(self._chain(inputs, function)[-1]["logits"], np.float32)
 
     # ---- decoder, iOS 17: one function, the cache as inputs / outputs
     def _decode_explicit(self, embeds: np.ndarray, start: int, position_ids: np.ndarray) -> np.ndarray:
@@ -294,10 +343,12 @@ class CoreMLBackend:
                 "inputs_embeds": embeds[:, i : i + s].astype(np.float16),
                 "position_ids": position_ids[:, i : i + s].astype(np.int32),
                 "causal_mask": causal_mask(pos, s),
-                **self._cache,
             }
-            out = self._run("text_decoder", inputs, "main")
-            self._cache["key_cache"][:, :, :, pos : pos + s, :] = out["key_update"]
-            self._cache["value_cache"][:, :, :, pos : pos + s, :] = out["value_update"]
-            rows.append(np.asarray(out["logits"], np.float32))
+            outs = self._chain(inputs, "main", self._caches)
+            for cache, out in zip(self._caches, outs):
+                if not cache:
+                    continue
+                cache["key_cache"][:, :, :, pos : pos + s, :] = out["key_update"]
+                cache["value_cache"][:, :, :, pos : pos + s, :] = out["value_update"]
+            rows.append(np.asarray(outs[-1]["logits"], np.float32))
         return rows[0] if len(rows) == 1 else np.concatenate(rows, axis=1)

@@ -28,13 +28,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .ops import ARITH_FREE, OPS
+from .ops import ARITH_FREE, OPS, _unpack_bits
 
 
 class MILRuntimeError(RuntimeError):
@@ -126,8 +127,91 @@ def _const_value(var):
 
 
 # ---------------------------------------------------------------- loading
-def _load_program(model):
-    """(program, spec or None) from a path, an MLModel or a MIL Program."""
+_BLOB_SENTINEL = 0xDEADBEEF
+
+
+class FileValue:
+    """A tensor the package keeps in its weight file, read from there (memory-mapped) each time it is
+    used instead of being held: the interpreter's constants stay file pages the kernel can drop, so a
+    package of any size is checked in the memory of its largest tensor, not of all of them.
+
+    Blob layout (coremltools' MIL storage): a 64-byte metadata record at ``offset`` (sentinel
+    0xDEADBEEF, data type, size in bytes, data offset), the data at its own 64-byte aligned offset;
+    sub-byte types (int4, ...) packed least significant bits first."""
+
+    def __init__(self, path: str, offset: int, dtype, shape: tuple[int, ...]):
+        self.path, self.offset, self.dtype, self.shape = path, int(offset), dtype, tuple(int(d) for d in shape)
+
+    def load(self) -> np.ndarray:
+        from coremltools.converters.mil.mil import types
+
+        header = np.fromfile(self.path, dtype=np.uint64, count=3, offset=self.offset)
+        sentinel = int(header[0]) & 0xFFFFFFFF
+        if sentinel != _BLOB_SENTINEL:
+            raise MILRuntimeError(f"{self.path}: no weight blob at offset {self.offset}")
+        size, data_offset = int(header[1]), int(header[2])
+        raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=data_offset, shape=(size,))
+        count = int(np.prod(self.shape, dtype=np.int64))
+        if types.is_sub_byte(self.dtype):
+            nbits, signed = self.dtype.get_bitwidth(), not self.dtype.is_unsigned()
+            out = _unpack_sub_byte(raw, nbits, count, signed)
+        else:
+            out = raw.view(np.dtype(types.nptype_from_builtin(self.dtype)))[:count]
+        return out.reshape(self.shape)
+
+
+_BYTES = np.arange(256, dtype=np.uint8)
+_NIBBLES = {
+    False: np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.uint8),
+    True: ((np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.int16) ^ 8) - 8).astype(np.int8),
+}
+
+
+def _unpack_sub_byte(packed: np.ndarray, nbits: int, count: int, signed: bool) -> np.ndarray:
+    if nbits == 4:  # the int4 weights: two per byte, low nibble first; one table lookup per byte
+        return _NIBBLES[signed][packed].reshape(-1)[:count]
+    out = _unpack_bits(packed, nbits, count)
+    if signed:
+        half = 1 << (nbits - 1)
+        return ((out.astype(np.int16) ^ half) - half).astype(np.int8)
+    return out.astype(np.uint8)
+
+
+@contextmanager
+def _file_values_deferred(found: dict[int, FileValue], weights_dir: str):
+    """While coremltools reads a program, every tensor stored in the weight file comes back as a
+    stand-in of its shape and dtype that holds no memory (a broadcast zero) and is recorded in ``found``
+    (by the stand-in's id) as a ``FileValue``; everything else is read as coremltools reads it."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto_load
+    from coremltools.converters.mil.mil import types
+
+    original = milproto_load._load_value
+    stand_ins = []  # alive while loading, so their ids stay unique
+
+    def load_value(context, value_spec):
+        if value_spec.type.WhichOneof("type") != "tensorType" or value_spec.WhichOneof("value") != "blobFileValue":
+            return original(context, value_spec)
+        valuetype = milproto_load.proto_to_types(value_spec.type)
+        if not types.is_tensor(valuetype):
+            return original(context, value_spec)
+        dtype, shape = valuetype.get_primitive(), valuetype.get_shape()
+        blob = value_spec.blobFileValue
+        stand_in = np.broadcast_to(np.zeros((), types.nptype_from_builtin(dtype)), shape)
+        stand_ins.append(stand_in)
+        path = os.path.join(weights_dir, blob.fileName.split("/")[-1])
+        found[id(stand_in)] = (stand_in, FileValue(path, blob.offset, dtype, shape))
+        return stand_in
+
+    milproto_load._load_value = load_value
+    try:
+        yield
+    finally:
+        milproto_load._load_value = original
+
+
+def _load_program(model, deferred: dict | None = None):
+    """(program, spec or None) from a path, an MLModel or a MIL Program. With ``deferred`` (a dict), the
+    weight file's tensors of a saved package are not read: ``_file_values_deferred`` records them there."""
     from coremltools.converters.mil.mil import Program
 
     if isinstance(model, Program):
@@ -149,7 +233,11 @@ def _load_program(model):
     level = log.level
     log.setLevel(max(level, logging.WARNING))
     try:
-        prog = load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+        if deferred is not None and model.weights_dir:
+            with _file_values_deferred(deferred, model.weights_dir):
+                prog = load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
+        else:
+            prog = load(spec, spec.specificationVersion, file_weights_dir=model.weights_dir)
     finally:
         log.setLevel(level)
     return prog, spec
@@ -183,7 +271,7 @@ def _spec_flex(spec, function: str) -> dict[str, tuple]:
     return out
 
 
-def _compile_function(name: str, fn, spec) -> _Function:
+def _compile_function(name: str, fn, spec, deferred: dict | None = None) -> _Function:
     from coremltools.converters.mil.mil import types
 
     flex = _spec_flex(spec, name)
@@ -210,7 +298,9 @@ def _compile_function(name: str, fn, spec) -> _Function:
         counts[op.op_type] += 1
         if op.op_type == "const":
             out = op.outputs[0]
-            constants[out.name] = _const_value(out)
+            val = _const_value(out)
+            file_value = (deferred or {}).get(id(val))
+            constants[out.name] = file_value[1] if file_value is not None and file_value[0] is val else val
             continue
         ins = {}
         for k, v in op.inputs.items():
@@ -293,13 +383,17 @@ class MILModel:
 
     ``cache_weights``: decompress ``constexpr_*`` weights (int4/int8/palettized) once at load and
     keep float32 copies of fp16 weights between calls (fast; about 3x the fp16 weight memory).
-    With False every call recomputes them (lean; for big models).
+    With False (lean; for big models) the weights of a saved package are never read at load: each
+    call reads the tensors it uses from the weight file, memory-mapped (``FileValue``), and
+    decompresses them op by op, so memory follows the largest weight, not the package.
     """
 
     def __init__(self, model, *, cache_weights: bool = True):
-        prog, spec = _load_program(model)
+        deferred: dict = {}
+        prog, spec = _load_program(model, None if cache_weights else deferred)
         self.cache_weights = cache_weights
-        self._functions = {n: _compile_function(n, f, spec) for n, f in prog.functions.items()}
+        self._functions = {n: _compile_function(n, f, spec, deferred) for n, f in prog.functions.items()}
+        del prog, deferred  # the stand-ins go with the program
         default = None
         if spec is not None and len(spec.description.functions):
             default = spec.description.defaultFunctionName or None
@@ -373,6 +467,8 @@ class MILModel:
 
         def get(n):
             v = env[n] if n in env else consts[n]
+            if isinstance(v, FileValue):
+                v = v.load()
             return self._upcast(n, v, f, n in consts) if arith else v
 
         args = {k: (tuple(get(n) for n in v) if isinstance(v, tuple) else get(v)) for k, v in st.inputs.items()}
@@ -430,7 +526,8 @@ class MILModel:
             env.update(self._run_step(st, env, f))
             for n in st.release:
                 env.pop(n, None)
-        return {n: env[n] if n in env else f.constants[n] for n in f.outputs}
+        out = {n: env[n] if n in env else f.constants[n] for n in f.outputs}
+        return {n: np.array(v.load()) if isinstance(v, FileValue) else v for n, v in out.items()}
 
 
 def run_op(op_type: str, inputs: dict[str, Any], output_dtypes: list | tuple | np.dtype | type | None = None):

@@ -123,20 +123,21 @@ def identity(x):
 
 @register("constexpr_blockwise_shift_scale")
 def constexpr_blockwise_shift_scale(data, scale, offset=None):
-    """output = scale * (data - offset), scale/offset repeated over blocks of data."""
-    out = np.asarray(data).astype(np.float32)
+    """output = scale * (data - offset), scale/offset repeated over blocks of data.
+
+    Each blocked axis of ``data`` is viewed as (blocks, block) and the parameters broadcast over it,
+    so no repeated copy of the scales the size of the weight is made."""
+    data = np.asarray(data)
     scale = np.asarray(scale, dtype=np.float32)
-    reps = [d // s for d, s in zip(out.shape, scale.shape)]
-
-    def expand(p):
-        for ax, r in enumerate(reps):
-            if r > 1:
-                p = np.repeat(p, r, axis=ax)
-        return p
-
+    split, param_shape = [], []
+    for d, s in zip(data.shape, scale.shape):
+        split += [s, d // s] if s not in (d, 1) else [d]
+        param_shape += [s, 1] if s not in (d, 1) else [s]
+    out = data.reshape(split).astype(np.float32)
     if offset is not None:
-        out = out - expand(np.asarray(offset).astype(np.float32))
-    return out * expand(scale)
+        out -= np.asarray(offset).astype(np.float32).reshape(param_shape)
+    out *= scale.reshape(param_shape)
+    return out.reshape(data.shape)
 
 
 @register("constexpr_affine_dequantize")

@@ -67,10 +67,11 @@ def _one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def _export(out: Path, request: ModelRequest, **recipe) -> Path:
-    path, report = export_bundle(
-        "coreml", request, CoreMLOptions(out=out, recipe=CoreMLRecipe(**recipe), prefill_chunk=CHUNK, engine="mil")
+def _export(out: Path, request: ModelRequest, package_params: int | None = None, **recipe) -> Path:
+    options = CoreMLOptions(
+        out=out, recipe=CoreMLRecipe(**recipe), prefill_chunk=CHUNK, engine="mil", decoder_package_params=package_params
     )
+    path, report = export_bundle("coreml", request, options)
     assert report is not None and report.passed
     return path
 
@@ -83,6 +84,18 @@ def dense18(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dense17(tmp_path_factory):
     return _export(tmp_path_factory.mktemp("ios") / "dense17", ModelRequest(**TINY), min_ios=17, weights="int8")
+
+
+@pytest.fixture(scope="module")
+def chained18(tmp_path_factory):
+    """The decoder as a chain of packages (a layer each, then the head), as a 9B decoder is exported."""
+    return _export(tmp_path_factory.mktemp("ios") / "chained18", ModelRequest(**TINY), package_params=1)
+
+
+@pytest.fixture(scope="module")
+def chained17(tmp_path_factory):
+    request = ModelRequest(**TINY)
+    return _export(tmp_path_factory.mktemp("ios") / "chained17", request, package_params=1, min_ios=17, weights="int8")
 
 
 @pytest.fixture(scope="module")
@@ -369,6 +382,39 @@ def test_ios17_explicit_cache_int8(dense17):
         assert ops.get("constexpr_affine_dequantize") and "constexpr_blockwise_shift_scale" not in ops
         assert "read_state" not in ops and "scaled_dot_product_attention" not in ops  # fused SDPA is iOS 18
     assert m["quantization"]["fallbacks"] == []  # int8 per channel fits every width
+
+
+# ---------------------------------------------------------------- the decoder as a chain of packages
+
+
+@pytest.mark.parametrize("bundle", ["chained18", "chained17"])
+def test_chained_decoder_packages_pass_the_gate(bundle, request, dense18):
+    """Each package holds its layers' cache and hands hidden_states to the next; the gate ran the chain
+    (export_bundle raised otherwise) and its logits are those of the one-package decoder."""
+    path = request.getfixturevalue(bundle)
+    dec = _manifest(path)["coreml"]["packages"]["text_decoder"]
+    chunks = dec["chunks"]
+    layers = dec["cache_shape"][0]
+    assert [c["layers"] for c in chunks] == [[i, i + 1] for i in range(layers)] + [[layers, layers]]
+    assert [c["head"] for c in chunks] == [False] * layers + [True]
+    assert [c["file"] for c in chunks] == [
+        f"TextDecoder-{i:02d}of{layers + 1:02d}.mlpackage" for i in range(1, layers + 2)
+    ]
+    assert not (path / "TextDecoder.mlpackage").exists() and dec["file"] == chunks[0]["file"]
+    for c in chunks:
+        fn = next(iter(c["functions"].values()))
+        assert _names(fn["outputs"])[0] == c["output"] == ("logits" if c["head"] else "hidden_states")
+        assert c["cache_shape"] == (None if c["head"] else [1, *dec["cache_shape"][1:]])
+        assert (path / c["file"]).is_dir()
+    assert dec["bytes"] == sum(c["bytes"] for c in chunks)
+    if bundle == "chained18":
+        ids = np.arange(1, 21)[None]
+        pos = np.tile(np.arange(20), (3, 1))
+        outs = []
+        for b in (dense18, path):
+            be = CoreMLBackend.from_bundle(open_bundle(b), engine="mil")
+            outs.append(be.text_decoder(be.token_embedding(ids), np.arange(20), pos))
+        np.testing.assert_allclose(outs[0], outs[1], atol=2e-2)
 
 
 # ---------------------------------------------------------------- MoE

@@ -487,6 +487,31 @@ def test_int4_weights_cached_or_not_give_the_same_result(mlp_models):
         np.testing.assert_array_equal(a[k], b[k])
 
 
+def test_lean_load_reads_a_saved_package_weights_from_its_file(mlp_models, tmp_path):
+    """Lean (cache_weights=False) on a saved package: no weight is read at load, each call reads the
+    ones it uses from the weight file, memory-mapped (int4 unpacked there), with the same results."""
+    from autoglm_runtime.mil.interpreter import FileValue
+
+    mlp, x, base = mlp_models
+    for name in ("int4_block32_ios18", "int8_channel_ios17", "palette4_ios17"):
+        target, _, cfg = COMPRESSIONS[name]
+        opt = ct.optimize.coreml.OptimizationConfig(global_config=cfg())
+        compress = (
+            ct.optimize.coreml.palettize_weights if "palette" in name else ct.optimize.coreml.linear_quantize_weights
+        )
+        path = tmp_path / f"{name}.mlpackage"
+        compress(base[target], opt).save(str(path))
+        lean = MILModel(path, cache_weights=False)
+        files = [v for f in lean._functions.values() for v in f.constants.values() if isinstance(v, FileValue)]
+        assert files and all(
+            not isinstance(v, np.ndarray) or v.size < 64 for v in lean._functions["main"].constants.values()
+        )
+        a = MILModel(path).predict({"x": x.numpy()})
+        b = lean.predict({"x": x.numpy()})
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=name)
+
+
 # ---------------------------------------------------------------- fp16 semantics and errors (MIL built directly)
 def _program(fn, shape=(4,), dtype=None):
     from coremltools.converters.mil import Builder as mb

@@ -54,8 +54,10 @@ position in the thousands would be off by whole radians). Output ``logits [1, S,
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from collections import Counter
@@ -70,6 +72,7 @@ from torch import nn
 from autoglm_runtime.backends.coreml_backend import causal_mask
 from autoglm_runtime.preprocess.buckets import method_name
 
+from ...checkpoint import release_pages
 from ...errors import ExportError
 from ...model.autoglm import AutoGLM
 from ...model.moe import TopKRouter
@@ -77,8 +80,10 @@ from ...model.rope import apply_rotary
 from ...model.text import RMSNorm as TextRMSNorm
 from ...model.vision import RMSNorm as VisionRMSNorm
 from ...quantize.grid import array_digest
+from ...sizes import count
+from ...stored import fp32_weights
 from .recipe import CoreMLRecipe
-from .twin import checkpoint_scales16
+from .twin import checkpoint_scales16, quantize_like_coreml
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +158,22 @@ def compress_weights(mlmodel, scheme: str, block_size: int, op_type: str = "line
     config = OptimizationConfig(op_type_configs={op_type: _op_config(scheme, block_size)}, op_name_configs=per_name)
     with warnings.catch_warnings(), _quiet_coremltools():
         warnings.simplefilter("ignore")
-        return linear_quantize_weights(mlmodel, config)
+        out = linear_quantize_weights(mlmodel, config)
+    discard(mlmodel)  # the uncompressed program is not needed any more
+    return out
+
+
+def discard(*models) -> None:
+    """Remove the temporary package behind each MLModel now, and free what it held. coremltools writes
+    one to /tmp for every converted or compressed model and deletes it only when the process exits: at
+    9B that is tens of GB of packages already saved elsewhere. The objects must not be used after."""
+    for ml in models:
+        if ml is not None and getattr(ml, "is_temp_package", False) and getattr(ml, "package_path", None):
+            shutil.rmtree(ml.package_path, ignore_errors=True)
+    # A MIL program is a web of reference cycles (ops, vars, blocks): without a collection its weights
+    # stay until Python's cyclic collector happens to run (measured: 7.7 GB held after the 8 vision
+    # bucket conversions of a 4-block real-width tower, the weights of every bucket's programs).
+    gc.collect()
 
 
 def _sanitized(fqn: str) -> str:
@@ -245,6 +265,7 @@ def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
     with warnings.catch_warnings(), _quiet_coremltools():
         warnings.simplefilter("ignore")
         out = _apply_graph_pass(mlmodel, CheckpointCodes())
+    discard(mlmodel)
     missing = sorted(set(layers) - set(found))
     if missing:
         raise ExportError(
@@ -254,12 +275,15 @@ def apply_checkpoint_codes(mlmodel, layers: dict, min_ios: int):
     return out
 
 
-def _compress_linears(ml, recipe: CoreMLRecipe, fixed: dict | None, prefix: str, skip: set[str] = frozenset()):
+def _compress_linears(
+    ml, recipe: CoreMLRecipe, fixed: dict | None, prefixes: str | tuple[str, ...], skip: set[str] = frozenset()
+):
     """The linears of one package: round-to-nearest per ``recipe``, or a quantized checkpoint's integers
-    (``fixed``, every fqn; the ones under ``prefix`` belong to this package) and nothing else."""
+    (``fixed``, every fqn; the ones starting with one of ``prefixes`` belong to this package) and nothing else."""
     if fixed is None:
         return compress_weights(ml, recipe.weights, recipe.block_size, skip=skip)
-    return apply_checkpoint_codes(ml, {f: q for f, q in fixed.items() if f.startswith(prefix + ".")}, recipe.min_ios)
+    prefixes = (prefixes + ".",) if isinstance(prefixes, str) else prefixes
+    return apply_checkpoint_codes(ml, {f: q for f, q in fixed.items() if f.startswith(prefixes)}, recipe.min_ios)
 
 
 class _quiet_coremltools:
@@ -283,10 +307,58 @@ class _quiet_coremltools:
             os.environ["TQDM_DISABLE"] = self.tqdm
 
 
+OVERFLOW_SLICE = 1 << 22  # values per step of the fp16 overflow scan
+
+
+def _fp16_overflow(op) -> bool:
+    """coremltools' ``FP16ComputePrecision.fp16_overflow`` decision (does a finite fp32 constant input
+    exceed fp16's 65504?), a slice at a time: coremltools' own builds ``np.where`` index arrays of the
+    whole weight (16 bytes per value: 0.9 GB for one 4096 x 13696 matrix) and was a quarter of the
+    conversion time."""
+    for inputs in op.inputs.values():
+        for var in inputs if isinstance(inputs, (list, tuple)) else [inputs]:
+            if var.op is None or var.op.op_type != "const" or not var.is_tensor_or_scalar_of(dtype="fp32"):
+                continue
+            flat = np.asarray(var.op.val.val).reshape(-1)
+            for i in range(0, flat.size, OVERFLOW_SLICE):
+                a = np.abs(flat[i : i + OVERFLOW_SLICE])
+                if np.max(a, where=a < 1e38, initial=0.0) > 65504:
+                    return True
+    return False
+
+
+class _lean_fp16_pass:
+    """coremltools' fp16 cast pass with its two whole-weight scans made lean while converting:
+    ``_fp16_overflow``, and the underflow fix-up that applies to constants of fewer than 400 values
+    only but flattens (copies) every weight to count them first."""
+
+    def __enter__(self):
+        from coremltools.converters.mil.mil.passes.defs.quantization import FP16ComputePrecision
+
+        self.cls = FP16ComputePrecision
+        self.overflow, self.underflow = (
+            FP16ComputePrecision.fp16_overflow,
+            FP16ComputePrecision._check_underflow_to_zero,
+        )
+        underflow = self.underflow
+
+        def check_underflow_to_zero(pass_, new_var, var):
+            if var.val is not None and np.size(var.val) >= 400:
+                return None  # coremltools' own check skips these too
+            return underflow(pass_, new_var, var)
+
+        FP16ComputePrecision.fp16_overflow = staticmethod(_fp16_overflow)
+        FP16ComputePrecision._check_underflow_to_zero = check_underflow_to_zero
+
+    def __exit__(self, *exc):
+        self.cls.fp16_overflow = staticmethod(self.overflow)
+        self.cls._check_underflow_to_zero = self.underflow
+
+
 def _convert(traced, *, inputs, outputs, states=None, recipe: CoreMLRecipe):
     ct = _ct()
     target = ct.target.iOS18 if recipe.min_ios >= 18 else ct.target.iOS17
-    with warnings.catch_warnings(), _quiet_coremltools():
+    with warnings.catch_warnings(), _quiet_coremltools(), _lean_fp16_pass():
         warnings.simplefilter("ignore")
         try:
             return ct.convert(
@@ -450,6 +522,7 @@ def _finish(component: str, mlmodel, path: Path, extra: dict | None = None) -> P
     path = Path(path)
     if mlmodel is not None:
         mlmodel.save(str(path))
+        discard(mlmodel)
     d = describe_package(path)
     return PackageInfo(
         component,
@@ -485,17 +558,14 @@ class AudioWrapper(_Wrapper):
         return self.model.audio_encoder(input_features)
 
 
-class EmbeddingWrapper(_Wrapper):
-    def forward(self, token_ids):
-        return self.model.token_embedding(token_ids)
-
-
 def _vision_package(model: AutoGLM, recipe: CoreMLRecipe, size, fixed: dict | None):
     v = model.vision
     h, w = size or v.image_hw
     example = (torch.zeros(h // v.cfg.patch_size * (w // v.cfg.patch_size), v.patch_dim),)
+    with fp32_weights(v):
+        traced = _trace(VisionWrapper(model, size), example)
     ml = _convert(
-        _trace(VisionWrapper(model, size), example),
+        traced,
         recipe=recipe,
         inputs=[_tensor("pixel_values", example[0].shape, np.float16)],
         outputs=[_tensor("image_embeds", None, np.float16)],
@@ -518,7 +588,9 @@ def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fix
             default = (h, w) == v.image_hw
             function = "main" if default else method_name((h, w), v.image_hw)
             part = Path(work) / f"{function}.mlpackage"
-            _vision_package(model, recipe, None if default else (h, w), fixed).save(str(part))
+            ml = _vision_package(model, recipe, None if default else (h, w), fixed)
+            ml.save(str(part))
+            discard(ml)
             desc.add_function(str(part), src_function_name="main", target_function_name=function)
         desc.default_function_name = "main"
         with warnings.catch_warnings(), _quiet_coremltools():
@@ -532,8 +604,10 @@ def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixe
     if model.audio is None:
         raise ExportError("this model has no audio tower")
     example = (torch.zeros(1, model.cfg.audio.num_mel_bins, model.shape.audio_frames),)
+    with fp32_weights(model.audio):
+        traced = _trace(AudioWrapper(model), example)
     ml = _convert(
-        _trace(AudioWrapper(model), example),
+        traced,
         recipe=recipe,
         inputs=[_tensor("input_features", example[0].shape, np.float16)],
         outputs=[_tensor("audio_embeds", None, np.float16)],
@@ -541,36 +615,146 @@ def convert_audio_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixe
     return _finish("audio_encoder", _compress_linears(ml, recipe, fixed, "audio"), path)
 
 
+EMBEDDING_SLICE = 1 << 24  # table entries rounded per step (64 MB of fp32): bounded memory at any vocabulary
+
+
+def quantized_table(table: torch.Tensor, scheme: str, block_size: int):
+    """The token embedding table rounded as coremltools rounds a ``gather`` weight (``quantize_like_coreml``:
+    int4 blocks along the hidden axis, or int8 per row where the block does not divide it), a slice of rows
+    at a time from the weights as stored: ``(codes int8 [vocab, hidden], scales fp16 [vocab, blocks], scheme)``."""
+    vocab, hidden = table.shape
+    if scheme == "int4" and hidden % block_size:
+        scheme = "int8"
+    blocks = hidden // block_size if scheme == "int4" else 1
+    codes = np.empty((vocab, hidden), np.int8)
+    scales = np.empty((vocab, blocks), np.float16)
+    rows = max(1, EMBEDDING_SLICE // hidden)
+    for i in range(0, vocab, rows):
+        q, s = quantize_like_coreml(table[i : i + rows].float(), scheme, block_size)
+        codes[i : i + rows], scales[i : i + rows] = q.numpy(), s.numpy()
+    release_pages([table])
+    return codes, scales, scheme
+
+
+def _table_op(table: torch.Tensor, scheme: str, block_size: int, min_ios: int):
+    """The MIL op that yields the fp16 table: a constexpr of the rounded integers, or an fp16 const."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+    from coremltools.optimize._utils import QuantParams, ios18_quant_params_to_ios16
+
+    name = "text_embed_tokens_weight_to_fp16"  # the names a traced table gets (the checkpoint key's)
+    if scheme == "fp16":
+        return mb.const(val=table.to(torch.float16).numpy(), name=name)
+    codes, scales, used = quantized_table(table, scheme, block_size)
+    nbits = 4 if used == "int4" else 8
+    params = QuantParams(
+        data=codes.view(types.np_int4_dtype) if nbits == 4 else codes, scale=scales, offset=None, nbits=np.uint8(nbits)
+    )
+    if min_ios >= 18:
+        return mb.constexpr_blockwise_shift_scale(data=params.data, scale=params.scale, name=name + "_quantized")
+    p16 = ios18_quant_params_to_ios16(params)
+    return mb.constexpr_affine_dequantize(
+        quantized_data=p16.quantized_data,
+        zero_point=p16.zero_point,
+        scale=p16.scale,
+        axis=p16.axis,
+        name=name + "_quantized",
+    )
+
+
 def convert_token_embedding(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fixed: dict | None = None) -> PackageInfo:
-    """token_ids [1, S] int32 (S = 1..max_context) -> embeds [1, S, hidden] fp16: a gather of the table."""
+    """token_ids [1, S] int32 (S = 1..max_context) -> embeds [1, S, hidden] fp16: a gather of the table.
+
+    Written as a MIL program, not traced: the table is rounded in torch from the weights as stored, a slice
+    of rows at a time (``quantized_table``), and goes into the package as the constexpr op's integers and
+    scales. Traced, a 151552 x 4096 table became several fp32 and fp16 copies inside coremltools (killed
+    at 22 GB on the real vocabulary); written this way it costs the integers once."""
     ct = _ct()
-    example = (torch.zeros(1, 4, dtype=torch.int32),)
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import get_new_symbol, types
+
+    table = model.text.embed_tokens.weight.detach()
+    opset = ct.target.iOS18 if recipe.min_ios >= 18 else ct.target.iOS17
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, get_new_symbol()), dtype=types.int32)], opset_version=opset)
+    def prog(token_ids):
+        op = _table_op(table, recipe.embedding_scheme, recipe.block_size, recipe.min_ios)
+        return mb.gather(x=op, indices=token_ids, axis=0, name="embeds")
+
     seq = ct.RangeDim(lower_bound=1, upper_bound=model.shape.max_context, default=1, symbol="seq")
-    ml = _convert(
-        _trace(EmbeddingWrapper(model), example),
-        recipe=recipe,
-        inputs=[_tensor("token_ids", (1, seq), np.int32)],
-        outputs=[_tensor("embeds", None, np.float16)],
-    )
-    return _finish(
-        "token_embedding", compress_weights(ml, recipe.embedding_scheme, recipe.block_size, op_type="gather"), path
-    )
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        ml = ct.convert(
+            prog,
+            inputs=[_tensor("token_ids", (1, seq), np.int32)],
+            outputs=[_tensor("embeds", None, np.float16)],
+            minimum_deployment_target=opset,
+            compute_precision=ct.precision.FLOAT16,
+            convert_to="mlprogram",
+            compute_units=ct.ComputeUnit.CPU_ONLY,
+        )
+    return _finish("token_embedding", ml, path)
 
 
 # --------------------------------------------------------------------------- text decoder
 
 
+@dataclass(frozen=True)
+class DecoderChunk:
+    """Decoder layers ``start..stop-1`` in one package; ``head``: it ends with the final norm and lm_head."""
+
+    start: int
+    stop: int
+    head: bool
+
+    @property
+    def output(self) -> str:
+        return "logits" if self.head else "hidden_states"
+
+
+def plan_chunks(model: AutoGLM, max_params: int | None) -> list[DecoderChunk]:
+    """The decoder's packages: one when it holds at most ``max_params`` parameters (or ``max_params`` is
+    None); else consecutive runs of layers of at most ``max_params`` each (at least one layer), then the
+    final norm and lm_head in a package of their own (at 9B the 151552 x 4096 head is 3 layers' worth).
+
+    Why: coremltools holds a package's weights several times over while it converts (fp32 traced
+    constants, the fp16 program, the compressed copy), so conversion memory follows the largest package,
+    and an iPhone loads and compiles each package on its own."""
+    text = model.text
+    n = len(text.layers)
+    head = count(text.norm) + count(text.lm_head)
+    per_layer = [count(layer) for layer in text.layers]
+    if max_params is None or sum(per_layer) + head <= max_params:
+        return [DecoderChunk(0, n, True)]
+    chunks, start, size = [], 0, 0
+    for i, p in enumerate(per_layer):
+        if i > start and size + p > max_params:
+            chunks.append(DecoderChunk(start, i, False))
+            start, size = i, 0
+        size += p
+    return chunks + [DecoderChunk(start, n, False), DecoderChunk(n, n, True)]
+
+
+def chunk_file(chunk: DecoderChunk, chunks: list[DecoderChunk]) -> str:
+    if len(chunks) == 1:
+        return PACKAGES["text_decoder"]
+    return f"TextDecoder-{chunks.index(chunk) + 1:02d}of{len(chunks):02d}.mlpackage"
+
+
 class _DecoderBase(nn.Module):
-    """The GLM-4.1V decoder stack with a Core-ML-friendly attention; every weight is the model's own.
+    """Layers ``chunk.start..chunk.stop-1`` of the GLM-4.1V decoder (then its norm and lm_head when the
+    chunk has the head) with a Core-ML-friendly attention; every weight is the model's own.
 
     Rotary: fp16-safe tables ``cos/sin [max_context, rotary_dim/2]`` computed in fp32, indexed by
     each plane's position id and mixed with the M-RoPE plane selector (exact: 0/1 weights).
     """
 
-    def __init__(self, model: AutoGLM):
+    def __init__(self, model: AutoGLM, chunk: DecoderChunk | None = None):
         super().__init__()
         text = model.text
-        self.text = text
+        self.text = text  # the whole tower, so the program's constants keep the model's names (text_layers_<i>_...)
+        self.chunk = chunk or DecoderChunk(0, len(text.layers), True)
+        self.layers = list(text.layers[self.chunk.start : self.chunk.stop])  # a plain list: not registered twice
         self.cfg = text.cfg
         self.max_context = model.shape.max_context
         attn = text.layers[0].self_attn
@@ -583,7 +767,14 @@ class _DecoderBase(nn.Module):
 
     @property
     def cache_shape(self) -> tuple[int, ...]:
-        return (len(self.text.layers), 1, self.n_kv_heads, self.max_context, self.head_dim)
+        return (len(self.layers), 1, self.n_kv_heads, self.max_context, self.head_dim)
+
+    def parts(self) -> list[nn.Module]:
+        """The modules this chunk computes with (the rest of ``text`` is never touched)."""
+        return self.layers + ([self.text.norm, self.text.lm_head] if self.chunk.head else [])
+
+    def tail(self, x):
+        return self.text.head(x) if self.chunk.head else x
 
     def rotary(self, position_ids):
         pos = position_ids.long()
@@ -610,10 +801,10 @@ class _DecoderBase(nn.Module):
 
 
 class StatefulDecoder(_DecoderBase):
-    """iOS 18: the KV cache is Core ML state (``keyCache`` / ``valueCache``), written with slice updates."""
+    """iOS 18: the chunk's KV cache is Core ML state (``keyCache`` / ``valueCache``), written with slice updates."""
 
-    def __init__(self, model: AutoGLM):
-        super().__init__(model)
+    def __init__(self, model: AutoGLM, chunk: DecoderChunk | None = None):
+        super().__init__(model, chunk)
         self.register_buffer("keyCache", torch.zeros(self.cache_shape, dtype=torch.float16))
         self.register_buffer("valueCache", torch.zeros(self.cache_shape, dtype=torch.float16))
 
@@ -623,7 +814,7 @@ class StatefulDecoder(_DecoderBase):
         begin = end - seq
         cos, sin = self.rotary(position_ids)
         x = inputs_embeds
-        for i, layer in enumerate(self.text.layers):
+        for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             q, k, v = self.qkv(attn, layer.input_layernorm(x), seq, cos, sin)
             self.keyCache[i : i + 1, :, :, begin:end, :] = k.unsqueeze(0).to(torch.float16)
@@ -631,7 +822,7 @@ class StatefulDecoder(_DecoderBase):
             keys = self.keyCache[i, :, :, :end, :].to(q.dtype)
             values = self.valueCache[i, :, :, :end, :].to(q.dtype)
             x = layer.residual_tail(x, self.attend(attn, q, keys, values, causal_mask, seq))
-        return self.text.head(x)
+        return self.tail(x)
 
 
 class ExplicitCacheDecoder(_DecoderBase):
@@ -644,7 +835,7 @@ class ExplicitCacheDecoder(_DecoderBase):
         cos, sin = self.rotary(position_ids)
         x = inputs_embeds
         new_k, new_v = [], []
-        for i, layer in enumerate(self.text.layers):
+        for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             q, k, v = self.qkv(attn, layer.input_layernorm(x), seq, cos, sin)
             new_k.append(k.to(torch.float16))
@@ -654,7 +845,20 @@ class ExplicitCacheDecoder(_DecoderBase):
                 q.dtype
             )
             x = layer.residual_tail(x, self.attend(attn, q, keys, values, causal_mask, seq))
-        return self.text.head(x), torch.stack(new_k), torch.stack(new_v)
+        return self.tail(x), torch.stack(new_k), torch.stack(new_v)
+
+
+class HeadDecoder(nn.Module):
+    """The last package of a chained decoder: final norm and lm_head, no layers, no cache, no state."""
+
+    def __init__(self, model: AutoGLM, chunk: DecoderChunk):
+        super().__init__()
+        self.text, self.chunk, self.layers = model.text, chunk, []
+
+    parts = _DecoderBase.parts
+
+    def forward(self, inputs_embeds):
+        return self.text.head(inputs_embeds)
 
 
 def _decoder_example(model: AutoGLM, seq: int, end: int):
@@ -699,85 +903,176 @@ def _decoder_inputs(model: AutoGLM, seq, end_lo: int) -> list:
     ]
 
 
-def _compress_decoder(ml, recipe: CoreMLRecipe, model: AutoGLM, fixed: dict | None = None):
+def _compress_decoder(ml, recipe: CoreMLRecipe, wrapper: _DecoderBase, fixed: dict | None = None):
     routers = _router_weights(ml)
-    expected = sum(isinstance(m, TopKRouter) for m in model.text.modules())
+    expected = sum(isinstance(m, TopKRouter) for part in wrapper.parts() for m in part.modules())
     if len(routers) != expected:
         raise ExportError(f"found {len(routers)} MoE router weights in the converted decoder, expected {expected}")
-    return _compress_linears(ml, recipe, fixed, "text", skip=routers)
+    c = wrapper.chunk
+    prefixes = tuple(f"text.layers.{i}." for i in range(c.start, c.stop)) + (("text.lm_head",) if c.head else ())
+    return _compress_linears(ml, recipe, fixed, prefixes, skip=routers)
+
+
+def weight_bytes(path: str | Path) -> int:
+    """Bytes of a saved package's weight file (its compressed weights)."""
+    weights = Path(path) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    return weights.stat().st_size if weights.exists() else 0
+
+
+def _stateful_package(
+    model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, prefill_chunk: int, workdir: Path, fixed
+):
+    """iOS 18: one chunk as a multifunction package, ``prefill`` + ``decode`` over the chunk's state."""
+    ct = _ct()
+    ctx = model.shape.max_context
+    head_only = chunk.start == chunk.stop
+    wrapper = HeadDecoder(model, chunk) if head_only else StatefulDecoder(model, chunk)
+    states = (
+        []
+        if head_only
+        else [ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES]
+    )
+    parts = {}
+    for fname, seq in (("prefill", prefill_chunk), ("decode", 1)):
+        example = _decoder_example(model, seq, min(ctx, seq + 2))
+        inputs = _decoder_inputs(model, seq, seq)
+        if head_only:
+            example, inputs = example[:1], inputs[:1]
+        with fp32_weights(*wrapper.parts()):  # the traced module keeps the fp32 copies until it is dropped below
+            traced = _trace(wrapper, example)
+        ml = _convert(
+            traced, recipe=recipe, inputs=inputs, outputs=[_tensor(chunk.output, None, np.float16)], states=states
+        )
+        del traced
+        ml = _compress_decoder(ml, recipe, wrapper, fixed)
+        parts[fname] = workdir / f"{path.stem}-{fname}.mlpackage"
+        ml.save(str(parts[fname]))
+        discard(ml)
+        del ml
+    desc = ct.utils.MultiFunctionDescriptor()
+    for fname, part in parts.items():
+        desc.add_function(str(part), src_function_name="main", target_function_name=fname)
+    desc.default_function_name = "decode"
+    with warnings.catch_warnings(), _quiet_coremltools():
+        warnings.simplefilter("ignore")
+        ct.utils.save_multifunction(desc, str(path))
+    separate = {f: package_bytes(part) for f, part in parts.items()}
+    for part in parts.values():
+        shutil.rmtree(part, ignore_errors=True)
+    return (None if head_only else wrapper.cache_shape), {"separate_function_bytes": separate}
+
+
+def _explicit_package(model: AutoGLM, chunk: DecoderChunk, recipe, path: Path, prefill_chunk: int, fixed):
+    """iOS 17: one chunk as one function ``main`` with the chunk's cache as inputs and its new rows as outputs."""
+    ct = _ct()
+    ctx = model.shape.max_context
+    seq = ct.RangeDim(lower_bound=1, upper_bound=prefill_chunk, default=1, symbol="seq")
+    n = min(2, prefill_chunk)
+    example = _decoder_example(model, n, min(ctx, n + 2))
+    if chunk.start == chunk.stop:
+        wrapper = HeadDecoder(model, chunk)
+        example, inputs, outputs = (
+            example[:1],
+            _decoder_inputs(model, seq, 1)[:1],
+            [_tensor("logits", None, np.float16)],
+        )
+    else:
+        wrapper = ExplicitCacheDecoder(model, chunk)
+        example += (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2
+        inputs = _decoder_inputs(model, seq, 1) + [
+            _tensor("key_cache", wrapper.cache_shape, np.float16),
+            _tensor("value_cache", wrapper.cache_shape, np.float16),
+        ]
+        outputs = [_tensor(n_, None, np.float16) for n_ in (chunk.output, "key_update", "value_update")]
+    with fp32_weights(*wrapper.parts()):
+        traced = _trace(wrapper, example)
+    ml = _convert(traced, recipe=recipe, inputs=inputs, outputs=outputs)
+    del traced
+    ml = _compress_decoder(ml, recipe, wrapper, fixed)
+    ml.save(str(path))
+    discard(ml)
+    return (None if chunk.start == chunk.stop else wrapper.cache_shape), {}
 
 
 def convert_text_decoder(
-    model: AutoGLM, recipe: CoreMLRecipe, path: Path, prefill_chunk: int, workdir: Path, fixed: dict | None = None
+    model: AutoGLM,
+    recipe: CoreMLRecipe,
+    out_dir: Path,
+    prefill_chunk: int,
+    workdir: Path,
+    fixed: dict | None = None,
+    max_params: int | None = None,
+    progress=None,
 ) -> PackageInfo:
     """iOS 18: multifunction ``prefill`` (``prefill_chunk`` tokens) + ``decode`` (1 token) over one state.
-    iOS 17: one function ``main`` (1..prefill_chunk tokens) with the cache as explicit inputs/outputs."""
-    ct = _ct()
+    iOS 17: one function ``main`` (1..prefill_chunk tokens) with the cache as explicit inputs/outputs.
+
+    The decoder is one package, or a chain of packages of at most ``max_params`` parameters each
+    (``plan_chunks``), written into ``out_dir``; each is converted from fp32 copies of its own weights
+    only (``fp32_weights``), so coremltools never holds more than one package's worth."""
     ctx = model.shape.max_context
     if not 1 <= prefill_chunk <= ctx:
         raise ExportError(f"--prefill-chunk {prefill_chunk} must be between 1 and the context length {ctx}")
-    workdir = Path(workdir)
+    workdir, out_dir = Path(workdir), Path(out_dir)
+    chunks = plan_chunks(model, max_params)
+    described = []
+    for chunk in chunks:
+        path = out_dir / chunk_file(chunk, chunks)
+        if recipe.min_ios >= 18:
+            cache_shape, extra = _stateful_package(model, chunk, recipe, path, prefill_chunk, workdir, fixed)
+        else:
+            cache_shape, extra = _explicit_package(model, chunk, recipe, path, prefill_chunk, fixed)
+        d = describe_package(path)
+        described.append(
+            {
+                "file": path.name,
+                "layers": [chunk.start, chunk.stop],
+                "head": chunk.head,
+                "input": "inputs_embeds",
+                "output": chunk.output,
+                "cache_shape": None if cache_shape is None else list(cache_shape),
+                "functions": d["functions"],
+                "ops": op_counts(path),
+                "bytes": package_bytes(path),
+                "weight_bytes": weight_bytes(path),
+                **extra,
+            }
+        )
+        if progress is not None:
+            progress(f"{path.name}: layers {chunk.start}..{chunk.stop - 1}{' + head' if chunk.head else ''}")
+    first = described[0]
+    cache_shape = [len(model.text.layers), *first["cache_shape"][1:]]
     extra = {
         "prefill_chunk": prefill_chunk,
         "max_context": ctx,
         "mask_value": "-inf",
         "rotary": "position_ids index fp16 cos/sin tables inside the graph",
+        "cache_shape": cache_shape,
+        "chunks": described,
+        "weight_bytes": sum(c["weight_bytes"] for c in described),
+        "specification_version": describe_package(out_dir / first["file"])["specification_version"],
     }
     if recipe.min_ios >= 18:
-        wrapper = StatefulDecoder(model)
-        states = [
-            ct.StateType(wrapped_type=_tensor(None, wrapper.cache_shape, np.float16), name=n) for n in STATE_NAMES
-        ]
-        parts = {}
-        for fname, seq in (("prefill", prefill_chunk), ("decode", 1)):
-            example = _decoder_example(model, seq, min(ctx, seq + 2))
-            ml = _convert(
-                _trace(wrapper, example),
-                recipe=recipe,
-                inputs=_decoder_inputs(model, seq, seq),
-                outputs=[_tensor("logits", None, np.float16)],
-                states=states,
-            )
-            ml = _compress_decoder(ml, recipe, model, fixed)
-            parts[fname] = workdir / f"TextDecoder-{fname}.mlpackage"
-            ml.save(str(parts[fname]))
-        desc = ct.utils.MultiFunctionDescriptor()
-        for fname, part in parts.items():
-            desc.add_function(str(part), src_function_name="main", target_function_name=fname)
-        desc.default_function_name = "decode"
-        with warnings.catch_warnings(), _quiet_coremltools():
-            warnings.simplefilter("ignore")
-            ct.utils.save_multifunction(desc, str(path))
+        extra.update({"kv_cache": "state", "state_names": list(STATE_NAMES)})
+    else:
         extra.update(
             {
-                "kv_cache": "state",
-                "state_names": list(STATE_NAMES),
-                "cache_shape": list(wrapper.cache_shape),
-                "separate_function_bytes": {f: package_bytes(p) for f, p in parts.items()},
+                "kv_cache": "inputs_outputs",
+                "cache_inputs": ["key_cache", "value_cache"],
+                "cache_outputs": ["key_update", "value_update"],
             }
         )
-        return _finish("text_decoder", None, path, extra)
-
-    wrapper = ExplicitCacheDecoder(model)
-    seq = ct.RangeDim(lower_bound=1, upper_bound=prefill_chunk, default=1, symbol="seq")
-    n = min(2, prefill_chunk)
-    example = _decoder_example(model, n, min(ctx, n + 2)) + (torch.zeros(wrapper.cache_shape, dtype=torch.float16),) * 2
-    inputs = _decoder_inputs(model, seq, 1) + [
-        _tensor("key_cache", wrapper.cache_shape, np.float16),
-        _tensor("value_cache", wrapper.cache_shape, np.float16),
-    ]
-    outputs = [_tensor(n_, None, np.float16) for n_ in ("logits", "key_update", "value_update")]
-    ml = _convert(_trace(wrapper, example), recipe=recipe, inputs=inputs, outputs=outputs)
-    ml = _compress_decoder(ml, recipe, model, fixed)
-    extra.update(
-        {
-            "kv_cache": "inputs_outputs",
-            "cache_inputs": ["key_cache", "value_cache"],
-            "cache_outputs": ["key_update", "value_update"],
-            "cache_shape": list(wrapper.cache_shape),
-        }
+    if len(chunks) == 1 and "separate_function_bytes" in first:
+        extra["separate_function_bytes"] = first["separate_function_bytes"]
+    return PackageInfo(
+        "text_decoder",
+        first["file"],
+        first["functions"],
+        describe_package(out_dir / first["file"])["default_function"],
+        first["ops"],
+        sum(c["bytes"] for c in described),
+        extra,
     )
-    return _finish("text_decoder", ml, path, extra)
 
 
 CONVERTERS = {

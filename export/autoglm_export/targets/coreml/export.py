@@ -34,12 +34,18 @@ from ...quantize import QuantRecipe
 from ...quantize.qcheckpoint import block_size_for, read_layers
 from ...quantize.recipes import int_scheme
 from ...sizes import count
+from ...stages import memory
 from .. import ExportOptions, Job, Target, register_target
-from .convert import CONVERTERS, PACKAGES, PackageInfo, convert_text_decoder
+from .convert import CONVERTERS, PACKAGES, PackageInfo, convert_text_decoder, plan_chunks, weight_bytes
 from .recipe import COMPUTE_UNITS, CoreMLRecipe
 from .twin import apply_coreml_quantization
 
 log = logging.getLogger(__name__)
+
+# A decoder above this many parameters becomes a chain of packages of at most this many (4 layers of
+# AutoGLM-Phone-9B each, about 0.46 GB of int4; the lm_head on its own): coremltools' conversion memory
+# follows the largest package (BENCHMARKS.md), and a phone loads and compiles each package separately.
+DECODER_PACKAGE_PARAMS = 1_000_000_000
 
 
 @dataclass
@@ -49,6 +55,8 @@ class CoreMLOptions(ExportOptions):
     prefill_chunk: int = 64
     compute_units: str = "all"
     engine: str | None = None  # None: MLModel on macOS 15+, our MIL interpreter elsewhere
+    # Largest decoder package, in parameters (``convert.plan_chunks``; None: always one package).
+    decoder_package_params: int | None = DECODER_PACKAGE_PARAMS
 
 
 def quant_kinds(recipe: CoreMLRecipe, fixed: dict | None = None) -> dict[str, str]:
@@ -102,17 +110,25 @@ def convert_all(job: Job) -> dict[str, PackageInfo]:
         with stages.stage(f"convert {comp} -> {PACKAGES[comp]}"):
             packages[comp] = convert(model, recipe, bundle.path(PACKAGES[comp]), fixed=job.fixed)
     functions = "prefill + decode, state" if recipe.min_ios >= 18 else "main, cache in/out"
+    chunks = plan_chunks(model, job.options.decoder_package_params)
+    what = PACKAGES["text_decoder"] if len(chunks) == 1 else f"{len(chunks)} TextDecoder-*.mlpackage"
     with (
-        stages.stage(f"convert text_decoder -> {PACKAGES['text_decoder']} ({functions})"),
+        stages.stage(f"convert text_decoder -> {what} ({functions})"),
         tempfile.TemporaryDirectory(prefix="autoglm-coreml-") as work,
     ):
         packages["text_decoder"] = convert_text_decoder(
-            model, recipe, bundle.path(PACKAGES["text_decoder"]), chunk, Path(work), fixed=job.fixed
+            model,
+            recipe,
+            Path(bundle.path(PACKAGES["text_decoder"])).parent,
+            chunk,
+            Path(work),
+            fixed=job.fixed,
+            max_params=job.options.decoder_package_params,
+            progress=lambda msg: log.info("  %s%s", msg, memory()),
         )
     params = tower_parameters(model)
     for comp, info in packages.items():
-        weights = Path(bundle.path(info.file)) / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
-        wbytes = weights.stat().st_size if weights.exists() else 0
+        wbytes = info.extra.get("weight_bytes", weight_bytes(bundle.path(info.file)))
         info.extra.update(
             {
                 "parameters": params[comp],
@@ -135,6 +151,12 @@ def usage(recipe: CoreMLRecipe) -> dict:
         "causal_mask": mask,
         "inputs_embeds": "[1, S, hidden] fp16: TokenEmbedding output with image/audio embeddings spliced in",
     }
+    common["chunks"] = (
+        "the decoder is the packages of text_decoder.chunks, run in order on each call: the first takes "
+        "inputs_embeds, each next one takes the previous one's hidden_states [1, S, hidden] fp16 as its "
+        "inputs_embeds, all with the same position_ids and causal_mask; the last returns logits. Each "
+        "package holds the KV cache of its own layers (its own state, or its own cache inputs/outputs)"
+    )
     if recipe.min_ios >= 18:
         return {
             **common,
@@ -143,8 +165,8 @@ def usage(recipe: CoreMLRecipe) -> dict:
                 "garbage and their cache slots are overwritten by the next call before anything attends to them)",
                 "decode": "one token",
             },
-            "state": "model.makeState() once per conversation, passed to both functions (MLModelConfiguration.functionName "
-            "selects the function); a new state is an empty cache",
+            "state": "model.makeState() once per conversation and package, passed to both functions "
+            "(MLModelConfiguration.functionName selects the function); a new state is an empty cache",
         }
     return {
         **common,
@@ -159,6 +181,7 @@ class CoreMLTarget(Target):
     name = "coreml"
     command = "ios"
     converts = "original"  # coremltools rounds the weights itself; the twin copies that rounding
+    keeps_stored = True  # each package is converted from fp32 copies of its own weights only (convert.py)
 
     def resolve(self, options: CoreMLOptions, quantized_checkpoint):
         if options.compute_units not in COMPUTE_UNITS:
@@ -190,6 +213,14 @@ class CoreMLTarget(Target):
     def chunk(self, options: CoreMLOptions) -> int:
         return options.prefill_chunk
 
+    def scratch_bytes(self, cfg, shape, options: CoreMLOptions, bundle_bytes: int) -> int:
+        # The quantized eager twin of a model loaded as stored keeps its weights in fp16 on disk (twin.py).
+        if not options.validate:
+            return 0
+        from ...loader import meta_model
+
+        return 2 * count(meta_model(cfg, shape))
+
     def size_recipe(self, options: CoreMLOptions) -> QuantRecipe:
         r = options.recipe
         embedding = {"int4": "4", "int8": "8"}.get(r.embedding_scheme, "none")
@@ -210,7 +241,7 @@ class CoreMLTarget(Target):
         else:
             what = "quantized-checkpoint" if job.fixed is not None else recipe.weights
             with job.stages.stage(f"{what} weights in the eager model (as the packages hold them)"):
-                report = apply_coreml_quantization(model, recipe, fixed=job.fixed)
+                report = apply_coreml_quantization(model, recipe, fixed=job.fixed, keep=job.scratch.keep)
         if report.fallbacks:
             log.warning(
                 "int8 per-channel instead of int4 (input width not a multiple of %d): %s",

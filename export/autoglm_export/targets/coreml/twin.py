@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from ...checkpoint import release_pages
 from ...errors import ExportError
 from ...model.autoglm import AutoGLM
 from ...quantize import QuantReport
 from .recipe import CoreMLRecipe
+
+QUANTIZE_SLICE = 1 << 24  # weights rounded per step: 32 MB of fp16 temporaries at any matrix size
 
 
 def _coreml_qrange(nbits: int) -> int:
@@ -29,10 +33,10 @@ def quantize_like_coreml(
     ``scale = (max|w| - (-max|w|)) / (2 * qmax)`` per block, ``q = clip(round(w / scale), -qmax, qmax)``
     (round half to even). Returns ``(q int8 [out, in], scale fp16 [out, in // block])`` with one
     block per row for int8, or None when the weight is not compressed that way (input width not a
-    multiple of the block).
+    multiple of the block). Rows are independent: done a slice of rows at a time (bounded temporaries),
+    from any float dtype (a weight as stored, bf16, is read a slice at a time too).
     """
-    w16 = weight.detach().to(torch.float16).cpu()
-    out_f, in_f = w16.shape
+    out_f, in_f = weight.shape
     if scheme == "int4":
         if in_f % block_size:
             return None
@@ -42,18 +46,31 @@ def quantize_like_coreml(
     else:
         raise ValueError(f"no integer quantization for scheme {scheme!r}")
     qmax = _coreml_qrange(nbits)
-    blocks = w16.reshape(out_f, in_f // block, block)
-    max_abs = blocks.abs().amax(dim=-1, keepdim=True)  # fp16
-    scale = (max_abs - (-max_abs)) / (2 * qmax)  # fp16 arithmetic, as numpy does on fp16 arrays
-    q = torch.round(blocks / scale)
-    q = torch.nan_to_num(q, nan=0.0).clamp(-qmax, qmax).to(torch.int8)  # all-zero block: scale 0, q 0
-    return q.reshape(out_f, in_f), scale.reshape(out_f, in_f // block)
+    q = torch.empty(out_f, in_f, dtype=torch.int8)
+    scale = torch.empty(out_f, in_f // block, dtype=torch.float16)
+    rows = max(1, QUANTIZE_SLICE // in_f)
+    for i in range(0, out_f, rows):
+        blocks = weight[i : i + rows].detach().cpu().to(torch.float16).reshape(-1, in_f // block, block)
+        max_abs = blocks.abs().amax(dim=-1, keepdim=True)  # fp16
+        s = (max_abs - (-max_abs)) / (2 * qmax)  # fp16 arithmetic, as numpy does on fp16 arrays
+        qs = torch.nan_to_num(torch.round(blocks / s), nan=0.0).clamp(-qmax, qmax)  # all-zero block: scale 0, q 0
+        q[i : i + rows] = qs.to(torch.int8).reshape(-1, in_f)
+        scale[i : i + rows] = s.reshape(-1, in_f // block)
+    return q, scale
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """fp32 ``q * scale`` with each scale repeated over its block of input channels."""
     block = q.shape[1] // scale.shape[1]
     return q.float() * scale.float().repeat_interleave(block, dim=1)
+
+
+def _dequantize_rows(q: torch.Tensor, scale: torch.Tensor, rows: int = 1 << 12) -> torch.Tensor:
+    """``dequantize`` a slice of rows at a time (the same numbers; no full-size temporaries beside the result)."""
+    out = torch.empty(q.shape, dtype=torch.float32)
+    for i in range(0, q.shape[0], rows):
+        out[i : i + rows] = dequantize(q[i : i + rows], scale[i : i + rows])
+    return out
 
 
 def checkpoint_scheme(q) -> str:
@@ -81,6 +98,39 @@ def checkpoint_weight(q, name: str = "") -> torch.Tensor:
     return (q.codes.float() * s16.float().repeat_interleave(q.group_size, dim=1)).to(torch.float16).float()
 
 
+def _runs_in_fp32(mod: nn.Module) -> None:
+    """A module whose weight is held in fp16 (the twin of a stored model) computes with an fp32 copy of
+    it made for each call (the same numbers: fp16 -> fp32 is exact), as the fp32 reference path does."""
+    if isinstance(mod, nn.Embedding):
+        mod.forward = lambda ids: F.embedding(ids, mod.weight, mod.padding_idx).float()
+        return
+    held = {}
+
+    def before(m, args):
+        held["w"] = m.weight
+        m.weight = nn.Parameter(held["w"].float(), requires_grad=False)
+
+    def after(m, args, output):
+        m.weight = held.pop("w")
+
+    mod.register_forward_pre_hook(before)
+    mod.register_forward_hook(after)
+
+
+def _set_weight(mod: nn.Module, weight: torch.Tensor, keep) -> None:
+    """The module's weight becomes ``weight`` (fp32): in place for an fp32 model; for a weight still as
+    stored (bf16, memory-mapped: ``stored.py``), a new fp16 tensor kept by ``keep`` (the export's scratch:
+    on disk, memory-mapped), which is exactly what the package computes with (its constexpr ops output
+    fp16), so nothing the size of the model is ever held in fp32."""
+    if mod.weight.dtype == torch.float32:
+        mod.weight.copy_(weight)
+        return
+    stored = mod.weight
+    mod.weight = nn.Parameter(keep(weight.to(torch.float16)), requires_grad=False)
+    release_pages([stored])
+    _runs_in_fp32(mod)
+
+
 def _quantizable_weights(model: AutoGLM, component: str):
     """(name, module) pairs whose ``weight`` the converters compress, per component."""
     roots = {
@@ -99,13 +149,15 @@ def _quantizable_weights(model: AutoGLM, component: str):
 
 @torch.no_grad()
 def apply_coreml_quantization(
-    model: AutoGLM, recipe: CoreMLRecipe, dry_run: bool = False, fixed: dict | None = None
+    model: AutoGLM, recipe: CoreMLRecipe, dry_run: bool = False, fixed: dict | None = None, keep=None
 ) -> QuantReport:
     """Put the packages' weight rounding into the eager model, in place (its "quantized_eager" twin).
 
     The decoder's weights are then exactly what the Core ML program dequantizes (up to the final
     fp16 rounding of ``q * scale``); activations stay fp32 here, fp16 in the package.
     ``dry_run``: only report what each weight gets (for the manifest), touch nothing.
+    ``keep``: where the twin's weights of a model loaded as stored go (``_set_weight``; e.g. ``Scratch.keep``),
+    one module at a time.
     ``fixed``: a quantized checkpoint's linears (fqn -> ``QuantizedLinear``), already loaded into
     the model: those get ``checkpoint_weight`` (their codes times fp16 scales, as the package holds
     them), every other linear stays unquantized (fp16); only the token embedding follows ``recipe``.
@@ -126,24 +178,23 @@ def apply_coreml_quantization(
                     report.layers[name] = {"int4": f"int4/b{recipe.block_size}"}.get(scheme, scheme)
         return report
     model.requires_grad_(False)
+    keep = keep or (lambda t: t)
     components = ["text_decoder", "vision_encoder", "token_embedding"] + (
         ["audio_encoder"] if model.audio is not None else []
     )
     for comp in components:
         scheme = recipe.scheme(comp)
         for name, mod in _quantizable_weights(model, comp):
-            w = mod.weight
+            w = mod.weight  # as stored for a model loaded that way; made fp32 a slice at a time below
             if fixed is not None and comp != "token_embedding":
                 q = fixed.get(name)
-                mod.weight.copy_(
-                    w.to(torch.float16).to(w.dtype) if q is None else checkpoint_weight(q, name).to(w.dtype)
-                )
+                _set_weight(mod, w.to(torch.float16).float() if q is None else checkpoint_weight(q, name), keep)
                 report.layers[name] = checkpoint_scheme(q)
                 if q is not None:
                     report.calibrated.append(name)
                 continue
             if scheme == "fp16":
-                mod.weight.copy_(w.to(torch.float16).to(w.dtype))
+                _set_weight(mod, w.to(torch.float16).float(), keep)
                 report.layers[name] = "fp16"
                 continue
             used = scheme
@@ -152,7 +203,7 @@ def apply_coreml_quantization(
                 used = "int8"
                 report.fallbacks.append(name)
                 qs = quantize_like_coreml(w, "int8", recipe.block_size)
-            mod.weight.copy_(dequantize(*qs).to(w.dtype))
+            _set_weight(mod, _dequantize_rows(*qs), keep)
             report.layers[name] = used if used == "int8" else f"int4/b{recipe.block_size}"
     # Everything else the packages hold as fp16 constants (norms, biases, convs, the towers' position
     # grid and rotary tables): round it too, so the reference differs from the package only by its
