@@ -92,8 +92,8 @@ def perturbed_export_main() -> None:
         lowered.write(lowered_path)
         return lowered
 
-    def perturbed_run(backend, probes, max_seq_len):
-        got = real_run(backend, probes, max_seq_len)
+    def perturbed_run(backend, probes, max_seq_len, *components):
+        got = real_run(backend, probes, max_seq_len, *components)
         if backend.name == "executorch":  # the references stay untouched
             logits = got["text_decoder"]
             noise = np.random.default_rng(0).standard_normal(logits.shape).astype(logits.dtype)
