@@ -26,7 +26,7 @@ from real_width import checkpoint_bytes, peak_rss
 # (4.38 GB for a 1.02 GB checkpoint; the decoder package's conversion) and 1.1x before conversion.
 PER_CHECKPOINT = 4.3
 BEFORE_CONVERSION = 1.5
-REFERENCES_DONE = re.compile(r"fp32 reference outputs done in [\d.]+ s, RSS [\d.]+ GB \(peak ([\d.]+) GB\)")
+REFERENCES_DONE = re.compile(r"fp32 reference outputs done in [\d.]+ s, RSS [\d.]+ GB \(peak ([\d.]+) GB[;)]")
 IMPORTS = "import autoglm_export.cli, coremltools, transformers, torchao.quantization"
 
 
