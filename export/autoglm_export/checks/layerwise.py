@@ -20,6 +20,7 @@ original; it does not bound how a real model's depth compounds them (the end-to-
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -46,14 +47,16 @@ class Stack:
     component: str
     blocks: nn.ModuleList
     head: object  # callable: last hidden state -> the component's output
+    output_module: nn.Module  # the module whose output is the component's output (hooked for it)
     calls: list[list[tuple]] = field(default_factory=list)  # per block: (args, output)
     outputs: list[torch.Tensor] = field(default_factory=list)  # the component's fp32 output per call
+    recording: bool = False  # whether the call now running is recorded (``_recorded``)
 
 
 def _stacks(model) -> list[Stack]:
     return [
-        Stack("text_decoder", model.text.layers, model.text.head),
-        Stack("vision_encoder", model.vision.blocks, model.vision.head),
+        Stack("text_decoder", model.text.layers, model.text.head, model.text.lm_head),
+        Stack("vision_encoder", model.vision.blocks, model.vision.head, model.vision),
     ]
 
 
@@ -71,26 +74,23 @@ def capture(model):
     handles = []
     for stack in stacks:
         stack.calls = [[] for _ in stack.blocks]
-        recording = {"on": False}
 
-        def first(mod, args, stack=stack, recording=recording):
-            recording["on"] = _recorded(stack, args)
+        def start(mod, args, stack=stack):
+            stack.recording = _recorded(stack, args)
 
-        def block_done(mod, args, output, stack=stack, recording=recording, index=None):
-            if recording["on"]:
+        def block_done(mod, args, output, stack=stack, index=0):
+            if stack.recording:
                 stack.calls[index].append((args, output))
 
-        handles.append(stack.blocks[0].register_forward_pre_hook(first))
-        for i, block in enumerate(stack.blocks):
-            handles.append(block.register_forward_hook(lambda m, a, o, f=block_done, i=i: f(m, a, o, index=i)))
-    heads = {"text_decoder": model.text.lm_head, "vision_encoder": model.vision}
-    for stack in stacks:
-
-        def head_done(mod, args, output, stack=stack):
-            if len(stack.outputs) < len(stack.calls[-1]):
+        def output_done(mod, args, output, stack=stack):
+            if stack.recording and len(stack.outputs) < len(stack.calls[-1]):
                 stack.outputs.append(output.detach().float())
 
-        handles.append(heads[stack.component].register_forward_hook(head_done))
+        handles.append(stack.blocks[0].register_forward_pre_hook(start))
+        handles += [
+            block.register_forward_hook(functools.partial(block_done, index=i)) for i, block in enumerate(stack.blocks)
+        ]
+        handles.append(stack.output_module.register_forward_hook(output_done))
     try:
         yield stacks
     finally:
