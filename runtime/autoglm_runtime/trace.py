@@ -155,11 +155,14 @@ def hook_model_calls(backend: Any, manifest: dict[str, Any], recorder: CallRecor
     elif backend.name == "coreml":
         original = backend._run
         files = {comp: pkg["file"] for comp, pkg in backend.packages.items()}
+        decoder_files = [c["file"] for c in backend.chunks]
 
-        def _run(component: str, inputs: dict, function: str = "main", state: Any = None) -> dict:
-            outs = original(component, inputs, function, state)
-            # Core ML takes inputs by name; keep the dtypes the backend built (fp16 / int32).
-            recorder.record(files.get(component, component), function, dict(inputs), dict(outs))
+        def _run(component: str, inputs: dict, function: str = "main", state: Any = None, chunk: int = 0) -> dict:
+            outs = original(component, inputs, function, state, chunk=chunk)
+            # A chained decoder records each package's own file; Core ML takes inputs by name, so keep
+            # the dtypes the backend built (fp16 / int32).
+            file = decoder_files[chunk] if component == "text_decoder" else files.get(component, component)
+            recorder.record(file, function, dict(inputs), dict(outs))
             return outs
 
         backend._run = _run

@@ -51,6 +51,7 @@ from autoglm_runtime.parity import (
     compare_arrays,
     thresholds_for,
 )
+from autoglm_runtime.trace import trace_request
 
 CONTEXT = 128  # the calibration probes are up to 60 tokens + 6 decode steps
 CHUNK = 16  # shorter than every probe: prefill runs in chunks, the last one padded
@@ -415,6 +416,15 @@ def test_chained_decoder_packages_pass_the_gate(bundle, request, dense18):
             be = CoreMLBackend.from_bundle(open_bundle(b), engine="mil")
             outs.append(be.text_decoder(be.token_embedding(ids), np.arange(20), pos))
         np.testing.assert_allclose(outs[0], outs[1], atol=2e-2)
+
+
+def test_trace_of_a_chained_decoder_names_each_package(chained18):
+    """The golden trace (what the iOS app replays) records every decoder package under its own file."""
+    b = open_bundle(chained18)
+    trace = trace_request(b, CoreMLBackend.from_bundle(b, engine="mil"), "hi", max_new_tokens=2)
+    files = [c["file"] for c in _manifest(chained18)["coreml"]["packages"]["text_decoder"]["chunks"]]
+    decoder_calls = [c["method"] for c in trace["calls"] if c["method"].startswith("TextDecoder")]
+    assert decoder_calls[: len(files)] == files and len(decoder_calls) % len(files) == 0
 
 
 # ---------------------------------------------------------------- MoE
