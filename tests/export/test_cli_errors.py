@@ -106,17 +106,30 @@ def test_every_command_has_help(command):
     assert result.exit_code == 0 and "Usage" in result.output
 
 
+def _write_fails_with(monkeypatch, fail):
+    """The ExecuTorch lowering replaced by a program whose write calls ``fail``: the failure comes
+    where a real write fails, after quantization and with the scratch folder in use, without
+    minutes of lowering."""
+    from autoglm_export.targets.executorch import export as executorch_export
+
+    class Unwritable:
+        delegation: dict = {}
+
+        def write(self, path):
+            fail(path)
+
+    monkeypatch.setattr(executorch_export, "lower", lambda *args, **kwargs: Unwritable())
+
+
 def test_a_disk_that_fills_up_during_the_export_is_one_line_and_publishes_nothing(tmp_path, monkeypatch):
     """The disk check passes before any work; another process can still fill the disk before the end."""
     import errno
     import os
 
-    from autoglm_export.targets.executorch import lower as executorch_lower
-
-    def full_disk(self, path):
+    def full_disk(path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    monkeypatch.setattr(executorch_lower.LoweredProgram, "write", full_disk)
+    _write_fails_with(monkeypatch, full_disk)
     out = tmp_path / "bundle"
     line = _error_line(runner.invoke(app, ["android", "--no-validate", "--out", str(out)]))
     assert "No space left on device" in line and "model.pte" in line and "nothing was published" in line
@@ -125,11 +138,9 @@ def test_a_disk_that_fills_up_during_the_export_is_one_line_and_publishes_nothin
 
 
 def test_other_os_errors_keep_their_traceback(monkeypatch, tmp_path):
-    from autoglm_export.targets.executorch import lower as executorch_lower
-
-    def broken(self, path):
+    def broken(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(executorch_lower.LoweredProgram, "write", broken)
+    _write_fails_with(monkeypatch, broken)
     result = runner.invoke(app, ["android", "--no-validate", "--out", str(tmp_path / "b")])
     assert isinstance(result.exception, PermissionError)
