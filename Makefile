@@ -40,8 +40,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Two workers, whole files each (module fixtures build once): most tests are one-threaded export work.
+TEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 android: $(STAMP)
 	$(VENV)/bin/autoglm-export android --force
