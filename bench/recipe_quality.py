@@ -3,8 +3,8 @@
     .venv/bin/python bench/recipe_quality.py --markdown                 # tiny (trained text decoder), ~4 min on 2 cores
     .venv/bin/python bench/recipe_quality.py --from-json bench/results/recipe-quality-tiny.json --markdown
 
-``autoglm-phone-9b`` defaults to group 128 text linears, 8da4w vision/audio linears and an int4 token
-embedding (``presets.PRESETS["autoglm-phone-9b"].recipe``) to fit its 5.5 GB bundle; the global default
+``autoglm-phone-9b`` defaults to group 128 text linears, 8da4w vision linears (its merger 8da8w) and
+an int4 token embedding (``presets.PRESETS["autoglm-phone-9b"].recipe``) to fit its 5.5 GB bundle; the global default
 (``QuantRecipe()``) is group 32, 8da8w encoders, int8 embedding. Each row quantizes a fresh eager model
 (torchao, no export) with one recipe. Text: the held-out sets and metrics of ``quant_quality.py``
 (perplexity, KL from fp32, top-1 agreement with fp32, teacher-forced). Encoders: held-out text never
@@ -27,8 +27,8 @@ from harness.markdown import machine_line, markdown_table, section_head
 from harness.paths import default_results, repo_relative
 from quant_quality import TEXT_SETS, heldout_windows, metrics, teacher_forced_logits, text_sets
 
-# name -> (label, QuantRecipe fields; None = fp32). "9b": the three size choices together, as first
-# proposed for the autoglm-phone-9b preset; its default now keeps the vision tower int8 (README).
+# name -> (label, QuantRecipe fields; None = fp32). "9b": the three size choices together; the
+# autoglm-phone-9b preset also keeps its vision merger int8 (bench/vision_recipe_cost.py).
 ROWS = {
     "fp32": ("fp32", None),
     "default": ("default recipe (g32, encoders 8da8w, embedding int8)", {}),

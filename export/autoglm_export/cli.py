@@ -57,9 +57,12 @@ def guarded(fn):
     return wrapper
 
 
-def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint=None, preset=None):
+def linear_recipe(
+    quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint=None, preset=None, quant_merger=None
+):
     """A torchao QuantRecipe; an option left unset comes from the quantized checkpoint when one is
-    given, else from the preset's defaults, else from QuantRecipe's."""
+    given, else from the preset's defaults, else from QuantRecipe's. An explicit --quant-encoder
+    covers the merger too unless --quant-merger is also given."""
     from .presets import get_preset
     from .quantize import QuantRecipe
     from .quantize.qcheckpoint import read_recipe
@@ -72,6 +75,7 @@ def linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_c
         group_size=group_size or int(base["group_size"]),
         encoder=quant_encoder or base["encoder"],
         embedding=quant_embedding or str(base["embedding"]),
+        merger=quant_merger or (None if quant_encoder else base.get("merger")),
     )
 
 
@@ -288,7 +292,15 @@ def android(
         None, "--group-size", help=opt.GROUP_SIZE_HELP + " [default: 32, or the quantized checkpoint's]"
     ),
     quant_encoder: str | None = typer.Option(
-        None, "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w (default), fp32."
+        None,
+        "--quant-encoder",
+        help="Vision/audio tower linears: 8da4w, 8da8w, fp32. [default: 8da8w, or the preset's]",
+    ),
+    quant_merger: str | None = typer.Option(
+        None,
+        "--quant-merger",
+        help="The vision merger's linears (after the tower's blocks): 8da4w, 8da8w, fp32. "
+        "[default: as --quant-encoder, or the preset's]",
     ),
     quant_embedding: str | None = typer.Option(
         None, "--quant-embedding", help="Token embedding: 4, 8 or none. [default: 8, or the preset's]"
@@ -325,7 +337,9 @@ def android(
     request = export_request(
         checkpoint, audio_checkpoint, preset, max_context, image_size, audio_frames, quantized_checkpoint, max_pixels
     )
-    recipe = linear_recipe(quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint, request.preset)
+    recipe = linear_recipe(
+        quant, group_size, quant_encoder, quant_embedding, quantized_checkpoint, request.preset, quant_merger
+    )
     _export(
         "executorch",
         request,

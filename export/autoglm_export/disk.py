@@ -58,12 +58,16 @@ def embedding_bytes(rows: int, dim: int, bits: str, group_size: int) -> int:
     return rows * dim * FP32
 
 
-def _module_bytes(root: nn.Module, scheme: str, group_size: int, exclude: frozenset[int] = frozenset()) -> int:
-    """Linears at ``scheme``; every other parameter (but ``exclude``d ids) and constant buffer in fp32.
-    The KV cache is not a constant: a runtime allocates it."""
+def _module_bytes(
+    root: nn.Module, prefix: str, recipe: QuantRecipe | None, exclude: frozenset[int] = frozenset()
+) -> int:
+    """Linears at the recipe's scheme for each (None: fp32); every other parameter (but ``exclude``d
+    ids) and constant buffer in fp32. The KV cache is not a constant: a runtime allocates it."""
     total, linear_weights = 0, set(exclude)
-    for mod in root.modules():
+    for fqn, mod in root.named_modules():
         if isinstance(mod, nn.Linear):
+            scheme = recipe.scheme_for(f"{prefix}.{fqn}") if recipe else "fp32"
+            group_size = recipe.group_size if recipe else 32
             total += linear_bytes(mod.out_features, mod.in_features, scheme, group_size)
             linear_weights.add(id(mod.weight))
     for p in root.parameters():
@@ -85,20 +89,19 @@ def estimate_bundle_bytes(
     """Bytes per exported component for ``recipe`` (None: all fp32). Builds the model on meta: free."""
     from .loader import meta_model
 
-    linear, encoder, group = (recipe.linear, recipe.encoder, recipe.group_size) if recipe else ("fp32", "fp32", 32)
-    embedding = recipe.embedding if recipe else "none"
+    embedding, group = (recipe.embedding, recipe.group_size) if recipe else ("none", 32)
     model = meta_model(cfg, shape)
     text = model.text
     embed = embedding_bytes(text.embed_tokens.num_embeddings, text.embed_tokens.embedding_dim, embedding, group)
     # The embedding is its own component; a tied lm_head is stored again, quantized, in the decoder.
-    decoder = _module_bytes(text, linear, group, frozenset({id(text.embed_tokens.weight)}))
+    decoder = _module_bytes(text, "text", recipe, frozenset({id(text.embed_tokens.weight)}))
     components = {
         "token_embedding": embed,
         "text_decoder": decoder,
-        "vision_encoder": _module_bytes(model.vision, encoder, group),
+        "vision_encoder": _module_bytes(model.vision, "vision", recipe),
     }
     if model.audio is not None:
-        components["audio_encoder"] = _module_bytes(model.audio, encoder, group)
+        components["audio_encoder"] = _module_bytes(model.audio, "audio", recipe)
     kv = kv_cache_bytes(cfg.text, shape.max_context, FP32)
     if include_kv_cache:
         components["kv_cache"] = kv
@@ -117,17 +120,12 @@ def unpacked_quantized_bytes(cfg: ModelConfig, shape: ExportShape, recipe: Quant
         return n + groups * (FP32 + 1) if groups else n + rows * (FP32 + 1)
 
     total = 0
-    towers = [(model.text, recipe.linear), (model.vision, recipe.encoder)]
-    if model.audio is not None:
-        towers.append((model.audio, recipe.encoder))
-    for root, scheme in towers:
-        if scheme == "fp32":
-            continue
-        for mod in root.modules():
-            if isinstance(mod, nn.Linear):
-                four = applied_scheme(scheme, mod.in_features, recipe.group_size) == "8da4w"
-                n = mod.weight.numel()
-                total += quantized(n, mod.out_features, n // recipe.group_size if four else 0)
+    for fqn, mod in model.named_modules():
+        scheme = recipe.scheme_for(fqn) if isinstance(mod, nn.Linear) else "fp32"
+        if scheme != "fp32":
+            four = applied_scheme(scheme, mod.in_features, recipe.group_size) == "8da4w"
+            n = mod.weight.numel()
+            total += quantized(n, mod.out_features, n // recipe.group_size if four else 0)
     embed = model.text.embed_tokens
     if recipe.embedding != "none":
         n = embed.weight.numel()

@@ -28,3 +28,43 @@ def test_small_preset_matches_the_llama_peer():
         2 * t.hidden_size * t.hidden_size + 2 * t.hidden_size * 128 + 3 * t.hidden_size * t.intermediate_size
     )
     assert 235e6 < decoder < 250e6  # ~242M, the optimum-executorch Llama peer's size
+
+
+def test_9b_recipe_int4_vision_blocks_int8_merger():
+    """The 9B default meets the size budget with int4 vision blocks; the merger stays int8. An explicit
+    --quant-encoder covers the merger too, unless --quant-merger says otherwise."""
+    from autoglm_export.cli import linear_recipe
+    from autoglm_export.disk import estimate_bundle_bytes
+
+    block, merger, down = "vision.blocks.3.mlp.up_proj", "vision.merger.gate_proj", "vision.downsample"
+    r = linear_recipe(None, None, None, None, preset="autoglm-phone-9b")
+    assert (r.scheme_for("text.layers.0.mlp.up_proj"), r.scheme_for(block)) == ("8da4w", "8da4w")
+    assert r.scheme_for(merger) == r.scheme_for(down) == "8da8w"
+    assert linear_recipe(None, None, "fp32", None, preset="autoglm-phone-9b").scheme_for(merger) == "fp32"
+    assert (
+        linear_recipe(None, None, "fp32", None, preset="autoglm-phone-9b", quant_merger="8da8w").kind("vision_encoder")
+        == "int8_dynamic"
+    )
+    preset = PRESETS["autoglm-phone-9b"]
+    cfg = parse_model_config(preset.config)
+
+    def vision(recipe):
+        return estimate_bundle_bytes(cfg, preset.shape, recipe).components["vision_encoder"]
+
+    all_int4 = vision(linear_recipe(None, None, "8da4w", None, preset="autoglm-phone-9b"))
+    all_int8 = vision(linear_recipe(None, None, "8da8w", None, preset="autoglm-phone-9b"))
+    # the merger + downsample (210M parameters) at int8 instead of int4: about 0.1 GB more
+    assert all_int4 + 0.08e9 < vision(r) < all_int4 + 0.12e9 < all_int8
+
+
+def test_the_merger_scheme_reaches_exactly_the_merger():
+    from autoglm_export.quantize import QuantRecipe, apply_recipe
+    from autoglm_export.request import ModelRequest
+
+    src = ModelRequest().open()
+    layers = apply_recipe(src.model, QuantRecipe(encoder="8da4w", merger="8da8w")).layers
+    vision = {fqn: s for fqn, s in layers.items() if fqn.startswith("vision.")}
+    merger = {fqn for fqn in vision if fqn.startswith(("vision.merger.", "vision.downsample"))}
+    assert merger and {vision[f] for f in merger} == {"8da8w"}
+    assert {s for f, s in vision.items() if f.startswith("vision.blocks.")} == {"8da4w"}
+    assert {s for f, s in layers.items() if f.startswith("audio.")} == {"8da4w"}  # no merger there

@@ -76,7 +76,7 @@ def linear_scheme(fqn: str, layer: nn.Linear, recipe) -> tuple[int, int] | None:
     """(bits, group_size) the recipe gives this linear, with the 8da4w -> int8 per-channel fallback; None: fp32."""
     from .recipes import applied_scheme
 
-    scheme = recipe.encoder if fqn.startswith(("vision.", "audio.")) else recipe.linear
+    scheme = recipe.scheme_for(fqn)
     if scheme == "fp32":
         return None
     if applied_scheme(scheme, layer.in_features, recipe.group_size) == "8da4w":
@@ -396,12 +396,16 @@ def _overwrite(model: nn.Module, name: str, param: torch.Tensor, value: torch.Te
     setattr(model.get_submodule(owner), attr, nn.Parameter(value.to(torch.float32), requires_grad=False))
 
 
-def recipe_matches(qc: QuantizedCheckpoint, linear: str, encoder: str, group_size: int) -> None:
+def recipe_matches(qc: QuantizedCheckpoint, recipe) -> None:
+    """The export's linear schemes must be the ones the checkpoint's integers were made for."""
     r = qc.recipe
-    if (r["linear"], r["encoder"], int(r["group_size"])) != (linear, encoder, group_size):
+    theirs = (r["linear"], r["encoder"], r.get("merger") or r["encoder"], int(r["group_size"]))
+    ours = (recipe.linear, recipe.encoder, recipe.merger or recipe.encoder, recipe.group_size)
+    if theirs != ours:
+        names = ("linear", "encoder", "merger", "group")
         raise ExportError(
-            f"{qc.path}: quantized as linear={r['linear']} encoder={r['encoder']} group={r['group_size']}; "
-            f"the export asked for linear={linear} encoder={encoder} group={group_size}. "
+            f"{qc.path}: quantized as {' '.join(f'{n}={v}' for n, v in zip(names, theirs))}; "
+            f"the export asked for {' '.join(f'{n}={v}' for n, v in zip(names, ours))}. "
             "Drop the quantization options (the checkpoint sets them) or re-run calibrate/qat"
         )
 

@@ -38,17 +38,25 @@ REFUSED = {
 }
 
 
+# The vision tower's layers after its blocks: the 2x2 patch merge's projection and the merger MLP.
+MERGER_PREFIXES = ("vision.downsample", "vision.merger.")
+
+
 @dataclass(frozen=True)
 class QuantRecipe:
     linear: str = "8da4w"  # text decoder linears, lm_head included
     group_size: int = 32
     encoder: str = "8da8w"  # vision and audio tower linears
     embedding: str = "8"
+    # The vision merger (MERGER_PREFIXES); None: as ``encoder``. Its one wide MLP amplifies what the
+    # blocks hand it, so an int4 tower can keep an int8 merger (the 9B preset does).
+    merger: str | None = None
 
     def __post_init__(self):
         for name, value, allowed in (
             ("--quant", self.linear, LINEAR_SCHEMES),
             ("--quant-encoder", self.encoder, LINEAR_SCHEMES),
+            ("--quant-merger", self.merger or self.encoder, LINEAR_SCHEMES),
             ("--quant-embedding", self.embedding, EMBEDDING_SCHEMES),
         ):
             if value in REFUSED:
@@ -58,12 +66,21 @@ class QuantRecipe:
         if self.group_size not in (32, 64, 128, 256):
             raise ExportError(f"--group-size {self.group_size}: expected 32, 64, 128 or 256")
 
+    def scheme_for(self, fqn: str) -> str:
+        """The scheme asked for the linear ``fqn`` (model names: ``text.``, ``vision.``, ``audio.``),
+        before the 8da4w -> 8da8w fallback of ``applied_scheme``."""
+        if fqn.startswith(MERGER_PREFIXES):
+            return self.merger or self.encoder
+        return self.encoder if fqn.startswith(("vision.", "audio.")) else self.linear
+
     def kind(self, component: str) -> str:
         """How the component is quantized, which decides its parity thresholds."""
         if component == "token_embedding":
             return "fp32" if self.embedding == "none" else "weight_only"
-        scheme = self.encoder if component in ("vision_encoder", "audio_encoder") else self.linear
-        return QUANT_KINDS[scheme]
+        if component == "text_decoder":
+            return QUANT_KINDS[self.linear]
+        schemes = (self.encoder, self.merger or self.encoder) if component == "vision_encoder" else (self.encoder,)
+        return "int8_dynamic" if any(QUANT_KINDS[s] == "int8_dynamic" for s in schemes) else "fp32"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -254,22 +271,20 @@ def _gathered_embedding(mod: nn.Embedding):
 def _quantize_linears(
     root: nn.Module,
     prefix: str,
-    scheme: str,
-    group_size: int,
+    recipe: QuantRecipe,
     report: QuantReport,
     fixed: dict | None = None,
     scratch: Scratch | None = None,
 ) -> None:
-
-    if scheme == "fp32":
-        for fqn, mod in root.named_modules():
-            if isinstance(mod, nn.Linear):
-                stored.to_fp32(mod)
-                report.layers[f"{prefix}.{fqn}"] = "fp32"
-        return
+    group_size = recipe.group_size
     chosen: dict[str, str] = {}
     for fqn, mod in root.named_modules():
         if not isinstance(mod, nn.Linear):
+            continue
+        scheme = recipe.scheme_for(f"{prefix}.{fqn}")
+        if scheme == "fp32":
+            stored.to_fp32(mod)
+            report.layers[f"{prefix}.{fqn}"] = "fp32"
             continue
         chosen[fqn] = applied_scheme(scheme, mod.in_features, group_size)
         if chosen[fqn] != scheme:
@@ -326,10 +341,10 @@ def apply_recipe(
     else:
         stored.to_fp32(embed)
         report.layers["text.embed_tokens"] = "fp32"
-    _quantize_linears(model.text, "text", recipe.linear, recipe.group_size, report, fixed, scratch)
-    _quantize_linears(model.vision, "vision", recipe.encoder, recipe.group_size, report, fixed, scratch)
+    _quantize_linears(model.text, "text", recipe, report, fixed, scratch)
+    _quantize_linears(model.vision, "vision", recipe, report, fixed, scratch)
     if model.audio is not None:
-        _quantize_linears(model.audio, "audio", recipe.encoder, recipe.group_size, report, fixed, scratch)
+        _quantize_linears(model.audio, "audio", recipe, report, fixed, scratch)
     left = stored.remaining(model)
     if left:  # a bug, not a user error: a weight the recipe never reached would be lowered in bf16
         raise RuntimeError(f"weights left as stored (not fp32) after quantizing: {left[:5]}")

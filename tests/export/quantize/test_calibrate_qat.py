@@ -124,7 +124,10 @@ def test_rtn_method_reproduces_the_plain_recipe(tmp_path):
 def test_recipe_mismatch_and_wrong_model_are_refused(gptq_checkpoint, tmp_path):
     qc = qcheckpoint.load(gptq_checkpoint)
     with pytest.raises(AutoglmError, match="group=64"):
-        qcheckpoint.recipe_matches(qc, "8da4w", "8da8w", 64)
+        qcheckpoint.recipe_matches(qc, QuantRecipe(group_size=64))
+    with pytest.raises(AutoglmError, match="merger=8da4w"):  # the merger's integers are int8 here
+        qcheckpoint.recipe_matches(qc, QuantRecipe(group_size=qc.recipe["group_size"], merger="8da4w"))
+    qcheckpoint.recipe_matches(qc, QuantRecipe(group_size=qc.recipe["group_size"], merger="8da8w"))  # = encoder
     other = tmp_path / "other"
     shutil.copytree(gptq_checkpoint, other)
     cfg = json.loads((other / qcheckpoint.CONFIG_NAME).read_text())

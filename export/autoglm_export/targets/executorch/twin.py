@@ -12,7 +12,7 @@ def quantize_twin(model, recipe: QuantRecipe, qc=None, scratch=None, backend: st
     """torchao's recipe applied in place; a quantized checkpoint's integers replace round-to-nearest's.
     With ``scratch`` the quantized tensors live on disk, memory-mapped (``scratch.py``)."""
     if qc is not None:
-        qcheckpoint.recipe_matches(qc, recipe.linear, recipe.encoder, recipe.group_size)
+        qcheckpoint.recipe_matches(qc, recipe)
     report = apply_recipe(model, recipe, fixed=qc.linears if qc is not None else None, scratch=scratch)
     if backend == "xnnpack":
         round_group_scales(model, torch.bfloat16)
