@@ -296,12 +296,7 @@ def android(
         "--quant-encoder",
         help="Vision/audio tower linears: 8da4w, 8da8w, fp32. [default: 8da8w, or the preset's]",
     ),
-    quant_merger: str | None = typer.Option(
-        None,
-        "--quant-merger",
-        help="The vision merger's linears (after the tower's blocks): 8da4w, 8da8w, fp32. "
-        "[default: as --quant-encoder, or the preset's]",
-    ),
+    quant_merger: opt.QuantMerger = None,
     quant_embedding: str | None = typer.Option(
         None, "--quant-embedding", help="Token embedding: 4, 8 or none. [default: 8, or the preset's]"
     ),
@@ -494,9 +489,10 @@ def calibrate(
     method: str = typer.Option(
         "gptq", "--method", help="gptq (activation-aware, block by block) or rtn (round-to-nearest, for comparison)."
     ),
-    quant: opt.CalibrationQuant = "8da4w",
-    group_size: opt.CalibrationGroupSize = 32,
-    quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
+    quant: opt.CalibrationQuant = None,
+    group_size: opt.CalibrationGroupSize = None,
+    quant_encoder: opt.CalibrationQuantEncoder = None,
+    quant_merger: opt.QuantMerger = None,
     data: opt.CalibrationData = None,
     max_prompts: opt.MaxPrompts = None,
     text_windows: opt.TextWindows = 32,
@@ -507,10 +503,10 @@ def calibrate(
     force: opt.Force = False,
 ):
     """Post-training quantization with calibration (GPTQ) through the full multimodal path; writes a quantized checkpoint."""
-    from .quantize import QuantRecipe
     from .quantize.calibrate import CalibrateOptions, run_calibrate
 
-    recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context)
+    recipe = linear_recipe(quant, group_size, quant_encoder, None, preset=request.preset, quant_merger=quant_merger)
     opts = CalibrateOptions(
         out=out,
         recipe=recipe,
@@ -523,7 +519,7 @@ def calibrate(
         force=force,
     )
     _relaunch(nproc, opts)
-    path = run_calibrate(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
+    path = run_calibrate(request, opts)
     _written(path)
 
 
@@ -548,9 +544,10 @@ def qat(
     batch_size: int = typer.Option(
         1, "--batch-size", help="Samples per step, over all processes (a multiple of their number)."
     ),
-    quant: opt.CalibrationQuant = "8da4w",
-    group_size: opt.CalibrationGroupSize = 32,
-    quant_encoder: opt.CalibrationQuantEncoder = "8da8w",
+    quant: opt.CalibrationQuant = None,
+    group_size: opt.CalibrationGroupSize = None,
+    quant_encoder: opt.CalibrationQuantEncoder = None,
+    quant_merger: opt.QuantMerger = None,
     data: opt.CalibrationData = None,
     max_prompts: opt.MaxPrompts = None,
     text_windows: opt.TextWindows = 32,
@@ -560,10 +557,10 @@ def qat(
     force: opt.Force = False,
 ):
     """Quantization-aware training (torchao QATConfig) distilled from the fp model; writes a quantized checkpoint."""
-    from .quantize import QuantRecipe
     from .quantize.qat import QATOptions, run_qat
 
-    recipe = QuantRecipe(linear=quant, group_size=group_size, encoder=quant_encoder)
+    request = ModelRequest(checkpoint, audio_checkpoint, preset, max_context)
+    recipe = linear_recipe(quant, group_size, quant_encoder, None, preset=request.preset, quant_merger=quant_merger)
     opts = QATOptions(
         out=out,
         recipe=recipe,
@@ -582,7 +579,7 @@ def qat(
         force=force,
     )
     _relaunch(nproc, opts, batch_size)
-    path = run_qat(ModelRequest(checkpoint, audio_checkpoint, preset, max_context), opts)
+    path = run_qat(request, opts)
     _written(path)
 
 

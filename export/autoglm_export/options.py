@@ -85,14 +85,29 @@ BlockSize = Annotated[
 
 # ---- calibrate and qat: the recipe and the samples
 QuantizedOut = Annotated[Path, typer.Option("--out", help="Quantized checkpoint directory (written atomically).")]
-CalibrationQuant = Annotated[str, typer.Option("--quant", help="Text decoder linears: 8da4w or 8da8w.")]
+CalibrationQuant = Annotated[
+    str | None, typer.Option("--quant", help="Text decoder linears: 8da4w or 8da8w. [default: 8da4w, or the preset's]")
+]
 GROUP_SIZE_HELP = (
     "int4 weights per scale: each row of a linear layer is cut into groups of this many input "
     "channels, each with its own scale. 32, 64, 128 or 256; smaller is more accurate, larger is smaller on disk."
 )
-CalibrationGroupSize = Annotated[int, typer.Option("--group-size", help=GROUP_SIZE_HELP)]
+CalibrationGroupSize = Annotated[
+    int | None, typer.Option("--group-size", help=GROUP_SIZE_HELP + " [default: 32, or the preset's]")
+]
 CalibrationQuantEncoder = Annotated[
-    str, typer.Option("--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32.")
+    str | None,
+    typer.Option(
+        "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32. [default: 8da8w, or the preset's]"
+    ),
+]
+QuantMerger = Annotated[
+    str | None,
+    typer.Option(
+        "--quant-merger",
+        help="The vision merger's linears (after the tower's blocks): 8da4w, 8da8w, fp32. "
+        "[default: as --quant-encoder, or the preset's]",
+    ),
 ]
 CalibrationData = Annotated[
     Path | None,

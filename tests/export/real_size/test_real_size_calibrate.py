@@ -59,6 +59,9 @@ def test_calibrate_streams_within_one_blocks_arithmetic(real_width, tmp_path):
     assert "block 6/6: text.lm_head" in run.stderr and "RSS" in run.stderr
     assert "(1 with a screenshot" in run.stderr and "saw no calibration tokens" not in run.stderr
     qc = qcheckpoint.load(out)
+    # the preset's recipe, as `android` would take it: text group 128, int4 vision blocks, int8 merger
+    assert (qc.recipe["group_size"], qc.recipe["encoder"], qc.recipe["merger"]) == (128, "8da4w", "8da8w")
+    assert (qc.linears["vision.blocks.0.mlp.up_proj"].bits, qc.linears["vision.merger.down_proj"].bits) == (4, 8)
     src = open_source(real_width, dtype=None, preset="autoglm-phone-9b", max_context=64)
     modules = dict(src.model.named_modules())
     assert sorted(qc.linears) == sorted(qcheckpoint.quantizable_linears(src.model, qcheckpoint_recipe(qc)))
