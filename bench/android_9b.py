@@ -195,10 +195,9 @@ def render(r: dict) -> str:
         "",
         markdown_table(["", "measured"], rows),
         "",
-        "The export row is whatever `--export-time` recorded. For the run above that was `--no-validate`,",
-        "before ExecuTorch's partition copies shared their weights: the export part peaks at 8.0 GB since",
-        "then (README, Android). Random weights, so only speed and memory are meaningful here. Other",
-        "processes shared the 2 cores (load line): decode / floor is within this run.",
+        "The export rows are what `--export-time` recorded for that run, on whatever else the host ran then",
+        "(the load line is this timing run's only); the stage lines of its log say where the peak was. Random",
+        "weights, so only speed and memory are meaningful here. decode / floor is within this run.",
     ]
     return "\n".join(lines) + "\n"
 

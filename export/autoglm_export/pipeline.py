@@ -52,7 +52,7 @@ from .quantize.recipes import in_row_slices
 from .request import ModelRequest
 from .scratch import Scratch
 from .sizes import human_bytes
-from .stages import Stages
+from .stages import Stages, memory
 from .stored import fp32_while_running
 from .summary import base_manifest
 from .targets import Job, Target, get_target
@@ -172,6 +172,7 @@ def check_artifacts(target: Target, job: Job, root: Path, fields: dict, refs: Re
     got = run_components(backend, refs.probes, chunk)
     info = target.parity_info(options, backend)
     del backend  # its memory (the program's weights) before the floor's twin run
+    log.info("  ran the bundle on %d probes%s", len(refs.probes), memory())
     report = compare(target.name, got, refs.outputs, kinds, informative=informative)
     missed = needs_floor(report)
     if missed:
