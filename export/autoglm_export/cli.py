@@ -291,11 +291,7 @@ def android(
     group_size: int | None = typer.Option(
         None, "--group-size", help=opt.GROUP_SIZE_HELP + " [default: 32, or the quantized checkpoint's]"
     ),
-    quant_encoder: str | None = typer.Option(
-        None,
-        "--quant-encoder",
-        help="Vision/audio tower linears: 8da4w, 8da8w, fp32. [default: 8da8w, or the preset's]",
-    ),
+    quant_encoder: opt.QuantEncoder = None,
     quant_merger: opt.QuantMerger = None,
     quant_embedding: str | None = typer.Option(
         None, "--quant-embedding", help="Token embedding: 4, 8 or none. [default: 8, or the preset's]"
@@ -491,7 +487,7 @@ def calibrate(
     ),
     quant: opt.CalibrationQuant = None,
     group_size: opt.CalibrationGroupSize = None,
-    quant_encoder: opt.CalibrationQuantEncoder = None,
+    quant_encoder: opt.QuantEncoder = None,
     quant_merger: opt.QuantMerger = None,
     data: opt.CalibrationData = None,
     max_prompts: opt.MaxPrompts = None,
@@ -546,7 +542,7 @@ def qat(
     ),
     quant: opt.CalibrationQuant = None,
     group_size: opt.CalibrationGroupSize = None,
-    quant_encoder: opt.CalibrationQuantEncoder = None,
+    quant_encoder: opt.QuantEncoder = None,
     quant_merger: opt.QuantMerger = None,
     data: opt.CalibrationData = None,
     max_prompts: opt.MaxPrompts = None,

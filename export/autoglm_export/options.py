@@ -83,7 +83,7 @@ BlockSize = Annotated[
     ),
 ]
 
-# ---- calibrate and qat: the recipe and the samples
+# ---- the recipe (QuantEncoder, QuantMerger: android too) and the calibration samples (calibrate, qat)
 QuantizedOut = Annotated[Path, typer.Option("--out", help="Quantized checkpoint directory (written atomically).")]
 CalibrationQuant = Annotated[
     str | None, typer.Option("--quant", help="Text decoder linears: 8da4w or 8da8w. [default: 8da4w, or the preset's]")
@@ -95,7 +95,7 @@ GROUP_SIZE_HELP = (
 CalibrationGroupSize = Annotated[
     int | None, typer.Option("--group-size", help=GROUP_SIZE_HELP + " [default: 32, or the preset's]")
 ]
-CalibrationQuantEncoder = Annotated[
+QuantEncoder = Annotated[
     str | None,
     typer.Option(
         "--quant-encoder", help="Vision/audio tower linears: 8da4w, 8da8w, fp32. [default: 8da8w, or the preset's]"
