@@ -60,7 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def time_report(path: Path | None) -> dict | None:
-    """Wall time and peak RSS from a ``/usr/bin/time -v`` report."""
+    """Wall time and peak RSS from a ``/usr/bin/time -v`` report, and the anonymous peak from the
+    export's stage lines when the report holds its log too (RSS counts the memory-mapped checkpoint
+    and scratch pages, which the kernel can take back; anonymous memory it cannot)."""
     if path is None:
         return None
     text = path.read_text(errors="replace")
@@ -70,7 +72,20 @@ def time_report(path: Path | None) -> dict | None:
     if wall:
         parts = [float(x) for x in wall.group(1).split(":")]
         seconds = sum(v * 60**i for i, v in enumerate(reversed(parts)))
-    return {"peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None, "wall_s": seconds}
+    anonymous = [float(x) for x in re.findall(r"anonymous [\d.]+ GB, peak ([\d.]+) GB", text)]
+    return {
+        "peak_rss_bytes": int(rss.group(1)) * 1024 if rss else None,
+        "anonymous_peak_bytes": max(anonymous) * GB if anonymous else None,
+        "wall_s": seconds,
+    }
+
+
+def export_cell(tr: dict) -> str:
+    """The "export wall / peak RSS" cell of every 9B benchmark table."""
+    cell = f"{tr.get('wall_s', 0) / 60:.1f} min / {(tr.get('peak_rss_bytes') or 0) / GB:.2f} GB"
+    if tr.get("anonymous_peak_bytes"):
+        cell += f" (anonymous {tr['anonymous_peak_bytes'] / GB:.1f} GB)"
+    return cell
 
 
 def measure(args) -> dict:
@@ -154,9 +169,7 @@ def render(r: dict) -> str:
         ["recipe", ", ".join(f"{k} {v}" for k, v in r["recipe"].items())],
         [
             "export wall / peak RSS",
-            f"{tr.get('wall_s', 0) / 60:.1f} min / {(tr.get('peak_rss_bytes') or 0) / GB:.2f} GB"
-            if tr
-            else "not recorded",
+            export_cell(tr) if tr else "not recorded",
         ],
         [
             "export stages (s)",

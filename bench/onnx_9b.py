@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from android_9b import time_report
+from android_9b import export_cell, time_report
 from harness import results
 from harness.backend_timing import measure_backend
 from harness.load import LoadMonitor, describe_load
@@ -148,9 +148,7 @@ def render(r: dict) -> str:
         ["recipe", ", ".join(f"{k} {v}" for k, v in r["recipe"].items())],
         [
             "export wall / peak RSS",
-            f"{tr.get('wall_s', 0) / 60:.1f} min / {(tr.get('peak_rss_bytes') or 0) / GB:.2f} GB"
-            if tr
-            else "not recorded",
+            export_cell(tr) if tr else "not recorded",
         ],
         ["export stages (s)", ", ".join(f"{k} {v:.0f}" for k, v in stages.items())],
         ["validated (parity gate)", str(r["validated"])],

@@ -166,6 +166,13 @@ class SafetensorsCheckpoint:
                         target = dtype if stored.is_floating_point else stored
                         yield key, _read(f, path, key, start + begin, end - begin, stored, shape, target)
 
+    def view(self, key: str) -> torch.Tensor:
+        """One tensor as stored, a zero-copy memory-mapped view (``tensors`` with ``dtype=None``)."""
+        path = self.key_to_file[key]
+        start, entries = self.headers[path]
+        name, shape, begin, end = entries[key]
+        return self._view(path, start + begin, start + end, _torch_dtype(name, path, key), shape)
+
     def _view(self, path: Path, begin: int, end: int, dtype: torch.dtype, shape) -> torch.Tensor:
         buf = self._maps.get(path)
         if buf is None:

@@ -126,10 +126,10 @@ def quantized_references(src, refs: References, chunk: int, kinds: dict[str, str
         refs.blocks = None  # the captured activations (hundreds of MB at 9B) are no longer needed
 
 
-def load_quantized_weights(qc, src, stages: Stages) -> None:
+def load_quantized_weights(qc, src, target: Target, stages: Stages) -> None:
     if qc is not None:
         with stages.stage(f"load {qc.method} weights from {qc.path}"):
-            qcheckpoint.load_into_model(qc, src.model)
+            qcheckpoint.load_into_model(qc, src.model, linears=not target.twin_from_codes)
 
 
 def build(target: Target, job: Job) -> None:
@@ -212,7 +212,7 @@ def export_bundle(target: Target | str, request: ModelRequest, options) -> tuple
         reference_check = check_against_transformers(src, stages) if options.validate else None
         chunk = target.chunk(options)
         refs = fp32_references(src, chunk, stages) if options.validate else None
-        load_quantized_weights(qc, src, stages)
+        load_quantized_weights(qc, src, target, stages)
         report = None
         with BundleWriter(options.out, force=options.force) as bundle:
             job.bundle = bundle
@@ -296,7 +296,7 @@ def validate_bundle(
         job = Job(src, options, stages, qc, scratch=scratch)
         chunk = target.chunk(options)
         refs = fp32_references(src, chunk, stages)
-        load_quantized_weights(qc, src, stages)
+        load_quantized_weights(qc, src, target, stages)
         job.quant_report = target.twin(job)
         quantized_references(src, refs, chunk, target.quant_kinds(options, job.fixed), stages)
         report = check_artifacts(target, job, bundle.root, manifest, refs)

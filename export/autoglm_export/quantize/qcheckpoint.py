@@ -23,12 +23,14 @@ import json
 import math
 import shutil
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..checkpoint import SafetensorsCheckpoint
 from ..config import read_json
 from ..errors import CheckpointError, ExportError, values_of
 from . import grid
@@ -53,10 +55,33 @@ class QuantizedLinear:
         return grid.dequantize_codes(self.codes, self.scales)
 
 
+class StoredLinears(Mapping[str, QuantizedLinear]):
+    """A loaded checkpoint's linears, each read when asked for from the memory-mapped file (int4 codes
+    unpacked then): a 9B checkpoint's 4.5 GB of packed codes are never all in memory, let alone the
+    9 GB they unpack to. Only the file's pages in use are resident, and the kernel can take them back."""
+
+    def __init__(self, stored: SafetensorsCheckpoint, layers: dict[str, tuple[int, tuple[int, int]]]):
+        self._stored = stored
+        self._bits = {fqn: bits for fqn, (bits, _) in layers.items()}
+        self.shapes = {fqn: shape for fqn, (_, shape) in layers.items()}  # [out, in], without reading codes
+
+    def __getitem__(self, fqn: str) -> QuantizedLinear:
+        bits = self._bits[fqn]
+        raw = self._stored.view(f"{fqn}.qweight")
+        return QuantizedLinear(grid.unpack_int4(raw) if bits == 4 else raw, self._stored.view(f"{fqn}.scales"), bits)
+
+    def __iter__(self):
+        return iter(self._bits)
+
+    def __len__(self) -> int:
+        return len(self._bits)
+
+
 @dataclass
 class QuantizedCheckpoint:
     config: dict
-    linears: dict[str, QuantizedLinear] = field(default_factory=dict)  # fqn of the nn.Linear -> weights
+    # fqn of the nn.Linear -> weights (``StoredLinears`` when loaded)
+    linears: Mapping[str, QuantizedLinear] = field(default_factory=dict)
     params: dict[str, torch.Tensor] = field(default_factory=dict)  # every other parameter, fp32
     path: Path | None = None
 
@@ -67,6 +92,10 @@ class QuantizedCheckpoint:
     @property
     def recipe(self) -> dict:
         return self.config["recipe"]
+
+    def linear_shape(self, fqn: str) -> tuple[int, ...]:
+        shapes = getattr(self.linears, "shapes", None)
+        return shapes[fqn] if shapes is not None else tuple(self.linears[fqn].codes.shape)
 
 
 # ----------------------------------------------------------------------------- build from a model
@@ -286,9 +315,9 @@ def read_layers(path: Path) -> dict[str, dict]:
 
 
 def load(path: Path) -> QuantizedCheckpoint:
-    """Read and check a quantized checkpoint; every problem is a CheckpointError naming file and key."""
-    from safetensors import safe_open
-
+    """Open and check a quantized checkpoint, its tensors memory-mapped (names, shapes and dtypes are
+    checked from the header; the sha256 from the bytes); every problem is a CheckpointError naming
+    file and key."""
     from ..bundle import sha256_file
 
     path = Path(path)
@@ -316,33 +345,32 @@ def load(path: Path) -> QuantizedCheckpoint:
             raise ValueError("layers need bits 4 or 8, a 2-D shape and a positive group_size")
     if expected and sha256_file(weights_path) != expected:
         raise CheckpointError(f"{weights_path}: sha256 does not match {CONFIG_NAME} (corrupt or modified)")
-    qc = QuantizedCheckpoint(config=config, path=path)
-    try:
-        with safe_open(str(weights_path), "pt") as f:
-            keys = set(f.keys())
-            for fqn, (bits, shape, group) in layers.items():
-                for suffix in ("qweight", "scales"):
-                    if f"{fqn}.{suffix}" not in keys:
-                        raise CheckpointError(f"{weights_path}: missing tensor {fqn}.{suffix} listed in {CONFIG_NAME}")
-                raw, scales = f.get_tensor(f"{fqn}.qweight"), f.get_tensor(f"{fqn}.scales")
-                codes = grid.unpack_int4(raw) if bits == 4 else raw
-                qmin, qmax = grid.qrange(bits)
-                if tuple(codes.shape) != shape or scales.shape != (shape[0], shape[1] // group):
-                    raise CheckpointError(
-                        f"{weights_path}: {fqn} has qweight {tuple(codes.shape)} / scales {tuple(scales.shape)}, "
-                        f"expected {shape} / {(shape[0], shape[1] // group)}"
-                    )
-                if codes.dtype != torch.int8 or int(codes.min()) < qmin or int(codes.max()) > qmax:
-                    raise CheckpointError(f"{weights_path}: {fqn}.qweight is not int{bits} codes")
-                qc.linears[fqn] = QuantizedLinear(codes, scales.float(), bits)
-                keys -= {f"{fqn}.qweight", f"{fqn}.scales"}
-            for name in sorted(keys):
-                qc.params[name] = f.get_tensor(name).float()
-    except CheckpointError:
-        raise
-    except Exception as exc:  # safetensors' own errors: truncated file, bad header
-        raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from None
-    return qc
+    stored = SafetensorsCheckpoint.open(path)  # a truncated file or a bad header: its CheckpointError names the file
+    keys = set(stored.keys())
+    for fqn, (bits, shape, group) in layers.items():
+        for suffix in ("qweight", "scales"):
+            if f"{fqn}.{suffix}" not in keys:
+                raise CheckpointError(f"{weights_path}: missing tensor {fqn}.{suffix} listed in {CONFIG_NAME}")
+        packed = (shape[0], shape[1] // 2) if bits == 4 else shape
+        code_dtype = "U8" if bits == 4 else "I8"
+        if stored.dtype_name(f"{fqn}.qweight") != code_dtype:
+            raise CheckpointError(f"{weights_path}: {fqn}.qweight is not int{bits} codes")
+        found = stored.shape(f"{fqn}.qweight"), stored.shape(f"{fqn}.scales")
+        if found != (packed, (shape[0], shape[1] // group)) or stored.dtype_name(f"{fqn}.scales") != "F32":
+            raise CheckpointError(
+                f"{weights_path}: {fqn} has qweight {found[0]} / scales {found[1]}, "
+                f"expected {packed} / {(shape[0], shape[1] // group)} (fp32 scales)"
+            )
+        keys -= {f"{fqn}.qweight", f"{fqn}.scales"}
+    unusable = sorted(k for k in keys if stored.dtype_name(k) != "F32")
+    if unusable:
+        raise CheckpointError(f"{weights_path}: {unusable[0]} is {stored.dtype_name(unusable[0])}, parameters are fp32")
+    return QuantizedCheckpoint(
+        config=config,
+        linears=StoredLinears(stored, {fqn: (bits, shape) for fqn, (bits, shape, _) in layers.items()}),
+        params={name: stored.view(name) for name in sorted(keys)},
+        path=path,
+    )
 
 
 # ----------------------------------------------------------------------------- use in an exporter
@@ -362,8 +390,10 @@ def check_matches(qc: QuantizedCheckpoint, src) -> None:
 
 
 @torch.no_grad()
-def load_into_model(qc: QuantizedCheckpoint, model: nn.Module) -> None:
-    """Overwrite every parameter with the checkpoint's (quantized linears get their dequantized codes)."""
+def load_into_model(qc: QuantizedCheckpoint, model: nn.Module, linears: bool = True) -> None:
+    """Overwrite every parameter with the checkpoint's: the quantized linears' weights with their
+    dequantized codes, or, with ``linears=False`` (a target whose twin is made from the codes,
+    ``Target.twin_from_codes``), not at all: their fp32 values would be 35 GB at 9B."""
     params = dict(model.named_parameters())
     expected = {f"{fqn}.weight" for fqn in qc.linears} | set(qc.params)
     missing, unexpected = sorted(set(params) - expected), sorted(expected - set(params))
@@ -376,13 +406,12 @@ def load_into_model(qc: QuantizedCheckpoint, model: nn.Module) -> None:
                 f"{where}: {name} has shape {tuple(value.shape)}, the model expects {tuple(params[name].shape)}"
             )
         _overwrite(model, name, params[name], value)
-    for fqn, q in qc.linears.items():
-        w = params[f"{fqn}.weight"]
-        if w.shape != q.codes.shape:
-            raise CheckpointError(
-                f"{where}: {fqn} has shape {tuple(q.codes.shape)}, the model expects {tuple(w.shape)}"
-            )
-        _overwrite(model, f"{fqn}.weight", w, q.dequantize())
+    for fqn in qc.linears:
+        w, shape = params[f"{fqn}.weight"], qc.linear_shape(fqn)
+        if tuple(w.shape) != shape:
+            raise CheckpointError(f"{where}: {fqn} has shape {shape}, the model expects {tuple(w.shape)}")
+        if linears:
+            _overwrite(model, f"{fqn}.weight", w, qc.linears[fqn].dequantize())
     model.prepare()  # derived constants (rotary tables, fused norms) follow the new weights
 
 

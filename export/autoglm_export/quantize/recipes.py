@@ -157,15 +157,24 @@ def _kept(weight, scratch: Scratch | None):
     return _like(weight, scratch.keep(weight.qdata), scratch.keep(weight.scale), scratch.keep(weight.zero_point))
 
 
-def _use_fixed_codes(linear: nn.Linear, fqn: str, fixed, scratch: Scratch | None = None) -> None:
-    """Swap torchao's round-to-nearest integers for calibrated ones (same grid, same activation quantization)."""
-    rtn, q = linear.weight, fixed
-    if tuple(rtn.block_size) != (1, q.group_size) or rtn.target_dtype != getattr(torch, f"int{q.bits}"):
+def _use_fixed_codes(linear: nn.Linear, fqn: str, config, fixed, scratch: Scratch | None = None) -> None:
+    """The linear's weight made torchao's ``config`` tensor over calibrated integers and scales (same grid,
+    same activation quantization). The weight it replaces is never read: torchao's tensor kind comes
+    from one row of ones, so a 9B export never rounds (nor holds in fp32) a weight it then discards."""
+    from torchao.quantization import quantize_
+
+    with torch.device("meta"):
+        row = nn.Linear(linear.in_features, 1, bias=False)
+    row.weight = nn.Parameter(torch.ones(1, linear.in_features), requires_grad=False)
+    quantize_(row, config, lambda m, _: isinstance(m, nn.Linear))
+    kind, q = row.weight, fixed
+    if tuple(kind.block_size) != (1, q.group_size) or kind.target_dtype != getattr(torch, f"int{q.bits}"):
         raise ExportError(
             f"{fqn}: the quantized checkpoint has int{q.bits}/group {q.group_size}, the recipe made "
-            f"{rtn.target_dtype}/block {tuple(rtn.block_size)}"
+            f"{kind.target_dtype}/block {tuple(kind.block_size)}"
         )
-    weight = _like(rtn, q.codes.to(torch.int8), q.scales.to(rtn.scale.dtype), torch.zeros_like(rtn.zero_point))
+    zeros = torch.zeros(q.scales.shape, dtype=kind.zero_point.dtype)
+    weight = _like(kind, q.codes.to(torch.int8), q.scales.to(kind.scale.dtype), zeros)
     linear.weight = nn.Parameter(_kept(weight, scratch), requires_grad=False)
 
 
@@ -300,11 +309,11 @@ def _quantize_linears(
     configs = {target: linear_config(target, group_size) for target in set(chosen.values())}
     for fqn, target in chosen.items():  # one linear at a time: its fp32 copy lives only until quantized
         name = f"{prefix}.{fqn}"
-        calibrated = fixed is not None and name in fixed
-        quantize_module(modules[fqn], configs[target], scratch=None if calibrated else scratch)
-        if calibrated:
-            _use_fixed_codes(modules[fqn], name, fixed[name], scratch)
+        if fixed is not None and name in fixed:
+            _use_fixed_codes(modules[fqn], name, configs[target], fixed[name], scratch)
             report.calibrated.append(name)
+        else:
+            quantize_module(modules[fqn], configs[target], scratch=scratch)
         report.layers[name] = target
 
 

@@ -78,6 +78,9 @@ class Target:
     # Load linear weights and the token embedding as stored (bf16, memory-mapped; ``stored.py``) and
     # make them fp32 one module at a time, instead of an fp32 copy of the whole model up front.
     keeps_stored: ClassVar[bool] = False
+    # A quantized checkpoint's linears reach the twin as codes (``recipes.apply_recipe``'s ``fixed``), so
+    # the eager model never needs their dequantized fp32 weights (``qcheckpoint.load_into_model``).
+    twin_from_codes: ClassVar[bool] = False
 
     def resolve(self, options, quantized_checkpoint: Path | None):
         """Options made final before anything is loaded (conflicts with a quantized checkpoint fail here)."""

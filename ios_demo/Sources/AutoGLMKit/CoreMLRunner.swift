@@ -16,7 +16,8 @@ public protocol CoreMLRunner: AnyObject {
 }
 
 /// Loads every package of a bundle with Core ML: compiled once into the app's caches, one MLModel
-/// per function (MLModelConfiguration.functionName picks prefill / decode of the iOS 18 decoder).
+/// per function the engine calls (MLModelConfiguration.functionName picks prefill / decode of the
+/// iOS 18 decoder; other image buckets' vision functions are not loaded).
 public final class MLModelRunner: CoreMLRunner {
     private var models: [String: MLModel] = [:]
 
@@ -24,7 +25,7 @@ public final class MLModelRunner: CoreMLRunner {
         for (component, pkg) in manifest.packages {
             let compiled = try await MLModelRunner.compiled(manifest.url(pkg.file), size: manifest.files
                 .filter { $0.key.hasPrefix(pkg.file + "/") }.values.reduce(0, +))
-            for function in pkg.functions.keys {
+            for function in pkg.functions.keys where ModelNames.functionsCalled.contains(function) {
                 let config = MLModelConfiguration()
                 config.computeUnits = computeUnits
                 if function != ModelNames.functionMain {

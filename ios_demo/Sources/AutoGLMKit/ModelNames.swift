@@ -10,6 +10,10 @@ public enum ModelNames {
     public static let functionMain = "main"
     public static let functionPrefill = "prefill"  // iOS 18 multifunction decoder
     public static let functionDecode = "decode"
+    /// The functions the engine calls. A vision package with image buckets has a function per bucket;
+    /// the engine runs `main` only, so the others are never loaded (each MLModel would be one more
+    /// compiled copy of the tower in memory).
+    public static let functionsCalled: Set<String> = [functionMain, functionPrefill, functionDecode]
 
     public static let inputPixelValues = "pixel_values"
     public static let inputInputFeatures = "input_features"

@@ -260,6 +260,7 @@ def test_android_export_of_a_calibrated_checkpoint_round_trips(gptq_checkpoint, 
     result = runner.invoke(app, ["validate", str(out)])
     assert result.exit_code == 0, result.output
     qc = qcheckpoint.load(ckpt)
+    qc.linears = dict(qc.linears)  # read into memory: a loaded checkpoint's layers are read when asked for
     q = qc.linears["text.lm_head"]
     q.codes[0, 0] = 0 if int(q.codes[0, 0]) else 1
     qcheckpoint.save(qc, ckpt, force=True)

@@ -7,6 +7,7 @@ numbers (bf16 -> fp32 is exact), only never all at once."""
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rerun_calibrate import rerun_calibrate
 from typer.testing import CliRunner
 
 from autoglm_export import stored
+from autoglm_export.bundle import sha256_file
 from autoglm_export.calibration import load_calibration_set
 from autoglm_export.cli import app
 from autoglm_export.quantize import QuantRecipe, grid, qcheckpoint
@@ -155,6 +157,43 @@ def test_header_lists_every_tensor_before_the_data(tmp_path):
         "group_size": 32,
         "shape": [4, 64],
     }
+
+
+def test_a_loaded_checkpoint_is_checked_from_its_header_and_read_when_used(tmp_path):
+    """``load`` checks names, shapes and dtypes from the header and the bytes by sha256, then maps the
+    file: the codes are read when a linear is asked for (one linear's worth of memory at a time)."""
+    from autoglm_export.errors import CheckpointError
+
+    torch.manual_seed(0)
+    qc = qcheckpoint.QuantizedCheckpoint(config={"method": "rtn"})
+    qc.linears["text.a"] = qcheckpoint.QuantizedLinear(
+        torch.randint(-8, 8, (4, 64), dtype=torch.int8), torch.rand(4, 2), 4
+    )
+    qc.params = {"n": torch.rand(3)}
+    out = qcheckpoint.save(qc, tmp_path / "q")
+    back = qcheckpoint.load(out)
+    assert isinstance(back.linears, qcheckpoint.StoredLinears) and back.linear_shape("text.a") == (4, 64)
+    assert torch.equal(back.linears["text.a"].codes, qc.linears["text.a"].codes)
+    assert torch.equal(back.params["n"], qc.params["n"])
+
+    def refused(edit_config=None, data=None) -> str:
+        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(out, bad)
+        cfg = json.loads((bad / qcheckpoint.CONFIG_NAME).read_text())
+        if data is not None:
+            (bad / qcheckpoint.WEIGHTS_NAME).write_bytes(data)
+            cfg["files"] = {qcheckpoint.WEIGHTS_NAME: sha256_file(bad / qcheckpoint.WEIGHTS_NAME)}  # a consistent lie
+        if edit_config:
+            edit_config(cfg)
+        (bad / qcheckpoint.CONFIG_NAME).write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError) as e:
+            qcheckpoint.load(bad)
+        return str(e.value)
+
+    raw = (out / qcheckpoint.WEIGHTS_NAME).read_bytes()
+    assert "model.safetensors" in refused(data=raw[:-40])  # truncated, with a sha256 that matches it
+    assert "text.a.qweight is not int8 codes" in refused(lambda c: c["layers"]["text.a"].update(bits=8))
+    assert "expected (4, 16) / (4, 2)" in refused(lambda c: c["layers"]["text.a"].update(group_size=16, shape=[4, 32]))
 
 
 def test_per_row_gptq_in_lazy_blocks_matches_the_row_wide_sweep():

@@ -11,8 +11,10 @@ and kept every linear's integers in memory (another 0.5x).
 
 from __future__ import annotations
 
+import json
 import sys
 
+import pytest
 import torch
 from real_width import checkpoint_bytes, peak_rss
 
@@ -29,10 +31,10 @@ PER_GRAM, PER_CHECKPOINT = 2.2, 0.8
 IMPORTS = "import autoglm_export.cli, autoglm_export.quantize.calibrate, autoglm_export.quantize.gptq"
 
 
-def test_calibrate_streams_within_one_blocks_arithmetic(real_width, tmp_path):
-    size = checkpoint_bytes(real_width)
-    base, _ = peak_rss([sys.executable, "-c", IMPORTS])
-    out = tmp_path / "q"
+@pytest.fixture(scope="module")
+def calibrated(real_width, tmp_path_factory):
+    """The real-width checkpoint calibrated in a process of its own: (out, peak RSS, run)."""
+    out = tmp_path_factory.mktemp("calibrated") / "q"
     peak, run = peak_rss(
         [
             sys.executable,
@@ -55,6 +57,13 @@ def test_calibrate_streams_within_one_blocks_arithmetic(real_width, tmp_path):
             "512",  # room for the screenshot prompt: every tower sees activations
         ]
     )
+    return out, peak, run
+
+
+def test_calibrate_streams_within_one_blocks_arithmetic(real_width, calibrated):
+    size = checkpoint_bytes(real_width)
+    base, _ = peak_rss([sys.executable, "-c", IMPORTS])
+    out, peak, run = calibrated
     assert run.returncode == 0, run.stderr[-3000:]
     assert "block 6/6: text.lm_head" in run.stderr and "RSS" in run.stderr
     assert "(1 with a screenshot" in run.stderr and "saw no calibration tokens" not in run.stderr
@@ -84,3 +93,46 @@ def qcheckpoint_recipe(qc):
     from autoglm_export.quantize import QuantRecipe
 
     return QuantRecipe(**qc.recipe)
+
+
+def test_android_from_the_quantized_checkpoint_holds_no_fp32_copy(real_width, calibrated, tmp_path):
+    """`android --quantized-checkpoint` on it: validated, and the checkpoint's integers reach the program
+    without their dequantized fp32 weights (2x the checkpoint at bf16; 35 GB at 9B) ever existing: its
+    peak stays under the bound of a plain `android` export (``test_real_size_android.py``)."""
+    from test_real_size_android import IMPORTS as ANDROID_IMPORTS
+    from test_real_size_android import PER_CHECKPOINT as ANDROID_PER_CHECKPOINT
+
+    qc_dir, _, calibration = calibrated
+    assert calibration.returncode == 0, calibration.stderr[-3000:]
+    size = checkpoint_bytes(real_width)
+    base, _ = peak_rss([sys.executable, "-c", ANDROID_IMPORTS])
+    out = tmp_path / "android"
+    peak, run = peak_rss(
+        [
+            sys.executable,
+            "-m",
+            "autoglm_export.cli",
+            "android",
+            "--checkpoint",
+            str(real_width),
+            "--quantized-checkpoint",
+            str(qc_dir),
+            "--out",
+            str(out),
+            "--max-seq-len",
+            "64",
+            "--image-size",
+            "644x280",
+        ]
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["validated"] and json.loads((out / "parity.json").read_text())["passed"]
+    recorded = manifest["quantization"]["quantized_checkpoint"]
+    assert recorded["method"] == "rtn" and recorded["sha256"] == qcheckpoint.load(qc_dir).config["files"]
+    bound = base + ANDROID_PER_CHECKPOINT * size
+    assert peak < bound, (
+        run.stderr[-4000:]
+        + f"\npeak RSS {peak / 1e9:.2f} GB > {bound / 1e9:.2f} GB for a {size / 1e9:.2f} GB checkpoint"
+    )
+    print(f"android --quantized-checkpoint at real width: peak RSS {peak / 1e9:.2f} GB (bound {bound / 1e9:.2f} GB)")

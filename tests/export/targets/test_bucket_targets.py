@@ -13,6 +13,7 @@ from autoglm_export.request import ModelRequest
 from autoglm_runtime.backends import backend_for_bundle
 from autoglm_runtime.bundle import open_bundle
 from autoglm_runtime.preprocess import preprocess_image
+from autoglm_runtime.preprocess.buckets import is_vision_method
 from autoglm_runtime.prompt import Message
 from autoglm_runtime.session import Session
 
@@ -78,6 +79,11 @@ def test_every_bucket_is_a_method_gated_on_parity(bucket_bundle):
     # transposed buckets have the same patch count but their own method (their own position constants)
     portrait, landscape = spec.image.sizes[0], spec.image.sizes[0][::-1]
     assert landscape in outs and not np.allclose(outs[portrait], outs[landscape])
+    if bundle.target == "executorch":  # one bucket's method loaded at a time: each packs its own vision weights
+        cache = backend.program.program._methods
+        assert [n for n, m in cache.items() if m is not None and is_vision_method(n)] == [spec.image.method(size)]
+        again = backend.vision_encoder(preprocess_image(synthetic_screenshot(), spec.image.at(portrait)), portrait)
+        assert np.array_equal(again, outs[portrait])  # a released method loads again and answers the same
 
 
 def test_two_screenshots_and_text_history(bucket_bundle):

@@ -23,6 +23,7 @@ table. int4 layers need iOS 18: with ``--min-ios 17`` they are refused before th
 
 from __future__ import annotations
 
+import gc
 import logging
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,7 @@ def convert_all(job: Job) -> dict[str, PackageInfo]:
             continue
         with stages.stage(f"convert {comp} -> {PACKAGES[comp]}"):
             packages[comp] = convert(model, recipe, bundle.path(PACKAGES[comp]), fixed=job.fixed)
+            gc.collect()  # its MIL programs' reference cycles (``convert.discard``), before the next package
     functions = "prefill + decode, state" if recipe.min_ios >= 18 else "main, cache in/out"
     chunks = plan_chunks(model, job.options.decoder_package_params)
     what = PACKAGES["text_decoder"] if len(chunks) == 1 else f"{len(chunks)} TextDecoder-*.mlpackage"

@@ -89,6 +89,7 @@ class ExecuTorchTarget(Target):
     command = "android"
     converts = "twin"  # XNNPACK lowers torchao's quantized modules: the twin is the program
     keeps_stored = True  # torchao quantizes layer by layer from the stored bf16 weights
+    twin_from_codes = True  # torchao's tensors are made over a quantized checkpoint's integers (twin.py)
 
     def resolve(self, options: ExecuTorchOptions, quantized_checkpoint):
         check_backend(options.backend, options.soc, options.recipe.linear)

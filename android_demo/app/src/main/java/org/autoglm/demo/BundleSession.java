@@ -4,6 +4,7 @@ import java.io.File;
 import org.autoglm.engine.BundleManifest;
 import org.autoglm.engine.ExecuTorchProgramEngine;
 import org.autoglm.engine.Generator;
+import org.autoglm.engine.ModelNames;
 import org.autoglm.engine.Vocabulary;
 
 /** A loaded dist/android bundle: manifest, ExecuTorch program, tokenizer, generator. */
@@ -26,9 +27,11 @@ final class BundleSession {
     manifest.checkFiles();
     ExecuTorchMethodRunner runner = new ExecuTorchMethodRunner(manifest.file(manifest.program).getAbsolutePath());
     ExecuTorchProgramEngine engine = new ExecuTorchProgramEngine(runner, manifest);
-    // Load every method now: the first request then measures inference, not loading.
-    for (String m : manifest.methods.keySet()) {
-      runner.preload(m);
+    // Load the methods the engine calls now: the first request then measures inference, not loading.
+    for (String m : ModelNames.METHODS_CALLED) {
+      if (manifest.methods.containsKey(m)) {
+        runner.preload(m);
+      }
     }
     DjlTokenizer tokenizer = new DjlTokenizer(manifest.file(BundleManifest.TOKENIZER));
     Vocabulary vocab = Vocabulary.read(manifest.file(BundleManifest.TOKENIZER));

@@ -1,5 +1,9 @@
 package org.autoglm.engine;
 
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.List;
+
 /**
  * Every name the app uses to talk to model.pte, in one place: `make demo-test` checks each one
  * against the manifest.json of a freshly exported bundle (METHOD_ against its methods, INPUT_ and
@@ -13,6 +17,21 @@ public final class ModelNames {
   public static final String METHOD_TEXT_DECODER = "text_decoder";
   public static final String METHOD_TEXT_DECODER_STEP = "text_decoder_step";
   public static final String METHOD_RESET_CACHE = "reset_cache";
+
+  /**
+   * The methods the engine calls. A bundle with image buckets has a vision method per bucket
+   * (vision_encoder_HxW); the engine runs the default one only, and each loaded method holds its own
+   * XNNPACK-packed copy of the vision weights (0.4-0.9 GB at 9B), so the others are never loaded.
+   */
+  public static final List<String> METHODS_CALLED =
+      Collections.unmodifiableList(
+          Arrays.asList(
+              METHOD_VISION_ENCODER,
+              METHOD_AUDIO_ENCODER,
+              METHOD_TOKEN_EMBEDDING,
+              METHOD_TEXT_DECODER,
+              METHOD_TEXT_DECODER_STEP,
+              METHOD_RESET_CACHE));
 
   public static final String INPUT_PIXEL_VALUES = "pixel_values";
   public static final String INPUT_INPUT_FEATURES = "input_features";
