@@ -59,3 +59,26 @@ def peak_rss(args: list[str]) -> tuple[int, subprocess.CompletedProcess]:
     out = subprocess.run([sys.executable, "-c", _MEASURE, *args], env=ENV, check=True, capture_output=True, text=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     return r["peak"], subprocess.CompletedProcess(args, r["rc"], r["stdout"], r["stderr"])
+
+
+def imports_peak(imports: str) -> int:
+    """Peak resident bytes of a process that only runs ``imports``: what the libraries take before any weight."""
+    return peak_rss([sys.executable, "-c", imports])[0]
+
+
+def cli_peak(command: str, *args: str) -> tuple[int, subprocess.CompletedProcess]:
+    """``autoglm-export COMMAND ARGS`` in a process of its own: (peak resident bytes, its result)."""
+    return peak_rss([sys.executable, "-m", "autoglm_export.cli", command, *args])
+
+
+# `android` (test_real_size_android.py, and from a quantized checkpoint in test_real_size_calibrate.py):
+# Peak above what the libraries take (0.41-0.48 GB), in checkpoint sizes. Measured here: 1.8x
+# (2.23 GB; 2.2x before the quantized eager reference ran in row slices); the previous path, which
+# held an fp32 copy of all weights plus transformers' fp32 copy, 4.9x (5.46 GB). An fp32 copy of
+# the weights is 2x by itself, on top of the quantized model (0.6x), so a path that makes one lands
+# above this bound.
+ANDROID_PER_CHECKPOINT = 2.3
+ANDROID_IMPORTS = (
+    "import autoglm_export.cli, torchao.quantization, transformers, executorch.exir, executorch.runtime;"
+    "import executorch.backends.xnnpack.partition.xnnpack_partitioner, executorch.extension.llm.custom_ops"
+)

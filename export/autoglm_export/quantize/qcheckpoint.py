@@ -63,7 +63,11 @@ class StoredLinears(Mapping[str, QuantizedLinear]):
     def __init__(self, stored: SafetensorsCheckpoint, layers: dict[str, tuple[int, tuple[int, int]]]):
         self._stored = stored
         self._bits = {fqn: bits for fqn, (bits, _) in layers.items()}
-        self.shapes = {fqn: shape for fqn, (_, shape) in layers.items()}  # [out, in], without reading codes
+        self._shapes = {fqn: shape for fqn, (_, shape) in layers.items()}
+
+    def shape(self, fqn: str) -> tuple[int, int]:
+        """[out, in] from the file's header, without reading the codes."""
+        return self._shapes[fqn]
 
     def __getitem__(self, fqn: str) -> QuantizedLinear:
         bits = self._bits[fqn]
@@ -94,8 +98,9 @@ class QuantizedCheckpoint:
         return self.config["recipe"]
 
     def linear_shape(self, fqn: str) -> tuple[int, ...]:
-        shapes = getattr(self.linears, "shapes", None)
-        return shapes[fqn] if shapes is not None else tuple(self.linears[fqn].codes.shape)
+        if isinstance(self.linears, StoredLinears):
+            return self.linears.shape(fqn)
+        return tuple(self.linears[fqn].codes.shape)
 
 
 # ----------------------------------------------------------------------------- build from a model

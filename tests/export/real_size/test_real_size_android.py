@@ -10,44 +10,27 @@ fp32 weight at a time (``stored.py``).
 from __future__ import annotations
 
 import json
-import sys
 
-from real_width import checkpoint_bytes, peak_rss
-
-# Peak above what the libraries take (0.41-0.48 GB), in checkpoint sizes. Measured here: 1.8x
-# (2.23 GB; 2.2x before the quantized eager reference ran in row slices); the previous path, which
-# held an fp32 copy of all weights plus transformers' fp32 copy, 4.9x (5.46 GB). An fp32 copy of
-# the weights is 2x by itself, on top of the quantized model (0.6x), so a path that makes one lands
-# above this bound.
-PER_CHECKPOINT = 2.3
-IMPORTS = (
-    "import autoglm_export.cli, torchao.quantization, transformers, executorch.exir, executorch.runtime;"
-    "import executorch.backends.xnnpack.partition.xnnpack_partitioner, executorch.extension.llm.custom_ops"
-)
+from real_width import ANDROID_IMPORTS, ANDROID_PER_CHECKPOINT, checkpoint_bytes, cli_peak, imports_peak
 
 
 def test_android_export_stays_below_an_fp32_copy(real_width, tmp_path):
     size = checkpoint_bytes(real_width)
-    base, _ = peak_rss([sys.executable, "-c", IMPORTS])  # what the libraries take before any weight
+    base = imports_peak(ANDROID_IMPORTS)  # what the libraries take before any weight
     out = tmp_path / "android"
-    peak, run = peak_rss(
-        [
-            sys.executable,
-            "-m",
-            "autoglm_export.cli",
-            "android",
-            "--checkpoint",
-            str(real_width),
-            "--out",
-            str(out),
-            "--max-seq-len",
-            "64",
-            "--external-weights",  # the 9B layout: a small model.pte, the weights in model.ptd
-            # One vision method: each image bucket's method plans its own activation arena when the
-            # runtime loads it (+1.8 GB for the preset's 8 at these widths), which is not weights.
-            "--image-size",
-            "644x280",
-        ]
+    peak, run = cli_peak(
+        "android",
+        "--checkpoint",
+        str(real_width),
+        "--out",
+        str(out),
+        "--max-seq-len",
+        "64",
+        "--external-weights",  # the 9B layout: a small model.pte, the weights in model.ptd
+        # One vision method: each image bucket's method plans its own activation arena when the
+        # runtime loads it (+1.8 GB for the preset's 8 at these widths), which is not weights.
+        "--image-size",
+        "644x280",
     )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -56,7 +39,7 @@ def test_android_export_stays_below_an_fp32_copy(real_width, tmp_path):
     assert files["model.ptd"]["bytes"] > 10 * files["model.pte"]["bytes"]  # the weights are outside the program
     assert manifest["validated"] and json.loads((out / "parity.json").read_text())["passed"]
     assert manifest["reference_check"]["passed"]  # our fp32 model vs transformers, at the real widths
-    bound = base + PER_CHECKPOINT * size
+    bound = base + ANDROID_PER_CHECKPOINT * size
     assert peak < bound, (
         run.stderr[-4000:]
         + f"\npeak RSS {peak / 1e9:.2f} GB > {bound / 1e9:.2f} GB for a {size / 1e9:.2f} GB checkpoint"

@@ -12,11 +12,10 @@ and kept every linear's integers in memory (another 0.5x).
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
-from real_width import checkpoint_bytes, peak_rss
+from real_width import ANDROID_IMPORTS, ANDROID_PER_CHECKPOINT, checkpoint_bytes, cli_peak, imports_peak
 
 from autoglm_export.quantize import grid, qcheckpoint
 from autoglm_export.source import open_source
@@ -35,34 +34,29 @@ IMPORTS = "import autoglm_export.cli, autoglm_export.quantize.calibrate, autoglm
 def calibrated(real_width, tmp_path_factory):
     """The real-width checkpoint calibrated in a process of its own: (out, peak RSS, run)."""
     out = tmp_path_factory.mktemp("calibrated") / "q"
-    peak, run = peak_rss(
-        [
-            sys.executable,
-            "-m",
-            "autoglm_export.cli",
-            "calibrate",
-            "--checkpoint",
-            str(real_width),
-            "--out",
-            str(out),
-            "--method",
-            "rtn",  # the same streaming, forwards and Gram matrices; GPTQ's sweep at this width takes minutes
-            "--max-prompts",
-            "1",
-            "--text-windows",
-            "1",
-            "--seq-len",
-            "32",
-            "--max-context-len",
-            "512",  # room for the screenshot prompt: every tower sees activations
-        ]
+    peak, run = cli_peak(
+        "calibrate",
+        "--checkpoint",
+        str(real_width),
+        "--out",
+        str(out),
+        "--method",
+        "rtn",  # the same streaming, forwards and Gram matrices; GPTQ's sweep at this width takes minutes
+        "--max-prompts",
+        "1",
+        "--text-windows",
+        "1",
+        "--seq-len",
+        "32",
+        "--max-context-len",
+        "512",  # room for the screenshot prompt: every tower sees activations
     )
     return out, peak, run
 
 
 def test_calibrate_streams_within_one_blocks_arithmetic(real_width, calibrated):
     size = checkpoint_bytes(real_width)
-    base, _ = peak_rss([sys.executable, "-c", IMPORTS])
+    base = imports_peak(IMPORTS)
     out, peak, run = calibrated
     assert run.returncode == 0, run.stderr[-3000:]
     assert "block 6/6: text.lm_head" in run.stderr and "RSS" in run.stderr
@@ -99,31 +93,23 @@ def test_android_from_the_quantized_checkpoint_holds_no_fp32_copy(real_width, ca
     """`android --quantized-checkpoint` on it: validated, and the checkpoint's integers reach the program
     without their dequantized fp32 weights (2x the checkpoint at bf16; 35 GB at 9B) ever existing: its
     peak stays under the bound of a plain `android` export (``test_real_size_android.py``)."""
-    from test_real_size_android import IMPORTS as ANDROID_IMPORTS
-    from test_real_size_android import PER_CHECKPOINT as ANDROID_PER_CHECKPOINT
-
     qc_dir, _, calibration = calibrated
     assert calibration.returncode == 0, calibration.stderr[-3000:]
     size = checkpoint_bytes(real_width)
-    base, _ = peak_rss([sys.executable, "-c", ANDROID_IMPORTS])
+    base = imports_peak(ANDROID_IMPORTS)
     out = tmp_path / "android"
-    peak, run = peak_rss(
-        [
-            sys.executable,
-            "-m",
-            "autoglm_export.cli",
-            "android",
-            "--checkpoint",
-            str(real_width),
-            "--quantized-checkpoint",
-            str(qc_dir),
-            "--out",
-            str(out),
-            "--max-seq-len",
-            "64",
-            "--image-size",
-            "644x280",
-        ]
+    peak, run = cli_peak(
+        "android",
+        "--checkpoint",
+        str(real_width),
+        "--quantized-checkpoint",
+        str(qc_dir),
+        "--out",
+        str(out),
+        "--max-seq-len",
+        "64",
+        "--image-size",
+        "644x280",
     )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
-from real_width import checkpoint_bytes, peak_rss
+from real_width import checkpoint_bytes, cli_peak, imports_peak
 
 # Peak above what the libraries take, in checkpoint sizes. Measured here: 3.85x for the whole export
 # (4.38 GB for a 1.02 GB checkpoint; the decoder package's conversion) and 1.1x before conversion.
@@ -38,23 +37,18 @@ IMPORTS = "import autoglm_export.cli, coremltools, transformers, torchao.quantiz
 
 def test_ios_export_stays_below_an_fp32_copy(real_width, tmp_path):
     size = checkpoint_bytes(real_width)
-    base, _ = peak_rss([sys.executable, "-c", IMPORTS])  # what the libraries take before any weight
+    base = imports_peak(IMPORTS)  # what the libraries take before any weight
     out = tmp_path / "ios"
-    peak, run = peak_rss(
-        [
-            sys.executable,
-            "-m",
-            "autoglm_export.cli",
-            "ios",
-            "--checkpoint",
-            str(real_width),
-            "--out",
-            str(out),
-            "--prefill-chunk",
-            "32",
-            "--image-size",
-            "644x280",  # one VisionEncoder function: every bucket is another conversion of the tower
-        ]
+    peak, run = cli_peak(
+        "ios",
+        "--checkpoint",
+        str(real_width),
+        "--out",
+        str(out),
+        "--prefill-chunk",
+        "32",
+        "--image-size",
+        "644x280",  # one VisionEncoder function: every bucket is another conversion of the tower
     )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import sys
 
-from real_width import checkpoint_bytes, peak_rss
+from real_width import checkpoint_bytes, cli_peak, imports_peak, peak_rss
 
 # Peak above what the libraries take, in checkpoint sizes. Measured here: 1.7x (2.04 GB peak with
 # 0.35 GB of imports for a 1.02 GB checkpoint); the whole-model fp32 path held 6.7 GB without even validating.
@@ -33,23 +33,18 @@ backend = backend_for_bundle(open_bundle(sys.argv[1]))
 
 def test_onnx_export_stays_below_an_fp32_copy_and_loads_mapped(real_width, tmp_path):
     size = checkpoint_bytes(real_width)
-    base, _ = peak_rss([sys.executable, "-c", IMPORTS])  # what the libraries take before any weight
+    base = imports_peak(IMPORTS)  # what the libraries take before any weight
     out = tmp_path / "onnx"
-    peak, run = peak_rss(
-        [
-            sys.executable,
-            "-m",
-            "autoglm_export.cli",
-            "onnx",
-            "--checkpoint",
-            str(real_width),
-            "--out",
-            str(out),
-            "--max-seq-len",
-            "64",
-            "--image-size",
-            "644x280",
-        ]
+    peak, run = cli_peak(
+        "onnx",
+        "--checkpoint",
+        str(real_width),
+        "--out",
+        str(out),
+        "--max-seq-len",
+        "64",
+        "--image-size",
+        "644x280",
     )
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
@@ -67,7 +62,7 @@ def test_onnx_export_stays_below_an_fp32_copy_and_loads_mapped(real_width, tmp_p
         + f"\npeak RSS {peak / 1e9:.2f} GB > {bound / 1e9:.2f} GB for a {size / 1e9:.2f} GB checkpoint"
     )
 
-    runtime_base, _ = peak_rss([sys.executable, "-c", "import autoglm_runtime.backends.onnx_backend, onnxruntime"])
+    runtime_base = imports_peak("import autoglm_runtime.backends.onnx_backend, onnxruntime")
     weights = sum(f["bytes"] for f in manifest["files"].values())
     loaded, load = peak_rss([sys.executable, "-c", LOAD, str(out)])
     assert load.returncode == 0, load.stderr[-3000:]

@@ -162,7 +162,7 @@ def test_ios18_bundle_layout_and_specs(dense18):
             "constexpr_blockwise_shift_scale",
             "scaled_dot_product_attention",
             "read_state",
-            "coreml_update_state",
+            "write_state",  # as saved (coremltools' reader shows the pair as coreml_update_state)
             "slice_update",
         ):
             assert ops.get(op), f"{fname} lacks {op}: {ops}"
