@@ -217,6 +217,15 @@ def export_request(
     )
 
 
+def preset_onnx_embedding(request: ModelRequest, quant: str) -> str:
+    """--quant-embedding left unset for ONNX: int4 where the preset's embedding is int4 (the 9B budget) and the
+    linears are int4 too, without a quantized checkpoint (its graphs keep the table fp32); else fp32."""
+    from .presets import get_preset
+
+    four = get_preset(request.preset).recipe.get("embedding") == "4"
+    return "int4" if four and quant == "int4" and not request.quantized_checkpoint else "fp32"
+
+
 @app.command()
 @guarded
 def run(
@@ -365,6 +374,12 @@ def onnx(
         "--int8-activations",
         help="MatMulNBits accuracy_level 4: activations quantized to int8 at run time (faster; its own parity limits).",
     ),
+    quant_embedding: str | None = typer.Option(
+        None,
+        "--quant-embedding",
+        help="Token embedding: fp32 (the table as stored) or int4 (GatherBlockQuantized). "
+        "[default: int4 where the preset's embedding is int4 (autoglm-phone-9b) and --quant int4, else fp32]",
+    ),
     quantized_checkpoint: opt.QuantizedCheckpoint = None,
     max_seq_len: int = typer.Option(
         128, "--max-seq-len", help="Prefill chunk for validation and `run` (the graph takes any length)."
@@ -388,7 +403,12 @@ def onnx(
         request,
         OnnxOptions(
             out=out,
-            quant=OnnxQuant(quant, block_size, 4 if int8_activations else 0),
+            quant=OnnxQuant(
+                quant,
+                block_size,
+                4 if int8_activations else 0,
+                quant_embedding or preset_onnx_embedding(request, quant),
+            ),
             max_seq_len=max_seq_len,
             validate=validate,
             force=force,
@@ -422,6 +442,13 @@ def ios(
     image_size: opt.ImageSize = None,
     max_pixels: opt.MaxPixels = None,
     audio_frames: opt.AudioFrames = None,
+    decoder_package_params: int | None = typer.Option(
+        None,
+        "--decoder-package-params",
+        min=1,
+        help="Largest decoder package, in parameters: a bigger decoder becomes a chain of packages "
+        "(TextDecoder-01ofNN.mlpackage ..., the manifest says how an app chains them). [default: 1e9]",
+    ),
     compute_units: str = typer.Option(
         "all",
         "--compute-units",
@@ -431,7 +458,7 @@ def ios(
     force: opt.Force = False,
 ):
     """Export Core ML packages for iPhone: *.mlpackage + tokenizer.json + manifest.json + parity.json."""
-    from .targets.coreml.export import CoreMLOptions
+    from .targets.coreml.export import DECODER_PACKAGE_PARAMS, CoreMLOptions
     from .targets.coreml.recipe import CoreMLRecipe
 
     recipe = CoreMLRecipe(
@@ -448,6 +475,7 @@ def ios(
             recipe=recipe,
             prefill_chunk=prefill_chunk,
             compute_units=compute_units,
+            decoder_package_params=decoder_package_params or DECODER_PACKAGE_PARAMS,
             validate=validate,
             force=force,
         ),

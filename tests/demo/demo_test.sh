@@ -2,7 +2,7 @@
 # make demo-test: everything about android_demo/ and ios_demo/ that can be built and checked on
 # Linux without an Android SDK, Xcode or a device. Installs what it needs; see android_demo/README.md.
 #   1. Debian's junit4 + gson (and a JDK if javac is missing); tree-sitter grammars from PyPI
-#   2. fresh bundles of the embedded tiny model: android, ios (iOS 18), ios --min-ios 17
+#   2. fresh bundles of the embedded tiny model: android, ios (iOS 18), ios --min-ios 17, ios as a package chain
 #   3. golden traces of a few requests through the Python runtime, for the three bundles
 #   4. javac the Android engine and run its JUnit tests (replaying the android traces)
 #   5. tree-sitter parse of every .java/.kts/.swift file; model names vs the fresh manifests
@@ -35,13 +35,15 @@ CLI=("$PY" -m autoglm_export.cli)
 android_pid=$!
 "${CLI[@]}" ios --force --out "$OUT/ios" > "$OUT/export-ios.log" 2>&1 || { tail -5 "$OUT/export-ios.log"; exit 1; }
 "${CLI[@]}" ios --force --min-ios 17 --quant int8 --out "$OUT/ios17" > "$OUT/export-ios17.log" 2>&1 || { tail -5 "$OUT/export-ios17.log"; exit 1; }
+# The decoder as a chain of packages (as at 9B), for the apps' chaining code: a package per layer plus the head.
+"${CLI[@]}" ios --force --decoder-package-params 1 --out "$OUT/ios-chain" > "$OUT/export-ios-chain.log" 2>&1 || { tail -5 "$OUT/export-ios-chain.log"; exit 1; }
 wait "$android_pid" || { tail -5 "$OUT/export-android.log"; exit 1; }
 }
 
 step "golden traces"
 rm -rf "$OUT/traces"
 mkdir -p "$OUT/traces"
-for target in android ios ios17; do  # runtime logs go to a file, shown if tracing fails
+for target in android ios ios17 ios-chain; do  # runtime logs go to a file, shown if tracing fails
   "$PY" tests/demo/golden_traces.py "$OUT/$target" "$OUT/traces/$target" 2> "$OUT/traces/$target.log" \
     || { tail -5 "$OUT/traces/$target.log"; exit 1; }
 done
@@ -58,5 +60,5 @@ java -cp "$OUT/classes:$CP" -Dautoglm.bundle="$OUT/android" -Dautoglm.traces="$O
   org.junit.runner.JUnitCore $TESTS
 
 step "parse the app sources, check model names"
-"$PY" tests/demo/check_sources.py --android "$OUT/android" --ios "$OUT/ios" --ios "$OUT/ios17"
+"$PY" tests/demo/check_sources.py --android "$OUT/android" --ios "$OUT/ios" --ios "$OUT/ios17" --ios "$OUT/ios-chain"
 step "demo-test passed"

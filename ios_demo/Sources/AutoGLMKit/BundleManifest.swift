@@ -25,10 +25,23 @@ public struct BundleManifest {
         public let imagePlaceholder: String, audioPlaceholder: String, thinkingOffSuffix: String
     }
 
+    public typealias Functions = [String: (inputs: [String], outputs: [String], states: [String])]
+
     /// One Core ML package: its file and, per function, input / output / state names.
     public struct Package {
         public let file: String
-        public let functions: [String: (inputs: [String], outputs: [String], states: [String])]
+        public let functions: Functions
+    }
+
+    /// One package of the decoder's chain (`coreml.packages.text_decoder.chunks`; a decoder in one package
+    /// is a chain of one). Every call runs the chain in order: the first package on the call's
+    /// `inputs_embeds`, each next one on the previous one's `output` (fed as its `inputs_embeds`), all
+    /// with the same `position_ids` and `causal_mask`; the last returns `logits`.
+    public struct DecoderLink {
+        public let file: String
+        public let output: String  // "hidden_states", or "logits" for the last
+        public let cacheShape: [Int]?  // its own layers' cache; nil for the head (hidden states in, logits out)
+        public let functions: Functions
     }
 
     public let root: URL
@@ -48,9 +61,9 @@ public struct BundleManifest {
     public let files: [String: Int]
     // Core ML
     public let packages: [String: Package]
+    public let decoderChain: [DecoderLink]
     public let prefillChunk: Int
-    public let kvCache: String  // "state" (iOS 18) or "explicit" (iOS 17)
-    public let cacheShape: [Int]
+    public let kvCache: String  // "state" (iOS 18) or "inputs_outputs" (iOS 17)
 
     public static func read(bundle root: URL) throws -> BundleManifest {
         let url = root.appendingPathComponent("manifest.json")
@@ -113,29 +126,46 @@ public struct BundleManifest {
         files = fileTable.compactMapValues { $0["bytes"] as? Int }
         maxSeqLen = (m["max_seq_len"] as? Int) ?? maxContext
 
+        func functions(_ p: [String: Any]) -> Functions {
+            var fns: Functions = [:]
+            for (name, f) in (p["functions"] as? [String: [String: Any]]) ?? [:] {
+                func names(_ key: String) -> [String] {
+                    ((f[key] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }
+                }
+                fns[name] = (names("inputs"), names("outputs"), names("states"))
+            }
+            return fns
+        }
         var pkgs: [String: Package] = [:]
+        var chain: [DecoderLink] = []
         var chunk = 1, cache = "state", shape: [Int] = []
         if let coreml = m["coreml"] as? [String: Any], let table = coreml["packages"] as? [String: [String: Any]] {
             for (component, p) in table {
-                var fns: [String: (inputs: [String], outputs: [String], states: [String])] = [:]
-                for (name, f) in (p["functions"] as? [String: [String: Any]]) ?? [:] {
-                    func names(_ key: String) -> [String] {
-                        ((f[key] as? [[String: Any]]) ?? []).compactMap { $0["name"] as? String }
-                    }
-                    fns[name] = (names("inputs"), names("outputs"), names("states"))
-                }
-                pkgs[component] = Package(file: try need(p, "file"), functions: fns)
+                pkgs[component] = Package(file: try need(p, "file"), functions: functions(p))
             }
             if let dec = table[ModelNames.componentTextDecoder] {
                 chunk = try need(dec, "prefill_chunk")
                 cache = (dec["kv_cache"] as? String) ?? "state"
                 shape = try need(dec, "cache_shape")
+                var links = (dec["chunks"] as? [[String: Any]]) ?? []
+                if links.isEmpty {  // one package: a chain of one
+                    let one: [String: Any] = ["file": try need(dec, "file", String.self), "output": ModelNames.outputLogits,
+                                              "cache_shape": shape, "functions": dec["functions"] ?? [String: Any]()]
+                    links = [one]
+                }
+                chain = try links.map { link in
+                    DecoderLink(file: try need(link, "file"), output: (link["output"] as? String) ?? ModelNames.outputLogits,
+                                cacheShape: link["cache_shape"] as? [Int], functions: functions(link))
+                }
+                if chain.last?.output != ModelNames.outputLogits {
+                    throw AutoGLMError("\(path): the last decoder package (\(chain.last?.file ?? "")) returns no logits")
+                }
             }
         }
         packages = pkgs
+        decoderChain = chain
         prefillChunk = chunk
         kvCache = cache
-        cacheShape = shape
     }
 
     public var hasAudio: Bool { audio != nil }

@@ -3,25 +3,27 @@ import CoreML
 /// Engine over a Core ML bundle, calling the packages exactly as the Python runtime's
 /// CoreMLBackend does (runtime/autoglm_runtime/backends/coreml_backend.py):
 ///
+/// - The decoder is a chain of packages (`BundleManifest.DecoderLink`; one package for small models):
+///   every call runs them in order, each with its own share of the KV cache.
 /// - iOS 18 (`kv_cache: state`): one MLState shared by `prefill` (a fixed chunk) and `decode` (one
 ///   token). A shorter last chunk is padded with zero rows (their keys land in slots a later call
 ///   overwrites before any query can see them; their logits are dropped); a chunk that would run
 ///   past max_context goes through `decode` token by token.
-/// - iOS 17 (`kv_cache: explicit`): one function `main` for 1...prefill_chunk tokens; the cache is
+/// - iOS 17 (`kv_cache: inputs_outputs`): one function `main` for 1...prefill_chunk tokens; the cache is
 ///   passed whole as `key_cache` / `value_cache` and the returned `key_update` / `value_update` rows
 ///   are written at slots start ..< start + S here.
 public final class CoreMLEngine: Engine {
     let manifest: BundleManifest
     let runner: CoreMLRunner
-    private var state: DecoderState?
-    private var keyCache: [Float] = []
-    private var valueCache: [Float] = []
+    private var states: [DecoderState?]?  // iOS 18: per decoder package (nil for the head)
+    private var keyCaches: [[Float]] = []  // iOS 17: per decoder package (empty for the head)
+    private var valueCaches: [[Float]] = []
 
     public init(manifest: BundleManifest, runner: CoreMLRunner) throws {
         guard manifest.target == "coreml" else {
             throw AutoGLMError("\(manifest.root.path): a \(manifest.target) bundle, not a Core ML one (dist/ios)")
         }
-        guard manifest.packages[ModelNames.componentTextDecoder] != nil else {
+        guard !manifest.decoderChain.isEmpty else {
             throw AutoGLMError("\(manifest.root.path): manifest.json has no Core ML text_decoder package")
         }
         self.manifest = manifest
@@ -29,12 +31,33 @@ public final class CoreMLEngine: Engine {
         reset()
     }
 
-    private func run(_ component: String, _ function: String, _ inputs: [String: MLMultiArray],
-                     state: DecoderState? = nil) throws -> [String: MLMultiArray] {
-        guard manifest.packages[component] != nil else {
+    private func run(_ component: String, _ function: String, _ inputs: [String: MLMultiArray]) throws -> [String: MLMultiArray] {
+        guard let pkg = manifest.packages[component] else {
             throw AutoGLMError("this bundle was exported without \(component)")
         }
-        return try runner.predict(component: component, function: function, inputs: inputs, state: state)
+        return try runner.predict(package: pkg.file, function: function, inputs: inputs, state: nil)
+    }
+
+    /// One decoder call through every package of the chain in order (the first on the call's
+    /// `inputs_embeds`, each next on the previous one's output; the head on that alone); each
+    /// package's outputs. iOS 17: each package gets its own cache.
+    private func chain(_ inputs: [String: MLMultiArray], _ function: String) throws -> [[String: MLMultiArray]] {
+        var outs: [[String: MLMultiArray]] = []
+        guard var x = inputs[ModelNames.inputInputsEmbeds] else { throw AutoGLMError("text_decoder called without inputs_embeds") }
+        for (i, link) in manifest.decoderChain.enumerated() {
+            var feeds = inputs
+            feeds[ModelNames.inputInputsEmbeds] = x
+            if let shape = link.cacheShape, manifest.kvCache != "state" {
+                feeds[ModelNames.inputKeyCache] = try MultiArrays.float16(keyCaches[i], shape: shape)
+                feeds[ModelNames.inputValueCache] = try MultiArrays.float16(valueCaches[i], shape: shape)
+            } else if link.cacheShape == nil {
+                feeds = [ModelNames.inputInputsEmbeds: x]
+            }
+            let out = try runner.predict(package: link.file, function: function, inputs: feeds, state: states?[i] ?? nil)
+            outs.append(out)
+            x = try output(out, link.output)
+        }
+        return outs
     }
 
     private func output(_ out: [String: MLMultiArray], _ name: String) throws -> MLMultiArray {
@@ -78,11 +101,10 @@ public final class CoreMLEngine: Engine {
     }
 
     public func reset() {
-        state = nil
+        states = nil
         if manifest.kvCache != "state" {
-            let count = manifest.cacheShape.reduce(1, *)
-            keyCache = [Float](repeating: 0, count: count)
-            valueCache = [Float](repeating: 0, count: count)
+            keyCaches = manifest.decoderChain.map { [Float](repeating: 0, count: $0.cacheShape?.reduce(1, *) ?? 0) }
+            valueCaches = keyCaches
         }
     }
 
@@ -99,8 +121,10 @@ public final class CoreMLEngine: Engine {
     }
 
     private func decodeWithState(_ embeds: [Float], n: Int, start: Int, positionIds: [[Int]]) throws -> [Float] {
-        if state == nil {
-            state = try runner.makeState(component: ModelNames.componentTextDecoder, function: ModelNames.functionDecode)
+        if states == nil {
+            states = try manifest.decoderChain.map { link in
+                try link.cacheShape.map { _ in try runner.makeState(package: link.file, function: ModelNames.functionDecode) }
+            }
         }
         let c = manifest.prefillChunk, h = manifest.hiddenSize, v = manifest.vocabSize
         var logits: [Float] = []
@@ -137,13 +161,12 @@ public final class CoreMLEngine: Engine {
             ModelNames.inputCausalMask: try MultiArrays.float16(CoreMLEngine.causalMask(start: start, rows: rows),
                                                                 shape: [1, 1, rows, start + rows]),
         ]
-        let out = try run(ModelNames.componentTextDecoder, function, inputs, state: state)
-        return MultiArrays.floats(try output(out, ModelNames.outputLogits))
+        let outs = try chain(inputs, function)
+        return MultiArrays.floats(try output(outs[outs.count - 1], ModelNames.outputLogits))
     }
 
     private func decodeExplicit(_ embeds: [Float], n: Int, start: Int, positionIds: [[Int]]) throws -> [Float] {
         let c = manifest.prefillChunk, h = manifest.hiddenSize
-        let shape = manifest.cacheShape  // [layers, 1, kv_heads, max_context, head_dim]
         var logits: [Float] = []
         for i in stride(from: 0, to: n, by: c) {
             let s = min(c, n - i), pos = start + i
@@ -152,20 +175,20 @@ public final class CoreMLEngine: Engine {
                 ModelNames.inputPositionIds: try MultiArrays.int32(columns(positionIds, i, i + s), shape: [3, s]),
                 ModelNames.inputCausalMask: try MultiArrays.float16(CoreMLEngine.causalMask(start: pos, rows: s),
                                                                     shape: [1, 1, s, pos + s]),
-                ModelNames.inputKeyCache: try MultiArrays.float16(keyCache, shape: shape),
-                ModelNames.inputValueCache: try MultiArrays.float16(valueCache, shape: shape),
             ]
-            let out = try run(ModelNames.componentTextDecoder, ModelNames.functionMain, inputs)
-            write(MultiArrays.floats(try output(out, ModelNames.outputKeyUpdate)), into: &keyCache, at: pos, rows: s)
-            write(MultiArrays.floats(try output(out, ModelNames.outputValueUpdate)), into: &valueCache, at: pos, rows: s)
-            logits += MultiArrays.floats(try output(out, ModelNames.outputLogits))
+            let outs = try chain(inputs, ModelNames.functionMain)
+            for (k, link) in manifest.decoderChain.enumerated() {
+                guard let shape = link.cacheShape else { continue }  // the head keeps no cache
+                write(MultiArrays.floats(try output(outs[k], ModelNames.outputKeyUpdate)), into: &keyCaches[k], shape: shape, at: pos, rows: s)
+                write(MultiArrays.floats(try output(outs[k], ModelNames.outputValueUpdate)), into: &valueCaches[k], shape: shape, at: pos, rows: s)
+            }
+            logits += MultiArrays.floats(try output(outs[outs.count - 1], ModelNames.outputLogits))
         }
         return logits
     }
 
-    /// Copies update [layers, 1, kv, rows, hd] into cache [layers, 1, kv, max_context, hd] at slot `at`.
-    private func write(_ update: [Float], into cache: inout [Float], at: Int, rows: Int) {
-        let s = manifest.cacheShape
+    /// Copies update [layers, 1, kv, rows, hd] into cache `shape` [layers, 1, kv, max_context, hd] at slot `at`.
+    private func write(_ update: [Float], into cache: inout [Float], shape s: [Int], at: Int, rows: Int) {
         let (groups, ctx, hd) = (s[0] * s[1] * s[2], s[3], s[4])
         for g in 0..<groups {
             for r in 0..<rows {

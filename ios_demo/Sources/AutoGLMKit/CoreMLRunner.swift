@@ -7,37 +7,40 @@ public final class DecoderState {
     init(_ value: Any?) { self.value = value }
 }
 
-/// One prediction of one function of one package: MLModelRunner with Core ML, a golden-trace
-/// replay in the tests.
+/// One prediction of one function of one package (its bundle-relative file: a decoder chain has
+/// several): MLModelRunner with Core ML, a golden-trace replay in the tests.
 public protocol CoreMLRunner: AnyObject {
-    func predict(component: String, function: String, inputs: [String: MLMultiArray],
+    func predict(package: String, function: String, inputs: [String: MLMultiArray],
                  state: DecoderState?) throws -> [String: MLMultiArray]
-    func makeState(component: String, function: String) throws -> DecoderState
+    func makeState(package: String, function: String) throws -> DecoderState
 }
 
-/// Loads every package of a bundle with Core ML: compiled once into the app's caches, one MLModel
-/// per function the engine calls (MLModelConfiguration.functionName picks prefill / decode of the
-/// iOS 18 decoder; other image buckets' vision functions are not loaded).
+/// Loads every package of a bundle with Core ML (each package of the decoder's chain too): compiled
+/// once into the app's caches, one MLModel per function the engine calls (MLModelConfiguration.functionName
+/// picks prefill / decode of the iOS 18 decoder; other image buckets' vision functions are not loaded).
 public final class MLModelRunner: CoreMLRunner {
     private var models: [String: MLModel] = [:]
 
     public init(manifest: BundleManifest, computeUnits: MLComputeUnits = .all) async throws {
-        for (component, pkg) in manifest.packages {
-            let compiled = try await MLModelRunner.compiled(manifest.url(pkg.file), size: manifest.files
-                .filter { $0.key.hasPrefix(pkg.file + "/") }.values.reduce(0, +))
-            for function in pkg.functions.keys where ModelNames.functionsCalled.contains(function) {
+        var packages: [(file: String, functions: BundleManifest.Functions)] = manifest.packages
+            .filter { $0.key != ModelNames.componentTextDecoder }.map { ($0.value.file, $0.value.functions) }
+        packages += manifest.decoderChain.map { ($0.file, $0.functions) }
+        for (file, functions) in packages {
+            let compiled = try await MLModelRunner.compiled(manifest.url(file), size: manifest.files
+                .filter { $0.key.hasPrefix(file + "/") }.values.reduce(0, +))
+            for function in functions.keys where ModelNames.functionsCalled.contains(function) {
                 let config = MLModelConfiguration()
                 config.computeUnits = computeUnits
                 if function != ModelNames.functionMain {
                     guard #available(iOS 18.0, macOS 15.0, *) else {
-                        throw AutoGLMError("\(pkg.file) has function '\(function)': multifunction packages need iOS 18")
+                        throw AutoGLMError("\(file) has function '\(function)': multifunction packages need iOS 18")
                     }
                     config.functionName = function
                 }
                 do {
-                    models["\(component)/\(function)"] = try MLModel(contentsOf: compiled, configuration: config)
+                    models["\(file)/\(function)"] = try MLModel(contentsOf: compiled, configuration: config)
                 } catch {
-                    throw AutoGLMError("\(pkg.file): Core ML cannot load function '\(function)': \(error.localizedDescription)")
+                    throw AutoGLMError("\(file): Core ML cannot load function '\(function)': \(error.localizedDescription)")
                 }
             }
         }
@@ -60,16 +63,16 @@ public final class MLModelRunner: CoreMLRunner {
         return dest
     }
 
-    private func model(_ component: String, _ function: String) throws -> MLModel {
-        guard let m = models["\(component)/\(function)"] else {
-            throw AutoGLMError("the bundle has no \(component) function '\(function)'")
+    private func model(_ package: String, _ function: String) throws -> MLModel {
+        guard let m = models["\(package)/\(function)"] else {
+            throw AutoGLMError("the bundle has no \(package) function '\(function)'")
         }
         return m
     }
 
-    public func predict(component: String, function: String, inputs: [String: MLMultiArray],
+    public func predict(package: String, function: String, inputs: [String: MLMultiArray],
                         state: DecoderState?) throws -> [String: MLMultiArray] {
-        let m = try model(component, function)
+        let m = try model(package, function)
         let provider = try MLDictionaryFeatureProvider(dictionary: inputs.mapValues { MLFeatureValue(multiArray: $0) })
         let out: MLFeatureProvider
         if let s = state?.value {
@@ -87,8 +90,8 @@ public final class MLModelRunner: CoreMLRunner {
         return result
     }
 
-    public func makeState(component: String, function: String) throws -> DecoderState {
+    public func makeState(package: String, function: String) throws -> DecoderState {
         guard #available(iOS 18.0, macOS 15.0, *) else { throw AutoGLMError("Core ML states need iOS 18") }
-        return DecoderState(try model(component, function).makeState())
+        return DecoderState(try model(package, function).makeState())
     }
 }

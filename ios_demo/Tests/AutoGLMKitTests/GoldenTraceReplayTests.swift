@@ -9,13 +9,14 @@ import XCTest
 /// AUTOGLM_BUNDLE / AUTOGLM_TRACES override the default folders.
 final class GoldenTraceReplayTests: XCTestCase {
     static let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../..").standardized
-    /// (bundle, traces) pairs: the iOS 18 stateful bundle and the iOS 17 explicit-cache one.
+    /// (bundle, traces) pairs: the iOS 18 stateful bundle, the iOS 17 explicit-cache one, and the iOS 18
+    /// decoder as a chain of packages (one per layer plus the head, as the 9B decoder is chained).
     static var cases: [(bundle: URL, traces: URL)] {
         let env = ProcessInfo.processInfo.environment
         if let b = env["AUTOGLM_BUNDLE"], let t = env["AUTOGLM_TRACES"] {
             return [(URL(fileURLWithPath: b), URL(fileURLWithPath: t))]
         }
-        return ["ios", "ios17"].map {
+        return ["ios", "ios17", "ios-chain"].map {
             (repo.appendingPathComponent("build/demo/\($0)"), repo.appendingPathComponent("build/demo/traces/\($0)"))
         }
     }
@@ -33,7 +34,7 @@ final class GoldenTraceReplayTests: XCTestCase {
         let trace = try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as! [String: Any]
         let manifest = try BundleManifest.read(bundle: bundle)
         let prompt = trace["prompt"] as! [String: Any]
-        let runner = ReplayRunner(trace: trace, manifest: manifest)
+        let runner = ReplayRunner(trace: trace)
         let generator = Generator(manifest: manifest, engine: try CoreMLEngine(manifest: manifest, runner: runner),
                                   tokenizer: ReplayTokenizer(text: prompt["text"] as! String, ids: prompt["token_ids"] as! [Int]),
                                   vocab: try Vocabulary.read(manifest.url("tokenizer.json")))

@@ -9,21 +9,19 @@ import XCTest
 /// that call's recorded outputs back.
 final class ReplayRunner: CoreMLRunner {
     let calls: [[String: Any]]
-    let files: [String: String]  // component -> package file, as the trace names calls
     var next = 0
 
-    init(trace: [String: Any], manifest: BundleManifest) {
+    init(trace: [String: Any]) {
         calls = trace["calls"] as! [[String: Any]]
-        files = manifest.packages.mapValues { $0.file }
     }
 
-    func makeState(component: String, function: String) throws -> DecoderState { DecoderState(nil) }
+    func makeState(package: String, function: String) throws -> DecoderState { DecoderState(nil) }
 
-    func predict(component: String, function: String, inputs: [String: MLMultiArray], state: DecoderState?) throws -> [String: MLMultiArray] {
+    func predict(package: String, function: String, inputs: [String: MLMultiArray], state: DecoderState?) throws -> [String: MLMultiArray] {
         XCTAssertLessThan(next, calls.count, "more calls than the trace has")
         let call = calls[next]
-        let where_ = "call \(next) \(component)/\(function)"
-        XCTAssertEqual(call["method"] as? String, files[component], where_)
+        let where_ = "call \(next) \(package)/\(function)"
+        XCTAssertEqual(call["method"] as? String, package, where_)  // the trace names each package by its file
         XCTAssertEqual(call["function"] as? String, function, where_)
         let want = call["inputs"] as! [[String: Any]]
         XCTAssertEqual(Set(want.map { $0["name"] as! String }), Set(inputs.keys), "\(where_): input names")

@@ -231,6 +231,31 @@ def test_quantize_like_coreml_arithmetic():
     assert s8.shape == (3, 1) and q8.abs().max() == 127
 
 
+def test_constant_deduplication_compares_in_slices(monkeypatch):
+    """Inside a conversion and a multifunction save, coremltools' constant deduplication compares candidates
+    with the sliced allclose (its whole-array one made float64 temporaries of the 9B lm_head: 18 GB at 4
+    real-width layers); the answer is numpy's own, NaNs, tolerances and broadcasting included."""
+    import importlib
+
+    from autoglm_export.targets.coreml import convert
+
+    monkeypatch.setattr(convert, "OVERFLOW_SLICE", 7)  # many slices, a ragged last one
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(50).astype(np.float16)
+    cases = [(a, a.copy()), (a, a + np.float16(1e-3)), (a.astype(np.int8), a.astype(np.int8))]
+    b = a.copy()
+    b[49] = np.nan
+    cases += [(b, b), (a.reshape(5, 10), a[:10])]
+    sliced = convert._SlicedAllclose()
+    for x, y in cases:
+        for kw in ({}, {"rtol": 0.0, "atol": 1e-2}, {"equal_nan": True}):
+            assert sliced.allclose(x, y, **kw) == np.allclose(x, y, **kw), (x.dtype, kw)
+    module = importlib.import_module("coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication")
+    with convert._lean_const_deduplication():
+        assert isinstance(module.np, convert._SlicedAllclose) and module.np.ndarray is np.ndarray
+    assert module.np is np
+
+
 def test_backend_pads_chunks_and_falls_back_to_decode(dense18):
     """Odd chunk sizes and a chunk that would run past the context give the eager model's logits."""
     from autoglm_export.source import open_source

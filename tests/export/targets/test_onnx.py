@@ -305,6 +305,36 @@ def test_int8_activations_bundle(tiny_int8_activations, tiny_int4):
         OnnxQuant("fp32", 32, 4)
 
 
+def test_int4_token_embedding(tmp_path, tiny_int4):
+    """--quant-embedding int4: the table becomes one GatherBlockQuantized whose codes and scales are exactly
+    MatMulNBits' rounding of the eager table (the twin's), under a third of the stored table's file, and the gate judged
+    the lookups against that twin (to float precision) and reported their cost against fp32."""
+    out = tmp_path / "onnx"
+    result = runner.invoke(app, ["onnx", "--quant-embedding", "int4", "--out", str(out)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    m = open_bundle(out).manifest
+    assert m["quantization"]["recipe"] == {"scheme": "int4", "block_size": 32, "embedding": "int4"}
+    assert m["quantization"]["kinds"]["token_embedding"] == "weight_only"
+    assert m["quantization"]["layers"]["text.embed_tokens"].startswith("int4 (GatherBlockQuantized")
+    graph = onnx.load(out / "token_embedding.onnx").graph
+    (node,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    assert not [n for n in graph.node if n.op_type == "Gather"]
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    data, scales = inits[node.input[0]], inits[node.input[2]]
+    nibbles = np.stack([data & 15, data >> 4], -1).reshape(data.shape[0], -1).astype(np.float32) - 8
+    got = (nibbles.reshape(*scales.shape, -1) * scales[..., None]).reshape(data.shape[0], -1)
+    table = open_source().model.text.embed_tokens.weight
+    assert got.tobytes() == int4_block_fake_quant(table, 32).float().numpy().tobytes()
+    stored_file = (tiny_int4[0] / "token_embedding.onnx").stat().st_size
+    # tiny_int4 writes the table as stored (bf16: 2 bytes a value); int4 at block 32 is 0.625 bytes a value
+    assert (out / "token_embedding.onnx").stat().st_size < 0.33 * stored_file
+    rows = _rows(out)
+    assert rows[("token_embedding", "quantized_eager")]["metrics"]["rel_max_abs"] <= FAITHFUL
+    assert 0.95 < rows[("token_embedding", "fp32")]["metrics"]["cosine"] < 1.0  # the int4 table's cost, measured
+    with pytest.raises(ExportError, match="--quant-embedding"):
+        OnnxQuant("int4", 32, 0, "int8")
+
+
 def test_graphs_carry_no_paths_of_the_exporting_checkout(tiny_int4):
     """Reproducible across checkouts: no exporter stack traces (absolute source paths) in the files."""
     out, _ = tiny_int4

@@ -61,6 +61,7 @@ import shutil
 import tempfile
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -356,10 +357,52 @@ class _lean_fp16_pass:
         self.cls._check_underflow_to_zero = self.underflow
 
 
+class _SlicedAllclose:
+    """numpy, except ``allclose`` of two same-shaped arrays compares ``OVERFLOW_SLICE`` values at a time: the
+    same answer (it is elementwise) without numpy's float64 temporaries of the whole arrays (several of
+    620M values, 5 GB each, for the 9B lm_head's int4 data: the head package was killed converting)."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape:
+            return np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan)
+        a, b = a.reshape(-1), b.reshape(-1)
+        return all(
+            np.allclose(a[i : i + OVERFLOW_SLICE], b[i : i + OVERFLOW_SLICE], rtol=rtol, atol=atol, equal_nan=equal_nan)
+            for i in range(0, a.size, OVERFLOW_SLICE)
+        )
+
+
+@contextmanager
+def _lean_const_deduplication():
+    """coremltools' constant deduplication (inside every conversion, and across the functions of a
+    multifunction package) compares candidate constants with ``_SlicedAllclose``."""
+    import importlib
+
+    # the module, not the pass class of the same name that its package exports
+    module = importlib.import_module("coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication")
+    module.np = _SlicedAllclose()
+    try:
+        yield
+    finally:
+        module.np = np
+
+
+def _save_multifunction(desc, path: Path) -> None:
+    ct = _ct()
+    with warnings.catch_warnings(), _quiet_coremltools(), _lean_const_deduplication():
+        warnings.simplefilter("ignore")
+        ct.utils.save_multifunction(desc, str(path))
+
+
 def _convert(traced, *, inputs, outputs, states=None, recipe: CoreMLRecipe):
     ct = _ct()
     target = ct.target.iOS18 if recipe.min_ios >= 18 else ct.target.iOS17
-    with warnings.catch_warnings(), _quiet_coremltools(), _lean_fp16_pass():
+    with warnings.catch_warnings(), _quiet_coremltools(), _lean_fp16_pass(), _lean_const_deduplication():
         warnings.simplefilter("ignore")
         try:
             return ct.convert(
@@ -598,9 +641,7 @@ def convert_vision_encoder(model: AutoGLM, recipe: CoreMLRecipe, path: Path, fix
             discard(ml)
             desc.add_function(str(part), src_function_name="main", target_function_name=function)
         desc.default_function_name = "main"
-        with warnings.catch_warnings(), _quiet_coremltools():
-            warnings.simplefilter("ignore")
-            ct.utils.save_multifunction(desc, str(path))
+        _save_multifunction(desc, path)
     return _finish("vision_encoder", None, path, {"buckets": [list(b) for b in v.sizes]})
 
 
@@ -958,9 +999,7 @@ def _stateful_package(
     for fname, part in parts.items():
         desc.add_function(str(part), src_function_name="main", target_function_name=fname)
     desc.default_function_name = "decode"
-    with warnings.catch_warnings(), _quiet_coremltools():
-        warnings.simplefilter("ignore")
-        ct.utils.save_multifunction(desc, str(path))
+    _save_multifunction(desc, path)
     separate = {f: package_bytes(part) for f, part in parts.items()}
     for part in parts.values():
         shutil.rmtree(part, ignore_errors=True)

@@ -723,9 +723,10 @@ def export_onnx_files(
     progress=None,
     fixed: dict | None = None,
     accuracy_level: int = 0,
+    embedding: str = "fp32",
 ) -> OnnxExport:
     """Export every component of the model to ``out_dir/<component>.onnx``; int4 makes every linear a
-    ``MatMulNBits``.
+    ``MatMulNBits``, ``embedding`` int4 the token embedding a ``GatherBlockQuantized``.
 
     The model is not modified. Without ``fixed`` the weights never exist in fp32 all at once: the
     graphs are traced with placeholders and each linear is quantized (or made fp32) from its stored
@@ -738,6 +739,8 @@ def export_onnx_files(
     if quant not in QUANT_SCHEMES:
         raise ExportError(f"--quant {quant}: expected one of {', '.join(QUANT_SCHEMES)}")
     if fixed is not None and quant == "int4":
+        if embedding != "fp32":
+            raise ExportError("an int4 token embedding with --quantized-checkpoint is not supported yet")
         return _export_checkpoint_codes(
             model, out_dir, block_size, max_seq_len, external_data_threshold, progress, fixed, accuracy_level
         )
@@ -753,7 +756,9 @@ def export_onnx_files(
             record = OnnxFile(name, f"{name}.onnx", None, [], [])
             component = "vision_encoder" if is_vision_method(name) else name  # whose linears the graph holds
             excluded = _ir_router_matmuls(ir_model, routers)
-            record.quantized_matmuls, made = attach_weights(ir_model, placeholders, quant, block_size, accuracy_level)
+            record.quantized_matmuls, made = attach_weights(
+                ir_model, placeholders, quant, block_size, accuracy_level, embedding
+            )
             if quant == "int4":
                 left = [n.name for n in _ir_constant_matmuls(ir_model)]
                 record.fp32_matmuls = [f"{n}: {ROUTER_NOTE}" for n in left if n in excluded]

@@ -44,10 +44,18 @@ def quant_kinds(quant: OnnxQuant, fixed: dict | None = None) -> dict[str, str]:
     if fixed is None:
         return {c: quant.kind(c) for c in COMPONENTS}
     quantized = {component_of(fqn) for fqn in fixed}
-    return {c: quant.weight_kind if c in quantized else "fp32" for c in COMPONENTS}
+    return {
+        c: quant.weight_kind if c in quantized else quant.kind(c) if c == "token_embedding" else "fp32"
+        for c in COMPONENTS
+    }
 
 
 def checkpoint_quant(quant: OnnxQuant, layers: dict[str, dict], path) -> OnnxQuant:
+    if quant.embedding != "fp32":
+        raise ExportError(
+            f"--quant-embedding {quant.embedding} with --quantized-checkpoint {path}: not supported yet (the "
+            "checkpoint's graphs keep the token embedding fp32); leave out --quant-embedding"
+        )
     if quant.scheme != "int4":
         raise ExportError(
             f"--quant {quant.scheme} with --quantized-checkpoint {path}: the checkpoint's integer weights "
@@ -89,7 +97,12 @@ class OnnxTarget(Target):
     def size_recipe(self, options: OnnxOptions) -> QuantRecipe:
         q = options.quant
         scheme = int_scheme(q.scheme, q.block_size)
-        return QuantRecipe(linear=scheme, encoder=scheme, embedding="none", group_size=max(q.block_size or 32, 32))
+        return QuantRecipe(
+            linear=scheme,
+            encoder=scheme,
+            embedding="4" if q.embedding == "int4" else "none",
+            group_size=max(q.block_size or 32, 32),
+        )
 
     def recipe(self, options: OnnxOptions) -> OnnxQuant:
         return options.quant
@@ -101,10 +114,11 @@ class OnnxTarget(Target):
             report.layers = checkpoint_layers_report(model, job.fixed)
             report.calibrated = sorted(job.fixed)
         elif quant.scheme == "int4" and not job.options.validate:
-            report.layers = int4_layers(model, quant.block_size)  # nothing to compare: leave the weights alone
+            # nothing to compare: leave the weights alone
+            report.layers = int4_layers(model, quant.block_size, quant.embedding)
         elif quant.scheme == "int4":
             with job.stages.stage(f"int4 weights (block {quant.block_size}) in the eager model"):
-                report.layers = int4_twin(model, quant.block_size, job.scratch)
+                report.layers = int4_twin(model, quant.block_size, job.scratch, quant.embedding)
         else:
             report.layers = fp32_twin(model)
         return report
@@ -124,6 +138,7 @@ class OnnxTarget(Target):
                 progress=log.info,
                 fixed=job.fixed,
                 accuracy_level=quant.accuracy_level,
+                embedding=quant.embedding,
             )
         job.stages.seconds.update(exported.seconds)
         job.artifacts["exported"] = exported

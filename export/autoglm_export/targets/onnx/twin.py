@@ -71,10 +71,10 @@ def linear_modules(model: AutoGLM) -> dict[str, list[tuple[str, nn.Linear]]]:
     return out
 
 
-def int4_layers(model: AutoGLM, block_size: int) -> dict[str, str]:
+def int4_layers(model: AutoGLM, block_size: int, embedding: str = "fp32") -> dict[str, str]:
     """fqn -> what int4 export does to it, for the manifest (routers listed as kept fp32)."""
     scheme = f"int4 (MatMulNBits, symmetric, block {block_size})"
-    layers = {"text.embed_tokens": "fp32"}
+    layers = {"text.embed_tokens": embedding_scheme(embedding, block_size)}
     layers.update({fqn: scheme for mods in linear_modules(model).values() for fqn, _ in mods})
     layers.update({fqn: ROUTER_NOTE for fqn, mod in model.named_modules() if isinstance(mod, TopKRouter)})
     return layers
@@ -118,6 +118,27 @@ def _dequantized_rows(codes: torch.Tensor, scales: torch.Tensor, in_f: int):
     return rows
 
 
+def embedding_scheme(embedding: str, block_size: int) -> str:
+    return f"int4 (GatherBlockQuantized, symmetric, block {block_size})" if embedding == "int4" else "fp32"
+
+
+def _int4_embedding(model: AutoGLM, block_size: int, scratch=None) -> None:
+    """The token embedding looks up rows of its int4 table (``GatherBlockQuantized``'s: the codes and scales
+    MatMulNBits would make of it, ``int4_block_codes``), dequantized per lookup; the codes live in ``scratch``
+    (memory-mapped, one byte a value) when given."""
+    mod = model.text.embed_tokens
+    codes, scales = int4_block_codes(mod.weight, block_size)
+    if scratch is not None:
+        codes, scales = scratch.keep(codes), scratch.keep(scales)
+        scratch.release()
+    release_pages([mod.weight])
+
+    def forward(ids):
+        return (codes[ids].float() * scales[ids]).view(*ids.shape, -1)
+
+    mod.forward = forward
+
+
 def _fp32_embedding(model: AutoGLM) -> None:
     """The token embedding looks up its stored rows and makes only those fp32 (the same numbers)."""
     mod = model.text.embed_tokens
@@ -126,8 +147,9 @@ def _fp32_embedding(model: AutoGLM) -> None:
 
 
 @torch.no_grad()
-def int4_twin(model: AutoGLM, block_size: int, scratch=None) -> dict[str, str]:
-    """In place: every linear of the three towers computes with its int4 MatMulNBits weight.
+def int4_twin(model: AutoGLM, block_size: int, scratch=None, embedding: str = "fp32") -> dict[str, str]:
+    """In place: every linear of the three towers computes with its int4 MatMulNBits weight (and with
+    ``embedding`` int4 the token embedding with its GatherBlockQuantized table).
 
     The eager twin of the int4 graphs (the "quantized_eager" parity reference). Each weight's codes and
     scales are made once from the weight as loaded (``int4_block_codes``; with ``scratch``, kept on disk
@@ -142,8 +164,11 @@ def int4_twin(model: AutoGLM, block_size: int, scratch=None) -> dict[str, str]:
                 scratch.release()
             release_pages([mod.weight])
             mod.forward = _sliced_linear(mod, _dequantized_rows(codes, scales, mod.in_features), [codes, scales])
-    _fp32_embedding(model)
-    return int4_layers(model, block_size)
+    if embedding == "int4":
+        _int4_embedding(model, block_size, scratch)
+    else:
+        _fp32_embedding(model)
+    return int4_layers(model, block_size, embedding)
 
 
 @torch.no_grad()

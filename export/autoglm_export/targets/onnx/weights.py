@@ -12,7 +12,8 @@ no Gemm). ``attach_weights`` then gives those initializers their real values as
   what ``MatMulNBitsQuantizer`` calls) from the linear's stored weight made fp32, in row slices;
 - fp32: the MatMul keeps its weight, the stored weight made fp32 and transposed;
 - the token embedding: the stored table as it is (a bf16 checkpoint's bf16; the graph casts the
-  rows it looks up to fp32, which is exact, so the lookups equal the fp32 model's).
+  rows it looks up to fp32, which is exact, so the lookups equal the fp32 model's), or with an int4
+  embedding ``com.microsoft::GatherBlockQuantized`` over MatMulNBits' codes and scales of the table.
 
 ``onnx_ir.save`` evaluates and writes them one at a time into the component's external data file,
 at 64 KiB-aligned offsets (onnxruntime memory-maps aligned external data instead of copying it), and
@@ -129,16 +130,18 @@ def fp32_transposed(weight: torch.Tensor) -> np.ndarray:
 
 
 class _Int4Pair:
-    """B and scales of one MatMulNBits as two lazy tensors sharing one quantization (B is written first)."""
+    """B and scales of one MatMulNBits (or the data and scales of one GatherBlockQuantized: the same bytes in
+    other shapes) as two lazy tensors sharing one quantization (B is written first)."""
 
-    def __init__(self, weight: torch.Tensor, block_size: int):
+    def __init__(self, weight: torch.Tensor, block_size: int, packed_shape, scales_shape):
         self.weight, self.block_size, self._scales = weight, block_size, None
+        self.packed_shape, self.scales_shape = packed_shape, scales_shape
 
     def packed(self):
         import onnx_ir as ir
 
         packed, self._scales = int4_matmul_nbits(self.weight, self.block_size)
-        return ir.tensor(packed)
+        return ir.tensor(packed.reshape(self.packed_shape))
 
     def scales(self):
         import onnx_ir as ir
@@ -146,7 +149,15 @@ class _Int4Pair:
         if self._scales is None:  # written before B (not onnx_ir's order today): quantize again
             self._scales = int4_matmul_nbits(self.weight, self.block_size)[1]
         scales, self._scales = self._scales, None
-        return ir.tensor(scales)
+        return ir.tensor(scales.reshape(self.scales_shape))
+
+    def initializers(self, graph, fqn: str) -> tuple:
+        import onnx_ir as ir
+
+        return (
+            _initializer(graph, f"{fqn}.weight_Q4", self.packed, ir.DataType.UINT8, self.packed_shape),
+            _initializer(graph, f"{fqn}.weight_scales", self.scales, ir.DataType.FLOAT, self.scales_shape),
+        )
 
 
 def _initializer(graph, name: str, func, dtype, shape):
@@ -180,10 +191,16 @@ def _stored_tensor(weight: torch.Tensor):
 
 
 def attach_weights(
-    model, placeholders: dict[int, Placeholder], quant: str, block_size: int, accuracy_level: int = 0
+    model,
+    placeholders: dict[int, Placeholder],
+    quant: str,
+    block_size: int,
+    accuracy_level: int = 0,
+    embedding: str = "fp32",
 ) -> tuple[int, list[str]]:
     """Give ``model``'s (an ``onnx_ir.Model`` exported inside ``placeholder_weights``) placeholder
-    initializers their real values, as lazy tensors (module docstring). Returns how many linears became
+    initializers their real values, as lazy tensors (module docstring); ``embedding`` int4 makes the
+    token embedding's Gather a ``GatherBlockQuantized`` (``_int4_lookup``). Returns how many linears became
     MatMulNBits and the names of the initializers made from stored weights. Raises ExportError if a
     placeholder is used other than as a linear's MatMul weight or an embedding's Gather table (its
     zeros would be exported)."""
@@ -205,6 +222,9 @@ def attach_weights(
                 f"{ph.fqn}: its weight is used by {sorted({u.node.op_type for u in uses})} in the traced graph, "
                 f"expected only {ok_op}; the exported weights would not be the model's"
             )
+        if not ph.linear and embedding == "int4":
+            made += _int4_lookup(graph, name, ph, uses, block_size)
+            continue
         if not ph.linear:
             value.const_value = ir.LazyTensor(
                 _stored_tensor(ph.weight), dtype=value.dtype, shape=value.shape, name=name
@@ -219,9 +239,9 @@ def attach_weights(
             made.append(name)
             continue
         blocks = -(-k // block_size)
-        pair = _Int4Pair(ph.weight, block_size)
-        b = _initializer(graph, f"{ph.fqn}.weight_Q4", pair.packed, ir.DataType.UINT8, [n_out, blocks, block_size // 2])
-        s = _initializer(graph, f"{ph.fqn}.weight_scales", pair.scales, ir.DataType.FLOAT, [n_out * blocks])
+        b, s = _Int4Pair(ph.weight, block_size, [n_out, blocks, block_size // 2], [n_out * blocks]).initializers(
+            graph, ph.fqn
+        )
         attrs = {"K": k, "N": n_out, "bits": 4, "block_size": block_size}
         if accuracy_level:
             attrs["accuracy_level"] = accuracy_level
@@ -233,9 +253,37 @@ def attach_weights(
             quantized += 1
         graph.initializers.pop(name)
         made += [b.name, s.name]
-    if quantized:
+    if quantized or embedding == "int4":
         model.opset_imports["com.microsoft"] = 1
     return quantized, made
+
+
+def _int4_lookup(graph, name: str, ph: Placeholder, uses, block_size: int) -> list[str]:
+    """The token embedding's Gather as ``com.microsoft::GatherBlockQuantized``: the table [rows, dim] quantized
+    as MatMulNBits quantizes a weight [out, in] (blocks along ``dim``, symmetric; uint8 data, two codes a byte,
+    zero point 8: the op's default for uint8), so its lookups are the rows ``twin.int4_block_fake_quant``
+    makes, in fp32 (the scales' type). Returns the new initializers' names."""
+    import onnx_ir as ir
+
+    rows, dim = ph.weight.shape
+    if dim % block_size:
+        raise ExportError(
+            f"{ph.fqn}: int4 embedding needs its width {dim} to be a multiple of --block-size {block_size}"
+        )
+    data, scales = _Int4Pair(ph.weight, block_size, [rows, dim // 2], [rows, dim // block_size]).initializers(
+        graph, ph.fqn
+    )
+    attrs = {"block_size": block_size, "gather_axis": 0, "quantize_axis": 1, "bits": 4}
+    for use in list(uses):
+        old = use.node
+        new = ir.node(
+            "GatherBlockQuantized", [data, old.inputs[1], scales], attrs, domain="com.microsoft", name=f"{old.name}_Q4"
+        )
+        new.metadata_props.update(old.metadata_props)
+        ir.convenience.replace_nodes_and_values(graph, old, [old], [new], list(old.outputs), list(new.outputs))
+        new.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)  # the scales' type (the table's was copied over)
+    graph.initializers.pop(name)
+    return [data.name, scales.name]
 
 
 def initializer_bytes(model) -> int:
