@@ -239,7 +239,7 @@ def test_constant_deduplication_compares_in_slices(monkeypatch):
 
     from autoglm_export.targets.coreml import convert
 
-    monkeypatch.setattr(convert, "OVERFLOW_SLICE", 7)  # many slices, a ragged last one
+    monkeypatch.setattr(convert, "SCAN_SLICE", 7)  # many slices, a ragged last one
     rng = np.random.default_rng(0)
     a = rng.standard_normal(50).astype(np.float16)
     cases = [(a, a.copy()), (a, a + np.float16(1e-3)), (a.astype(np.int8), a.astype(np.int8))]

@@ -309,7 +309,7 @@ class _quiet_coremltools:
             os.environ["TQDM_DISABLE"] = self.tqdm
 
 
-OVERFLOW_SLICE = 1 << 22  # values per step of the fp16 overflow scan
+SCAN_SLICE = 1 << 22  # values per step of the whole-weight scans done lean (fp16 overflow, constant deduplication)
 
 
 def _fp16_overflow(op) -> bool:
@@ -322,8 +322,8 @@ def _fp16_overflow(op) -> bool:
             if var.op is None or var.op.op_type != "const" or not var.is_tensor_or_scalar_of(dtype="fp32"):
                 continue
             flat = np.asarray(var.op.val.val).reshape(-1)
-            for i in range(0, flat.size, OVERFLOW_SLICE):
-                a = np.abs(flat[i : i + OVERFLOW_SLICE])
+            for i in range(0, flat.size, SCAN_SLICE):
+                a = np.abs(flat[i : i + SCAN_SLICE])
                 if np.max(a, where=a < 1e38, initial=0.0) > 65504:
                     return True
     return False
@@ -358,7 +358,7 @@ class _lean_fp16_pass:
 
 
 class _SlicedAllclose:
-    """numpy, except ``allclose`` of two same-shaped arrays compares ``OVERFLOW_SLICE`` values at a time: the
+    """numpy, except ``allclose`` of two same-shaped arrays compares ``SCAN_SLICE`` values at a time: the
     same answer (it is elementwise) without numpy's float64 temporaries of the whole arrays (several of
     620M values, 5 GB each, for the 9B lm_head's int4 data: the head package was killed converting)."""
 
@@ -372,8 +372,8 @@ class _SlicedAllclose:
             return np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=equal_nan)
         a, b = a.reshape(-1), b.reshape(-1)
         return all(
-            np.allclose(a[i : i + OVERFLOW_SLICE], b[i : i + OVERFLOW_SLICE], rtol=rtol, atol=atol, equal_nan=equal_nan)
-            for i in range(0, a.size, OVERFLOW_SLICE)
+            np.allclose(a[i : i + SCAN_SLICE], b[i : i + SCAN_SLICE], rtol=rtol, atol=atol, equal_nan=equal_nan)
+            for i in range(0, a.size, SCAN_SLICE)
         )
 
 

@@ -739,8 +739,6 @@ def export_onnx_files(
     if quant not in QUANT_SCHEMES:
         raise ExportError(f"--quant {quant}: expected one of {', '.join(QUANT_SCHEMES)}")
     if fixed is not None and quant == "int4":
-        if embedding != "fp32":
-            raise ExportError("an int4 token embedding with --quantized-checkpoint is not supported yet")
         return _export_checkpoint_codes(
             model, out_dir, block_size, max_seq_len, external_data_threshold, progress, fixed, accuracy_level
         )

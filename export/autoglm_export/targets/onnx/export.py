@@ -44,10 +44,7 @@ def quant_kinds(quant: OnnxQuant, fixed: dict | None = None) -> dict[str, str]:
     if fixed is None:
         return {c: quant.kind(c) for c in COMPONENTS}
     quantized = {component_of(fqn) for fqn in fixed}
-    return {
-        c: quant.weight_kind if c in quantized else quant.kind(c) if c == "token_embedding" else "fp32"
-        for c in COMPONENTS
-    }
+    return {c: quant.weight_kind if c in quantized else "fp32" for c in COMPONENTS}
 
 
 def checkpoint_quant(quant: OnnxQuant, layers: dict[str, dict], path) -> OnnxQuant:
