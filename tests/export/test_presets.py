@@ -98,3 +98,13 @@ def test_9b_onnx_embedding_defaults_to_int4():
         return estimate_bundle_bytes(cfg, preset.shape, recipe).total
 
     assert coreml_bytes(128) <= 5.5e9 < coreml_bytes(32)
+
+
+def test_moe_benchmark_pair_has_the_same_active_parameters():
+    """small-moe's experts (top-k + shared) are as wide per token as small-moe-dense's FFN, on the same decoder."""
+    moe = parse_model_config(PRESETS["small-moe"].config).text
+    dense = parse_model_config(PRESETS["small-moe-dense"].config).text
+    assert moe.is_moe and not dense.is_moe and moe.first_k_dense_replace == 0
+    assert (moe.num_experts_per_tok + moe.n_shared_experts) * moe.moe_intermediate_size == dense.intermediate_size
+    same = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size", "arch")
+    assert all(getattr(moe, f) == getattr(dense, f) for f in same)

@@ -3,6 +3,10 @@
 Export-friendly: every expert runs on every token and the router's top-k weights (zero for
 unselected experts) mix them. Shapes stay static; the cost is O(experts), which is what a
 static-graph mobile runtime needs. Matches transformers' sparse dispatch numerically.
+
+Run eagerly on one token (decode), only that token's top-k experts run: the others would add exact
+zeros, so the result is the same bit for bit. Traced (torch.export, torch.jit.trace) the layer stays
+dense; the ONNX target writes it as a top-k ``QMoE`` node instead (``targets/onnx/experts.py``).
 """
 
 from __future__ import annotations
@@ -70,7 +74,15 @@ class MoE(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         weights = self.gate(flat).to(flat.dtype)
+        chosen = range(len(self.experts))
+        if flat.shape[0] == 1 and not _traced():
+            chosen = weights[0].nonzero().flatten().tolist()  # ascending: the dense loop's order
         routed = torch.zeros_like(flat)
-        for i, expert in enumerate(self.experts):
-            routed = routed + expert(flat) * weights[:, i : i + 1]
+        for i in chosen:
+            routed = routed + self.experts[i](flat) * weights[:, i : i + 1]
         return routed.view(shape) + self.shared_experts(x)
+
+
+def _traced() -> bool:
+    """Inside torch.export / torch.compile / torch.jit.trace: the graph must not depend on the router's choice."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()

@@ -4,6 +4,8 @@
   project's own tokenizer. Needs no download.
 - ``small``: benchmark size (text decoder ~242M params, same dims as the optimum-executorch Llama
   peer), random weights.
+- ``small-moe`` / ``small-moe-dense``: the MoE benchmark pair: a Glm4vMoe decoder at ``small``'s widths with
+  16 routed experts (top-3 + 1 shared), and the same decoder dense with the same active FFN width.
 - ``autoglm-phone-9b``: the real AutoGLM-Phone-9B / GLM-4.1V-9B dimensions, for ``--checkpoint``
   users and for size planning; weights must come from a local checkpoint directory.
 """
@@ -68,6 +70,27 @@ SMALL_CONFIG = {
     "image_end_token_id": 31998,
     "eos_token_id": [2],
 }
+# The MoE benchmark pair (issue 13): a Glm4vMoe decoder at ``small``'s widths whose 16 routed experts of 704
+# run top-3 beside one shared expert, so a token's FFN is 4 x 704 = 2816 wide, ``small``'s; and the same
+# decoder dense (no experts, FFN 2816): the same active parameters per token, one of them with 12 idle experts.
+SMALL_MOE_TEXT = {
+    **SMALL_CONFIG["text_config"],
+    "n_routed_experts": 16,
+    "num_experts_per_tok": 3,
+    "n_shared_experts": 1,
+    "moe_intermediate_size": 704,
+    "first_k_dense_replace": 0,
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 1.0,
+    "n_group": 1,
+    "topk_group": 1,
+}
+SMALL_MOE_CONFIG = {**SMALL_CONFIG, "model_type": "glm4v_moe", "text_config": SMALL_MOE_TEXT}
+SMALL_MOE_DENSE_CONFIG = {
+    **SMALL_CONFIG,
+    "model_type": "glm4v_moe",
+    "text_config": {**SMALL_MOE_TEXT, "n_routed_experts": 0, "num_experts_per_tok": 0, "n_shared_experts": 0},
+}
 SMALL_AUDIO_CONFIG = {
     "model_type": "glmasr",
     "audio_config": {
@@ -128,6 +151,16 @@ PRESETS: dict[str, Preset] = {
         ExportShape(max_context=1024, image_hw=PHONE_BUCKETS[0], audio_frames=400, max_pixels=DEFAULT_MAX_PIXELS),
         config=SMALL_CONFIG,
         audio_config=SMALL_AUDIO_CONFIG,
+    ),
+    "small-moe": Preset(
+        "small-moe",
+        ExportShape(max_context=1024, image_hw=PHONE_BUCKETS[0], audio_frames=400, max_pixels=DEFAULT_MAX_PIXELS),
+        config=SMALL_MOE_CONFIG,
+    ),
+    "small-moe-dense": Preset(
+        "small-moe-dense",
+        ExportShape(max_context=1024, image_hw=PHONE_BUCKETS[0], audio_frames=400, max_pixels=DEFAULT_MAX_PIXELS),
+        config=SMALL_MOE_DENSE_CONFIG,
     ),
     # A phone screenshot at 1080x2400 is ~3.3k tokens at full size; the phone budget keeps it at 644x280, 230 tokens.
     # 8192 tokens hold an agent turn: a ~3k-token system prompt, one screenshot, a few turns of history

@@ -17,7 +17,9 @@ Decoder calls (``text_decoder(embeds, cache_position, position_ids)``). A large 
 packages (the manifest's ``text_decoder.chunks``): each call runs them in order, the first on the
 embeddings, each next one on the previous one's ``hidden_states``, the last returning logits; each
 holds its own layers' KV cache (its own state, or its own cache arrays). Packages above
-``LEAN_WEIGHT_BYTES`` run in the interpreter with their weights memory-mapped, read per call.
+``LEAN_WEIGHT_BYTES`` run in the interpreter with their weights memory-mapped, read per call, and
+their int4 linears as onnxruntime ``MatMulNBits`` when onnxruntime is installed (``MILModel``'s
+``int4_linear``: weights ``code * scale`` in fp32, not rounded to fp16 first).
 
 - iOS 18 packages: ``prefill`` takes exactly ``prefill_chunk`` tokens, ``decode`` one. A call of S
   tokens runs as chunks of ``prefill_chunk``; a shorter last chunk is padded with zero embeddings
@@ -39,6 +41,7 @@ session and the parity gate call every backend.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import platform
@@ -85,6 +88,10 @@ def causal_mask(start: int, rows: int) -> np.ndarray:
 LEAN_WEIGHT_BYTES = 64_000_000
 
 
+def _has_onnxruntime() -> bool:
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
 class _MILEngine:
     """Our interpreter on one package."""
 
@@ -97,7 +104,7 @@ class _MILEngine:
         level = quiet.level
         quiet.setLevel(max(level, logging.WARNING))
         try:
-            self.model = MILModel(path, cache_weights=not lean)
+            self.model = MILModel(path, cache_weights=not lean, int4_linear=lean and _has_onnxruntime())
         except Exception as e:
             raise BundleError(f"{path}: cannot load this Core ML package: {type(e).__name__}: {e}") from None
         finally:

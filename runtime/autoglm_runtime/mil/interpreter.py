@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .ops import ARITH_FREE, OPS, _unpack_bits
+from .ops import ARITH_FREE, OPS, _unpack_sub_byte
 
 
 class MILRuntimeError(RuntimeError):
@@ -142,15 +142,19 @@ class FileValue:
     def __init__(self, path: str, offset: int, dtype, shape: tuple[int, ...]):
         self.path, self.offset, self.dtype, self.shape = path, int(offset), dtype, tuple(int(d) for d in shape)
 
-    def load(self) -> np.ndarray:
-        from coremltools.converters.mil.mil import types
-
+    def raw(self) -> np.memmap:
+        """The blob's bytes as stored (sub-byte values still packed), memory-mapped."""
         header = np.fromfile(self.path, dtype=np.uint64, count=3, offset=self.offset)
         sentinel = int(header[0]) & 0xFFFFFFFF
         if sentinel != _BLOB_SENTINEL:
             raise MILRuntimeError(f"{self.path}: no weight blob at offset {self.offset}")
         size, data_offset = int(header[1]), int(header[2])
-        raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=data_offset, shape=(size,))
+        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=data_offset, shape=(size,))
+
+    def load(self) -> np.ndarray:
+        from coremltools.converters.mil.mil import types
+
+        raw = self.raw()
         count = int(np.prod(self.shape, dtype=np.int64))
         if types.is_sub_byte(self.dtype):
             nbits, signed = self.dtype.get_bitwidth(), not self.dtype.is_unsigned()
@@ -158,23 +162,6 @@ class FileValue:
         else:
             out = raw.view(np.dtype(types.nptype_from_builtin(self.dtype)))[:count]
         return out.reshape(self.shape)
-
-
-_BYTES = np.arange(256, dtype=np.uint8)
-_NIBBLES = {
-    False: np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.uint8),
-    True: ((np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.int16) ^ 8) - 8).astype(np.int8),
-}
-
-
-def _unpack_sub_byte(packed: np.ndarray, nbits: int, count: int, signed: bool) -> np.ndarray:
-    if nbits == 4:  # the int4 weights: two per byte, low nibble first; one table lookup per byte
-        return _NIBBLES[signed][packed].reshape(-1)[:count]
-    out = _unpack_bits(packed, nbits, count)
-    if signed:
-        half = 1 << (nbits - 1)
-        return ((out.astype(np.int16) ^ half) - half).astype(np.int8)
-    return out.astype(np.uint8)
 
 
 @contextmanager
@@ -385,15 +372,27 @@ class MILModel:
     keep float32 copies of fp16 weights between calls (fast; about 3x the fp16 weight memory).
     With False (lean; for big models) the weights of a saved package are never read at load: each
     call reads the tensors it uses from the weight file, memory-mapped (``FileValue``), and
-    decompresses them op by op, so memory follows the largest weight, not the package.
+    decompresses them op by op, so memory follows the largest weight, not the package. Lean also reads
+    only the gathered rows of an int4 table (exact; ``int4_kernels``).
+
+    ``int4_linear`` (lean only): int4 weights feeding a ``linear`` run as onnxruntime ``MatMulNBits``
+    over the packed codes, kept prepacked between calls (memory: the int4 bytes). Minutes per 9B decoder
+    step become about a second; the weights are ``code * scale`` in fp32, not rounded to fp16 first.
     """
 
-    def __init__(self, model, *, cache_weights: bool = True):
+    def __init__(self, model, *, cache_weights: bool = True, int4_linear: bool = False):
+        if int4_linear and cache_weights:
+            raise ValueError("int4_linear is a lean-mode kernel: pass cache_weights=False with it")
         deferred: dict = {}
         prog, spec = _load_program(model, None if cache_weights else deferred)
         self.cache_weights = cache_weights
         self._functions = {n: _compile_function(n, f, spec, deferred) for n, f in prog.functions.items()}
         del prog, deferred  # the stand-ins go with the program
+        if not cache_weights:
+            from .int4_kernels import fuse
+
+            kernels: dict = {}  # one per weight, shared by the functions (prefill and decode) that use it
+            self.fused_steps = sum(fuse(f, kernels, int4_linear=int4_linear) for f in self._functions.values())
         default = None
         if spec is not None and len(spec.description.functions):
             default = spec.description.defaultFunctionName or None

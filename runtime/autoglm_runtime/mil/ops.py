@@ -164,6 +164,23 @@ def _unpack_bits(packed: np.ndarray, nbits: int, count: int) -> np.ndarray:
     return (bits << np.arange(nbits, dtype=np.uint32)).sum(axis=1)
 
 
+_BYTES = np.arange(256, dtype=np.uint8)
+_NIBBLES = {
+    False: np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.uint8),
+    True: ((np.stack([_BYTES & 0x0F, _BYTES >> 4], axis=1).astype(np.int16) ^ 8) - 8).astype(np.int8),
+}
+
+
+def _unpack_sub_byte(packed: np.ndarray, nbits: int, count: int, signed: bool) -> np.ndarray:
+    if nbits == 4:  # the int4 weights: two per byte, low nibble first; one table lookup per byte
+        return _NIBBLES[signed][packed].reshape(-1)[:count]
+    out = _unpack_bits(packed, nbits, count)
+    if signed:
+        half = 1 << (nbits - 1)
+        return ((out.astype(np.int16) ^ half) - half).astype(np.int8)
+    return out.astype(np.uint8)
+
+
 @register("constexpr_lut_to_dense")
 def constexpr_lut_to_dense(indices, lut, shape=None, vector_axis=None):
     """Palettized weights. iOS16 form: packed uint8 ``indices``, flat ``lut``, ``shape``.

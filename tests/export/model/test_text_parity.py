@@ -97,3 +97,32 @@ def test_stale_cache_entries_are_masked(hf_checkpoint):
         model.reset_cache()
         fresh = model.text_decoder(model.token_embedding(b), torch.arange(6), _text_positions(6))
     assert torch.equal(after_a, fresh)
+
+
+@pytest.mark.parametrize("case", ["moe", "moe_grouped"])
+def test_moe_decode_runs_only_the_chosen_experts(hf_checkpoint, case):
+    """Eager on one token: only the router's top-k experts run, and the layer's output is the dense mix's
+    bit for bit. Traced (torch.export) the layer stays dense: every expert is in the graph."""
+    from autoglm_export.model.moe import MoE
+
+    _, path = hf_checkpoint(**CASES[case])
+    moe = next(m for m in load_model(path, SHAPE).modules() if isinstance(m, MoE))
+    calls = []
+    for i, expert in enumerate(moe.experts):
+        expert.register_forward_hook(lambda *_, i=i: calls.append(i))
+    x = torch.randn(1, 1, moe.gate.weight.shape[1], generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        got = moe(x)
+        flat = x.reshape(1, -1)
+        weights = moe.gate(flat)
+        dense = torch.zeros_like(flat)
+        for i, expert in enumerate(moe.experts):
+            dense = dense + expert(flat) * weights[:, i : i + 1]
+        dense = dense.view(x.shape) + moe.shared_experts(x)
+    chosen = weights[0].nonzero().flatten().tolist()
+    assert calls[: len(chosen)] == chosen and len(chosen) == moe.gate.top_k
+    assert torch.equal(got, dense)
+    program = torch.export.export(moe, (x,))
+    linears = [n for n in program.graph.nodes if n.target == torch.ops.aten.linear.default]
+    assert len(linears) == 3 * len(moe.experts) + 3 + 1  # every expert, the shared expert, the router
+    assert torch.equal(program.module()(x), got)

@@ -89,6 +89,28 @@ def _dequantized(model) -> list[np.ndarray]:
     return out
 
 
+def _int4_rows(packed: np.ndarray, scales: np.ndarray, block: int) -> np.ndarray:
+    """[N, K / 2] codes two a byte (zero point 8) and [N, K / block] scales -> [N, K] fp32."""
+    nibbles = np.stack([packed & 0xF, packed >> 4], -1).reshape(packed.shape[0], -1).astype(np.float32)
+    return (nibbles - 8) * np.repeat(scales, block, axis=1)
+
+
+def _qmoe_dequantized(model) -> list[np.ndarray]:
+    """Every QMoE node's expert weights, dequantized to the linears' layout: gate, up, down per expert."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = []
+    for node in model.graph.node:
+        if node.op_type != "QMoE":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert attrs["expert_weight_bits"] == 4 and attrs["swiglu_fusion"] == 1 and "accuracy_level" not in attrs
+        fc1, s1, fc2, s2 = (inits[node.input[i]] for i in (2, 3, 5, 6))
+        for e in range(fc1.shape[0]):
+            gate_up = _int4_rows(fc1[e], s1[e], attrs["block_size"])
+            out += [gate_up[0::2], gate_up[1::2], _int4_rows(fc2[e], s2[e], attrs["block_size"])]
+    return out
+
+
 def _check_int4_graphs(bundle: Path, fresh_model) -> dict[str, int]:
     """Every constant-weight MatMul is MatMulNBits except MoE routers, and the int4 weights equal
     ``int4_block_fake_quant`` of the fp32 model's linears bit for bit."""
@@ -104,9 +126,10 @@ def _check_int4_graphs(bundle: Path, fresh_model) -> dict[str, int]:
             left,
         )
         got = _dequantized(model)
-        assert len(got) == entry["matmul_nbits"] == len(linears[comp]), comp
+        experts = _qmoe_dequantized(model)  # an MoE layer's routed experts: one QMoE node
+        assert len(got) == entry["matmul_nbits"] and len(got) + len(experts) == len(linears[comp]), comp
         expected = {int4_block_fake_quant(m.weight, 32).numpy().tobytes() for _, m in linears[comp]}
-        assert {w.astype(np.float32).tobytes() for w in got} == expected, (
+        assert {w.astype(np.float32).tobytes() for w in got + experts} == expected, (
             f"{comp}: int4 weights differ from the eager rounding"
         )
         counts[comp] = len(got)
@@ -447,11 +470,31 @@ def test_moe_with_audio_checkpoint_int4(moe_int4, moe_checkpoints):
     assert m["model"]["text"]["moe"]["experts"] == 4 and m["source"]["audio_checkpoint"]
     assert m["reference_check"]["passed"]
     assert len(m["models"]["text_decoder"]["fp32_matmuls"]) == 1  # the one MoE layer's router
+    assert m["models"]["text_decoder"]["qmoe_layers"] == 1  # its 4 routed experts: one QMoE node, top-2 run
     rows = _rows(out)
     for comp in FILES:
         assert rows[(comp, "quantized_eager")]["metrics"]["rel_max_abs"] <= FAITHFUL
     src = open_source(*moe_checkpoints, **SMALL)
     _check_int4_graphs(out, src.model)  # includes down_proj (in 48: a padded last block) and the experts
+
+
+def test_moe_int8_activations_reach_the_experts(moe_checkpoints, tmp_path):
+    """--int8-activations on an MoE model: the QMoE node carries accuracy_level 4 like every MatMulNBits,
+    and the gate passes the decoder by the int8_activations thresholds."""
+    from autoglm_runtime.parity import thresholds_for
+
+    ckpt, asr = moe_checkpoints
+    request = ModelRequest(ckpt, asr, max_context=MAX_CONTEXT, image_hw=IMAGE_HW, audio_frames=AUDIO_FRAMES)
+    options = OnnxOptions(out=tmp_path / "onnx", max_seq_len=MAX_SEQ_LEN, quant=OnnxQuant("int4", accuracy_level=4))
+    out, report = export_bundle("onnx", request, options)
+    assert report.passed
+    model = onnx.load(str(out / "text_decoder.onnx"), load_external_data=False)
+    (qmoe,) = [n for n in model.graph.node if n.op_type == "QMoE"]
+    assert {a.name: a.i for a in qmoe.attribute}["accuracy_level"] == 4
+    assert (
+        _rows(out)[("text_decoder", "quantized_eager")]["thresholds"]
+        == thresholds_for("quantized_eager", "int8_activations", "text_decoder").to_dict()
+    )
 
 
 # --------------------------------------------------------------------------- the gate

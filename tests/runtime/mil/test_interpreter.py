@@ -512,6 +512,59 @@ def test_lean_load_reads_a_saved_package_weights_from_its_file(mlp_models, tmp_p
             np.testing.assert_array_equal(a[k], b[k], err_msg=name)
 
 
+def _int4_package(module, examples, inputs, path):
+    cfg = COMPRESSIONS["int4_block32_ios18"][2]()
+    q = ct.optimize.coreml.linear_quantize_weights(
+        convert(module, examples, inputs), ct.optimize.coreml.OptimizationConfig(global_config=cfg)
+    )
+    q.save(str(path))
+    return path
+
+
+def test_int4_linear_kernel_matches_the_op_by_op_path(mlp_models, tmp_path):
+    """Lean with ``int4_linear``: each int4 linear runs as onnxruntime MatMulNBits over the package's packed
+    codes. The weights are code * scale in fp32 instead of rounded to fp16 first, so the outputs agree with
+    the op-by-op path to fp16 rounding, not bit for bit."""
+    pytest.importorskip("onnxruntime")
+    mlp, x, _ = mlp_models
+    path = _int4_package(mlp, (x,), [f16("x", (5, 64))], tmp_path / "mlp.mlpackage")
+    exact = MILModel(path, cache_weights=False).predict({"x": x.numpy()})
+    fast = MILModel(path, cache_weights=False, int4_linear=True)
+    assert fast.fused_steps == 2  # fc1 and fc2
+    got = fast.predict({"x": x.numpy()})
+    for k in exact:
+        agree(got[k], exact[k], cos_min=0.99999, rel_max=2e-3)
+        assert got[k].dtype == exact[k].dtype == np.float16
+    with pytest.raises(ValueError, match="lean-mode kernel"):
+        MILModel(path, int4_linear=True)
+
+
+class _Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(300, 64)
+
+    def forward(self, ids):
+        return self.table(ids)
+
+
+def test_int4_gather_reads_only_its_rows_with_the_same_result(tmp_path):
+    """Lean: ``gather`` of an int4 table dequantizes only the rows asked for; exact (repeats and
+    negative indices included)."""
+    torch.manual_seed(5)
+    ids = torch.tensor([[3, 299, 3, 0, 17]], dtype=torch.int32)
+    path = _int4_package(
+        _Lookup(), (ids,), [ct.TensorType(name="ids", shape=(1, 5), dtype=np.int32)], tmp_path / "t.mlpackage"
+    )
+    lean = MILModel(path, cache_weights=False)
+    assert lean.fused_steps == 1
+    for feed in (ids.numpy(), np.array([[-1, 5, 5, 298, -300]], np.int32)):
+        want = MILModel(path).predict({"ids": feed})
+        got = lean.predict({"ids": feed})
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+
+
 # ---------------------------------------------------------------- fp16 semantics and errors (MIL built directly)
 def _program(fn, shape=(4,), dtype=None):
     from coremltools.converters.mil import Builder as mb

@@ -15,7 +15,9 @@ copy of the model ever exists (at 9B it would be 41 GB). int4: every linear's Ma
 ``com.microsoft::MatMulNBits`` (symmetric, blocks of ``block_size`` along the input dimension, fp32
 scales, no activation quantization; B and scales from onnxruntime's own quantizer), lm_head included.
 The one exception is the MoE router's ``[hidden, experts]`` weight: it is not a linear layer, chooses
-the experts, and is kept fp32 (torchao leaves it alone for ExecuTorch too). ``twin.int4_twin`` applies
+the experts, and is kept fp32 (torchao leaves it alone for ExecuTorch too). An int4 MoE layer's routed
+experts are one ``com.microsoft::QMoE`` node that runs only each token's top-k experts (``experts.py``; the
+same int4 codes and scales). ``twin.int4_twin`` applies
 the identical rounding to the eager model, giving the "quantized_eager" parity reference. Weights
 above ``EXTERNAL_DATA_THRESHOLD`` go to ``<file>.data`` beside the graph (64 KiB-aligned: onnxruntime
 maps them).
@@ -66,6 +68,7 @@ from ...model.moe import TopKRouter
 from ...model.rope import apply_rotary, mrope_cos_sin
 from ...model.text import Attention, TextDecoder
 from ...quantize.grid import BLOCK_SIZES, array_digest
+from .experts import TRANSLATIONS, attach_experts, sparse_experts
 from .recipe import QUANT_SCHEMES
 from .twin import CHECKPOINT_FP32, ROUTER_NOTE, linear_modules
 from .weights import (
@@ -378,6 +381,7 @@ class OnnxFile:
     fp32_matmuls: list[str] = field(default_factory=list)  # constant-weight MatMuls left in fp32, and why
     int8_matmuls: int = 0  # of the MatMulNBits, those with bits 8 (a quantized checkpoint's int8 per-channel layers)
     shared_data: str | None = None  # another graph's external data file this one also reads (image buckets)
+    qmoe_layers: int = 0  # MoE layers whose routed experts are one QMoE node (only the top-k run; experts.py)
 
     def to_dict(self) -> dict:
         out = {
@@ -393,6 +397,8 @@ class OnnxFile:
             out["matmul_nbits_int8"] = self.int8_matmuls
         if self.shared_data:
             out["shared_external_data"] = self.shared_data
+        if self.qmoe_layers:
+            out["qmoe_layers"] = self.qmoe_layers
         return out
 
 
@@ -428,6 +434,7 @@ def _export_program(module: nn.Module, args: tuple, input_names, output_names, d
                 module,
                 args,
                 dynamo=True,
+                custom_translation_table=TRANSLATIONS,
                 opset_version=OPSET,
                 input_names=list(input_names),
                 output_names=list(output_names),
@@ -707,6 +714,7 @@ def _finish_file(proto, record: OnnxFile, out_dir: Path, threshold: int, out: On
             f"exported {record.file} ({record.bytes / 1e6:.1f} MB"
             + (f", {record.quantized_matmuls} MatMulNBits" if quant == "int4" else "")
             + (f" ({record.int8_matmuls} of them int8)" if record.int8_matmuls else "")
+            + (f", {record.qmoe_layers} QMoE (top-k experts)" if record.qmoe_layers else "")
             + (f", weights in {record.external_data}" if record.external_data else "")
             + ")"
         )
@@ -747,7 +755,8 @@ def export_onnx_files(
     out = OnnxExport()
     linears, routers = linear_modules(model), _router_weights(model)
     vision_weights: dict = {}  # the first vision graph's external linear weights, shared by the other buckets
-    with placeholder_weights(model) as placeholders:
+    sparse = sparse_experts(model, block_size, accuracy_level) if quant == "int4" else contextlib.nullcontext(({}, []))
+    with sparse as (experts, in_qmoe), placeholder_weights(model) as placeholders:
         for name, *traced in _component_modules(model, max_seq_len):
             ir_model = _trace(out, name, *traced).model
             t1 = time.perf_counter()
@@ -757,11 +766,13 @@ def export_onnx_files(
             record.quantized_matmuls, made = attach_weights(
                 ir_model, placeholders, quant, block_size, accuracy_level, embedding
             )
+            record.qmoe_layers, expert_tensors = attach_experts(ir_model, experts)
+            made += expert_tensors
             if quant == "int4":
                 left = [n.name for n in _ir_constant_matmuls(ir_model)]
                 record.fp32_matmuls = [f"{n}: {ROUTER_NOTE}" for n in left if n in excluded]
                 stray = [n for n in left if n not in excluded]
-                expected = len(linears.get(component, []))
+                expected = len([fqn for fqn, _ in linears.get(component, []) if fqn not in in_qmoe])
                 if stray or record.quantized_matmuls != expected:
                     raise ExportError(
                         f"{name}: int4 rewrote {record.quantized_matmuls} MatMuls but the model has {expected} "
