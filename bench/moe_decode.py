@@ -218,8 +218,13 @@ def render(r: dict) -> str:
         f"- Load while timing: {describe_load(r['load'])}",
         f"- `{r['presets']['moe']}`: {moe_text['moe']['experts']} routed experts top-{moe_text['moe']['top_k']}"
         f" + {moe_text['moe']['shared']} shared, in {r['manifests']['moe']['qmoe_layers']} QMoE layers;"
-        f" `{r['presets']['dense']}`: the same decoder with a dense FFN of the same active width."
-        " Both int4 (block 32), exported with validation off, timed in the same process with the same threads",
+        f" `{r['presets']['dense']}`: the same decoder with a dense FFN of the same active width"
+        + (
+            f"; every-expert MoE: `{r['presets']['moe']}` exported with QMoE off (its graph before QMoE)"
+            if "all_experts" in legs
+            else ""
+        )
+        + ". All int4 (block 32), exported with validation off, timed in the same process with the same threads",
         f"- {len(r['rounds'])} rounds, each timing the bundles in this order: "
         + ", ".join(names[label] for label in legs)
         + "; median (min-max) over the rounds; ratios per round against the dense bundle",
@@ -236,7 +241,13 @@ def render(r: dict) -> str:
             rows,
         ),
         "",
-        f"- **MoE / dense decode (target <= {TARGET}x):** {statistics.median(ratio):.2f}x median: {verdict}.",
+        f"- **MoE / dense decode (target <= {TARGET}x):** {statistics.median(ratio):.2f}x median: {verdict}."
+        f" One step reads {b['moe']['per_decode_step'] / b['dense']['per_decode_step']:.2f}x the dense"
+        " decoder's bytes (attention, shared expert, the chosen experts, lm_head).",
+        f"- Prefill (64 tokens): MoE {statistics.median(_per_round(r, 'moe', prefill)):.2f}x the dense"
+        " tokens/s: the tokens of a chunk spread over all experts, so a prefill reads every expert.",
+        "- Only the ONNX graph dispatches top-k; ExecuTorch and Core ML bundles still run every expert"
+        ' (README, "The four components").',
     ]
     return "\n".join(lines)
 
