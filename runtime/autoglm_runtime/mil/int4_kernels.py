@@ -39,6 +39,11 @@ class _Int4Weight:
         self.rows, self.cols = data.shape
         self.block = self.cols // self.scale.shape[1]
 
+    @property
+    def blocked(self) -> bool:
+        """Whole bytes per row and whole blocks of one scale each: the layouts these kernels read."""
+        return self.scale.shape[0] == self.rows and self.cols % 2 == 0 and self.cols % self.scale.shape[1] == 0
+
     def _scales(self) -> np.ndarray:
         return self.scale.load() if hasattr(self.scale, "load") else np.asarray(self.scale)
 
@@ -122,8 +127,8 @@ def _supplied(name: str, dtype: int, shape) -> object:
 
 
 def _kernel_usable(weight: _Int4Weight) -> bool:
-    b = weight.block
-    return weight.cols % b == 0 and b >= 16 and b & (b - 1) == 0 and weight.cols % 2 == 0
+    """MatMulNBits' blocks: a power of two, at least 16."""
+    return weight.block >= 16 and weight.block & (weight.block - 1) == 0
 
 
 def fuse(function, kernels: dict, *, int4_linear: bool) -> int:
@@ -151,6 +156,8 @@ def fuse(function, kernels: dict, *, int4_linear: bool) -> int:
             continue
         user = steps[use[0]]
         weight = _Int4Weight(data, scale, st.dtypes[0])
+        if not weight.blocked:
+            continue
         key = (data.path, data.offset)
         if user.op_type == "gather" and user.inputs.get("x") == out and _axis_zero(user, consts):
             kernel = kernels.setdefault(("gather",) + key, Int4Gather(weight))

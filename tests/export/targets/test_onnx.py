@@ -84,8 +84,7 @@ def _dequantized(model) -> list[np.ndarray]:
         assert "accuracy_level" not in attrs, "fp32 compute: activations are not quantized"
         packed, scales = inits[node.input[1]], inits[node.input[2]]
         n, blocks, half = packed.shape
-        nibbles = np.stack([packed & 0xF, packed >> 4], -1).reshape(n, blocks * half * 2).astype(np.float32)
-        out.append(((nibbles - 8) * np.repeat(scales.reshape(n, blocks), half * 2, axis=1))[:, : attrs["K"]])
+        out.append(_int4_rows(packed.reshape(n, -1), scales.reshape(n, blocks), half * 2)[:, : attrs["K"]])
     return out
 
 

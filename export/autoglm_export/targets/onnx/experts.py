@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...errors import ExportError
 from ...model.moe import MoE
 from .weights import int4_matmul_nbits
 
@@ -142,9 +143,10 @@ class ExpertWeights:
         return self.layer.value(self.part)
 
 
-def _placeholder(shape, dtype, index: int) -> nn.Parameter:
-    """Zero strides (one element), a distinct value per placeholder (the exporter merges equal ones)."""
-    return nn.Parameter(torch.full((), index % 200 + 1, dtype=dtype).expand(*shape), requires_grad=False)
+def _placeholder(shape, dtype, layer: int) -> nn.Parameter:
+    """Zero strides (one element), a distinct value per MoE layer among placeholders of one shape (the exporter
+    may merge equal initializers; ``attach_experts`` checks that none were)."""
+    return nn.Parameter(torch.full((), layer % 255 + 1, dtype=dtype).expand(*shape), requires_grad=False)
 
 
 def sparse_eligible(moe: MoE, block_size: int) -> bool:
@@ -173,7 +175,7 @@ def sparse_experts(model: nn.Module, block_size: int, accuracy_level: int):
             "fc2_scales": ((n, hidden, inter // block_size), torch.float32),
         }
         for part, (shape, dtype) in shapes.items():
-            ph = _placeholder(shape, dtype, len(swapped))
+            ph = _placeholder(shape, dtype, len(patched))
             swapped[ph.data_ptr()] = ExpertWeights(fqn, part, layer)
             mod.register_parameter(f"qmoe_{part}", ph)  # a parameter, so the graph holds it as an initializer
         covered += [f"{fqn}.experts.{i}.{p}" for i in range(n) for p in ("gate_proj", "up_proj", "down_proj")]
@@ -202,7 +204,8 @@ def _sparse_forward(mod: MoE, block_size: int, accuracy_level: int):
 
 def attach_experts(model, swapped: dict[int, ExpertWeights]) -> tuple[int, list[str]]:
     """Give the QMoE placeholders of ``model`` (an ``onnx_ir.Model``) their stacked values as lazy tensors.
-    Returns the number of QMoE nodes and the names of the initializers made."""
+    Returns the number of QMoE nodes and the names of the initializers made. Raises ExportError unless every
+    QMoE node has its own four."""
     import onnx_ir as ir
 
     made = []
@@ -215,6 +218,11 @@ def attach_experts(model, swapped: dict[int, ExpertWeights]) -> tuple[int, list[
             )
             made.append(name)
     nodes = sum(1 for n in model.graph if n.op_type == "QMoE")
+    if len(made) != len(PARTS) * nodes:
+        raise ExportError(
+            f"{nodes} QMoE nodes but {len(made)} expert weight tensors found in the traced graph (expected "
+            f"{len(PARTS) * nodes}); the exported experts would not be the model's"
+        )
     if nodes:
         model.opset_imports["com.microsoft"] = 1
     return nodes, made
