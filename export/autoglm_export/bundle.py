@@ -117,6 +117,31 @@ def follow_umask(root: Path) -> None:
             os.chmod(os.path.join(dirpath, name), 0o666 & ~umask)
 
 
+def _replace_file(path: Path, text: str) -> Path:
+    """Write ``path`` whole or not at all: a temp file beside it, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def record_validation(root: str | Path, report: dict[str, Any]) -> None:
+    """Record a passing ``validate`` in a published bundle: its parity.json (listed and hashed in the
+    manifest) and ``validated: true``, as an export with the gate on would have written them. Each file
+    is replaced atomically, parity.json first; the manifest's replacement is the commit.
+    Raises OSError when the bundle cannot be written (a read-only app asset, say)."""
+    root = Path(root)
+    manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
+    parity = _replace_file(root / "parity.json", dump_json(report))
+    files = {**manifest["files"], "parity.json": {"sha256": sha256_file(parity), "bytes": parity.stat().st_size}}
+    manifest.update({"validated": True, "files": dict(sorted(files.items()))})
+    _replace_file(root / MANIFEST_NAME, dump_json(manifest))
+
+
 class BundleWriter:
     def __init__(self, out_dir: str | Path, force: bool = False):
         self.out_dir = Path(out_dir)

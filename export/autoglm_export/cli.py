@@ -613,10 +613,17 @@ def validate(
     bundle: Path = typer.Argument(..., help="Bundle directory to check."),
     checkpoint: opt.ReferenceCheckpoint = None,
     audio_checkpoint: opt.AudioCheckpoint = None,
+    record: bool = typer.Option(
+        True,
+        "--record/--no-record",
+        help="On a pass, write parity.json into the bundle and mark its manifest validated (as an export "
+        "with the gate on would). --no-record leaves the bundle untouched.",
+    ),
 ):
     """Re-run the parity checks of an existing bundle against freshly built references."""
     from autoglm_runtime.bundle import open_bundle
 
+    from .bundle import record_validation
     from .pipeline import validate_bundle
 
     _warn_if_not_validated(open_bundle(bundle, verify_hashes=False).manifest, bundle)
@@ -634,6 +641,15 @@ def validate(
         console.print(f"[bold red]error:[/] {bundle} fails parity")
         raise typer.Exit(1)
     console.print(f"[green]{bundle}: parity passed[/]")
+    if record:
+        try:
+            record_validation(bundle, report.to_json())
+        except OSError as e:
+            console.print(
+                f"[yellow]warning:[/] {bundle}: the pass was not recorded in the bundle: {e}", highlight=False
+            )
+        else:
+            console.print(f"recorded in {bundle}: parity.json, manifest validated", highlight=False)
 
 
 @app.command()

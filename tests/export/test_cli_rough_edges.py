@@ -142,8 +142,11 @@ def test_validate_reports_unchecked_audio_encoder(monkeypatch, fake_bundle):
 
 def test_validate_real_bundle_against_an_audioless_checkpoint(onnx_unvalidated, audioless_tiny):
     """End to end: the bundle has an audio_encoder, the reference checkpoint has no audio tower."""
+    manifest = (onnx_unvalidated / "manifest.json").read_bytes()
     result = runner.invoke(app, ["validate", str(onnx_unvalidated), "--checkpoint", str(audioless_tiny)])
     line = _error_line(result)
+    assert (onnx_unvalidated / "manifest.json").read_bytes() == manifest  # nothing recorded
+    assert not (onnx_unvalidated / "parity.json").exists()
     assert "audio_encoder not checked" in line and "--audio-checkpoint" in line
     assert "parity passed" not in result.output
     assert "NOT CHECKED  audio_encoder" in result.stderr and "PASS  text_decoder" in result.stderr
@@ -211,8 +214,55 @@ def test_no_validate_bundle_is_announced(monkeypatch, fake_bundle):
     )
     monkeypatch.setattr(pipeline, "validate_bundle", lambda *a, **k: passing)
     monkeypatch.setattr(pipeline.BundleValidation, "lines", lambda self: [])
-    result = runner.invoke(app, ["validate", str(fake_bundle)])
+    manifest = (fake_bundle / "manifest.json").read_bytes()
+    result = runner.invoke(app, ["validate", str(fake_bundle), "--no-record"])
     assert result.exit_code == 0 and "--no-validate" in result.stderr
+    assert (fake_bundle / "manifest.json").read_bytes() == manifest and not (fake_bundle / "parity.json").exists()
+
+
+def test_a_passing_validate_is_recorded_in_the_bundle(monkeypatch, onnx_unvalidated, tmp_path):
+    """After `validate` passes, run and info stop calling the bundle unchecked; the manifest lists parity.json."""
+    import shutil
+
+    import autoglm_export.pipeline as pipeline
+    from autoglm_runtime.bundle import open_bundle
+
+    bundle = tmp_path / "b"
+    shutil.copytree(onnx_unvalidated, bundle)
+    row = {"component": "text_decoder", "reference": "fp32", "passed": True, "failures": [], "metrics": {}}
+    monkeypatch.setattr(pipeline, "validate_bundle", lambda *a, **k: pipeline.BundleValidation("onnx", rows=[row]))
+    monkeypatch.setattr(pipeline.BundleValidation, "lines", lambda self: [])
+    result = runner.invoke(app, ["validate", str(bundle)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert "parity passed" in result.stderr and "recorded in" in result.stderr
+    manifest = open_bundle(bundle, verify_hashes=True).manifest  # parity.json hashed into the table
+    assert manifest["validated"] is True and "parity.json" in manifest["files"]
+    assert json.loads((bundle / "parity.json").read_text())["rows"] == [row]
+    assert set(manifest["files"]) == set(json.loads((onnx_unvalidated / "manifest.json").read_text())["files"]) | {
+        "parity.json"
+    }
+    assert not [p for p in bundle.iterdir() if p.name.startswith(".")]  # no temp files left
+    run = runner.invoke(app, ["run", str(bundle), "-p", "hi", "--max-new-tokens", "1"])
+    assert run.exit_code == 0 and "--no-validate" not in run.stderr
+    info = runner.invoke(app, ["info", str(bundle)])
+    assert info.exit_code == 0 and "NOT validated" not in info.stderr
+
+
+def test_a_pass_that_cannot_be_recorded_says_so(monkeypatch, fake_bundle):
+    import autoglm_export.bundle as bundle_mod
+    import autoglm_export.pipeline as pipeline
+
+    def read_only(root, report):
+        raise PermissionError(13, "Permission denied", str(root / "parity.json"))
+
+    row = {"component": "c", "reference": "fp32", "passed": True, "failures": [], "metrics": {}}
+    monkeypatch.setattr(pipeline, "validate_bundle", lambda *a, **k: pipeline.BundleValidation("onnx", rows=[row]))
+    monkeypatch.setattr(pipeline.BundleValidation, "lines", lambda self: [])
+    monkeypatch.setattr(bundle_mod, "record_validation", read_only)
+    result = runner.invoke(app, ["validate", str(fake_bundle)])
+    assert result.exit_code == 0 and "parity passed" in result.stderr, result.output
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:") and "not recorded" in line]
+    assert warning and "parity.json" in warning[0] and "Permission denied" in warning[0]
 
 
 def test_export_without_validation_says_so(monkeypatch, tmp_path):

@@ -72,14 +72,18 @@ def _error_line(result) -> str:
     return errors[0]
 
 
+def _ops(model, op_type: str):
+    """(node, its attributes, the graph's initializers as arrays) for every ``op_type`` node of a graph."""
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == op_type:
+            yield node, {a.name: helper.get_attribute_value(a) for a in node.attribute}, inits
+
+
 def _dequantized(model) -> list[np.ndarray]:
     """Every MatMulNBits weight of a graph, dequantized to the linear layout [N, K]."""
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out = []
-    for node in model.graph.node:
-        if node.op_type != "MatMulNBits":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    for node, attrs, inits in _ops(model, "MatMulNBits"):
         assert attrs["bits"] == 4 and len(node.input) == 3, "symmetric int4: no zero points"
         assert "accuracy_level" not in attrs, "fp32 compute: activations are not quantized"
         packed, scales = inits[node.input[1]], inits[node.input[2]]
@@ -96,12 +100,8 @@ def _int4_rows(packed: np.ndarray, scales: np.ndarray, block: int) -> np.ndarray
 
 def _qmoe_dequantized(model) -> list[np.ndarray]:
     """Every QMoE node's expert weights, dequantized to the linears' layout: gate, up, down per expert."""
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     out = []
-    for node in model.graph.node:
-        if node.op_type != "QMoE":
-            continue
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    for node, attrs, inits in _ops(model, "QMoE"):
         assert attrs["expert_weight_bits"] == 4 and attrs["swiglu_fusion"] == 1 and "accuracy_level" not in attrs
         fc1, s1, fc2, s2 = (inits[node.input[i]] for i in (2, 3, 5, 6))
         for e in range(fc1.shape[0]):

@@ -1084,7 +1084,8 @@ def convert_text_decoder(
             }
         )
         if progress is not None:
-            progress(f"{path.name}: layers {chunk.start}..{chunk.stop - 1}{' + head' if chunk.head else ''}")
+            layers = f"layers {chunk.start}..{chunk.stop - 1}" if chunk.stop > chunk.start else ""
+            progress(f"{path.name}: {' + '.join(filter(None, [layers, 'head' if chunk.head else '']))}")
     first = described[0]
     cache_shape = [len(model.text.layers), *first["cache_shape"][1:]]
     extra = {

@@ -138,7 +138,9 @@ def convert_all(job: Job) -> dict[str, PackageInfo]:
                 "bits_per_weight": round(8 * wbytes / params[comp], 3) if params[comp] else None,
             }
         )
-        log.info("  %s: %.2f MB, %.2f bits/weight", info.file, info.bytes / 1e6, info.extra["bits_per_weight"] or 0)
+        chain = info.extra.get("chunks", [])
+        name = info.file if len(chain) < 2 else f"{info.file} .. {chain[-1]['file']} ({len(chain)} packages)"
+        log.info("  %s: %.2f MB, %.2f bits/weight", name, info.bytes / 1e6, info.extra["bits_per_weight"] or 0)
     return packages
 
 
