@@ -117,6 +117,11 @@ def follow_umask(root: Path) -> None:
             os.chmod(os.path.join(dirpath, name), 0o666 & ~umask)
 
 
+def _file_entry(path: Path) -> dict[str, Any]:
+    """A manifest ``files`` entry: what ``open_bundle`` checks the file against."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
 def _replace_file(path: Path, text: str) -> Path:
     """Write ``path`` whole or not at all: a temp file beside it, then a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -137,7 +142,7 @@ def record_validation(root: str | Path, report: dict[str, Any]) -> None:
     root = Path(root)
     manifest = json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8"))
     parity = _replace_file(root / "parity.json", dump_json(report))
-    files = {**manifest["files"], "parity.json": {"sha256": sha256_file(parity), "bytes": parity.stat().st_size}}
+    files = {**manifest["files"], "parity.json": _file_entry(parity)}
     manifest.update({"validated": True, "files": dict(sorted(files.items()))})
     _replace_file(root / MANIFEST_NAME, dump_json(manifest))
 
@@ -214,7 +219,7 @@ class BundleWriter:
             if p.is_symlink():
                 raise ExportError(f"{rel}: symbolic links cannot go into a bundle")
             if p.is_file() and rel != MANIFEST_NAME:
-                table[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                table[rel] = _file_entry(p)
         return dict(sorted(table.items()))
 
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
