@@ -1,5 +1,5 @@
 """Where ONNX Runtime decode time goes: IO binding vs the numpy round trip, onnxruntime's per-op profile of
-decode steps, and the decoder with int8 activations (a probe, not what is exported)."""
+decode steps, and the decoder with int8 activations (what `onnx --int8-activations` exports)."""
 
 from __future__ import annotations
 

@@ -99,8 +99,8 @@ def summary_rows(r: dict) -> list[tuple[str, str]]:
             fmt_mb(fl["decode_read_bytes"]),
         ),
         (
-            "KV cache traffic per step (whole static cache: scatter read + write, attention read)",
-            f"{fmt_mb(fl['kv_traffic_bytes'])} (3 x {fmt_mb(fl['kv_cache_bytes'])})",
+            f"KV cache read per step (GroupQueryAttention reads the slots in use; position {fl['kv_mean_position']:.0f})",
+            f"{fmt_mb(fl['kv_traffic_bytes'])} of the {fmt_mb(fl['kv_cache_bytes'])} static cache",
         ),
         (
             f"memory bandwidth, {r['bandwidth']['threads']} threads (sum / gemv)",
@@ -115,6 +115,10 @@ def summary_rows(r: dict) -> list[tuple[str, str]]:
             f"{fl['ratio_to_floor']:.2f}x / {fl['ratio_to_floor_with_kv']:.2f}x",
         ),
     ]
+    if fl.get("int8_ratio_to_floor"):
+        rows.append(
+            ("decode / floor (weights), int8 activations (target <= 1.5x)", f"{fl['int8_ratio_to_floor']:.2f}x")
+        )
     probe = r.get("int8_probe")
     if probe and "error" not in probe:
         rows.append(
@@ -214,8 +218,8 @@ def markdown_section(r: dict, rows, cmp) -> str:
         timing_load_line(r),
         (
             f"- Recipe: every linear {recipe_text(r)} (symmetric, fp32 scales, fp32 activations; lm_head included), token "
-            f"embedding fp32; KV cache {r['model']['max_context']} slots as explicit inputs/outputs, kept in place by IO "
-            f"binding; prefill chunk {r['args']['max_seq_len']}; export validation off (`small` has no tokenizer for parity probes)"
+            f"embedding fp32; attention one GroupQueryAttention per layer; KV cache {r['model']['max_context']} slots as explicit "
+            f"inputs/outputs, updated in place (one IO-bound buffer per cache tensor); prefill chunk {r['args']['max_seq_len']}; export validation off (`small` has no tokenizer for parity probes)"
         ),
         f"- Raw results: `{r['out']}`",
         "",
@@ -258,8 +262,13 @@ def analysis_lines(r: dict) -> list[str]:
             f"- **Decode vs floor:** {dec:.2f} ms/token is {fl['ratio_to_floor']:.2f}x the floor of its weights "
             f"({fl['floor_ms']:.2f} ms: {fmt_mb(fl['decode_read_bytes'])} at {fl['bandwidth_gbps']:.1f} GB/s) and "
             f"{fl['ratio_to_floor_with_kv']:.2f}x the floor with this graph's KV traffic ({fl['floor_with_kv_ms']:.2f} ms: "
-            f"the static cache is scattered into a new present and attended over in full, "
-            f"{fmt_mb(fl['kv_traffic_bytes'])} per step at any position)."
+            f"GroupQueryAttention reads the {fl['kv_mean_position']:.0f} slots in use, "
+            f"{fmt_mb(fl['kv_traffic_bytes'])} per step, and writes one in place)"
+            + (
+                f"; with int8 activations {fl['int8_ratio_to_floor']:.2f}x the weights' floor (target <= 1.5x)."
+                if fl.get("int8_ratio_to_floor")
+                else "."
+            )
         )
     ]
     prof = r.get("profile")
@@ -285,11 +294,12 @@ def analysis_lines(r: dict) -> list[str]:
         med = float(np.median(saved))
         out.append(
             f"- **IO binding:** keeping the KV cache in onnxruntime-bound buffers instead of round-tripping it "
-            f"through numpy ({fmt_mb(fl['kv_cache_bytes'])} of presents per step) {'saves' if med >= 0 else 'costs'} "
+            f"through numpy ({fmt_mb(fl['kv_cache_bytes'])} of pasts and presents copied per step) "
+            f"{'saves' if med >= 0 else 'costs'} "
             f"{abs(med):.2f} ms per decoder call, median of {len(rounds)} paired rounds (each "
             f"between {min(saved):+.2f} and {max(saved):+.2f} ms; "
             f"{span([x['bound_ms'] for x in rounds], '{:.2f}')} vs {span([x['unbound_ms'] for x in rounds], '{:.2f}')} ms); "
-            "same outputs bit for bit (tests/test_onnx_backend_iobinding.py)."
+            "same logits bit for bit (tests/runtime/backends/test_onnx_iobinding.py)."
         )
     probe = r.get("int8_probe")
     if probe and "error" not in probe:
@@ -324,7 +334,7 @@ def analysis_lines(r: dict) -> list[str]:
     if ex:
         out.append(f"- **Export:** {ex['wall_s'] / 60:.1f} min wall, {fmt_mb(ex['peak_rss_bytes'])} peak RSS.")
     out.append(
-        f"- **Decoder call vs step:** token_embedding + argmax add {dec - dec_only:.2f} ms per token. Decode cost "
-        "does not depend on the position here: every step reads and rewrites the whole static cache."
+        f"- **Decoder call vs step:** token_embedding + argmax add {dec - dec_only:.2f} ms per token. Attention "
+        "cost grows with the position (the slots in use), not with the static cache's size."
     )
     return out

@@ -35,10 +35,14 @@ def mrope_cos_sin(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """position_ids [3, S] -> cos, sin [S, rotary_dim]."""
     freqs = mrope_angles(position_ids, inv_freq, selector)
-    cos, sin = freqs.cos(), freqs.sin()
+    return per_channel(freqs.cos(), interleaved), per_channel(freqs.sin(), interleaved)
+
+
+def per_channel(table: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """cos or sin per frequency [..., R/2] -> per rotated channel [..., R]."""
     if interleaved:  # GLM-4.1V rotates adjacent pairs (x0, x1), (x2, x3), ...
-        return cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
-    return torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+        return table.repeat_interleave(2, dim=-1)
+    return torch.cat([table, table], dim=-1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

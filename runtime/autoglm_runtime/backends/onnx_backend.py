@@ -9,11 +9,13 @@ cache between calls (each call's presents become the next call's pasts); ``reset
 The decoder attends to slots ``0..cache_position`` only, so a prefill from position 0 never sees
 what an earlier conversation left in the other slots.
 
-By default the cache stays where onnxruntime reads and writes it (IO binding): two sets of
-buffers, each call reading its pasts from one set and writing its presents into the other, so the
-cache never crosses between onnxruntime and numpy and nothing cache-sized is allocated per step. Passing ``io_binding=False`` feeds the
-cache through ``InferenceSession.run`` instead (a copy of every present each call); both run the
-same graph on the same values and give the same bits.
+By default the cache stays where onnxruntime reads and writes it (IO binding), so the cache never
+crosses between onnxruntime and numpy and nothing cache-sized is allocated per step. A decoder whose
+metadata says ``autoglm.kv_cache: in_place`` (its attention is ``GroupQueryAttention``, which may
+update its past in place) gets one set of buffers bound as both pasts and presents; older graphs get
+two sets, each call reading its pasts from one and writing its presents into the other. Passing
+``io_binding=False`` feeds the cache through ``InferenceSession.run`` instead (a copy of every present
+each call); both run the same graph on the same values and give the same logits.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..preprocess.buckets import is_vision_method, method_among
 from ..spec import COMPONENTS, REQUIRED_COMPONENTS
 
 PAST, PRESENT = "past_", "present_"
+IN_PLACE_METADATA = ("autoglm.kv_cache", "in_place")  # written by the exporter (targets/onnx/attention.py)
 
 
 def _import_onnxruntime():
@@ -96,25 +99,30 @@ class OnnxModel:
 
 
 class _BoundCache:
-    """The KV cache as two sets of numpy buffers that onnxruntime reads and writes in place.
+    """The KV cache as numpy buffers that onnxruntime reads and writes in place.
 
-    ``sides[i]`` holds the pasts when ``binding(i)`` runs; its presents land in ``sides[1 - i]``
-    (a graph cannot write an output over one of its inputs, hence two sets). Each binding is built
-    once with all cache tensors bound; a call only rebinds the three small inputs and the logits.
+    ``in_place``: one set, bound as both pasts and presents. Otherwise two: ``sides[i]`` holds the
+    pasts when ``bindings[i]`` runs and its presents land in ``sides[1 - i]`` (a graph may not write
+    an output over one of its inputs unless it says so). Each binding is built once with all cache
+    tensors bound; a call only rebinds the three small inputs and the logits.
     """
 
-    def __init__(self, model: OnnxModel, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, type]):
+    def __init__(self, model: OnnxModel, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, type], in_place: bool):
         ort = _import_onnxruntime()
-        self.sides = [{n: np.zeros(s, dtype=dtypes[n]) for n, s in shapes.items()} for _ in range(2)]
+        self.sides = [{n: np.zeros(s, dtype=dtypes[n]) for n, s in shapes.items()} for _ in range(1 if in_place else 2)]
         self.bindings = []
-        for i in range(2):
+        for i, side in enumerate(self.sides):
             binding = model.session.io_binding()
             for n in shapes:  # the OrtValues wrap the numpy memory (no copy) and keep the arrays alive
-                binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(self.sides[i][n]))
+                binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(side[n]))
                 binding.bind_ortvalue_output(
-                    PRESENT + n[len(PAST) :], ort.OrtValue.ortvalue_from_numpy(self.sides[1 - i][n])
+                    PRESENT + n[len(PAST) :], ort.OrtValue.ortvalue_from_numpy(self.sides[self.after(i)][n])
                 )
             self.bindings.append(binding)
+
+    def after(self, side: int) -> int:
+        """The set that holds the presents of ``bindings[side]``."""
+        return (side + 1) % len(self.sides)
 
     def side_of(self, cache: dict[str, np.ndarray]) -> int | None:
         return next((i for i, side in enumerate(self.sides) if cache is side), None)
@@ -162,7 +170,9 @@ class OnnxBackend:
         self.max_context = next(iter(self._cache_shapes.values()))[2]
         self.io_binding = io_binding
         dtypes = {n: _NP_TYPES.get(dec.inputs[n].type, np.float32) for n in self.cache_inputs}
-        self._bound = _BoundCache(dec, self._cache_shapes, dtypes)
+        metadata = dec.session.get_modelmeta().custom_metadata_map
+        self.cache_in_place = metadata.get(IN_PLACE_METADATA[0]) == IN_PLACE_METADATA[1]
+        self._bound = _BoundCache(dec, self._cache_shapes, dtypes, self.cache_in_place)
         # The pasts of the next call. With IO binding these are one of the two bound sets, reused
         # from call to call: copy them to keep a snapshot.
         self.cache: dict[str, np.ndarray] = {}
@@ -206,6 +216,8 @@ class OnnxBackend:
                 f"cache positions {cache_position.min()}..{cache_position.max()} are outside the "
                 f"KV cache (0..{self.max_context - 1})"
             )
+        if np.any(np.diff(cache_position) != 1):
+            raise BundleError(f"cache positions {cache_position.tolist()} are not consecutive slots")
         feeds = {"inputs_embeds": embeds, "cache_position": cache_position, "position_ids": position_ids}
         if self.io_binding and self._vocab is not None and np.ndim(embeds) == 3:
             return self._decode_bound(feeds)
@@ -226,7 +238,7 @@ class OnnxBackend:
         logits = np.empty((1, np.shape(feeds["inputs_embeds"])[1], self._vocab), dtype=np.float32)
         binding.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         self.models["text_decoder"].run_bound(binding, feeds)
-        self.cache = self._bound.sides[1 - side]
+        self.cache = self._bound.sides[self._bound.after(side)]
         return logits
 
     def reset(self) -> None:

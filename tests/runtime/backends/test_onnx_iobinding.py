@@ -18,6 +18,7 @@ from autoglm_export.request import ModelRequest
 from autoglm_export.targets.onnx.export import OnnxOptions
 from autoglm_runtime.backends.onnx_backend import OnnxBackend
 from autoglm_runtime.bundle import open_bundle
+from autoglm_runtime.errors import BundleError
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,8 @@ def _conversation(
 def test_bound_decode_equals_unbound_bit_for_bit(bundle):
     backend = OnnxBackend.from_bundle(bundle)
     assert backend.io_binding  # the default
+    # the exporter's decoder (GroupQueryAttention) says its cache may be updated in place: one buffer set
+    assert backend.cache_in_place and len(backend._bound.sides) == 1
     hidden = bundle.spec.hidden_size
     unbound, unbound_cache = _conversation(backend, hidden, [False] * 6)
     bound, bound_cache = _conversation(backend, hidden, [True] * 6)
@@ -81,3 +84,11 @@ def test_bound_logits_are_fresh_arrays_and_reset_clears_the_bound_cache(bundle):
     backend.reset()
     assert not any(c.any() for c in backend.cache.values())
     np.testing.assert_array_equal(backend.text_decoder(x, np.array([0]), np.zeros((3, 1), np.int64)), kept)
+
+
+def test_new_tokens_must_fill_consecutive_slots(bundle):
+    """GroupQueryAttention writes a call's tokens at the slots ending at its last position: a gap is refused."""
+    backend = OnnxBackend.from_bundle(bundle)
+    x = np.ones((1, 2, bundle.spec.hidden_size), np.float32)
+    with pytest.raises(BundleError, match="not consecutive"):
+        backend.text_decoder(x, np.array([0, 2]), np.zeros((3, 2), np.int64))

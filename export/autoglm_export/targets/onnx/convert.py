@@ -4,10 +4,12 @@ Files, one per component: ``vision_encoder.onnx``, ``audio_encoder.onnx`` (when 
 ``token_embedding.onnx`` and ``text_decoder.onnx``. The decoder has no state: the KV cache is
 explicit. Per layer ``i`` it takes ``past_key_{i}`` / ``past_value_{i}`` (static
 ``[1, kv_heads, max_context, head_dim]`` float32) and returns ``present_key_{i}`` /
-``present_value_{i}``: the same caches with this call's keys/values written at ``cache_position``.
-The caller feeds each call's presents back as the next call's pasts (``OnnxBackend`` does).
-``seq`` (the number of new tokens) is dynamic. Masking is the eager decoder's: query ``i`` sees
-cache slots ``0..cache_position[i]``, so stale slots never leak.
+``present_value_{i}``: the same caches with this call's keys/values written at ``cache_position``
+(consecutive slots). The caller feeds each call's presents back as the next call's pasts, or binds
+both to one buffer (``OnnxBackend`` does; the graph's metadata allows it). ``seq`` (the number of new
+tokens) is dynamic. Attention is one ``com.microsoft::GroupQueryAttention`` per layer
+(``attention.py``): query ``i`` sees cache slots ``0..cache_position[i]``, as in the eager decoder, so
+stale slots never leak.
 
 Weights (``weights.py``): each component is traced with placeholder weights and every linear's
 initializer is made from its stored weight as the file is written, one linear at a time, so no fp32
@@ -59,16 +61,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoglm_runtime.backends.onnx_backend import IN_PLACE_METADATA
 from autoglm_runtime.preprocess.buckets import is_vision_method
 
 from ...components import components
 from ...errors import ExportError
 from ...model.autoglm import AutoGLM
 from ...model.moe import TopKRouter
-from ...model.rope import apply_rotary, mrope_cos_sin
-from ...model.text import Attention, TextDecoder
+from ...model.rope import mrope_angles
+from ...model.text import TextDecoder
 from ...quantize.grid import BLOCK_SIZES, array_digest
-from .experts import TRANSLATIONS, attach_experts, sparse_experts
+from . import attention, experts
+from .attention import attend
+from .experts import attach_experts, sparse_experts
+from .norm import fusable_rms_norms
 from .recipe import QUANT_SCHEMES
 from .twin import CHECKPOINT_FP32, ROUTER_NOTE, linear_modules
 from .weights import (
@@ -92,41 +98,12 @@ EXTERNAL_DATA_THRESHOLD = 1 << 26  # 64 MiB
 # ---- the decoder with an explicit KV cache
 
 
-def _attention(attn: Attention, x, cos, sin, cache_position, mask, k_cache, v_cache):
-    """``model.text.Attention.forward`` with the cache passed in and returned (same weights, same math).
-
-    GQA without copying the cache: the query heads that share a KV head are stacked along the
-    sequence axis and attend to that KV head directly. The eager model repeats K/V per query head
-    (``repeat_interleave``), which in ONNX expands and transposes the whole ``max_context`` cache
-    on every decode step. Equal to the eager attention up to float rounding (about 1e-7).
-    """
-    bsz, seq, _ = x.shape
-    heads, kv_heads, dim = attn.n_heads, attn.n_kv_heads, attn.head_dim
-    groups = heads // kv_heads
-    q = attn.q_proj(x).view(bsz, seq, heads, dim).transpose(1, 2)
-    k = attn.k_proj(x).view(bsz, seq, kv_heads, dim).transpose(1, 2)
-    v = attn.v_proj(x).view(bsz, seq, kv_heads, dim).transpose(1, 2)
-    q = apply_rotary(q, cos, sin, attn.interleaved)
-    k = apply_rotary(k, cos, sin, attn.interleaved)
-    # Out of place (the new tensors are the presents). scatter along the slot axis exports as one
-    # ScatterElements; index_copy would transpose the whole cache twice around a ScatterND.
-    slots = cache_position.view(1, 1, seq, 1).expand(bsz, kv_heads, seq, dim)
-    k_cache = k_cache.scatter(2, slots, k)
-    v_cache = v_cache.scatter(2, slots, v)
-    # query head h uses KV head h // groups (repeat_interleave's order): [B, kv, groups * seq, dim]
-    q = q.reshape(bsz, kv_heads, groups * seq, dim)
-    scores = torch.matmul(q, k_cache.transpose(-1, -2)) * dim**-0.5
-    scores = scores.masked_fill(~mask.repeat(groups, 1), float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1), v_cache).view(bsz, heads, seq, dim)
-    return attn.o_proj(out.transpose(1, 2).reshape(bsz, seq, heads * dim)), k_cache, v_cache
-
-
 class OnnxTextDecoder(nn.Module):
     """``text_decoder`` with the KV cache as arguments: (embeds, cache_position, position_ids,
     [past_key_0, past_value_0, ...]) -> (logits, present_key_0, present_value_0, ...).
 
-    Runs ``TextDecoder``'s own layers (norms, MLP/MoE, projections, rope helpers); the cache update
-    is functional instead of in place, and GQA attends without repeating the cache (``_attention``).
+    Runs ``TextDecoder``'s own layers (norms, MLP/MoE, projections, rope helpers); attention and the
+    cache update are one ``GroupQueryAttention`` per layer (``attention.py``).
     """
 
     def __init__(self, text: TextDecoder):
@@ -135,13 +112,13 @@ class OnnxTextDecoder(nn.Module):
 
     def forward(self, inputs_embeds, cache_position, position_ids, past: list[torch.Tensor]):
         t = self.text
-        cos, sin = mrope_cos_sin(position_ids, t.inv_freq, t.rope_selector, t.cfg.rope_interleaved)
-        mask = t.key_positions[None, :] <= cache_position[:, None]
+        angles = mrope_angles(position_ids, t.inv_freq, t.rope_selector)
+        cos, sin = angles.cos(), angles.sin()
         x = inputs_embeds
         present = []
         for i, layer in enumerate(t.layers):
-            h, k, v = _attention(
-                layer.self_attn, layer.input_layernorm(x), cos, sin, cache_position, mask, past[2 * i], past[2 * i + 1]
+            h, k, v = attend(
+                layer.self_attn, layer.input_layernorm(x), cos, sin, cache_position, past[2 * i], past[2 * i + 1]
             )
             present += [k, v]
             x = layer.residual_tail(x, h)
@@ -434,7 +411,7 @@ def _export_program(module: nn.Module, args: tuple, input_names, output_names, d
                 module,
                 args,
                 dynamo=True,
-                custom_translation_table=TRANSLATIONS,
+                custom_translation_table={**attention.TRANSLATIONS, **experts.TRANSLATIONS},
                 opset_version=OPSET,
                 input_names=list(input_names),
                 output_names=list(output_names),
@@ -702,6 +679,11 @@ def _finish_file(proto, record: OnnxFile, out_dir: Path, threshold: int, out: On
     """The graph's dims named, stack traces dropped, its I/O recorded, written (or its proto rewritten)."""
     name_dynamic_dims(proto)
     drop_stack_traces(proto)
+    if record.component == "text_decoder":
+        from onnx import helper
+
+        key, value = IN_PLACE_METADATA
+        helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, key: value})
     record.inputs, record.outputs = io_specs(proto)
     path = Path(out_dir) / record.file
     record.external_data = save_model(proto, path, threshold)
@@ -756,7 +738,7 @@ def export_onnx_files(
     linears, routers = linear_modules(model), _router_weights(model)
     vision_weights: dict = {}  # the first vision graph's external linear weights, shared by the other buckets
     sparse = sparse_experts(model, block_size, accuracy_level) if quant == "int4" else contextlib.nullcontext(({}, []))
-    with sparse as (experts, in_qmoe), placeholder_weights(model) as placeholders:
+    with sparse as (experts, in_qmoe), placeholder_weights(model) as placeholders, fusable_rms_norms(model):
         for name, *traced in _component_modules(model, max_seq_len):
             ir_model = _trace(out, name, *traced).model
             t1 = time.perf_counter()
@@ -809,18 +791,19 @@ def _export_checkpoint_codes(
     parameter was overwritten by ``load_into_model``), found in the traced graphs by value."""
     out = OnnxExport()
     linears, routers = linear_modules(model), _router_weights(model)
-    for name, *traced in _component_modules(model, max_seq_len):
-        proto = _trace(out, name, *traced).model_proto
-        record = OnnxFile(name, f"{name}.onnx", None, [], [])
-        component = "vision_encoder" if is_vision_method(name) else name
-        t1 = time.perf_counter()
-        gemm_to_matmul(proto)
-        proto = apply_checkpoint_codes(
-            proto, component, linears.get(component, []), fixed, block_size, _router_matmuls(proto, routers), record
-        )
-        out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
-        if accuracy_level:
-            set_accuracy_level(proto, accuracy_level)
-        _finish_file(proto, record, out_dir, external_data_threshold, out, "int4", progress)
-        del proto
+    with fusable_rms_norms(model):
+        for name, *traced in _component_modules(model, max_seq_len):
+            proto = _trace(out, name, *traced).model_proto
+            record = OnnxFile(name, f"{name}.onnx", None, [], [])
+            component = "vision_encoder" if is_vision_method(name) else name
+            t1 = time.perf_counter()
+            gemm_to_matmul(proto)
+            proto = apply_checkpoint_codes(
+                proto, component, linears.get(component, []), fixed, block_size, _router_matmuls(proto, routers), record
+            )
+            out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
+            if accuracy_level:
+                set_accuracy_level(proto, accuracy_level)
+            _finish_file(proto, record, out_dir, external_data_threshold, out, "int4", progress)
+            del proto
     return out
