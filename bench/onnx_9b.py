@@ -15,8 +15,9 @@ Measured in this process, in order:
    per step, the embedding call included), the vision encoder at the export resolution;
 3. the decode floor: bytes one decode step must read / the streaming-read bandwidth measured in this
    run. The bytes: every weight of ``text_decoder`` (its external data file: int4 blocks + fp32 scales,
-   norms, biases, the lm_head) plus the whole static KV cache, which the graph attends over at every
-   step (masked slots included: ``[1, kv_heads, max_context, head_dim]`` fp32 per layer, K and V);
+   norms, biases, the lm_head) plus the KV cache attention reads: the slots in use at the decode steps'
+   mean position for a GroupQueryAttention graph (its metadata says ``autoglm.kv_cache: in_place``), the
+   whole static cache for older graphs, which attend over every slot, masked ones included;
 4. the peak RSS while generating.
 """
 
@@ -92,6 +93,7 @@ def measure(args) -> dict:
     )
     peak_generating = peak_rss_bytes()
     load = monitor.stop()
+    in_place = backend.cache_in_place
     del backend
     bandwidth = memory_bandwidth(args.threads)
     files = {name: f["bytes"] for name, f in manifest["files"].items()}
@@ -99,6 +101,8 @@ def measure(args) -> dict:
     weights_read = files[decoder["external_data"]] if decoder.get("external_data") else files[decoder["file"]]
     kv = manifest["kv_cache"]
     kv_read = kv["layers"] * 2 * int(np.prod(kv["shape"])) * 4
+    kv_slots = args.prefill_tokens + args.decode_tokens / 2 if in_place else kv["shape"][2]
+    kv_read = int(kv_read * kv_slots / kv["shape"][2])
     read = weights_read + kv_read
     floor_ms = read / (bandwidth["best_gbps"] * GB) * 1e3
     decode_ms = timing["decode"]["ms_per_token_with_embedding"]["median"]
@@ -119,6 +123,7 @@ def measure(args) -> dict:
         "bandwidth": bandwidth,
         "decode_weights_bytes": weights_read,
         "decode_kv_bytes": kv_read,
+        "decode_kv_slots": kv_slots,
         "decode_read_bytes": read,
         "floor_ms": floor_ms,
         "decode_over_floor": decode_ms / floor_ms,
@@ -170,7 +175,8 @@ def render(r: dict) -> str:
         [
             "decode floor (bytes read / bandwidth)",
             f"{r['floor_ms']:.0f} ms ({r['decode_weights_bytes'] / GB:.2f} GB weights + "
-            f"{r['decode_kv_bytes'] / GB:.2f} GB KV cache at {r['bandwidth']['best_gbps']:.1f} GB/s)",
+            f"{r['decode_kv_bytes'] / GB:.2f} GB KV cache ({r.get('decode_kv_slots', 'all')} slots) at "
+            f"{r['bandwidth']['best_gbps']:.1f} GB/s)",
         ],
         ["decode / floor", f"{r['decode_over_floor']:.2f}x"],
         ["vision encoder, one image", f"{t['vision_encoder']['ms']['median']:.0f} ms"],
@@ -186,9 +192,9 @@ def render(r: dict) -> str:
         "",
         markdown_table(["", "measured"], rows),
         "",
-        "The floor counts what the graph must read per step: all decoder weights and the whole static KV",
-        "cache (the explicit-cache graph attends over every slot, masked ones included). Random weights, so",
-        "only speed and memory are meaningful here. Other processes shared the 2 cores (load line).",
+        "The floor counts what the graph must read per step: all decoder weights and the KV cache slots its",
+        "attention reads (GroupQueryAttention: the slots in use; older graphs: every slot, masked ones included).",
+        "Random weights, so only speed and memory are meaningful here. Other processes shared the 2 cores (load line).",
     ]
     return "\n".join(lines) + "\n"
 

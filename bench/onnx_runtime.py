@@ -196,7 +196,7 @@ def measure_and_report(
     kw = workload(
         args,
         hidden=hidden,
-        pixel_shape=tuple(backend.models["vision_encoder"].inputs["pixel_values"].shape),
+        pixel_shape=tuple(manifest["models"]["vision_encoder"]["inputs"][0]["shape"]),
         mel_shape=tuple(audio.inputs["input_features"].shape) if audio else None,
         console=console,
     )
