@@ -396,7 +396,7 @@ def render(r: dict, markdown: bool, console) -> int:
     lines = section_head(f"## ExecuTorch vs the optimum-executorch peer, same run, preset `{r['args']['preset']}`", r)
     lines += [
         machine_line(m, f"executorch threadpool {r['args']['threads']} (both programs, one process)"),
-        f"- Load while timing: {describe_load(r['load'])}; the host was shared with other sessions' exports and tests",
+        f"- Load while timing: {describe_load(r['load'])}",
         f"- Ours: `{r['step_method']}` for decode steps, {deleg.get('delegated_subgraphs', '?')} XNNPACK subgraphs "
         f"in that method (manifest); max_seq_len {r['args']['max_seq_len']}, KV cache {r['args']['max_context_len']}",
         f"- Peer: `{peer.get('command', 'optimum-cli export executorch ... (existing --peer-pte)')}` on a seeded "
