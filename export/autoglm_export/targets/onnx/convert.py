@@ -43,7 +43,7 @@ traced with its weights): nothing is rounded here.
   kinds dequantize to ``code * scale`` in fp32, bit for bit the eager model's weight.
 
 ``--int8-activations`` (``accuracy_level=4``, either path): every MatMulNBits quantizes its input to int8
-per block at run time and runs onnxruntime's int8 kernels (about 1.4x faster decode on this machine). The
+per block at run time and runs onnxruntime's int8 kernels (1.4-1.5x faster decode on this machine). The
 eager twin keeps fp32 activations, so parity uses the ``int8_activations`` thresholds (``parity.py``).
 - every linear the checkpoint leaves fp32 stays a plain fp32 MatMul (listed in ``fp32_matmuls``).
 """
