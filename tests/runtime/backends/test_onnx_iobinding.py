@@ -92,3 +92,21 @@ def test_new_tokens_must_fill_consecutive_slots(bundle):
     x = np.ones((1, 2, bundle.spec.hidden_size), np.float32)
     with pytest.raises(BundleError, match="not consecutive"):
         backend.text_decoder(x, np.array([0, 2]), np.zeros((3, 2), np.int64))
+
+
+def test_a_decoder_without_the_in_place_key_gets_two_buffer_sets(bundle, tmp_path):
+    """Bundles exported before the key existed: each call reads one set and writes the other; same logits."""
+    import onnx
+
+    files = {c: bundle.path(m["file"]) for c, m in bundle.manifest["models"].items()}
+    proto = onnx.load(str(files["text_decoder"]))
+    del proto.metadata_props[:]
+    files["text_decoder"] = tmp_path / "text_decoder.onnx"
+    onnx.save(proto, str(files["text_decoder"]))
+    old = OnnxBackend(files)
+    assert not old.cache_in_place and len(old._bound.sides) == 2
+    hidden = bundle.spec.hidden_size
+    want, _ = _conversation(OnnxBackend.from_bundle(bundle), hidden, [True] * 4)
+    got, _ = _conversation(old, hidden, [True] * 4)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
