@@ -38,6 +38,7 @@ from harness.machine import machine_info, memory_bandwidth
 from harness.markdown import markdown_table
 from harness.memory import current_rss_bytes, peak_rss_bytes
 from harness.paths import default_results
+from onnx_runtime_sizes import kv_read_bytes
 from rich.console import Console
 
 GB = 1e9
@@ -100,9 +101,8 @@ def measure(args) -> dict:
     decoder = manifest["models"]["text_decoder"]
     weights_read = files[decoder["external_data"]] if decoder.get("external_data") else files[decoder["file"]]
     kv = manifest["kv_cache"]
-    kv_read = kv["layers"] * 2 * int(np.prod(kv["shape"])) * 4
     kv_slots = args.prefill_tokens + args.decode_tokens / 2 if in_place else kv["shape"][2]
-    kv_read = int(kv_read * kv_slots / kv["shape"][2])
+    kv_read = kv_read_bytes(kv, kv_slots)
     read = weights_read + kv_read
     floor_ms = read / (bandwidth["best_gbps"] * GB) * 1e3
     decode_ms = timing["decode"]["ms_per_token_with_embedding"]["median"]

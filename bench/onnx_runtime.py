@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 from harness import results
 from harness.backend_timing import measure_backend, workload
 from harness.bundles import ExportFailed, add_worker_flag, dispatch, export_or_reuse
@@ -53,7 +52,7 @@ from onnx_runtime_probes import (
     profile_decode,
 )
 from onnx_runtime_report import render
-from onnx_runtime_sizes import files_table
+from onnx_runtime_sizes import files_table, kv_read_bytes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -238,10 +237,10 @@ def measure_and_report(
     emb_row = emb["weight_bytes"] // text["vocab_size"]
     per_token = files["text_decoder"]["weight_bytes"] + emb_row
     kv = manifest["kv_cache"]
-    cache_bytes = len(kv["inputs"]) * int(np.prod(kv["shape"])) * 4
+    cache_bytes = kv_read_bytes(kv, kv["shape"][2])
     # GroupQueryAttention reads the slots in use (here at the decode steps' mean position) and writes one
     mean_position = n_prefill + n_decode / 2
-    kv_traffic = int(cache_bytes * mean_position / kv["shape"][2])
+    kv_traffic = kv_read_bytes(kv, mean_position)
     gbps = bandwidth["best_gbps"] * GB
     decode_ms = result["decode"]["ms_per_token_with_embedding"]["median"]
     decode_only_ms = result["decode"]["ms_per_token_decoder_only"]["median"]

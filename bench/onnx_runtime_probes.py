@@ -95,19 +95,12 @@ def profile_decode(
 def int8_decoder(src: Path, dst: Path) -> int:
     """Copy the decoder graph with ``accuracy_level=4`` on every MatMulNBits; returns how many."""
     import onnx
-    from onnx import helper
+
+    from autoglm_export.targets.onnx.convert import save_model, set_accuracy_level
 
     model = onnx.load(str(src))
-    count = 0
-    for node in model.graph.node:
-        if node.op_type == "MatMulNBits":
-            kept = [a for a in node.attribute if a.name != "accuracy_level"]
-            node.ClearField("attribute")
-            node.attribute.extend(kept + [helper.make_attribute("accuracy_level", INT8_ACCURACY_LEVEL)])
-            count += 1
+    count = set_accuracy_level(model, INT8_ACCURACY_LEVEL)
     if count:
-        from autoglm_export.targets.onnx.convert import save_model
-
         save_model(model, dst)
     return count
 

@@ -61,3 +61,11 @@ def files_table(bundle: Path, manifest: dict) -> dict:
             **graph_bytes(bundle / entry["file"]),
         }
     return files
+
+
+def kv_read_bytes(kv: dict, slots: float) -> int:
+    """Bytes of a manifest's ``kv_cache`` (fp32, K and V per layer) that attention reads over ``slots`` slots."""
+    import numpy as np
+
+    per_slot = len(kv["inputs"]) * int(np.prod(kv["shape"])) * 4 // kv["shape"][2]
+    return int(per_slot * slots)

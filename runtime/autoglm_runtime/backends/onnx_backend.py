@@ -30,7 +30,7 @@ from ..preprocess.buckets import is_vision_method, method_among
 from ..spec import COMPONENTS, REQUIRED_COMPONENTS
 
 PAST, PRESENT = "past_", "present_"
-IN_PLACE_METADATA = ("autoglm.kv_cache", "in_place")  # written by the exporter (targets/onnx/attention.py)
+IN_PLACE_METADATA = ("autoglm.kv_cache", "in_place")  # the exporter writes it (targets/onnx/convert.py)
 
 
 def _import_onnxruntime():

@@ -668,9 +668,11 @@ def _router_weights(model: AutoGLM) -> list[np.ndarray]:
 
 
 def _trace(out: OnnxExport, name: str, module, args, in_names, out_names, dynamic_shapes):
-    """``torch.onnx.export`` of one component, timed as ``export <name>``; returns the ONNXProgram."""
+    """``torch.onnx.export`` of one component, timed as ``export <name>``; returns the ONNXProgram.
+    Its RMSNorms are traced in the form onnxruntime fuses (``norm.py``)."""
     t0 = time.perf_counter()
-    program = _export_program(module, args, in_names, out_names, dynamic_shapes)
+    with fusable_rms_norms(module):
+        program = _export_program(module, args, in_names, out_names, dynamic_shapes)
     out.seconds[f"export {name}"] = round(time.perf_counter() - t0, 3)
     return program
 
@@ -679,11 +681,9 @@ def _finish_file(proto, record: OnnxFile, out_dir: Path, threshold: int, out: On
     """The graph's dims named, stack traces dropped, its I/O recorded, written (or its proto rewritten)."""
     name_dynamic_dims(proto)
     drop_stack_traces(proto)
-    if record.component == "text_decoder":
-        from onnx import helper
-
-        key, value = IN_PLACE_METADATA
-        helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, key: value})
+    if record.component == "text_decoder":  # GroupQueryAttention may update its past in place
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = IN_PLACE_METADATA
     record.inputs, record.outputs = io_specs(proto)
     path = Path(out_dir) / record.file
     record.external_data = save_model(proto, path, threshold)
@@ -738,7 +738,7 @@ def export_onnx_files(
     linears, routers = linear_modules(model), _router_weights(model)
     vision_weights: dict = {}  # the first vision graph's external linear weights, shared by the other buckets
     sparse = sparse_experts(model, block_size, accuracy_level) if quant == "int4" else contextlib.nullcontext(({}, []))
-    with sparse as (experts, in_qmoe), placeholder_weights(model) as placeholders, fusable_rms_norms(model):
+    with sparse as (experts, in_qmoe), placeholder_weights(model) as placeholders:
         for name, *traced in _component_modules(model, max_seq_len):
             ir_model = _trace(out, name, *traced).model
             t1 = time.perf_counter()
@@ -791,19 +791,18 @@ def _export_checkpoint_codes(
     parameter was overwritten by ``load_into_model``), found in the traced graphs by value."""
     out = OnnxExport()
     linears, routers = linear_modules(model), _router_weights(model)
-    with fusable_rms_norms(model):
-        for name, *traced in _component_modules(model, max_seq_len):
-            proto = _trace(out, name, *traced).model_proto
-            record = OnnxFile(name, f"{name}.onnx", None, [], [])
-            component = "vision_encoder" if is_vision_method(name) else name
-            t1 = time.perf_counter()
-            gemm_to_matmul(proto)
-            proto = apply_checkpoint_codes(
-                proto, component, linears.get(component, []), fixed, block_size, _router_matmuls(proto, routers), record
-            )
-            out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
-            if accuracy_level:
-                set_accuracy_level(proto, accuracy_level)
-            _finish_file(proto, record, out_dir, external_data_threshold, out, "int4", progress)
-            del proto
+    for name, *traced in _component_modules(model, max_seq_len):
+        proto = _trace(out, name, *traced).model_proto
+        record = OnnxFile(name, f"{name}.onnx", None, [], [])
+        component = "vision_encoder" if is_vision_method(name) else name
+        t1 = time.perf_counter()
+        gemm_to_matmul(proto)
+        proto = apply_checkpoint_codes(
+            proto, component, linears.get(component, []), fixed, block_size, _router_matmuls(proto, routers), record
+        )
+        out.seconds[f"checkpoint codes {name}"] = round(time.perf_counter() - t1, 3)
+        if accuracy_level:
+            set_accuracy_level(proto, accuracy_level)
+        _finish_file(proto, record, out_dir, external_data_threshold, out, "int4", progress)
+        del proto
     return out
