@@ -17,7 +17,7 @@ In one run:
 4. The same through ``TorchBackend`` on the eager model: fp32, then quantized in place with the same
    recipe, then quantized with the ExecuTorch attention kernels (what was exported).
 5. The decode bandwidth floor of the .pte (bytes of weights one decode step reads, in the packed
-   formats XNNPACK runs, / the bandwidth measured in this run) and decode / floor; the peer's numbers.
+   formats XNNPACK runs, / the bandwidth measured in this run) and decode / floor (the peer: bench/android_peer.py, same run).
 6. Where decode time goes: the decoder's quantized linears alone lowered as one static seq-1 program
    (``--no-linears-probe`` skips it), an ETDump of decode steps (``--no-profile``), and ``--rounds``
    paired rounds of decode + linears + bandwidth probes back to back (this VM's speed drifts);
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import onnx_runtime
-from android_floor import PEER, TARGET_RATIO_TO_FLOOR, byte_model, kv_read_bytes
+from android_floor import TARGET_RATIO_TO_FLOOR, byte_model, kv_read_bytes
 from android_probes import linears_probe, paired_rounds
 from android_profile import profile_decode_step
 from android_report import render
@@ -397,11 +397,6 @@ def measure_and_report(
             "target_ratio": TARGET_RATIO_TO_FLOOR,
             "kv_read_bytes_at_mean_position": kv_read_bytes(cfg, mean_pos),
             "mean_position": mean_pos,
-        },
-        "peer": {
-            **PEER,
-            "ratio_decode": decode_ms / PEER["decode_ms_per_token"],
-            "ratio_prefill": pte_result["prefill"]["tokens_per_s"] / PEER["prefill_tokens_per_s"],
         },
         "profile": profile,
         "linears_probe": eager["probe"],

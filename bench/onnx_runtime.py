@@ -20,10 +20,12 @@ In one run:
 6. The int8-activation probe: the same decoder with ``accuracy_level=4`` on its MatMulNBits (int8
    activations, as ExecuTorch's 8da4w), timed the same way: what ``autoglm-export onnx --int8-activations``
    exports (its numerics differ, reported; that option has its own parity thresholds) (``--no-int8-probe``).
-7. The decode bandwidth floor: the decoder graph's weight bytes plus one token-embedding row, over
+7. The kernels' own ceiling: the decoder's MatMulNBits (same weights) in a graph with nothing else,
+   fp32 and int8 activations in alternating rounds (``--no-profile`` skips it too).
+8. The decode bandwidth floor: the decoder graph's weight bytes plus one token-embedding row, over
    the bandwidth probe of this run; and this graph's whole-KV-cache traffic per step.
 
-4-6: ``onnx_runtime_probes``; the tables and the BENCHMARKS.md section: ``onnx_runtime_report``.
+4-7: ``onnx_runtime_probes``; the tables and the BENCHMARKS.md section: ``onnx_runtime_report``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from onnx_runtime_probes import (
     ROUND_STEPS,
     int8_probe,
     io_binding_rounds,
+    matmul_nbits_alone,
     profile_decode,
 )
 from onnx_runtime_report import render
@@ -90,7 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--keep-bundle", type=Path, default=None, help="export into this directory and keep it (default: a temp dir)"
     )
-    p.add_argument("--no-profile", action="store_true", help="skip onnxruntime's per-op profile of decode steps")
+    p.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="skip onnxruntime's per-op profile of decode steps and the MatMulNBits-alone probe",
+    )
     p.add_argument(
         "--no-int8-probe", action="store_true", help="skip timing the decoder with int8 activations (accuracy_level 4)"
     )
@@ -228,6 +235,14 @@ def measure_and_report(
         except Exception as e:  # a failed probe is recorded, not fatal
             profile = {"error": f"{type(e).__name__}: {e}"}
             console.print(f"[yellow]profile failed: {profile['error']}[/yellow]")
+    kernels = None
+    if not args.no_profile:
+        console.print("the decoder's MatMulNBits alone, fp32 and int8 activations")
+        try:
+            kernels = matmul_nbits_alone(paths["text_decoder"], args.threads)
+        except Exception as e:  # a failed probe is recorded, not fatal
+            kernels = {"error": f"{type(e).__name__}: {e}"}
+            console.print(f"[yellow]MatMulNBits probe failed: {kernels['error']}[/yellow]")
     peak_rss = peak_rss_bytes()  # before the bandwidth probe's 1 GiB array
     bandwidth = memory_bandwidth(args.threads)
     load_info = load.stop()
@@ -277,6 +292,7 @@ def measure_and_report(
         "io_binding_rounds": rounds,
         "int8_probe": probe,
         "profile": profile,
+        "matmul_nbits_alone": kernels,
         "floor": {
             "decode_read_bytes": per_token,
             "decode_read_matmul_nbits_bytes": files["text_decoder"]["matmul_nbits_bytes"],

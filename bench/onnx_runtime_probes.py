@@ -136,3 +136,91 @@ def int8_probe(paths: dict, reference, args, kw: dict, console) -> dict:
         }
     )
     return result
+
+
+# ---------------------------------------------------------------- 7. MatMulNBits alone: the kernels' own ceiling
+
+ALONE_BLOCKS = (32, 128)  # the shipped block and onnxruntime's fastest one at one token (fewer, longer blocks)
+
+
+def matmul_nbits_graph(decoder: Path, level: int, block: int | None = None):
+    """The decoder's MatMulNBits nodes (``accuracy_level`` set to ``level``) in a graph with nothing else:
+    each reads a graph input of its K, each output is a graph output. ``block`` other than the graph's
+    own: random codes and scales in that block size (the kernels' speed does not depend on the values).
+    Returns (model, input widths, weight bytes)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(decoder))
+    weights = {t.name: t for t in model.graph.initializer}
+    rng = np.random.default_rng(5)
+    inputs, initializers, outputs, nodes = {}, {}, [], []
+    for i, node in enumerate(n for n in model.graph.node if n.op_type == "MatMulNBits"):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "accuracy_level"}
+        k, n = attrs["K"], attrs["N"]
+        inputs.setdefault(k, helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k]))
+        if level:
+            attrs["accuracy_level"] = level
+        if block in (None, attrs["block_size"]):
+            names = [name for name in node.input[1:] if name]
+            initializers.update({name: weights[name] for name in names})
+        else:  # codes [N, K / block, block / 2] and one fp32 scale per block, as the quantizer writes them
+            blocks = -(-k // block)
+            names = [f"B{i}", f"S{i}"]
+            initializers[names[0]] = numpy_helper.from_array(
+                rng.integers(0, 256, (n, blocks, block // 2), dtype=np.uint8), names[0]
+            )
+            initializers[names[1]] = numpy_helper.from_array(
+                rng.uniform(1e-3, 1e-2, n * blocks).astype(np.float32), names[1]
+            )
+            attrs["block_size"] = block
+        nodes.append(helper.make_node("MatMulNBits", [f"x{k}", *names], [f"y{i}"], domain="com.microsoft", **attrs))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, n]))
+    graph = helper.make_graph(nodes, "matmul_nbits_alone", list(inputs.values()), outputs, list(initializers.values()))
+    alone = helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    return alone, sorted(inputs), sum(len(t.raw_data) for t in initializers.values())
+
+
+def matmul_nbits_alone(decoder: Path, threads: int, rounds: int = 4, runs: int = 24) -> dict:
+    """The decoder's MatMulNBits with nothing else, per block size in ``ALONE_BLOCKS`` and fp32 / int8
+    activations, all modes in alternating rounds: how close onnxruntime's own kernels come to the bandwidth
+    floor. Median ms per pass over all of them, and the bytes they read."""
+    import onnxruntime as ort
+
+    sessions, feeds, sizes = {}, {}, {}
+    for block in ALONE_BLOCKS:
+        for level in (0, INT8_ACCURACY_LEVEL):
+            graph, widths, sizes[block] = matmul_nbits_graph(decoder, level, block)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.log_severity_level = 3
+            mode = (block, level)
+            sessions[mode] = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            rng = np.random.default_rng(4)
+            feeds[mode] = {f"x{k}": rng.standard_normal((1, k), dtype=np.float32) for k in widths}
+            del graph
+    times: dict[tuple, list] = {mode: [] for mode in sessions}
+    for _ in range(rounds):
+        for mode, session in sessions.items():
+            for _ in range(3):
+                session.run(None, feeds[mode])
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                session.run(None, feeds[mode])
+                times[mode].append(time.perf_counter() - t0)
+    return {
+        "nodes": len(next(iter(sessions.values())).get_outputs()),
+        "modes": [
+            {
+                "block_size": block,
+                "accuracy_level": level,
+                "bytes": sizes[block],
+                "ms": float(np.median(times[(block, level)])) * 1e3,
+            }
+            for block, level in sessions
+        ],
+        "rounds": rounds,
+        "runs_per_round": runs,
+        "note": "the decoder's MatMulNBits (its own weights at its block size, random codes at another), one graph "
+        "input per K, every output a graph output; medians over all timed runs of alternating modes",
+    }
