@@ -126,7 +126,8 @@ def profile_lines(r: dict) -> list[str]:
         + (f"; largest: {top}" if top else "")
     )
     lines.append(
-        f"    entering/leaving the subgraphs (DELEGATE_CALL minus its ops): {prof['delegate_overhead_ms']:.2f} ms "
+        f"    entering/leaving the subgraphs, and the small ops XNNPACK times as 0 us (DELEGATE_CALL minus its "
+        f"timed ops): {prof['delegate_overhead_ms']:.2f} ms "
         f"({pct(prof['delegate_overhead_ms'])}, {1e3 * prof['delegate_overhead_ms'] / max(prof['delegate_calls'], 1):.1f} us per call)"
     )
     lines.append(

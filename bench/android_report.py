@@ -301,8 +301,9 @@ def analysis_lines(r: dict) -> list[str]:
         where.append(
             f"An ETDump of a step: linears {100 * gemm / total:.0f}%, custom_sdpa {100 * sdpa / total:.0f}% "
             f"({1e3 * sdpa / max(n_sdpa, 1):.0f} us per layer at ~{prof['position']} cached positions), entering/leaving "
-            f"the {prof['delegate_calls']} XNNPACK subgraphs {100 * prof['delegate_overhead_ms'] / total:.0f}% "
-            f"(~{1e3 * prof['delegate_overhead_ms'] / max(prof['delegate_calls'], 1):.0f} us each), the other "
+            f"the {prof['delegate_calls']} XNNPACK subgraphs together with the small XNNPACK ops it times as 0 us "
+            f"{100 * prof['delegate_overhead_ms'] / total:.0f}% "
+            f"(~{1e3 * prof['delegate_overhead_ms'] / max(prof['delegate_calls'], 1):.0f} us per subgraph), the other "
             f"{prof['operator_calls'] - n_sdpa} non-delegated kernel calls {100 * other_native / total:.0f}%, the "
             f"executor {100 * prof['executor_ms'] / total:.0f}% (the event timers stretch a step to "
             f"{prof['wall_ms_median']:.2f} ms and inflate the many small events most, so read these as rough shares)"
