@@ -20,8 +20,8 @@ In one run:
 6. The int8-activation probe: the same decoder with ``accuracy_level=4`` on its MatMulNBits (int8
    activations, as ExecuTorch's 8da4w), timed the same way: what ``autoglm-export onnx --int8-activations``
    exports (its numerics differ, reported; that option has its own parity thresholds) (``--no-int8-probe``).
-7. The kernels' own ceiling: the decoder's MatMulNBits (same weights) in a graph with nothing else,
-   fp32 and int8 activations in alternating rounds (``--no-profile`` skips it too).
+7. The kernels' own ceiling: the decoder's MatMulNBits in a graph with nothing else, at block 32 (its
+   own weights) and 128, fp32 and int8 activations, in alternating rounds (``--no-profile`` skips it too).
 8. The decode bandwidth floor: the decoder graph's weight bytes plus one token-embedding row, over
    the bandwidth probe of this run; and this graph's whole-KV-cache traffic per step.
 

@@ -143,15 +143,13 @@ def int8_probe(paths: dict, reference, args, kw: dict, console) -> dict:
 ALONE_BLOCKS = (32, 128)  # the shipped block and onnxruntime's fastest one at one token (fewer, longer blocks)
 
 
-def matmul_nbits_graph(decoder: Path, level: int, block: int | None = None):
-    """The decoder's MatMulNBits nodes (``accuracy_level`` set to ``level``) in a graph with nothing else:
+def matmul_nbits_graph(model, level: int, block: int | None = None):
+    """The decoder's (``model``, loaded with its weights) MatMulNBits nodes (``accuracy_level`` set to ``level``) in a graph with nothing else:
     each reads a graph input of its K, each output is a graph output. ``block`` other than the graph's
     own: random codes and scales in that block size (the kernels' speed does not depend on the values).
     Returns (model, input widths, weight bytes)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(decoder))
     weights = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(5)
     inputs, initializers, outputs, nodes = {}, {}, [], []
@@ -185,12 +183,14 @@ def matmul_nbits_alone(decoder: Path, threads: int, rounds: int = 4, runs: int =
     """The decoder's MatMulNBits with nothing else, per block size in ``ALONE_BLOCKS`` and fp32 / int8
     activations, all modes in alternating rounds: how close onnxruntime's own kernels come to the bandwidth
     floor. Median ms per pass over all of them, and the bytes they read."""
+    import onnx
     import onnxruntime as ort
 
+    model = onnx.load(str(decoder))
     sessions, feeds, sizes = {}, {}, {}
     for block in ALONE_BLOCKS:
         for level in (0, INT8_ACCURACY_LEVEL):
-            graph, widths, sizes[block] = matmul_nbits_graph(decoder, level, block)
+            graph, widths, sizes[block] = matmul_nbits_graph(model, level, block)
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
