@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from harness.backend_timing import measure_backend, text_positions
 
-from autoglm_runtime.backends.onnx_backend import IN_PLACE_METADATA
+from autoglm_runtime.backends.onnx_backend import BoundCache, updates_cache_in_place
 
 INT8_ACCURACY_LEVEL = 4  # MatMulNBits: int8 activations (per-block dynamic quantization), int32 accumulation
 ROUND_STEPS = 16  # decode steps per mode in each IO-binding round (after 2 untimed)
@@ -65,13 +65,10 @@ def profile_decode(
         opts.profile_file_prefix = str(Path(tmp) / "decode")
         session = ort.InferenceSession(str(decoder), opts, providers=["CPUExecutionProvider"])
         cache = {i.name: np.zeros(i.shape, np.float32) for i in session.get_inputs() if i.name.startswith("past_")}
-        in_place = session.get_modelmeta().custom_metadata_map.get(IN_PLACE_METADATA[0]) == IN_PLACE_METADATA[1]
-        binding = session.io_binding()
+        in_place = updates_cache_in_place(session)
         if in_place:  # as OnnxBackend runs such a graph: each past and its present one buffer, updated in place
-            for name, buf in cache.items():
-                value = ort.OrtValue.ortvalue_from_numpy(buf)
-                binding.bind_ortvalue_input(name, value)
-                binding.bind_ortvalue_output("present_" + name[len("past_") :], value)
+            shapes = {name: buf.shape for name, buf in cache.items()}
+            binding = BoundCache(session, shapes, dict.fromkeys(cache, np.float32), in_place=True).bindings[0]
             binding.bind_output("logits", "cpu")
         x = np.random.default_rng(1).standard_normal((1, 1, hidden), dtype=np.float32)
         for i in range(steps + skip):  # the cache content does not matter for timing
@@ -163,16 +160,16 @@ ALONE_BLOCKS = (32, 128)  # the shipped block and onnxruntime's fastest one at o
 
 
 def matmul_nbits_graph(model, level: int, block: int | None = None):
-    """The decoder's (``model``, loaded with its weights) MatMulNBits nodes (``accuracy_level`` set to ``level``) in a graph with nothing else:
-    each reads a graph input of its K, each output is a graph output. ``block`` other than the graph's
-    own: random codes and scales in that block size (the kernels' speed does not depend on the values).
-    Returns (model, input widths, weight bytes)."""
+    """The MatMulNBits nodes of the decoder ``model`` (loaded with its weights), ``accuracy_level`` set to
+    ``level``, in a graph with nothing else: each reads a graph input of its K, each output is a graph
+    output. ``block`` other than the graph's own: random codes and scales in that block size (the
+    kernels' speed does not depend on the values). Returns (model, input widths, weight bytes)."""
     from onnx import TensorProto, helper, numpy_helper
 
     weights = {t.name: t for t in model.graph.initializer}
     rng = np.random.default_rng(5)
     inputs, initializers, outputs, nodes = {}, {}, [], []
-    for i, node in enumerate(n for n in model.graph.node if n.op_type == "MatMulNBits"):
+    for i, node in enumerate(node for node in model.graph.node if node.op_type == "MatMulNBits"):
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute if a.name != "accuracy_level"}
         k, n = attrs["K"], attrs["N"]
         inputs.setdefault(k, helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [1, k]))

@@ -274,9 +274,7 @@ def kernels_alone(r: dict) -> list[dict] | None:
     if not k or "error" in k:
         return None
     gbps = r["floor"]["bandwidth_gbps"] * GB
-    return [
-        {**m, "floor_ms": m["bytes"] / gbps * 1e3, "ratio": m["ms"] / (m["bytes"] / gbps * 1e3)} for m in k["modes"]
-    ]
+    return [{**m, "ratio": m["ms"] / (m["bytes"] / gbps * 1e3)} for m in k["modes"]]
 
 
 def analysis_lines(r: dict) -> list[str]:

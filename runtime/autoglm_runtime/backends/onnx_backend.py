@@ -98,7 +98,12 @@ class OnnxModel:
             raise BundleError(f"{self.path}: run({shapes}) failed: {str(e).strip().splitlines()[0]}") from None
 
 
-class _BoundCache:
+def updates_cache_in_place(session) -> bool:
+    """Whether the exporter marked this decoder's cache to be updated in place (``IN_PLACE_METADATA``)."""
+    return session.get_modelmeta().custom_metadata_map.get(IN_PLACE_METADATA[0]) == IN_PLACE_METADATA[1]
+
+
+class BoundCache:
     """The KV cache as numpy buffers that onnxruntime reads and writes in place.
 
     ``in_place``: one set, bound as both pasts and presents. Otherwise two: ``sides[i]`` holds the
@@ -107,12 +112,12 @@ class _BoundCache:
     tensors bound; a call only rebinds the three small inputs and the logits.
     """
 
-    def __init__(self, model: OnnxModel, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, type], in_place: bool):
+    def __init__(self, session, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, type], in_place: bool):
         ort = _import_onnxruntime()
         self.sides = [{n: np.zeros(s, dtype=dtypes[n]) for n, s in shapes.items()} for _ in range(1 if in_place else 2)]
         self.bindings = []
         for i, side in enumerate(self.sides):
-            binding = model.session.io_binding()
+            binding = session.io_binding()
             for n in shapes:  # the OrtValues wrap the numpy memory (no copy) and keep the arrays alive
                 binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(side[n]))
                 binding.bind_ortvalue_output(
@@ -170,9 +175,8 @@ class OnnxBackend:
         self.max_context = next(iter(self._cache_shapes.values()))[2]
         self.io_binding = io_binding
         dtypes = {n: _NP_TYPES.get(dec.inputs[n].type, np.float32) for n in self.cache_inputs}
-        metadata = dec.session.get_modelmeta().custom_metadata_map
-        self.cache_in_place = metadata.get(IN_PLACE_METADATA[0]) == IN_PLACE_METADATA[1]
-        self._bound = _BoundCache(dec, self._cache_shapes, dtypes, self.cache_in_place)
+        self.cache_in_place = updates_cache_in_place(dec.session)
+        self._bound = BoundCache(dec.session, self._cache_shapes, dtypes, self.cache_in_place)
         # The pasts of the next call. With IO binding these are one of the two bound sets, reused
         # from call to call: copy them to keep a snapshot.
         self.cache: dict[str, np.ndarray] = {}
